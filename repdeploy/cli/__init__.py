@@ -1,0 +1,44 @@
+"""The `repdeploy` command line: thin commands over the Python API.
+
+Each module in this package registers the commands of one area of the data flow; the group
+here only wires them up, so `repdeploy --help` stays fast (heavy imports happen per command).
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="repdeploy")
+def main() -> None:
+    """repdeploy: RepVGG-family checkpoints to verified INT8 deployments.
+
+    \b
+    Quick start:
+      repdeploy inspect ckpt.pth
+      repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ -o out/
+      repdeploy pipeline -o runs/demo          # the built-in zoo, end to end
+
+    Exit codes: 0 ok, 1 runtime error, 2 bad input or usage, 3 accuracy gate failed,
+    4 backend or hardware missing.
+    """
+
+
+def _register() -> None:
+    import importlib
+
+    for area in ("core", "train", "quant", "run", "qat"):
+        try:
+            module = importlib.import_module(f"{__name__}.{area}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{area}":
+                continue  # that area is not part of this build yet
+            raise
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register()

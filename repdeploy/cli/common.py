@@ -1,0 +1,64 @@
+"""What every command shares: error reporting, --json output, --quiet."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from ..errors import RepDeployError
+from ..progress import set_quiet
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Turn repdeploy errors into one clear line on stderr and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RepDeployError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; no partial output was left behind", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def quiet_option(fn: Callable) -> Callable:
+    def set_it(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+        set_quiet(value)
+        return value
+
+    return click.option(
+        "--quiet", "-q", is_flag=True, expose_value=False, is_eager=True, callback=set_it,
+        help="Print nothing but results and errors.",
+    )(fn)
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(fn)
+
+
+def emit(record: dict, as_json: bool, text: Callable[[dict], str] | None = None) -> None:
+    """Print a result: one JSON object for machines, or readable lines for people."""
+    if as_json:
+        click.echo(json.dumps(record, indent=2, default=_default))
+    elif text is not None:
+        click.echo(text(record))
+    else:
+        for key, value in record.items():
+            click.echo(f"{key:>16}: {value}")
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    return str(o)

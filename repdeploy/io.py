@@ -1,0 +1,95 @@
+"""Atomic output files: write to a temporary name beside the target, then rename.
+
+An interrupted run must never leave a half-written artifact that looks complete, and a bad
+output path must fail before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import OutputError
+
+
+def ensure_writable_dir(directory: str | os.PathLike) -> Path:
+    """Create `directory` if needed and prove we can write into it, or raise OutputError."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".repdeploy-probe-"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"output {d} is not writable ({exc.strerror or exc}); choose another -o path") from exc
+    return d
+
+
+def ensure_writable_file(path: str | os.PathLike) -> Path:
+    """Check the parent directory of an output file is writable, before doing the work."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputError(f"output {p} is a directory; give a file name with -o")
+    ensure_writable_dir(p.parent if str(p.parent) else Path("."))
+    return p
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's directory; rename it onto `path` on success.
+
+    On any exception the temporary file is removed and `path` is left untouched.
+    """
+    target = ensure_writable_file(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    return write_bytes_atomic(path, text.encode())
+
+
+def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_default(o: Any) -> Any:
+    # numpy scalars and paths show up in reports; make them plain JSON.
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "to_dict"):
+        return o.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
