@@ -1,0 +1,95 @@
+"""FP32 ONNX export of a fused model, checked and run once in ONNX Runtime.
+
+The TorchScript exporter (`dynamo=False`) is used for every flavour: it is the one that also
+exports fake-quant modules to Q/DQ with a dynamic batch in torch 2.13 (reference.md §4), so
+FP32 and INT8 graphs come out of the same exporter with the same node names.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ExportError
+from ..io import atomic_path
+
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    input_size: int,
+    in_channels: int = 3,
+    opset: int = OPSET,
+    dynamic_batch: bool = True,
+) -> Path:
+    """Export `model` (eval mode) to one self-contained ONNX file, checked with onnx.checker.
+
+    >>> export_onnx(plain, "model.onnx", input_size=224)   # doctest: +SKIP
+    """
+    import onnx
+
+    model = model.eval()
+    example = torch.zeros(1, in_channels, input_size, input_size)
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    with atomic_path(path) as tmp:
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                # The TorchScript exporter is deprecated in favour of dynamo; we rely on it on purpose.
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, (example,), str(tmp), dynamo=False, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                    do_constant_folding=True,
+                )
+            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+        except ExportError:
+            raise
+        except Exception as exc:  # the exporter raises many types; all mean the same to a user
+            raise ExportError(f"ONNX export of {type(model).__name__} to {path} failed: {exc}") from exc
+    return Path(path)
+
+
+@dataclass
+class Parity:
+    """Agreement of an ONNX Runtime session with the torch module on the same input."""
+
+    max_abs_diff: float
+    max_rel_diff: float  # over the largest |logit| of the torch model
+    top1_agreement: float
+    batch: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ort_session(onnx_path: str | Path, threads: int | None = None, optimize: bool = True):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def ort_parity(model: nn.Module, onnx_path: str | Path, x: torch.Tensor) -> Parity:
+    """Run `x` through the torch module and the ONNX file and compare logits."""
+    session = ort_session(onnx_path)
+    ref = model.eval()(x).numpy()
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy().astype(np.float32)})[0]
+    diff = float(np.abs(ref - out).max())
+    scale = float(np.abs(ref).max()) or 1.0
+    agree = float((ref.argmax(1) == out.argmax(1)).mean())
+    return Parity(diff, diff / scale, agree, int(x.shape[0]))
