@@ -62,3 +62,27 @@ def _default(o: Any) -> Any:
     if hasattr(o, "to_dict"):
         return o.to_dict()
     return str(o)
+
+
+def checkpoint_options(fn: Callable) -> Callable:
+    """--arch/--ema/--trust-checkpoint/--allow-nonfinite, passed on as `load_kwargs`."""
+    options = [
+        click.option("--arch", default=None, help="Expected variant (e.g. RepVGG-A0); checked against the weights."),
+        click.option("--ema", "use_ema", is_flag=True, help="Use the EMA weights of a training checkpoint."),
+        click.option(
+            "--trust-checkpoint", is_flag=True,
+            help="Allow arbitrary unpickling (can run code from the file). Only for files you trust.",
+        ),
+        click.option("--allow-nonfinite", is_flag=True, help="Proceed even if weights contain NaN or Inf."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, arch, use_ema, trust_checkpoint, allow_nonfinite, **kwargs: Any) -> Any:
+        kwargs["load_kwargs"] = dict(
+            arch=arch, use_ema=use_ema, trust_checkpoint=trust_checkpoint, allow_nonfinite=allow_nonfinite
+        )
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

@@ -93,3 +93,38 @@ def ort_parity(model: nn.Module, onnx_path: str | Path, x: torch.Tensor) -> Pari
     scale = float(np.abs(ref).max()) or 1.0
     agree = float((ref.argmax(1) == out.argmax(1)).mean())
     return Parity(diff, diff / scale, agree, int(x.shape[0]))
+
+
+def describe_onnx(path: str | Path) -> dict:
+    """What `repdeploy inspect model.onnx` reports: opset, inputs, op counts, QDQ layout."""
+    import onnx
+    from collections import Counter
+
+    from ..errors import InputError
+
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable ONNX file ({exc}); give a .onnx written by an exporter") from exc
+    ops = Counter(n.op_type for n in model.graph.node)
+    record = {
+        "path": str(path),
+        "format": "onnx",
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
+        "inputs": [
+            {"name": i.name, "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
+            for i in model.graph.input
+        ],
+        "ops": dict(sorted(ops.items())),
+        "quantized": ops.get("QuantizeLinear", 0) > 0,
+    }
+    if record["quantized"]:
+        try:
+            from .qdq import check_tensorrt_qdq
+
+            violations = check_tensorrt_qdq(model)
+            record["tensorrt_qdq_violations"] = violations[:20]
+            record["tensorrt_ready"] = not violations
+        except ImportError:
+            pass
+    return record

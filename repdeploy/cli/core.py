@@ -1,0 +1,175 @@
+"""inspect, fuse, export: what a checkpoint is, its verified PlainNet, and its ONNX."""
+
+from __future__ import annotations
+
+import click
+
+from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+
+
+def _inspect_text(r: dict) -> str:
+    if r["form"] == "scales":
+        return f"{r['path']}: RepOpt-VGG scales file ({r['num_tensors']} tensors)\n  to deploy: {r['to_deploy']}"
+    arch = r["arch"]
+    lines = [
+        f"{r['path']}",
+        f"  format      {r['format']} ({r['container']})",
+        f"  family      {r['family']}",
+        f"  variant     {r['variant']}",
+        f"  form        {r['form']}",
+        f"  classes     {r['num_classes']}",
+        f"  params      {r['params']:,} (deployed: {r['deploy_params']:,})",
+        f"  depths      {arch['depths']}  widths {arch['widths']}"
+        + (f"  groups {arch['groups']}" if arch["groups"] else "") + ("  SE" if arch["use_se"] else ""),
+        f"  to deploy   {r['to_deploy']}",
+    ]
+    return "\n".join(lines)
+
+
+@click.command("inspect")
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=True))
+@checkpoint_options
+@click.option("--list-arch", is_flag=True, help="List the known variants and exit.")
+@json_option
+@quiet_option
+@handle_errors
+def inspect_cmd(checkpoint, load_kwargs, list_arch, as_json):
+    """Say what a checkpoint is: format, family, variant, form, classes, parameters.
+
+    Detection reads the keys and tensor shapes, never the file name.
+
+    \b
+    Examples:
+      repdeploy inspect RepVGG-A0-train.pth
+      repdeploy inspect ckpt.pth.tar --ema --json
+      repdeploy inspect --list-arch
+    """
+    if list_arch:
+        from ..models.specs import VARIANTS
+
+        records = [s.to_dict() for s in VARIANTS.values()]
+        if as_json:
+            emit({"variants": records}, True)
+        else:
+            for s in records:
+                click.echo(f"{s['name']:<18} {s['family']:<7} depths {s['depths']} widths {s['widths']}")
+        return
+    if checkpoint is None:
+        raise click.UsageError("give a CHECKPOINT (or --list-arch)")
+    if checkpoint.endswith(".onnx"):
+        from ..export.onnx import describe_onnx
+
+        emit(describe_onnx(checkpoint), as_json)
+        return
+    from ..checkpoints import load
+
+    emit(load(checkpoint, **load_kwargs).to_dict(), as_json, _inspect_text)
+
+
+@click.command("fuse")
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Where to write the fused model (.pt).")
+@click.option("--tolerance", default=1e-4, show_default=True, help="Max logit error relative to the logit scale.")
+@checkpoint_options
+@json_option
+@quiet_option
+@handle_errors
+def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
+    """Fuse a checkpoint into a PlainNet and prove it computes the same function.
+
+    The fused file records its architecture and loads with weights_only=True.
+
+    \b
+    Examples:
+      repdeploy fuse RepVGG-B1g4-train.pth -o b1g4_fused.pt
+      repdeploy fuse repoptvgg_b1.pth -o fused.pt --json
+    """
+    from ..checkpoints import load, save_fused
+    from ..fuse import fuse
+    from ..io import ensure_writable_file
+    from ..models import PlainNet
+
+    ensure_writable_file(output)
+    loaded = load(checkpoint, **load_kwargs)
+    if loaded.model is None:
+        raise click.UsageError(f"{checkpoint} is a scales file with no weights; {loaded.deploy_steps}")
+    if isinstance(loaded.model, PlainNet):
+        from ..fuse import compare, check_size
+
+        plain = loaded.model
+        size = check_size(plain.spec)
+        eq = compare(plain, plain, (2, plain.spec.in_channels, size, size), tolerance=tolerance)
+    else:
+        result = fuse(loaded.model, tolerance=tolerance)
+        plain, eq = result.plain, result.equivalence
+    save_fused(plain, output, extra={"source": str(checkpoint), "source_format": loaded.format,
+                                     "source_form": loaded.form, "equivalence": eq.to_dict()})
+    record = {
+        "input": str(checkpoint), "variant": loaded.variant, "form": loaded.form,
+        "max_abs_diff": eq.max_abs_diff, "max_rel_diff": eq.max_rel_diff, "tolerance": tolerance,
+        "passed": eq.passed, "output": str(output),
+        "params": sum(p.numel() for p in plain.parameters()),
+    }
+    emit(record, as_json, lambda r: (
+        f"fused {r['variant']} ({r['form']} form) -> {r['output']}\n"
+        f"  equivalence: max abs diff {r['max_abs_diff']:.3g}, max rel diff {r['max_rel_diff']:.3g} "
+        f"(tolerance {r['tolerance']:g}): PASSED"
+    ))
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx (or .engine with --format trt).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="INT8 comes from `repdeploy quantize`, which calibrates first.")
+@click.option("--input-size", type=int, default=None, help="Input resolution (default: the variant's).")
+@click.option("--opset", type=int, default=17, show_default=True)
+@checkpoint_options
+@json_option
+@quiet_option
+@handle_errors
+def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwargs, as_json):
+    """Export a checkpoint (train, deploy or fused form) to FP32 ONNX, or a TensorRT engine.
+
+    The model is fused and verified first; the ONNX is checked with onnx.checker and run once
+    in ONNX Runtime against torch.
+
+    \b
+    Examples:
+      repdeploy export RepVGG-A0-train.pth -o a0.onnx
+      repdeploy export fused.pt -o a0.onnx --input-size 256 --json
+      repdeploy export fused.pt -o a0.engine --format trt --precision fp16   # needs TensorRT + GPU
+    """
+    import torch
+
+    from ..checkpoints import load_fused
+    from ..errors import InputError
+    from ..export.onnx import export_onnx, ort_parity
+    from ..io import ensure_writable_file
+
+    ensure_writable_file(output)
+    plain, loaded, eq = load_fused(checkpoint, **load_kwargs)
+    size = input_size or plain.spec.input_size
+    if fmt == "trt":
+        from ..export.tensorrt import build_engine_from_model
+
+        path = build_engine_from_model(plain, output, input_size=size, precision=precision)
+        emit({"input": str(checkpoint), "output": str(path), "format": "trt", "precision": precision}, as_json)
+        return
+    if precision != "fp32":
+        raise InputError("--precision fp16 applies to TensorRT engines; ONNX export is FP32 (use --format trt)")
+    export_onnx(plain, output, input_size=size, in_channels=plain.spec.in_channels, opset=opset)
+    x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    parity = ort_parity(plain, output, x)
+    record = {
+        "input": str(checkpoint), "variant": loaded.variant, "output": str(output), "opset": opset,
+        "input_size": size, "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),
+    }
+    emit(record, as_json, lambda r: (
+        f"exported {r['variant']} -> {r['output']} (opset {r['opset']}, dynamic batch, {size}x{size})\n"
+        f"  ORT vs torch: max abs diff {parity.max_abs_diff:.3g}, top-1 agreement {parity.top1_agreement:.0%}"
+    ))
+
+
+COMMANDS = [inspect_cmd, fuse_cmd, export_cmd]
