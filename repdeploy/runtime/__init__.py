@@ -1,0 +1,133 @@
+"""One Runner interface over torch, ONNX Runtime and TensorRT, and `open_runner` to pick one.
+
+`open_runner` accepts a module or any model file a user has: a checkpoint (any family, fused
+and verified on load), a repdeploy fused `.pt`, an `.onnx` file, or a TensorRT engine, and turns
+it into the form the chosen engine runs (exporting to a temporary ONNX or engine when needed).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .base import InputMetadata, Runner
+
+ENGINES = ("torch", "ort", "trt")
+ONNX_SUFFIXES = (".onnx",)
+
+
+def model_kind(path: str | Path) -> str:
+    """'onnx', 'engine' or 'checkpoint', from the file suffix (checkpoints are sniffed on load)."""
+    from ..export.tensorrt import ENGINE_SUFFIXES
+
+    suffix = Path(path).suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in ENGINE_SUFFIXES:
+        return "engine"
+    return "checkpoint"
+
+
+def open_runner(
+    model: Any,
+    engine: str = "ort",
+    *,
+    threads: int | None = None,
+    inter_op_threads: int | None = None,
+    compile: bool = False,
+    name: str | None = None,
+    workdir: str | Path | None = None,
+    **load_kwargs: Any,
+) -> Runner:
+    """Return an inactive runner for `model` on `engine` ("torch", "ort" or "trt").
+
+    `model` is an nn.Module or a path. `load_kwargs` go to `checkpoints.load_fused` (arch,
+    use_ema, trust_checkpoint, allow_nonfinite). Intermediate ONNX/engine files are written to
+    `workdir`, or to a temporary directory removed with the runner.
+
+    >>> with open_runner("runs/a0/model_int8_ort.onnx", engine="ort", threads=2) as r:  # doctest: +SKIP
+    ...     r.infer(batch).argmax(1)
+    """
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "trt":
+        from ..export.tensorrt import import_tensorrt
+
+        import_tensorrt()  # fail fast (exit 4) before exporting anything
+
+    if isinstance(model, (str, Path)):
+        path = Path(model)
+        if not path.is_file():
+            raise InputError(f"model {path} does not exist; give a checkpoint, fused .pt, .onnx or engine file")
+        kind = model_kind(path)
+        name = name or path.name
+        if kind == "engine":
+            if engine != "trt":
+                raise InputError(f"{path} is a TensorRT engine; run it with --engine trt")
+            from .trt import TrtRunner
+
+            return TrtRunner(path, name=name)
+        if kind == "onnx":
+            if engine == "torch":
+                raise InputError(f"{path} is an ONNX file; run it with --engine ort (or trt)")
+            if engine == "ort":
+                return _ort(path, name, threads, inter_op_threads)
+            return _trt_from_onnx(path, name, workdir)
+        from ..checkpoints import load_fused
+
+        model, _, _ = load_fused(path, **load_kwargs)
+
+    name = name or type(model).__name__
+    if engine == "torch":
+        from .torch import TorchRunner
+
+        return TorchRunner(model, name=name, threads=threads, compile=compile)
+    directory, owner = _workdir(workdir)
+    onnx_path = _export(model, directory / "model_fp32.onnx")
+    runner = _ort(onnx_path, name, threads, inter_op_threads) if engine == "ort" else _trt_from_onnx(onnx_path, name, directory)
+    if owner is not None:
+        weakref.finalize(runner, shutil.rmtree, owner, True)
+    return runner
+
+
+def _ort(path: Path, name: str, threads: int | None, inter_op_threads: int | None) -> Runner:
+    from .ort import OrtRunner
+
+    return OrtRunner(path, name=name, intra_op_threads=threads, inter_op_threads=inter_op_threads)
+
+
+def _trt_from_onnx(path: Path, name: str, workdir: str | Path | None) -> Runner:
+    from ..export.tensorrt import build_engine
+    from .trt import TrtRunner
+
+    directory, owner = _workdir(workdir)
+    engine_path = build_engine(path, directory / (Path(path).stem + ".engine"))
+    runner = TrtRunner(engine_path, name=name)
+    if owner is not None:
+        weakref.finalize(runner, shutil.rmtree, owner, True)
+    return runner
+
+
+def _workdir(workdir: str | Path | None) -> tuple[Path, str | None]:
+    if workdir is not None:
+        from ..io import ensure_writable_dir
+
+        return ensure_writable_dir(workdir), None
+    owner = tempfile.mkdtemp(prefix="repdeploy-runner-")
+    return Path(owner), owner
+
+
+def _export(model: Any, path: Path) -> Path:
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise InputError(f"{type(model).__name__} has no ArchSpec; pass a repdeploy model or an ONNX file")
+    from ..export.onnx import export_onnx
+
+    return export_onnx(model, path, input_size=spec.input_size, in_channels=spec.in_channels)
+
+
+__all__ = ["Runner", "InputMetadata", "open_runner", "model_kind", "ENGINES"]

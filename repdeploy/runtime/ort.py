@@ -1,0 +1,70 @@
+"""ONNX Runtime CPU runner: FP32 or INT8 QDQ graphs, with settable thread pools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .base import InputMetadata, Runner
+
+
+class OrtRunner(Runner):
+    """Run an ONNX file on ONNX Runtime's CPU execution provider.
+
+    `intra_op_threads` is the thread count a user means by "threads" (parallelism inside one
+    operator); `inter_op_threads` only matters with parallel execution mode, which these
+    sequential conv stacks do not benefit from, so it is left to ORT unless set.
+    """
+
+    engine = "ort"
+
+    def __init__(self, path: str | Path, *, name: str | None = None, intra_op_threads: int | None = None,
+                 inter_op_threads: int | None = None, optimize: bool = True) -> None:
+        self.path = Path(path)
+        super().__init__(name or self.path.name)
+        self.intra_op_threads = intra_op_threads
+        self.inter_op_threads = inter_op_threads
+        self.optimize = optimize
+        self._session = None
+        self._input_name = ""
+
+    def activate_impl(self) -> None:
+        import onnxruntime as ort
+
+        if not self.path.is_file():
+            raise InputError(f"ONNX model {self.path} does not exist; export one with `repdeploy export`")
+        options = ort.SessionOptions()
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        if self.inter_op_threads:
+            options.inter_op_num_threads = self.inter_op_threads
+        if not self.optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+        try:
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean a bad file
+            raise InputError(f"{self.path} is not a loadable ONNX model ({str(exc).splitlines()[0]}); "
+                             "re-export it with `repdeploy export`") from exc
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise InputError(f"{self.path} has {len(inputs)} inputs; repdeploy runs single-image-input classifiers")
+        self._input_name = inputs[0].name
+
+    def deactivate_impl(self) -> None:
+        self._session = None
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: x})[0]
+
+    def get_input_metadata_impl(self) -> InputMetadata:
+        meta = self._session.get_inputs()[0]
+        shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
+        return InputMetadata(meta.name, shape, "float32")
+
+    def describe(self) -> dict:
+        threads = self._session.get_session_options().intra_op_num_threads if self._session else None
+        return {"engine": self.engine, "name": self.name, "intra_op_threads": self.intra_op_threads or threads,
+                "inter_op_threads": self.inter_op_threads}

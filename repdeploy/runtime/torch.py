@@ -1,0 +1,62 @@
+"""Torch eager runner (optionally through torch.compile), for fused or train-form modules."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import InputMetadata, Runner
+
+
+class TorchRunner(Runner):
+    """Run an nn.Module on CPU in eval mode under `torch.inference_mode`.
+
+    `threads` sets torch's intra-op pool for the runner's lifetime (restored on deactivate);
+    `compile=True` wraps the module with `torch.compile` (compiled lazily on the first batch).
+    """
+
+    engine = "torch"
+
+    def __init__(self, module, *, name: str | None = None, input_size: int | None = None,
+                 in_channels: int | None = None, threads: int | None = None, compile: bool = False) -> None:
+        super().__init__(name or type(module).__name__)
+        self.module = module
+        spec = getattr(module, "spec", None)
+        self.input_size = input_size or getattr(spec, "input_size", None)
+        self.in_channels = in_channels or getattr(spec, "in_channels", 3)
+        self.threads = threads
+        self.compile = compile
+        self._saved_threads: int | None = None
+        self._fn = None
+
+    def activate_impl(self) -> None:
+        import torch
+
+        if self.threads:
+            self._saved_threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+        self.module.eval()
+        self._fn = torch.compile(self.module) if self.compile else self.module
+
+    def deactivate_impl(self) -> None:
+        import torch
+
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
+        self._fn = None
+
+    def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._fn(torch.from_numpy(x)).numpy()
+
+    def get_input_metadata_impl(self) -> InputMetadata:
+        s = self.input_size
+        return InputMetadata("input", (None, self.in_channels, s, s))
+
+    def describe(self) -> dict:
+        import torch
+
+        return {"engine": self.engine, "name": self.name, "compile": self.compile,
+                "threads": self.threads or torch.get_num_threads()}

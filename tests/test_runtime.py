@@ -1,0 +1,105 @@
+"""The Runner interface on torch and ONNX Runtime: same logits, same lifecycle, every model kind."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import trained_like
+from repdeploy.checkpoints import save_fused
+from repdeploy.errors import InputError, RepDeployError
+from repdeploy.fuse import fuse
+from repdeploy.runtime import InputMetadata, Runner, model_kind, open_runner
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return fuse(trained_like("RepVGG-mini", seed=3)).plain
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).standard_normal((5, 3, 32, 32)).astype(np.float32)
+
+
+def test_torch_and_ort_runners_give_the_same_logits(plain, batch):
+    with open_runner(plain, "torch") as t, open_runner(plain, "ort", threads=1) as o:
+        a, b = t.infer(batch), o.infer(batch)
+    assert a.shape == b.shape == (5, 10)
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(a).max())
+    assert (a.argmax(1) == b.argmax(1)).all()
+    # and both match the module itself, so neither runner is merely agreeing with the other
+    with torch.no_grad():
+        ref = plain(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(a, ref, rtol=0, atol=1e-6)
+
+
+def test_every_model_kind_opens(plain, batch, tmp_path):
+    fused_pt = save_fused(plain, tmp_path / "fused.pt")
+    with open_runner(plain, "ort", workdir=tmp_path / "w") as o:
+        ref = o.infer(batch)
+    onnx_path = tmp_path / "w" / "model_fp32.onnx"
+    assert onnx_path.is_file() and model_kind(onnx_path) == "onnx"
+    for model, engine in [(fused_pt, "torch"), (fused_pt, "ort"), (onnx_path, "ort")]:
+        with open_runner(model, engine) as r:
+            np.testing.assert_allclose(r.infer({"input": batch}), ref, atol=1e-4)
+            assert r.get_input_metadata() == InputMetadata("input", (None, 3, 32, 32))
+            assert r.last_inference_time() > 0
+
+
+def test_lifecycle_misuse_is_an_error(plain, batch):
+    runner = open_runner(plain, "torch")
+    with pytest.raises(RepDeployError, match="not active"):
+        runner.infer(batch)
+    with runner:
+        with pytest.raises(RepDeployError, match="already active"):
+            runner.activate()
+        with pytest.raises(InputError, match="NCHW"):
+            runner.infer(batch[0])
+    assert not runner.is_active
+
+
+def test_thread_settings_apply_and_are_restored(plain, batch):
+    before = torch.get_num_threads()
+    with open_runner(plain, "torch", threads=1) as t:
+        assert torch.get_num_threads() == 1
+        t.infer(batch)
+    assert torch.get_num_threads() == before
+    with open_runner(plain, "ort", threads=1, inter_op_threads=1) as o:
+        assert o._session.get_session_options().intra_op_num_threads == 1
+        assert o.describe()["intra_op_threads"] == 1
+
+
+def test_wrong_engine_for_a_file_names_the_fix(plain, tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(InputError, match="broken.onnx.*re-export"):
+        open_runner(bad, "ort").activate()
+    with pytest.raises(InputError, match="--engine ort"):
+        open_runner(bad, "torch")
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(InputError, match="--engine trt"):
+        open_runner(engine, "ort")
+    with pytest.raises(InputError, match="does not exist"):
+        open_runner(tmp_path / "missing.pth", "ort")
+    with pytest.raises(InputError, match="unknown engine"):
+        open_runner(plain, "tvm")
+
+
+def test_runner_subclass_only_overrides_impl(batch):
+    class Doubling(Runner):
+        engine = "numpy"
+
+        def activate_impl(self):
+            self.ready = True
+
+        def infer_impl(self, x):
+            return x.reshape(len(x), -1)[:, :4] * 2
+
+        def get_input_metadata_impl(self):
+            return InputMetadata("x", (None, 3, 32, 32))
+
+    with Doubling("double") as r:
+        out = r.infer(batch)
+        assert r.ready and r.last_inference_time() >= 0
+    np.testing.assert_array_equal(out, batch.reshape(5, -1)[:, :4] * 2)
