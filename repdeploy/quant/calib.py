@@ -1,0 +1,428 @@
+"""Calibration: activation ranges from sample data, and the calibration cache that carries them.
+
+Calibrators share one interface (like ONNX Runtime's calibrate.py): `collect(name, tensor)` is
+fed every observed activation batch, `compute(qmax)` returns `name -> amax`. Histogram-based
+methods keep one fixed-size histogram of |x| per tensor whose range doubles when a larger value
+arrives (adjacent bins are merged), so memory does not grow with the number of images.
+
+Methods:
+- `max`: the largest |x| seen. Never clips, so one outlier spends the whole int8 range.
+- `percentile`: the |x| below which `percentile` % of the values fall.
+- `entropy`: TensorRT's KL-divergence search: the clip threshold whose `qmax + 1`-level
+  quantized distribution is closest to the observed one (>= 2048 histogram bins).
+- `mse`: the threshold minimising the mean squared quantization error (clipping + rounding)
+  estimated from the histogram; `mse_error` reports that error for any threshold.
+
+The ranges leave this module as plain data: a `CalibrationCache` (JSON) holding each tensor's
+amax and observed min/max, plus the identity of the model it belongs to (ArchSpec and a
+fingerprint of the weights), so a cache for another model is refused instead of silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import CalibrationError, DataError
+from ..io import write_json_atomic
+from ..models.plain import PlainNet
+from ..models.specs import ArchSpec
+from ..progress import track
+
+METHODS = ("max", "percentile", "entropy", "mse")
+DEFAULT_BINS = 2048
+DEFAULT_PERCENTILE = 99.99
+CACHE_FORMAT = "repdeploy-calib/1"
+INPUT_TENSOR = "stage0.conv.input"
+
+
+class StreamingHistogram:
+    """Histogram of |x| over [0, range) with a fixed bin count; the range grows by doubling."""
+
+    def __init__(self, bins: int = DEFAULT_BINS) -> None:
+        if bins < 2 or bins & (bins - 1):
+            raise ValueError(f"bins must be a power of two >= 2, got {bins}")
+        self.bins = bins
+        self.counts = np.zeros(bins, dtype=np.float64)
+        self.range = 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        a = x.detach().abs().float().flatten()
+        if a.numel() == 0:
+            return
+        top = float(a.max())
+        if self.range == 0.0:
+            if top == 0.0:
+                self.counts[0] += a.numel()  # all zero so far: keep the count, no range yet
+                return
+            self.range = top
+        elif top > self.range:
+            self._grow(math.ceil(math.log2(top / self.range)))
+        counts = torch.histc(a, bins=self.bins, min=0.0, max=self.range)
+        self.counts += counts.double().numpy()
+
+    def _grow(self, doublings: int) -> None:
+        factor = 2 ** doublings
+        if factor >= self.bins:
+            total = self.counts.sum()
+            self.counts[:] = 0.0
+            self.counts[0] = total
+        else:
+            merged = self.counts.reshape(-1, factor).sum(1)
+            self.counts = np.concatenate([merged, np.zeros(self.bins - merged.size)])
+        self.range *= factor
+
+    @property
+    def width(self) -> float:
+        return self.range / self.bins
+
+    @property
+    def total(self) -> float:
+        return float(self.counts.sum())
+
+
+class Calibrator:
+    """Base: collect activations batch by batch, then compute one amax per tensor."""
+
+    method = "base"
+
+    def __init__(self) -> None:
+        self.minimum: dict[str, float] = {}
+        self.maximum: dict[str, float] = {}
+
+    def collect(self, name: str, x: torch.Tensor) -> None:
+        """Record one batch of the tensor `name`."""
+        if not torch.isfinite(x).all():
+            raise DataError(f"tensor {name} holds NaN or Inf during calibration; check the calibration data")
+        lo, hi = float(x.min()), float(x.max())
+        self.minimum[name] = min(lo, self.minimum.get(name, lo))
+        self.maximum[name] = max(hi, self.maximum.get(name, hi))
+        self._collect(name, x)
+
+    def _collect(self, name: str, x: torch.Tensor) -> None:
+        pass
+
+    def names(self) -> list[str]:
+        return list(self.maximum)
+
+    def absmax(self, name: str) -> float:
+        return max(abs(self.minimum[name]), abs(self.maximum[name]))
+
+    def compute(self, qmax: Mapping[str, int] | None = None) -> dict[str, float]:
+        """amax per collected tensor; `qmax` gives each tensor's grid (127 signed, 255 unsigned)."""
+        qmax = qmax or {}
+        return {name: float(self._compute(name, int(qmax.get(name, 127)))) for name in self.names()}
+
+    def _compute(self, name: str, qmax: int) -> float:
+        raise NotImplementedError
+
+
+class MaxCalibrator(Calibrator):
+    method = "max"
+
+    def _compute(self, name: str, qmax: int) -> float:
+        return self.absmax(name)
+
+
+class HistogramCalibrator(Calibrator):
+    """Shared streaming-histogram collection of the percentile, entropy and mse methods."""
+
+    def __init__(self, bins: int = DEFAULT_BINS) -> None:
+        super().__init__()
+        self.bins = bins
+        self.histograms: dict[str, StreamingHistogram] = {}
+
+    def _collect(self, name: str, x: torch.Tensor) -> None:
+        self.histograms.setdefault(name, StreamingHistogram(self.bins)).add(x)
+
+    def _compute(self, name: str, qmax: int) -> float:
+        h = self.histograms[name]
+        if h.range == 0.0:
+            return 0.0
+        return min(self._threshold(h, qmax), self.absmax(name))
+
+    def _threshold(self, h: StreamingHistogram, qmax: int) -> float:
+        raise NotImplementedError
+
+
+class PercentileCalibrator(HistogramCalibrator):
+    method = "percentile"
+
+    def __init__(self, percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS) -> None:
+        if not 0.0 < percentile <= 100.0:
+            raise CalibrationError(f"percentile must be in (0, 100], got {percentile}")
+        super().__init__(bins)
+        self.percentile = percentile
+
+    def _threshold(self, h: StreamingHistogram, qmax: int) -> float:
+        cdf = np.cumsum(h.counts) / h.total
+        index = int(np.searchsorted(cdf, self.percentile / 100.0 - 1e-12))
+        return (min(index, h.bins - 1) + 1) * h.width
+
+
+class EntropyCalibrator(HistogramCalibrator):
+    """TensorRT-style KL-divergence calibration over a >= 2048-bin histogram of |x|."""
+
+    method = "entropy"
+
+    def __init__(self, bins: int = DEFAULT_BINS) -> None:
+        if bins < 2048:
+            raise CalibrationError(f"entropy calibration needs at least 2048 bins, got {bins}")
+        super().__init__(bins)
+
+    def _threshold(self, h: StreamingHistogram, qmax: int) -> float:
+        return (entropy_threshold_bins(h.counts, qmax + 1)) * h.width
+
+
+def entropy_threshold_bins(counts: np.ndarray, levels: int) -> int:
+    """Number of leading bins to keep so that KL(P || Q) is smallest (TensorRT's search).
+
+    P is the histogram cut at i bins with the clipped tail folded into its last bin; Q is the
+    first i bins merged into `levels` groups and spread back over each group's non-empty bins.
+    """
+    counts = np.array(counts, dtype=np.float64)
+    # ReLU outputs put a large spike of exact zeros in bin 0; it says nothing about where to clip
+    # and would dominate P, so it is flattened to its neighbour (as TensorRT's tools do).
+    counts[0] = counts[1]
+    n = counts.size
+    if n <= levels:
+        return n
+    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tail[i] = counts[i:].sum()
+    best_kl, best_i = math.inf, n
+    for i in range(levels, n + 1):
+        ref = counts[:i]
+        p = ref.copy()
+        p[-1] += tail[i]
+        group = (np.arange(i) * levels) // i
+        nonzero = ref > 0
+        group_mass = np.bincount(group, weights=ref, minlength=levels)
+        group_size = np.bincount(group, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, group_mass[group] / np.maximum(group_size[group], 1.0), 0.0)
+        kl = _kl_divergence(p, q)
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
+    # Q may be empty where P is not (the folded-in tail); smoothing keeps KL finite, as in
+    # TensorRT and ONNX Runtime, instead of discarding those thresholds outright.
+    p_sum, q_sum = p.sum(), q.sum()
+    if p_sum == 0 or q_sum == 0:
+        return math.inf
+    p = p / p_sum
+    q = q / q_sum
+    q = np.where((q == 0) & (p > 0), eps, q)
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+class MseCalibrator(HistogramCalibrator):
+    """The threshold with the smallest mean squared quantization error over the histogram."""
+
+    method = "mse"
+
+    def __init__(self, bins: int = DEFAULT_BINS, candidates: int = 512) -> None:
+        super().__init__(bins)
+        self.candidates = candidates
+        self.errors: dict[str, float] = {}
+
+    def _threshold(self, h: StreamingHistogram, qmax: int) -> float:
+        thresholds = h.width * np.unique(np.linspace(1, h.bins, self.candidates).round())
+        errors = mse_error(h.counts, h.width, thresholds, qmax)
+        best = int(np.argmin(errors))
+        return float(thresholds[best])
+
+    def _compute(self, name: str, qmax: int) -> float:
+        amax = super()._compute(name, qmax)
+        h = self.histograms[name]
+        if h.range > 0:
+            self.errors[name] = float(mse_error(h.counts, h.width, np.array([amax]), qmax)[0])
+        return amax
+
+
+def mse_error(counts: np.ndarray, width: float, thresholds: np.ndarray, qmax: int) -> np.ndarray:
+    """Mean squared error of quantizing the histogrammed |x| with each threshold (bin centres)."""
+    centres = (np.arange(len(counts)) + 0.5) * width
+    t = np.asarray(thresholds, dtype=np.float64)[:, None]
+    step = np.maximum(t, 1e-12) / qmax
+    recon = np.minimum(np.round(np.minimum(centres[None, :], t) / step), qmax) * step
+    total = max(float(np.sum(counts)), 1.0)
+    return ((centres[None, :] - recon) ** 2 * counts[None, :]).sum(1) / total
+
+
+def make_calibrator(method: str, *, percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS) -> Calibrator:
+    """The calibrator for a method name (one of METHODS)."""
+    if method == "max":
+        return MaxCalibrator()
+    if method == "percentile":
+        return PercentileCalibrator(percentile, bins)
+    if method == "entropy":
+        return EntropyCalibrator(bins)
+    if method == "mse":
+        return MseCalibrator(bins)
+    raise CalibrationError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
+
+
+# ---------------------------------------------------------------------------------- the cache
+
+
+def weights_fingerprint(plain: PlainNet) -> str:
+    """sha256 over the fused weights (names, shapes and float32 bytes), in key order."""
+    h = hashlib.sha256()
+    for key, value in sorted(plain.state_dict().items()):
+        t = value.detach().to(torch.float32).contiguous().cpu()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class TensorRange:
+    """One activation's range: the amax used for quantization and the observed extremes."""
+
+    amax: float
+    min: float
+    max: float
+
+    def to_dict(self) -> dict:
+        return {"amax": self.amax, "min": self.min, "max": self.max}
+
+
+@dataclass
+class CalibrationCache:
+    """Calibrated activation ranges plus the identity of the model they belong to.
+
+    Saved as JSON; a user may edit any `amax` and feed the file back with --calib-cache.
+    """
+
+    arch: dict
+    weights_sha256: str
+    method: str
+    samples: int
+    tensors: dict[str, TensorRange]
+    percentile: float | None = None
+    bins: int | None = None
+    target: str | None = None
+    data: dict = field(default_factory=dict)
+
+    @property
+    def amax(self) -> dict[str, float]:
+        return {name: r.amax for name, r in self.tensors.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "format": CACHE_FORMAT,
+            "model": {"arch": self.arch, "weights_sha256": self.weights_sha256},
+            "method": self.method, "percentile": self.percentile, "bins": self.bins,
+            "samples": self.samples, "target": self.target, "data": self.data,
+            "tensors": {name: r.to_dict() for name, r in self.tensors.items()},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping, source: str = "calibration cache") -> "CalibrationCache":
+        if not isinstance(d, Mapping) or d.get("format") != CACHE_FORMAT:
+            raise CalibrationError(f"{source} is not a repdeploy calibration cache (format {CACHE_FORMAT})")
+        try:
+            tensors = {}
+            for name, r in d["tensors"].items():
+                tr = TensorRange(float(r["amax"]), float(r.get("min", -r["amax"])), float(r.get("max", r["amax"])))
+                if not math.isfinite(tr.amax) or tr.amax < 0:
+                    raise CalibrationError(f"{source}: amax of {name} must be finite and >= 0, got {r['amax']}")
+                tensors[name] = tr
+            return cls(arch=dict(d["model"]["arch"]), weights_sha256=str(d["model"]["weights_sha256"]),
+                       method=str(d["method"]), samples=int(d["samples"]), tensors=tensors,
+                       percentile=d.get("percentile"), bins=d.get("bins"), target=d.get("target"),
+                       data=dict(d.get("data") or {}))
+        except CalibrationError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CalibrationError(f"{source} is malformed ({type(exc).__name__}: {exc}); re-run calibration") from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CalibrationCache":
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError as exc:
+            raise CalibrationError(f"calibration cache {p} does not exist; drop --calib-cache to calibrate") from exc
+        except (OSError, ValueError) as exc:
+            raise CalibrationError(f"calibration cache {p} is not readable JSON ({exc}); re-run calibration") from exc
+        return cls.from_dict(d, source=str(p))
+
+    def check_model(self, plain: PlainNet, source: str = "calibration cache") -> None:
+        """Refuse a cache made for another architecture or other weights."""
+        spec: ArchSpec = plain.spec
+        if self.arch != spec.to_dict():
+            other = self.arch.get("name", "?") if isinstance(self.arch, dict) else "?"
+            raise CalibrationError(
+                f"{source} was made for {other}, not for this {spec.name}; drop --calib-cache to recalibrate"
+            )
+        if self.weights_sha256 != weights_fingerprint(plain):
+            raise CalibrationError(
+                f"{source} was made for other weights of {spec.name} (fingerprint differs); "
+                "drop --calib-cache to recalibrate"
+            )
+
+
+# ------------------------------------------------------------------------------ calibration
+
+
+@torch.no_grad()
+def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
+              percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS,
+              total_batches: int | None = None, data: dict | None = None) -> CalibrationCache:
+    """Run float inference over `batches`, compute activation ranges, load them into `qnet`.
+
+    `qnet` is a QuantPlainNet; every activation quantizer (for both targets) is calibrated, so
+    the cache serves either export flavour.
+    """
+    calibrator = make_calibrator(method, percentile=percentile, bins=bins)
+    qnet.eval()
+    was_enabled = [(q, q.enabled) for q in qnet.quantizers()]
+    qnet.disable()
+    qnet.observe(calibrator.collect)
+    images = 0
+    try:
+        for x in track(batches, f"calibrating ({method})", total=total_batches):
+            if not torch.isfinite(x).all():
+                raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
+            qnet(x)
+            images += int(x.shape[0])
+    finally:
+        qnet.observe(None)
+        for q, on in was_enabled:
+            q.enabled = on
+    if images == 0:
+        raise DataError("no calibration images were read; give --calib-data with at least one image")
+    if calibrator.maximum.get(INPUT_TENSOR) == calibrator.minimum.get(INPUT_TENSOR):
+        raise DataError(
+            "calibration images are all identical (e.g. all zero): their range is empty; use real images"
+        )
+    unsigned = {q.name: 255 if q.unsigned else 127 for q in qnet.quantizers() if not q.per_channel}
+    unsigned.setdefault("features", 255)
+    amax = calibrator.compute(unsigned)
+    tensors = {n: TensorRange(amax[n], calibrator.minimum[n], calibrator.maximum[n]) for n in amax}
+    cache = CalibrationCache(
+        arch=qnet.spec.to_dict(), weights_sha256=weights_fingerprint(_plain_of(qnet)), method=method,
+        samples=images, tensors=tensors, percentile=percentile if method == "percentile" else None,
+        bins=bins if method != "max" else None, target=qnet.target, data=data or {},
+    )
+    qnet.load_ranges(cache.amax)
+    return cache
+
+
+def _plain_of(qnet) -> PlainNet:
+    # The fingerprint must be of the float weights the user handed in, which the wrappers hold.
+    return qnet.float_model()

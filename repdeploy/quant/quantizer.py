@@ -1,0 +1,302 @@
+"""Fake-quantization of a fused PlainNet: the `QuantPlainNet` every INT8 path starts from.
+
+Weights are quantized per output channel (axis 0), symmetric int8; activations per tensor on
+the input of every conv and linear layer. Fake quantization goes through torch's native
+`torch.fake_quantize_per_*_affine` ops, whose gradients are straight-through, so QAT trains the
+same module that PTQ calibrates and export reads.
+
+Two activation layouts exist, chosen by the export target:
+- "tensorrt": every activation signed int8, zero point 0, scale amax/127 (TensorRT explicit
+  quantization). Bias stays float.
+- "ort": tensors that are non-negative by construction (ReLU outputs) are uint8 with zero point 0
+  and scale amax/255, which is the layout ONNX Runtime fuses into integer convolutions; signed
+  tensors (the image, SE pooled features) use the signed grid. The last block's output gets its
+  own quantizer so the last conv is fused too, and the conv/linear bias is quantized to int32 at
+  scale s_x * s_w, as ONNX Runtime's integer kernels do.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CalibrationError
+from ..models.layers import pool_flatten
+from ..models.plain import PlainNet
+
+TARGETS = ("ort", "tensorrt")
+INT8_MAX = 127
+UINT8_MAX = 255
+# A zero range (an all-zero channel or a dead activation) must still give a usable scale.
+MIN_AMAX = 1e-8
+FEATURES = "features"  # name of the quantizer on the last block's output (ort layout only)
+
+Observer = Callable[[str, torch.Tensor], None]
+
+
+class TensorQuantizer(nn.Module):
+    """Fake-quantizes one tensor; can be disabled, observed for calibration, and inspected.
+
+    `amax` is a scalar for activations, one value per output channel for weights. While an
+    `observer` is set the quantizer passes its input through unchanged and reports it.
+    """
+
+    def __init__(self, name: str, *, per_channel: bool = False, unsigned: bool = False) -> None:
+        super().__init__()
+        self.name = name
+        self.per_channel = per_channel
+        self.unsigned = unsigned
+        self.enabled = True
+        self.observer: Observer | None = None
+        self.register_buffer("amax", torch.tensor([]))
+
+    @property
+    def calibrated(self) -> bool:
+        return self.amax.numel() > 0
+
+    @property
+    def qmin(self) -> int:
+        return 0 if self.unsigned else -INT8_MAX - 1
+
+    @property
+    def qmax(self) -> int:
+        return UINT8_MAX if self.unsigned else INT8_MAX
+
+    def set_amax(self, amax: float | torch.Tensor) -> None:
+        value = torch.as_tensor(amax, dtype=torch.float32).detach().clone().reshape(-1)
+        if not torch.isfinite(value).all() or (value < 0).any():
+            raise CalibrationError(f"range of {self.name} must be finite and >= 0, got {value.tolist()[:4]}")
+        self.amax = value if self.per_channel else value[:1].reshape(())
+
+    def scale(self) -> torch.Tensor:
+        """Step size: amax/127 signed (range -128..127, reference.md §4), amax/255 unsigned."""
+        if not self.calibrated:
+            raise CalibrationError(f"quantizer {self.name} has no range; calibrate or load a calib cache first")
+        return self.amax.clamp_min(MIN_AMAX) / float(self.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer(self.name, x.detach())
+        if not self.enabled or not self.calibrated:
+            return x
+        scale = self.scale().to(x.dtype)
+        if self.per_channel:
+            zero = torch.zeros(scale.numel(), dtype=torch.int32)
+            return torch.fake_quantize_per_channel_affine(x, scale, zero, 0, self.qmin, self.qmax)
+        zero = torch.zeros((), dtype=torch.int32)
+        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero, self.qmin, self.qmax)
+
+    def extra_repr(self) -> str:
+        kind = "per-channel" if self.per_channel else "per-tensor"
+        grid = "uint8" if self.unsigned else "int8"
+        return f"{self.name}, {kind} {grid}, enabled={self.enabled}, calibrated={self.calibrated}"
+
+
+def _quantized_bias(bias: torch.Tensor | None, x_q: TensorQuantizer, w_q: TensorQuantizer,
+                    quantize: bool) -> torch.Tensor | None:
+    # ONNX Runtime adds an int32 bias at scale s_x*s_w inside its integer kernels; rounding it the
+    # same way here keeps torch and ORT within one output step of each other.
+    if bias is None or not quantize or not (x_q.enabled and w_q.enabled and x_q.calibrated and w_q.calibrated):
+        return bias
+    step = x_q.scale() * w_q.scale()
+    rounded = torch.round(bias / step) * step
+    return bias + (rounded - bias).detach()  # straight-through, like the fake-quant ops
+
+
+class QuantConv2d(nn.Module):
+    """A Conv2d whose input and weight pass through fake quantizers."""
+
+    def __init__(self, conv: nn.Conv2d, name: str, *, unsigned_input: bool, quantize_bias: bool) -> None:
+        super().__init__()
+        self.conv = conv
+        self.layer_name = name
+        self.quantize_bias = quantize_bias
+        self.input_quantizer = TensorQuantizer(f"{name}.input", unsigned=unsigned_input)
+        self.weight_quantizer = TensorQuantizer(f"{name}.weight", per_channel=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        bias = _quantized_bias(c.bias, self.input_quantizer, self.weight_quantizer, self.quantize_bias)
+        return F.conv2d(self.input_quantizer(x), self.weight_quantizer(c.weight), bias,
+                        c.stride, c.padding, c.dilation, c.groups)
+
+
+class QuantLinear(nn.Module):
+    """A Linear layer whose input and weight pass through fake quantizers."""
+
+    def __init__(self, linear: nn.Linear, name: str, *, unsigned_input: bool, quantize_bias: bool) -> None:
+        super().__init__()
+        self.linear = linear
+        self.layer_name = name
+        self.quantize_bias = quantize_bias
+        self.input_quantizer = TensorQuantizer(f"{name}.input", unsigned=unsigned_input)
+        self.weight_quantizer = TensorQuantizer(f"{name}.weight", per_channel=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = _quantized_bias(self.linear.bias, self.input_quantizer, self.weight_quantizer, self.quantize_bias)
+        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.linear.weight), bias)
+
+
+QuantLayer = QuantConv2d | QuantLinear
+
+
+@dataclass(frozen=True)
+class QuantizerInfo:
+    """What `QuantPlainNet.describe()` reports about one quantizer."""
+
+    name: str
+    kind: str  # "activation" | "weight"
+    grid: str  # "int8" | "uint8"
+    enabled: bool
+    calibrated: bool
+    amax: float | None  # the scalar range, or the largest per-channel range
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class QuantPlainNet(nn.Module):
+    """A copy of a PlainNet with every conv and linear layer fake-quantized.
+
+    >>> qnet = QuantPlainNet(plain, target="ort")       # doctest: +SKIP
+    >>> qnet.set_weight_ranges(); qnet.load_ranges(cache.amax)
+    >>> qnet.disable("stage0.conv")                     # keep the first conv in float
+    """
+
+    def __init__(self, plain: PlainNet, target: str = "ort") -> None:
+        super().__init__()
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        self.target = target
+        self.spec = plain.spec
+        self.net = copy.deepcopy(plain).eval()
+        ort = target == "ort"
+        self._layers: dict[str, QuantLayer] = {}
+        for prefix, block in self.net.named_blocks():
+            # Block inputs after stage0 are ReLU outputs; the image itself is signed.
+            self._wrap(block, "conv", f"{prefix}.conv", unsigned=ort and prefix != "stage0", ort=ort)
+            if block.se is not None:
+                # SE squeezes the (signed) conv output; its `up` conv reads a ReLU output.
+                self._wrap(block.se, "down", f"{prefix}.se.down", unsigned=False, ort=ort)
+                self._wrap(block.se, "up", f"{prefix}.se.up", unsigned=ort, ort=ort)
+        # The pooled features are averages of ReLU outputs, hence non-negative as well.
+        self._wrap(self.net, "linear", "linear", unsigned=ort, ort=ort)
+        self.features_quantizer = TensorQuantizer(FEATURES, unsigned=True)
+        self.features_quantizer.enabled = ort
+
+    def _wrap(self, parent: nn.Module, attr: str, name: str, *, unsigned: bool, ort: bool) -> None:
+        layer = getattr(parent, attr)
+        cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        wrapped = cls(layer, name, unsigned_input=unsigned, quantize_bias=ort)
+        setattr(parent, attr, wrapped)
+        self._layers[name] = wrapped
+
+    # ------------------------------------------------------------------ inspection and control
+
+    def layers(self) -> dict[str, QuantLayer]:
+        """Quantized layers by name ("stage0.conv", "stage1.0.conv", ..., "linear")."""
+        return dict(self._layers)
+
+    def quantizers(self) -> Iterator[TensorQuantizer]:
+        """Every quantizer, activation and weight, in forward order."""
+        for layer in self._layers.values():
+            yield layer.input_quantizer
+            yield layer.weight_quantizer
+        if self.target == "ort":
+            yield self.features_quantizer
+
+    def activation_quantizers(self) -> dict[str, TensorQuantizer]:
+        """Activation quantizers by name: "<layer>.input" and, for ort, "features"."""
+        out = {layer.input_quantizer.name: layer.input_quantizer for layer in self._layers.values()}
+        if self.target == "ort":
+            out[FEATURES] = self.features_quantizer
+        return out
+
+    def enable(self, layer: str | None = None) -> None:
+        """Quantize `layer` (both quantizers), or every layer when None."""
+        self._set_enabled(layer, True)
+
+    def disable(self, layer: str | None = None) -> None:
+        """Run `layer` in float (sensitivity analysis, mixed precision), or every layer when None."""
+        self._set_enabled(layer, False)
+
+    def _set_enabled(self, layer: str | None, on: bool) -> None:
+        if layer is not None and layer not in self._layers:
+            raise KeyError(f"no quantized layer {layer!r}; known: {', '.join(self._layers)}")
+        for name, q in self._layers.items():
+            if layer is None or name == layer:
+                q.input_quantizer.enabled = on
+                q.weight_quantizer.enabled = on
+        if layer is None and self.target == "ort":
+            self.features_quantizer.enabled = on
+
+    def float_layers(self) -> list[str]:
+        """Layers currently left in float."""
+        return [n for n, q in self._layers.items() if not q.weight_quantizer.enabled]
+
+    def describe(self) -> list[QuantizerInfo]:
+        """One record per quantizer: grid, state and range."""
+        out = []
+        for q in self.quantizers():
+            amax = float(q.amax.max()) if q.calibrated else None
+            out.append(QuantizerInfo(q.name, "weight" if q.per_channel else "activation",
+                                     "uint8" if q.unsigned else "int8", q.enabled, q.calibrated, amax))
+        return out
+
+    # ------------------------------------------------------------------ ranges
+
+    @torch.no_grad()
+    def set_weight_ranges(self) -> None:
+        """Per-output-channel max |w|: weights are known, so their ranges need no calibration."""
+        for layer in self._layers.values():
+            w = layer.weight_quantizer
+            weight = (layer.conv if isinstance(layer, QuantConv2d) else layer.linear).weight
+            w.set_amax(weight.detach().abs().flatten(1).amax(1))
+
+    def load_ranges(self, amax: dict[str, float]) -> None:
+        """Set every activation range from a name -> amax mapping (a calibration cache)."""
+        quantizers = self.activation_quantizers()
+        missing = sorted(set(quantizers) - set(amax))
+        if missing:
+            raise CalibrationError(
+                f"calibration ranges miss {len(missing)} tensors of {self.spec.name} ({', '.join(missing[:3])}...); "
+                "re-run calibration without --calib-cache"
+            )
+        for name, q in quantizers.items():
+            q.set_amax(amax[name])
+
+    def ranges(self) -> dict[str, float]:
+        """Current activation ranges by quantizer name."""
+        return {n: float(q.amax) for n, q in self.activation_quantizers().items() if q.calibrated}
+
+    def observe(self, observer: Observer | None) -> None:
+        """Report every activation quantizer's input to `observer` (None stops observing)."""
+        for q in (*[layer.input_quantizer for layer in self._layers.values()], self.features_quantizer):
+            q.observer = observer
+
+    def float_model(self) -> PlainNet:
+        """The float PlainNet these quantizers wrap (weights as they are now, e.g. after QAT)."""
+        inner = {}
+        for key, value in self.net.state_dict().items():
+            if "_quantizer." in key:
+                continue
+            for name, layer in self._layers.items():
+                wrapped = f"{name}.{'conv' if isinstance(layer, QuantConv2d) else 'linear'}."
+                if key.startswith(wrapped):
+                    key = f"{name}.{key[len(wrapped):]}"
+                    break
+            inner[key] = value
+        plain = PlainNet(self.spec)
+        plain.load_state_dict(inner, strict=True)
+        return plain.eval()
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features_quantizer(self.net.forward_features(x))
+        return self.net.linear(pool_flatten(features))
