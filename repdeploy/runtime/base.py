@@ -40,6 +40,8 @@ class InputMetadata:
         return asdict(self)
 
 
+_clock = time.perf_counter
+
 Feed = np.ndarray | Mapping[str, np.ndarray]
 
 
@@ -87,11 +89,12 @@ class Runner:
         if not self.is_active:
             raise RepDeployError(f"runner {self.name} is not active; use it in a `with` block or call activate()")
         x = self._as_array(feed)
-        start = time.perf_counter()
-        out = self.infer_impl(x)
         # Backends that time on the device (TensorRT, CUDA events) set _last_time themselves.
-        if not self.times_itself:
-            self._last_time = time.perf_counter() - start
+        if self.times_itself:
+            return self.infer_impl(x)
+        start = _clock()
+        out = self.infer_impl(x)
+        self._last_time = _clock() - start
         return out
 
     def last_inference_time(self) -> float | None:
@@ -104,6 +107,10 @@ class Runner:
         return self.get_input_metadata_impl()
 
     def _as_array(self, feed: Feed) -> np.ndarray:
+        # Fast path first: the benchmark loop feeds the same ready array thousands of times, and
+        # every check here is harness overhead on a sub-millisecond inference.
+        if type(feed) is np.ndarray and feed.dtype == np.float32 and feed.ndim == 4 and feed.flags.c_contiguous:
+            return feed
         if isinstance(feed, Mapping):
             if len(feed) != 1:
                 raise InputError(f"{self.name}: expected one input, got {sorted(feed)}; models here take one image batch")

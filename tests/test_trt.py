@@ -1,0 +1,64 @@
+"""TensorRT path: lazy imports, exit code 4 with the install hint here, a real build where possible."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from repdeploy.errors import BackendMissingError
+from repdeploy.export.tensorrt import INSTALL_HINT, tensorrt_available
+
+NO_TRT = "TensorRT and an NVIDIA GPU are not available on this machine"
+
+
+def test_modules_import_without_tensorrt():
+    # importing the builder and runner must not import tensorrt (or touch CUDA)
+    code = ("import sys, repdeploy.export.tensorrt, repdeploy.runtime.trt, repdeploy.runtime;"
+            "print('tensorrt' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is present: the missing-backend path cannot be shown")
+def test_cli_trt_without_tensorrt_exits_4_with_hint(tmp_path):
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"unused: the backend check comes first")
+    for args in (["bench", str(onnx_file), "--engine", "trt"], ["eval", str(tmp_path / "m.engine")],
+                 ["pipeline", "--engine", "trt", "-o", str(tmp_path / "out")]):
+        if args[0] == "eval":
+            (tmp_path / "m.engine").write_bytes(b"x")
+        r = subprocess.run([sys.executable, "-m", "repdeploy", *args], capture_output=True, text=True)
+        assert r.returncode == 4, (args, r.stderr)
+        assert "pip install 'repdeploy[trt]'" in r.stderr and "NVIDIA GPU" in r.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is present")
+def test_builder_and_runner_raise_backend_missing(tmp_path):
+    from repdeploy.export.tensorrt import build_engine
+    from repdeploy.runtime.trt import TrtRunner
+
+    with pytest.raises(BackendMissingError, match=r"repdeploy\[trt\]"):
+        build_engine(tmp_path / "m.onnx", tmp_path / "m.engine")
+    with pytest.raises(BackendMissingError) as info:
+        TrtRunner(tmp_path / "m.engine").activate()
+    assert info.value.exit_code == 4 and INSTALL_HINT in str(info.value)
+
+
+@pytest.mark.skipif(not tensorrt_available(), reason=NO_TRT)
+def test_real_engine_matches_onnxruntime(tmp_path):
+    from conftest import trained_like
+    from repdeploy.export.onnx import export_onnx
+    from repdeploy.export.tensorrt import build_engine
+    from repdeploy.fuse import fuse
+    from repdeploy.runtime import open_runner
+
+    plain = fuse(trained_like("RepVGG-mini")).plain
+    onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 4, 8))
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with open_runner(onnx_path, "ort") as o, open_runner(engine, "trt") as t:
+        ref, out = o.infer(x), t.infer(x)
+        assert t.last_inference_time() > 0
+    assert np.abs(ref - out).max() < 1e-2 * max(1.0, np.abs(ref).max())
