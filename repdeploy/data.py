@@ -98,10 +98,11 @@ class ImageDataset:
                             self.classes, self.labels, self._load, self.indices[pos])
 
     def batches(self, batch_size: int, *, limit: int | None = None, shuffle: bool = False,
-                seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                seed: int = 0, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x NCHW float32, y long) batches; `limit` caps the number of images.
 
         Shuffling is seeded (numpy Generator), so a run is reproducible from its seed alone.
+        `skip` drops the first batches of that order without decoding them (resuming mid-epoch).
         """
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -110,7 +111,7 @@ class ImageDataset:
             order = order[np.random.default_rng(seed).permutation(len(order))]
         if limit is not None:
             order = order[: max(0, int(limit))]
-        for start in range(0, len(order), batch_size):
+        for start in range(max(0, skip) * batch_size, len(order), batch_size):
             items = order[start : start + batch_size]
             yield self._load(items), torch.from_numpy(self.labels[items].copy())
 

@@ -1,0 +1,335 @@
+"""The training loop shared by `train`, `hypersearch` and QAT.
+
+One function, `train`, runs a seeded, CPU-deterministic loop: per-step cosine learning rate with
+linear warm-up, label-smoothed cross entropy (or a caller's loss, e.g. distillation), weight decay
+groups as upstream, a `MultiplierMap` that optimizers apply, hooks for producers that refresh
+multipliers (SGS), periodic atomic checkpoints of the whole training state, and `resume` that
+reproduces the uninterrupted run bit for bit.
+
+Determinism without saved RNG streams: the data order of epoch e is a permutation seeded by
+(seed, e) and the augmentation of step k by (seed, k), so a resumed run only needs the step
+count; the global torch RNG state is saved anyway for callers' losses that draw from it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import ImageDataset
+from .errors import CheckpointError, InputError
+from .optim.multipliers import MultiplierMap
+from .progress import status, track
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerFactory = Callable[[list[dict], MultiplierMap], torch.optim.Optimizer]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved with its checkpoints)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    seed: int = 0
+    augment: str = "shift"  # "none" | "shift" (random translation) | "shift-flip"
+    clip_grad_norm: float | None = None
+    checkpoint_every: int = 0  # steps between training-state checkpoints; 0 = once per epoch
+    stop_after_steps: int | None = None  # end early (after checkpointing), e.g. a time-boxed job
+    eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise InputError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
+        if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
+            raise InputError(f"invalid lr {self.lr}, weight decay {self.weight_decay} "
+                             f"or label smoothing {self.label_smoothing}")
+        if self.augment not in ("none", "shift", "shift-flip"):
+            raise InputError(f"unknown augmentation {self.augment!r}; use none, shift or shift-flip")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    lr: float
+    val_top1: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    """What a run did; `history` has one record per epoch run in this process or restored."""
+
+    steps: int
+    epochs: int
+    train_loss: float
+    val_top1: float | None
+    images_per_second: float
+    seconds: float
+    resumed_from_step: int = 0
+    stopped_early: bool = False
+    history: list[EpochRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainHook(Protocol):
+    """Something that acts at epoch boundaries, e.g. a multiplier producer refreshing its map."""
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, multipliers: MultiplierMap) -> None: ...
+
+
+def label_smoothing_loss(smoothing: float) -> LossFn:
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y, label_smoothing=smoothing)
+
+    return loss
+
+
+def decays(name: str, param: torch.Tensor) -> bool:
+    """Upstream weight-decay rule: no decay on 1-D parameters (biases, BN affine, branch scales)
+    except the identity scales of RepOpt-VGG's hyper-search form, which upstream decays."""
+    return param.dim() > 1 or name.endswith("scale_identity.weight")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float,
+                     rule: Callable[[str, torch.Tensor], bool] = decays) -> list[dict]:
+    """Two optimizer groups (decay / no decay) over the trainable parameters, names kept."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if rule(name, p) else no_decay).append((name, p))
+    groups = []
+    for members, wd in ((decay, weight_decay), (no_decay, 0.0)):
+        if members:
+            groups.append({"params": [p for _, p in members], "names": [n for n, _ in members], "weight_decay": wd})
+    return groups
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up from 1/warmup to 1, then cosine decay to 0 at `total_steps`."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def augment_batch(x: torch.Tensor, mode: str, seed: int, step: int) -> torch.Tensor:
+    """Random translation by up to 1/8 of the image (edge-replicated), optional h-flip.
+
+    Seeded by (seed, step) so no augmentation RNG state has to survive a resume.
+    """
+    if mode == "none":
+        return x
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, [pad, pad, pad, pad], mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=g)
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+    if mode == "shift-flip":
+        flip = torch.rand(n, generator=g) < 0.5
+        out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy (%) in eval mode; the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in dataset.batches(batch_size):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return 100.0 * correct / max(1, total)
+
+
+def train(
+    model: nn.Module,
+    make_optimizer: OptimizerFactory,
+    train_data: ImageDataset,
+    val_data: ImageDataset | None = None,
+    config: TrainConfig | None = None,
+    *,
+    multipliers: MultiplierMap | None = None,
+    hooks: Sequence[TrainHook] = (),
+    loss_fn: LossFn | None = None,
+    decay_rule: Callable[[str, torch.Tensor], bool] = decays,
+    state_path: str | os.PathLike | None = None,
+    resume: bool = False,
+    uses_lr_schedule: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Train `model` in place and return what happened.
+
+    make_optimizer(param_groups, multipliers) builds the optimizer (groups carry "weight_decay"
+    and "names"); `multipliers` are filled by the caller (RepOpt) or by `hooks` (SGS). With
+    `state_path`, the full training state is written there atomically every
+    `config.checkpoint_every` steps (or every epoch) and at the end; `resume=True` continues from
+    it. `uses_lr_schedule=False` leaves group learning rates alone (AGD has none).
+    """
+    config = config or TrainConfig()
+    config.validate()
+    if not train_data.has_labels:
+        raise InputError(f"training data {train_data.source} has no labels; use an ImageFolder layout or labelled arrays")
+    if len(train_data) == 0:
+        raise InputError(f"training data {train_data.source} is empty")
+    multipliers = multipliers if multipliers is not None else MultiplierMap(model)
+    if config.clip_grad_norm is not None and multipliers:
+        raise InputError(
+            "gradient clipping breaks the gradient re-parameterization equivalence "
+            f"(multipliers from {', '.join(multipliers.producers)}); drop --clip-grad"
+        )
+    loss_fn = loss_fn or label_smoothing_loss(config.label_smoothing)
+    torch.manual_seed(config.seed)
+    optimizer = make_optimizer(parameter_groups(model, config.weight_decay, decay_rule), multipliers)
+    for group in optimizer.param_groups:
+        group.setdefault("base_lr", group["lr"])
+
+    steps_per_epoch = train_data.num_batches(config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    step, history = 0, []
+    if resume:
+        if state_path is None or not Path(state_path).exists():
+            raise InputError(f"--resume: no training state at {state_path}; start without --resume")
+        step, history = _restore(Path(state_path), model, optimizer, multipliers, config)
+    resumed_from = step
+
+    model.train()
+    started = time.perf_counter()
+    images = 0
+    stopped_early = False
+    last_loss = float("nan")
+    first_epoch = step // steps_per_epoch
+    for epoch in range(first_epoch, config.epochs):
+        epoch_start = time.perf_counter()
+        skip = step - epoch * steps_per_epoch
+        if skip == 0:
+            for hook in hooks:
+                hook.on_epoch_start(model, epoch, multipliers)
+        loss_sum, loss_n = 0.0, 0
+        batches = train_data.batches(config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch, skip=skip)
+        for x, y in track(batches, f"{description} epoch {epoch + 1}/{config.epochs}", steps_per_epoch - skip):
+            if uses_lr_schedule:
+                factor = lr_factor(step, total_steps, warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+            x = augment_batch(x, config.augment, config.seed, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model, x, y)
+            if not torch.isfinite(loss):
+                raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+            loss.backward()
+            if config.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+            optimizer.step()
+            step += 1
+            images += len(y)
+            loss_sum += loss.item() * len(y)
+            loss_n += len(y)
+            last_loss = loss.item()
+            end_of_epoch = step % steps_per_epoch == 0
+            periodic = config.checkpoint_every > 0 and step % config.checkpoint_every == 0
+            stop = config.stop_after_steps is not None and step >= config.stop_after_steps
+            if state_path is not None and (periodic or stop) and not end_of_epoch:
+                _save(Path(state_path), model, optimizer, multipliers, config, step, history)
+            if stop and not end_of_epoch:
+                stopped_early = True
+                break
+        if stopped_early:
+            break
+        val_top1 = None
+        if val_data is not None and len(val_data) and val_data.has_labels and (
+            (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == config.epochs
+        ):
+            val_top1 = top1_accuracy(model, val_data)
+        record = EpochRecord(epoch + 1, loss_sum / max(1, loss_n), optimizer.param_groups[0]["lr"], val_top1,
+                             time.perf_counter() - epoch_start)
+        history.append(record)
+        status(f"{description} epoch {epoch + 1}/{config.epochs}: loss {record.train_loss:.4f}"
+               + (f", val top-1 {val_top1:.2f}%" if val_top1 is not None else ""))
+        if state_path is not None:
+            _save(Path(state_path), model, optimizer, multipliers, config, step, history)
+        if config.stop_after_steps is not None and step >= config.stop_after_steps and step < total_steps:
+            stopped_early = True
+            break
+    seconds = time.perf_counter() - started
+    final_val = next((r.val_top1 for r in reversed(history) if r.val_top1 is not None), None)
+    model.eval()
+    return TrainResult(
+        steps=step, epochs=len(history), train_loss=history[-1].train_loss if history else last_loss,
+        val_top1=final_val, images_per_second=images / seconds if seconds > 0 else 0.0, seconds=seconds,
+        resumed_from_step=resumed_from, stopped_early=stopped_early, history=history,
+    )
+
+
+# --- training state ---------------------------------------------------------------------------
+
+# The config fields a resumed run must share with the interrupted one for "resume" to mean anything.
+_RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "seed", "augment")
+
+
+def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
+          config: TrainConfig, step: int, history: list[EpochRecord]) -> None:
+    from .io import save_torch_atomic
+
+    save_torch_atomic(path, {
+        "format": "repdeploy-train-state",
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "multipliers": multipliers.state_dict(),
+        "step": step,
+        "config": asdict(config),
+        "history": [asdict(r) for r in history],
+        "torch_rng": torch.get_rng_state(),
+    })
+
+
+def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
+             config: TrainConfig) -> tuple[int, list[EpochRecord]]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"training state {path} cannot be read ({str(exc).splitlines()[0]}); "
+                              "delete it to start over") from exc
+    if not isinstance(state, dict) or state.get("format") != "repdeploy-train-state":
+        raise CheckpointError(f"{path} is not a repdeploy training state; delete it to start over")
+    saved = state["config"]
+    changed = [k for k in _RESUME_KEYS if saved.get(k) != getattr(config, k)]
+    if changed:
+        raise InputError(f"--resume: {path} was made with different {', '.join(changed)} "
+                         f"({', '.join(f'{k}={saved.get(k)}' for k in changed)}); use the same settings")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"training state {path} does not match this model/optimizer ({exc})") from exc
+    multipliers.load_state_dict(state["multipliers"])
+    torch.set_rng_state(state["torch_rng"])
+    history = [EpochRecord(**r) for r in state["history"]]
+    return int(state["step"]), history
+
+
+__all__ = [
+    "TrainConfig", "TrainResult", "EpochRecord", "TrainHook", "train", "top1_accuracy",
+    "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss",
+]
