@@ -1,0 +1,306 @@
+"""Per-model records -> report.json, report.csv, report.md and a self-contained report.html.
+
+A record is the plain dict of one model's pipeline row (pipeline.ModelRow.to_dict()). The HTML
+embeds its plots as base64 PNGs so the one file can be mailed or archived and still show them:
+accuracy drop vs speed-up for every model, and per model the per-layer weight statistics and
+per-layer SQNR from the PTQ diagnostics when the record carries them.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .io import atomic_path, ensure_writable_dir, write_bytes_atomic, write_json_atomic
+
+#: (key, header, format) of the summary columns shared by csv, md, html and the terminal table
+COLUMNS: list[tuple[str, str, str]] = [
+    ("name", "model", "{}"),
+    ("arch", "arch", "{}"),
+    ("status", "status", "{}"),
+    ("fp32_top1", "FP32 top-1 %", "{:.2f}"),
+    ("int8_top1", "INT8 top-1 %", "{:.2f}"),
+    ("top1_drop", "drop (pts)", "{:+.2f}"),
+    ("top1_agreement", "agree %", "{:.1f}"),
+    ("sqnr_db", "SQNR dB", "{:.1f}"),
+    ("fp32_ms", "FP32 ms", "{:.3f}"),
+    ("int8_ms", "INT8 ms", "{:.3f}"),
+    ("speedup", "speed-up", "{:.2f}x"),
+]
+CSV_EXTRA = ["fp32_top5", "int8_top5", "engine", "target", "bench_batch", "threads", "failed_stage", "error", "run_dir"]
+
+
+@dataclass
+class ReportPaths:
+    json: Path
+    csv: Path
+    md: Path
+    html: Path
+
+    def to_dict(self) -> dict:
+        return {k: str(v) for k, v in self.__dict__.items()}
+
+
+def cell(record: dict, key: str, fmt: str) -> str:
+    """One formatted table cell; '-' for a missing or non-finite value."""
+    value = record.get(key)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "inf" if value == math.inf else "-"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def table_rows(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = [h for _, h, _ in COLUMNS]
+    return headers, [[cell(r, k, f) for k, _, f in COLUMNS] for r in records]
+
+
+def plain_table(records: Sequence[dict]) -> str:
+    """Fixed-width text table (logs, pipes, CI), one line per model, errors beneath."""
+    headers, rows = table_rows(records)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    for r in records:
+        if r.get("error"):
+            out.append(f"{r.get('name')}: {r.get('status')} at {r.get('failed_stage') or 'gate'}: {r['error']}")
+    return "\n".join(out)
+
+
+def print_table(records: Sequence[dict], *, tty: bool | None = None) -> None:
+    """The end-of-run table: rich on a terminal, plain text otherwise."""
+    import sys
+
+    if tty is None:
+        tty = sys.stdout.isatty()
+    if not tty:
+        print(plain_table(records))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    headers, rows = table_rows(records)
+    table = Table(title="repdeploy pipeline")
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i < 3 else "right")
+    style = {"PASSED": "green", "FAILED": "red", "ERROR": "red"}
+    for r, cells in zip(records, rows):
+        cells[2] = f"[{style.get(r.get('status'), 'white')}]{cells[2]}[/]"
+        table.add_row(*cells)
+    console = Console()
+    console.print(table)
+    for r in records:
+        if r.get("error"):
+            console.print(f"[red]{r.get('name')}[/]: {r.get('status')} at {r.get('failed_stage') or 'gate'}: {html.escape(str(r['error']))}",
+                          markup=True, highlight=False)
+
+
+def markdown_table(records: Sequence[dict]) -> str:
+    headers, rows = table_rows(records)
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# -- PTQ diagnostics ----------------------------------------------------------------------------
+def layer_diagnostics(record: dict) -> list[dict]:
+    """Per-layer diagnostics rows ({'layer': name, <numeric fields>...}) from a record, or [].
+
+    The PTQ report keeps them under `diagnostics.layers` (or `layers` / `per_layer`); any numeric
+    field is plotted, so new statistics show up without touching the report.
+    """
+    diag = record.get("diagnostics") or {}
+    if isinstance(diag, dict):
+        layers = diag.get("layers") or diag.get("per_layer") or []
+    else:
+        layers = diag
+    rows = []
+    for i, layer in enumerate(layers if isinstance(layers, list) else []):
+        if isinstance(layer, dict):
+            name = layer.get("layer") or layer.get("name") or str(i)
+            rows.append({"layer": str(name), **{k: v for k, v in layer.items() if _is_number(v)}})
+    return rows
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# -- plots -----------------------------------------------------------------------------------------
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plot_drop_vs_speedup(records: Sequence[dict], max_drop: float | None = None) -> str | None:
+    """Scatter of top-1 drop (points) against INT8 speed-up, one labelled point per model."""
+    points = [r for r in records if _is_number(r.get("top1_drop")) and _is_number(r.get("speedup"))]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in points:
+        colour = "tab:red" if r.get("status") == "FAILED" else "tab:blue"
+        ax.scatter(r["speedup"], r["top1_drop"], color=colour, s=40)
+        ax.annotate(r.get("name", "?"), (r["speedup"], r["top1_drop"]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)
+    if max_drop is not None:
+        ax.axhline(max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"max drop {max_drop:g} pts")
+        ax.legend(fontsize=8)
+    ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("INT8 speed-up over FP32 (x)")
+    ax.set_ylabel("top-1 drop (points)")
+    ax.set_title("Accuracy drop vs speed-up")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_layer_diagnostics(name: str, layers: list[dict]) -> str | None:
+    """Per-layer weight statistics (top) and per-layer SQNR (bottom) for one model."""
+    if not layers:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for row in layers for k in row if k != "layer" and _is_number(row[k])})
+    sqnr_keys = [k for k in keys if "sqnr" in k.lower()]
+    stat_keys = [k for k in keys if k not in sqnr_keys and k not in ("index",)]
+    x = list(range(len(layers)))
+    labels = [row["layer"] for row in layers]
+    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(layers) + 2), 6), sharex=True)
+    for k in stat_keys:
+        axes[0].plot(x, [row.get(k, math.nan) for row in layers], marker="o", markersize=3, label=k)
+    axes[0].set_ylabel("weight statistic")
+    if stat_keys:
+        axes[0].legend(fontsize=7, ncol=2)
+        if any(row.get(k, 0) > 0 for row in layers for k in stat_keys):
+            axes[0].set_yscale("symlog", linthresh=1e-3)
+    axes[0].set_title(f"{name}: per-layer diagnostics")
+    for k in sqnr_keys:
+        axes[1].plot(x, [row.get(k, math.nan) for row in layers], marker="s", markersize=3, label=k)
+    axes[1].set_ylabel("SQNR (dB)")
+    if sqnr_keys:
+        axes[1].legend(fontsize=7)
+    axes[1].set_xticks(x)
+    axes[1].set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# -- writers --------------------------------------------------------------------------------------
+def write_report(records: Sequence[dict], output_dir: str | Path, *, settings: dict | None = None,
+                 environment: dict | None = None, title: str = "repdeploy report") -> ReportPaths:
+    """Write report.json, report.csv, report.md and report.html into `output_dir` (atomically)."""
+    from . import __version__
+
+    out = ensure_writable_dir(output_dir)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    doc = {"tool": "repdeploy", "version": __version__, "created": created, "settings": settings or {},
+           "environment": environment or {}, "models": list(records)}
+    paths = ReportPaths(out / "report.json", out / "report.csv", out / "report.md", out / "report.html")
+    write_json_atomic(paths.json, doc)
+    _write_csv(paths.csv, records)
+    write_bytes_atomic(paths.md, render_markdown(doc).encode())
+    write_bytes_atomic(paths.html, render_html(doc, title=title).encode())
+    return paths
+
+
+def _write_csv(path: Path, records: Iterable[dict]) -> None:
+    keys = [k for k, _, _ in COLUMNS] + CSV_EXTRA
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: r.get(k, "") if r.get(k) is not None else "" for k in keys})
+
+
+def render_markdown(doc: dict) -> str:
+    records = doc["models"]
+    s = doc.get("settings", {})
+    env = doc.get("environment", {})
+    lines = [f"# repdeploy report ({doc['created']})", "",
+             f"Engine `{s.get('engine', '-')}`, INT8 target `{s.get('target', '-')}`, data `{s.get('data', '-')}`, "
+             f"latency p50 at batch {s.get('bench_batch', '-')}"
+             + (f", max drop {s['max_drop']:g} pts" if s.get("max_drop") is not None else "") + ".", "",
+             markdown_table(records), ""]
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        lines += ["## Failures", ""] + [f"- **{r['name']}** ({r['status']} at {r.get('failed_stage') or 'gate'}): {r['error']}"
+                                        for r in errors] + [""]
+    if env:
+        lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:nth-child(-n+3){text-align:left}.PASSED{color:#17803d;font-weight:600}
+.FAILED,.ERROR{color:#b42318;font-weight:600}img{max-width:100%}code{background:#f6f6f6;padding:1px 3px}
+"""
+
+
+def render_html(doc: dict, *, title: str = "repdeploy report") -> str:
+    """One self-contained HTML page: settings, the table, failures, plots (base64 PNG), environment."""
+    esc = html.escape
+    records = doc["models"]
+    s = doc.get("settings", {})
+    headers, rows = table_rows(records)
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
+             f"<p>Created {esc(doc['created'])} by repdeploy {esc(str(doc.get('version')))}.</p>"]
+    if s:
+        parts.append("<p>" + ", ".join(f"{esc(str(k))}: <code>{esc(str(v))}</code>" for k, v in s.items()) + "</p>")
+    parts.append("<h2>Models</h2><table id='models'><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in headers)
+                 + "</tr></thead><tbody>")
+    for r, cells in zip(records, rows):
+        tds = "".join(f"<td class='{esc(str(r.get('status')))}'>{esc(c)}</td>" if i == 2 else f"<td>{esc(c)}</td>"
+                      for i, c in enumerate(cells))
+        parts.append(f"<tr>{tds}</tr>")
+    parts.append("</tbody></table>")
+    errors = [r for r in records if r.get("error")]
+    if errors:
+        parts.append("<h2>Failures</h2><ul>" + "".join(
+            f"<li><b>{esc(str(r.get('name')))}</b> ({esc(str(r.get('status')))} at "
+            f"{esc(str(r.get('failed_stage') or 'gate'))}): {esc(str(r['error']))}</li>" for r in errors) + "</ul>")
+    scatter = plot_drop_vs_speedup(records, s.get("max_drop"))
+    if scatter:
+        parts.append("<h2>Accuracy drop vs speed-up</h2>"
+                     f"<img alt='accuracy drop vs speed-up' src='data:image/png;base64,{scatter}'>")
+    diag_parts = []
+    for r in records:
+        png = plot_layer_diagnostics(str(r.get("name")), layer_diagnostics(r))
+        if png:
+            diag_parts.append(f"<h3>{esc(str(r.get('name')))}</h3>"
+                              f"<img alt='per-layer diagnostics of {esc(str(r.get('name')))}' src='data:image/png;base64,{png}'>")
+    if diag_parts:
+        parts.append("<h2>Per-layer quantization diagnostics</h2>"
+                     "<p>Weight statistics per fused layer and the SQNR of each layer's INT8 output against FP32 "
+                     "(RepVGG's outlier centre taps show up as wide weight ranges and low SQNR).</p>")
+        parts += diag_parts
+    env = doc.get("environment") or {}
+    if env:
+        parts.append("<h2>Environment</h2><table>" + "".join(
+            f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in env.items()) + "</table>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

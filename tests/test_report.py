@@ -1,0 +1,90 @@
+"""Report writers: json/csv/md agree with the records, and report.html is one self-contained page."""
+
+import base64
+import csv
+import json
+from html.parser import HTMLParser
+
+from repdeploy.report import layer_diagnostics, plain_table, write_report
+
+RECORDS = [
+    {"name": "repvgg", "arch": "RepVGG-mini", "status": "PASSED", "fp32_top1": 95.5, "int8_top1": 94.25,
+     "top1_drop": 1.25, "top1_agreement": 97.0, "sqnr_db": 21.5, "fp32_ms": 0.40, "int8_ms": 0.20, "speedup": 2.0,
+     "fp32_top5": 99.0, "int8_top5": 99.0, "engine": "ort", "target": "ort",
+     "diagnostics": {"layers": [{"layer": "stage0", "weight_std": 0.05, "weight_absmax": 0.9, "centre_share": 0.4, "sqnr_db": 30.0},
+                                {"layer": "stage1.0", "weight_std": 0.03, "weight_absmax": 1.2, "centre_share": 0.5, "sqnr_db": 25.0}]}},
+    {"name": "repopt", "arch": "RepOpt-VGG-mini", "status": "FAILED", "fp32_top1": 96.0, "int8_top1": 90.0,
+     "top1_drop": 6.0, "speedup": 1.8, "fp32_ms": 0.36, "int8_ms": 0.2, "error": "top-1 drop 6.00 > max 2"},
+    {"name": "broken", "arch": None, "status": "ERROR", "failed_stage": "load", "error": "broken.pth is not a checkpoint <b>"},
+]
+
+
+class PageParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.images, self.rows, self.text = [], [], 0, []
+        self._in_models = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags.append(tag)
+        if tag == "table" and a.get("id") == "models":
+            self._in_models = True
+        if tag == "tr" and self._in_models:
+            self.rows += 1
+        if tag == "img":
+            self.images.append(a["src"])
+        if tag in ("script", "link"):
+            raise AssertionError(f"external or active content: <{tag}>")
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._in_models = False
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_all_four_files_written_and_consistent(tmp_path):
+    paths = write_report(RECORDS, tmp_path, settings={"engine": "ort", "target": "ort", "max_drop": 2.0, "bench_batch": 1},
+                         environment={"cpu": "test cpu"})
+    doc = json.loads(paths.json.read_text())
+    assert [m["name"] for m in doc["models"]] == ["repvgg", "repopt", "broken"]
+    assert doc["settings"]["max_drop"] == 2.0 and doc["environment"]["cpu"] == "test cpu"
+
+    rows = list(csv.DictReader(paths.csv.open()))
+    assert rows[0]["int8_top1"] == "94.25" and rows[2]["failed_stage"] == "load" and rows[2]["fp32_top1"] == ""
+
+    md = paths.md.read_text()
+    assert "| repopt | RepOpt-VGG-mini | FAILED | 96.00 | 90.00 | +6.00 |" in md
+    assert "broken.pth is not a checkpoint" in md
+
+    page = PageParser()
+    page.feed(paths.html.read_text())
+    page.close()
+    assert page.rows == 1 + 3  # header + one row per model
+    # the scatter plot and one diagnostics plot (only repvgg has diagnostics), all embedded
+    assert len(page.images) == 2
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    text = "".join(page.text)
+    assert "broken.pth is not a checkpoint <b>" in text  # escaped, so it is text, not a tag
+
+
+def test_no_plots_without_numbers(tmp_path):
+    paths = write_report(RECORDS[2:], tmp_path)
+    page = PageParser()
+    page.feed(paths.html.read_text())
+    assert page.images == [] and page.rows == 2
+
+
+def test_plain_table_and_diagnostics_extraction():
+    text = plain_table(RECORDS)
+    lines = text.splitlines()
+    assert lines[0].startswith("model") and "speed-up" in lines[0]
+    assert "2.00x" in lines[2] and "-" in lines[4]
+    assert "broken: ERROR at load: broken.pth is not a checkpoint" in text
+    layers = layer_diagnostics(RECORDS[0])
+    assert [row["layer"] for row in layers] == ["stage0", "stage1.0"] and layers[1]["sqnr_db"] == 25.0
+    assert layer_diagnostics({"diagnostics": [{"name": "x", "sqnr_db": 1.0, "note": "text"}]}) == [{"layer": "x", "sqnr_db": 1.0}]
