@@ -1,0 +1,289 @@
+"""INT8 QDQ ONNX export of a calibrated QuantPlainNet, in two layouts, with their checks.
+
+The QDQ graph is built from the FP32 ONNX of the same PlainNet (export/onnx.py) and the
+quantizers' ranges: each Conv/Gemm gets DequantizeLinear on its int8 per-channel weight and a
+QuantizeLinear -> DequantizeLinear pair on its input. Building it ourselves (rather than
+exporting the fake-quant module) keeps full control of the tensor types and zero points, which
+decide whether a runtime really executes integer kernels:
+
+- target "ort": uint8 activations (zero point 0 on ReLU outputs, 128 on signed tensors, which
+  is the same grid as symmetric int8), int8 per-channel weights, int32 bias, and a Q/DQ on the
+  last block's output, so ONNX Runtime CPU fuses every conv (with its ReLU) into QLinearConv and
+  the classifier into QGemm.
+- target "tensorrt": TensorRT explicit quantization: signed int8, zero point 0, scale amax/127,
+  Q/DQ on every conv/gemm input and weight and nowhere else, float bias, opset >= 13. ONNX
+  Runtime does not fuse this layout: it runs it in float and is slower than FP32 there.
+
+The torch fake-quant module computes exactly what these graphs compute (same scales, same
+rounded weights and bias), so `ort_parity(qnet, path, x)` measures the export, not the method.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ExportError
+from ..io import atomic_path
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+WEIGHTED_OPS = ("Conv", "Gemm")
+# Node types that prove ONNX Runtime runs integer kernels after its graph optimisation.
+INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "MatMulInteger", "QLinearMatMul",
+               "QLinearGlobalAveragePool", "QLinearAdd", "QLinearMul", "QLinearSigmoid")
+MIN_TRT_OPSET = 13
+
+
+def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | None = None) -> Path:
+    """Write the INT8 QDQ ONNX of calibrated `qnet` (a QuantPlainNet), derived from `fp32_onnx`.
+
+    `fp32_onnx` must be the FP32 export of `qnet.float_model()` (same weight names).
+
+    >>> export_qdq(qnet, "model_fp32.onnx", "model_int8_ort.onnx")   # doctest: +SKIP
+    """
+    import onnx
+
+    target = target or qnet.target
+    if target != qnet.target:
+        raise ExportError(f"QuantPlainNet was built for target {qnet.target!r}, not {target!r}; rebuild it")
+    model = onnx.load(str(fp32_onnx))
+    try:
+        builder = _QdqBuilder(model, qnet, target)
+        builder.build()
+    except KeyError as exc:
+        raise ExportError(f"{fp32_onnx} does not match the quantized {qnet.spec.name}: no {exc}") from exc
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        try:
+            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+        except Exception as exc:
+            raise ExportError(f"INT8 {target} ONNX for {qnet.spec.name} fails onnx.checker: {exc}") from exc
+        if target == "tensorrt":
+            violations = check_tensorrt_qdq(onnx.load(str(tmp)))
+            if violations:
+                raise ExportError(f"INT8 tensorrt ONNX breaks TensorRT QDQ rules: {violations[0]}")
+    return Path(path)
+
+
+class _QdqBuilder:
+    def __init__(self, model, qnet, target: str) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.qnet = qnet
+        self.target = target
+        self.init = {t.name: t for t in self.graph.initializer}
+        self.new_inits: list = []
+        self.done_pairs: dict[tuple[str, str], str] = {}
+
+    # Names follow the quantizer names, so a QDQ graph reads like the calibration cache.
+    def _const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.new_inits.append(numpy_helper.from_array(array, name))
+        return name
+
+    def _activation_qdq(self, tensor: str, quantizer, out_nodes: list, tag: str = "") -> str:
+        from onnx import helper
+
+        key = (tensor, quantizer.name)
+        if key in self.done_pairs:
+            return self.done_pairs[key]
+        scale = np.array(float(quantizer.scale()), dtype=np.float32)
+        if quantizer.unsigned:
+            zp = np.array(0, dtype=np.uint8)
+        elif self.target == "ort":
+            zp = np.array(128, dtype=np.uint8)  # symmetric int8 grid, shifted: ORT's fast path is u8
+        else:
+            zp = np.array(0, dtype=np.int8)
+        q = quantizer.name + tag
+        s = self._const(f"{q}.scale", scale)
+        z = self._const(f"{q}.zero_point", zp)
+        out_nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [f"{q}.quantized"], name=f"{q}.Q"))
+        out_nodes.append(helper.make_node("DequantizeLinear", [f"{q}.quantized", s, z], [f"{q}.dequantized"],
+                                          name=f"{q}.DQ"))
+        self.done_pairs[key] = f"{q}.dequantized"
+        return f"{q}.dequantized"
+
+    def build(self) -> None:
+        from onnx import helper, numpy_helper
+
+        layers = self.qnet.layers()
+        nodes = []
+        removed: set[str] = set()
+        features = self.qnet.features_quantizer
+        features_tensor, pooled_tensor = self._head_tensors()
+        if not (features.enabled and features.calibrated):
+            features_tensor = pooled_tensor = None
+        linear = layers["linear"]
+        if not (linear.input_quantizer.enabled and linear.weight_quantizer.enabled):
+            pooled_tensor = None
+        for node in self.graph.node:
+            if features_tensor is not None and node.op_type == "GlobalAveragePool" and node.input[0] == features_tensor:
+                node.input[0] = self._activation_qdq(features_tensor, features, nodes)
+            if pooled_tensor is not None and node.op_type == "Flatten" and node.input[0] == pooled_tensor:
+                # Quantizing the pooled features before Flatten too (same scale; Flatten is exact)
+                # lets ORT run the pool as QLinearGlobalAveragePool, as its own quantizer does.
+                node.input[0] = self._activation_qdq(pooled_tensor, linear.input_quantizer, nodes, tag=".pooled")
+            if node.op_type in WEIGHTED_OPS and node.input[1].endswith(".weight"):
+                name = node.input[1][: -len(".weight")]
+                layer = layers.get(name)
+                if layer is not None and layer.weight_quantizer.enabled and layer.input_quantizer.enabled:
+                    if node.op_type == "Gemm" and _attr(node, "transB", 0) != 1:
+                        raise ExportError(f"Gemm {node.name} without transB=1 is not what a torch Linear exports")
+                    self._quantize_layer(node, name, layer, nodes, removed)
+            nodes.append(node)
+        del self.graph.node[:]
+        self.graph.node.extend(nodes)
+        kept = [t for t in self.graph.initializer if t.name not in removed]
+        del self.graph.initializer[:]
+        self.graph.initializer.extend(kept + self.new_inits)
+        _ = helper, numpy_helper
+
+    def _quantize_layer(self, node, name: str, layer, nodes: list, removed: set[str]) -> None:
+        from onnx import helper
+
+        xq, wq = layer.input_quantizer, layer.weight_quantizer
+        weight = torch.from_numpy(_array(self.init[node.input[1]]).copy())
+        w_scale = wq.scale().to(torch.float32)
+        shape = (-1,) + (1,) * (weight.dim() - 1)
+        w_int = torch.clamp(torch.round(weight / w_scale.reshape(shape)), wq.qmin, wq.qmax).to(torch.int8)
+        node.input[0] = self._activation_qdq(node.input[0], xq, nodes)
+        w_name = self._const(f"{name}.weight_quantized", w_int.numpy())
+        ws = self._const(f"{name}.weight_scale", w_scale.numpy().astype(np.float32))
+        wz = self._const(f"{name}.weight_zero_point", np.zeros(w_scale.numel(), dtype=np.int8))
+        nodes.append(helper.make_node("DequantizeLinear", [w_name, ws, wz], [f"{name}.weight_dequantized"],
+                                      name=f"{name}.weight.DQ", axis=0))
+        removed.add(node.input[1])
+        node.input[1] = f"{name}.weight_dequantized"
+        if self.target == "ort" and len(node.input) > 2 and node.input[2]:
+            # int32 bias at scale s_x * s_w, computed exactly as the torch module rounds it.
+            bias = torch.from_numpy(_array(self.init[node.input[2]]).copy())
+            step = (xq.scale() * wq.scale()).to(torch.float32)
+            b_int = torch.round(bias / step).to(torch.int32)
+            removed.add(node.input[2])
+            b_name = self._const(f"{name}.bias_quantized", b_int.numpy())
+            bs = self._const(f"{name}.bias_scale", step.numpy().astype(np.float32))
+            bz = self._const(f"{name}.bias_zero_point", np.zeros(step.numel(), dtype=np.int32))
+            nodes.append(helper.make_node("DequantizeLinear", [b_name, bs, bz], [f"{name}.bias_dequantized"],
+                                          name=f"{name}.bias.DQ", axis=0))
+            node.input[2] = f"{name}.bias_dequantized"
+
+    def _head_tensors(self) -> tuple[str | None, str | None]:
+        # The classifier path is GlobalAveragePool -> Flatten -> Gemm(linear.weight): returns the
+        # pool's input (the last block's output) and its output.
+        producers = {o: n for n in self.graph.node for o in n.output}
+        for node in self.graph.node:
+            if node.op_type == "Gemm" and node.input[1] == "linear.weight":
+                flat = producers.get(node.input[0])
+                pool = producers.get(flat.input[0]) if flat is not None and flat.op_type == "Flatten" else None
+                if pool is not None and pool.op_type == "GlobalAveragePool":
+                    return pool.input[0], pool.output[0]
+        return None, None
+
+
+def _attr(node, name: str, default):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _array(tensor) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+# ---------------------------------------------------------------------------------- checks
+
+
+def check_tensorrt_qdq(model) -> list[str]:
+    """Every way `model` breaks TensorRT explicit-quantization rules (empty list: it complies).
+
+    Rules (reference.md §4): opset >= 13; every Q/DQ signed int8 with zero point 0 and a positive
+    scale; every Conv/Gemm input and weight comes from a DequantizeLinear, weights per channel on
+    axis 0 from int8 constants; no Q/DQ anywhere else (not on biases, not on outputs).
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    violations: list[str] = []
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset < MIN_TRT_OPSET:
+        violations.append(f"opset {opset} < {MIN_TRT_OPSET}")
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[tuple[object, int]]] = {}
+    for n in graph.node:
+        for i, name in enumerate(n.input):
+            consumers.setdefault(name, []).append((n, i))
+    for n in graph.node:
+        if n.op_type not in QDQ_OPS:
+            continue
+        scale = inits.get(n.input[1])
+        zp = inits.get(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if zp is None:
+            violations.append(f"{n.name}: no explicit zero point (defaults to uint8)")
+        elif zp.dtype != np.int8 or np.any(zp != 0):
+            violations.append(f"{n.name}: zero point must be int8 0, got {zp.dtype} {np.unique(zp)[:3].tolist()}")
+        if scale is None or not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            violations.append(f"{n.name}: scale must be a positive constant")
+        if n.op_type == "QuantizeLinear":
+            for c, _ in consumers.get(n.output[0], []):
+                if c.op_type != "DequantizeLinear":
+                    violations.append(f"{n.name}: QuantizeLinear feeds {c.op_type}, not DequantizeLinear")
+        else:
+            for c, i in consumers.get(n.output[0], []):
+                if c.op_type not in WEIGHTED_OPS or i > 1:
+                    violations.append(f"{n.name}: Q/DQ outside a conv/gemm input or weight (feeds {c.op_type} input {i})")
+    for n in graph.node:
+        if n.op_type not in WEIGHTED_OPS:
+            continue
+        x = producers.get(n.input[0])
+        if x is None or x.op_type != "DequantizeLinear":
+            violations.append(f"{n.name}: input is not quantized (no DequantizeLinear)")
+        w = producers.get(n.input[1])
+        if w is None or w.op_type != "DequantizeLinear":
+            violations.append(f"{n.name}: weight is not quantized (no DequantizeLinear)")
+        else:
+            const = inits.get(w.input[0])
+            if const is None or const.dtype != np.int8:
+                violations.append(f"{n.name}: weight DequantizeLinear must read an int8 constant")
+            scale = inits.get(w.input[1])
+            out_channels = const.shape[0] if const is not None and const.ndim else 0
+            if _attr(w, "axis", 1) != 0 or scale is None or scale.size != out_channels:
+                violations.append(f"{n.name}: weight must be quantized per channel on axis 0")
+        if len(n.input) > 2 and n.input[2] and n.input[2] in producers and producers[n.input[2]].op_type in QDQ_OPS:
+            violations.append(f"{n.name}: bias must stay float (no Q/DQ on it)")
+    return violations
+
+
+def count_fused_nodes(onnx_path: str | Path, *, threads: int = 1) -> dict[str, int]:
+    """Node types of the graph ONNX Runtime CPU actually runs, after its graph optimisation.
+
+    Uses the extended optimisation level, whose result is still standard ONNX plus contrib ops
+    and can be saved; the layout passes of the "all" level only re-pack the same kernels.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with tempfile.TemporaryDirectory() as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return dict(Counter(n.op_type for n in optimized.graph.node))
+
+
+def integer_node_count(counts: dict[str, int]) -> int:
+    """How many nodes of a `count_fused_nodes` result are integer kernels."""
+    return sum(v for k, v in counts.items() if k in INTEGER_OPS)
