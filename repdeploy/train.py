@@ -201,8 +201,9 @@ def train(
     loss_fn = loss_fn or label_smoothing_loss(config.label_smoothing)
     torch.manual_seed(config.seed)
     optimizer = make_optimizer(parameter_groups(model, config.weight_decay, decay_rule), multipliers)
-    for group in optimizer.param_groups:
-        group.setdefault("base_lr", group["lr"])
+    if uses_lr_schedule:
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
 
     steps_per_epoch = train_data.num_batches(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -262,7 +263,7 @@ def train(
             (epoch + 1) % max(1, config.eval_every) == 0 or epoch + 1 == config.epochs
         ):
             val_top1 = top1_accuracy(model, val_data)
-        record = EpochRecord(epoch + 1, loss_sum / max(1, loss_n), optimizer.param_groups[0]["lr"], val_top1,
+        record = EpochRecord(epoch + 1, loss_sum / max(1, loss_n), optimizer.param_groups[0].get("lr", float("nan")), val_top1,
                              time.perf_counter() - epoch_start)
         history.append(record)
         status(f"{description} epoch {epoch + 1}/{config.epochs}: loss {record.train_loss:.4f}"
@@ -333,3 +334,72 @@ __all__ = [
     "TrainConfig", "TrainResult", "EpochRecord", "TrainHook", "train", "top1_accuracy",
     "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss",
 ]
+
+
+# --- recipes: what `repdeploy train` runs ----------------------------------------------------
+
+DEFAULT_LR = {"sgd": 0.1, "repopt-sgd": 0.1, "adamw": 1e-3, "repopt-adamw": 1e-3, "agd": 1.0}
+DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "repopt-sgd": 1e-4, "adamw": 0.05, "repopt-adamw": 0.05, "agd": 0.0}
+
+
+def train_architecture(
+    spec,
+    train_data: ImageDataset,
+    val_data: ImageDataset | None = None,
+    config: TrainConfig | None = None,
+    *,
+    optimizer: str = "sgd",
+    scales: dict[str, torch.Tensor] | None = None,
+    sgs: bool = False,
+    sgs_every: int = 5,
+    momentum: float = 0.9,
+    state_path: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> tuple[nn.Module, TrainResult]:
+    """Build `spec` in its trainable form and train it with one of the supported optimizers.
+
+    RepVGG trains in its branch (train) form; RepOpt-VGG in its plain target form, where
+    "repopt-sgd"/"repopt-adamw" need the hyper-searched `scales` (initialisation rule +
+    multipliers). `sgs=True` adds Spatial Gradient Scaling to any optimizer. AGD needs no lr.
+    """
+    from .models import build
+    from .optim import AGD, AdamWWithMultipliers, SGDWithMultipliers, SpatialGradientScaling
+    from .optim.agd import prepare_for_agd
+    from .optim.repopt import repopt_initialize, set_repopt_multipliers
+
+    config = config or TrainConfig()
+    if optimizer not in DEFAULT_LR:
+        raise InputError(f"unknown optimizer {optimizer!r}; use one of {', '.join(DEFAULT_LR)}")
+    repopt = optimizer.startswith("repopt-")
+    if repopt and spec.family != "repopt":
+        raise InputError(f"{optimizer} trains plain RepOpt-VGG models; {spec.name} is a {spec.family} "
+                         "model, train it with --optimizer sgd (its branches do the re-parameterization)")
+    if repopt and scales is None:
+        raise InputError(f"{optimizer} needs a scales file: run `repdeploy hypersearch --arch {spec.name} "
+                         "-o scales.pth` first and pass --scales scales.pth")
+    if scales is not None and not repopt:
+        raise InputError(f"--scales only applies to --optimizer repopt-sgd or repopt-adamw, not {optimizer}")
+    torch.manual_seed(config.seed)
+    model = build(spec, "target" if spec.family == "repopt" else "train")
+    multipliers = MultiplierMap(model)
+    if repopt:
+        repopt_initialize(model, scales, torch.Generator().manual_seed(config.seed))
+        set_repopt_multipliers(multipliers, spec, scales, optimizer.removeprefix("repopt-"))
+    if optimizer == "agd":
+        prepare_for_agd(model, seed=config.seed)
+    hooks = [SpatialGradientScaling(train_data, refresh_every=sgs_every, seed=config.seed)] if sgs else []
+
+    def make(groups: list[dict], mults: MultiplierMap) -> torch.optim.Optimizer:
+        if optimizer in ("sgd", "repopt-sgd"):
+            return SGDWithMultipliers(groups, mults, lr=config.lr, momentum=momentum)
+        if optimizer in ("adamw", "repopt-adamw"):
+            return AdamWWithMultipliers(groups, mults, lr=config.lr)
+        return AGD([p for g in groups for p in g["params"]], mults, gain=config.lr)
+
+    result = train(model, make, train_data, val_data, config, multipliers=multipliers, hooks=hooks,
+                   state_path=state_path, resume=resume, uses_lr_schedule=optimizer != "agd",
+                   description=f"train {spec.name}")
+    return model, result
+
+
+__all__ += ["train_architecture", "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY"]

@@ -65,7 +65,8 @@ def normalised_mutual_information(a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     hx, hy, hxy = _entropy(p.sum(2), (1,)), _entropy(p.sum(1), (1,)), _entropy(p, (1, 2))
     mi = hx + hy - hxy
     denom = hx + hy
-    nmi = torch.where(denom > 1e-12, 2 * mi / denom.clamp_min(1e-12), torch.full_like(denom, float("nan")))
+    informative = (hx > 1e-12) & (hy > 1e-12)  # a constant channel says nothing either way
+    nmi = torch.where(informative, 2 * mi / denom.clamp_min(1e-12), torch.full_like(denom, float("nan")))
     return nmi.clamp(0.0, 1.0).float()
 
 
