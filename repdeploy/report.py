@@ -172,6 +172,9 @@ def plot_drop_vs_speedup(records: Sequence[dict], max_drop: float | None = None)
     return _png(fig)
 
 
+_NOT_WEIGHT_STATS = {"index", "out_channels", "in_channels", "groups", "stride", "activation_amax"}
+
+
 def plot_layer_diagnostics(name: str, layers: list[dict]) -> str | None:
     """Per-layer weight statistics (top) and per-layer SQNR (bottom) for one model."""
     if not layers:
@@ -183,7 +186,8 @@ def plot_layer_diagnostics(name: str, layers: list[dict]) -> str | None:
 
     keys = sorted({k for row in layers for k in row if k != "layer" and _is_number(row[k])})
     sqnr_keys = [k for k in keys if "sqnr" in k.lower()]
-    stat_keys = [k for k in keys if k not in sqnr_keys and k not in ("index",)]
+    # counts and activation ranges are not weight statistics and would swamp the axis
+    stat_keys = [k for k in keys if k not in sqnr_keys and k not in _NOT_WEIGHT_STATS]
     x = list(range(len(layers)))
     labels = [row["layer"] for row in layers]
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(layers) + 2), 6), sharex=True)

@@ -141,4 +141,73 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
         sys.exit(max(f["exit_code"] for f in failures))
 
 
-COMMANDS = [eval_cmd, bench_cmd]
+@click.command("pipeline")
+@click.argument("checkpoints", nargs=-1, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (one run directory per model).")
+@click.option("--data", default=None, help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
+@click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --data.")
+@click.option("--calib-samples", default=256, show_default=True)
+@click.option("--calib-method", default=None, type=click.Choice(["max", "percentile", "entropy", "mse"]),
+              help="Calibration method; default: the PTQ default.")
+@click.option("--engine", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="Runtime for eval and bench.")
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=None,
+              help="INT8 graph layout; default: ort for --engine ort, tensorrt for --engine trt.")
+@click.option("--max-drop", type=float, default=None,
+              help="Accuracy gate: max top-1 drop in absolute points; models over it are FAILED and the exit code is 3.")
+@click.option("--batch", "bench_batch", default=1, show_default=True, help="Batch size for the latency figures.")
+@click.option("--threads", type=int, default=None, help="CPU threads for ORT (default: ORT's choice).")
+@click.option("--warmup", type=float, default=None, help="Warm-up seconds per benchmark (default 0.3).")
+@click.option("--duration", type=float, default=None, help="Minimum measured seconds per benchmark (default 1.0).")
+@click.option("--iterations", type=int, default=None, help="Minimum measured iterations per benchmark (default 30).")
+@click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
+@checkpoint_options
+@json_option
+@quiet_option
+@handle_errors
+def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
+                 bench_batch, threads, warmup, duration, iterations, eval_limit, load_kwargs, as_json):
+    """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
+
+    Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
+    table. With no CHECKPOINTS it runs the built-in zoo on the built-in digits (`make demo`).
+    A model that fails a stage is reported as ERROR and the others still run.
+    Exit codes: 0 all passed, 3 a model is over --max-drop, else the first failed model's code.
+
+    \b
+    Examples:
+      repdeploy pipeline -o runs/demo
+      repdeploy pipeline a.pth b.pth --data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
+      repdeploy pipeline a.pth --data val/ --engine trt --target tensorrt -o runs/gpu
+    """
+    import warnings
+
+    from ..pipeline import DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_WARMUP_S, run_pipeline
+    from ..progress import status
+    from ..report import print_table
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_pipeline(
+            list(checkpoints), output_dir=output, data=data, calib_data=calib_data, engine=engine, target=target,
+            max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
+            threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
+            duration=DEFAULT_DURATION_S if duration is None else duration,
+            iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+            eval_limit=eval_limit, load_kwargs={k: v for k, v in load_kwargs.items() if v},
+        )
+    for w in caught:
+        status(f"warning: {w.message}")
+    records = [r.to_dict() for r in result.rows]
+    if as_json:
+        emit(result.to_dict(), True)
+    else:
+        print_table(records)
+        click.echo(f"report: {result.report.html}")
+    code = result.exit_code
+    if code == 3:
+        failed = [r.name for r in result.rows if r.status == "FAILED"]
+        click.echo(f"error: accuracy gate failed for {', '.join(failed)} (top-1 drop > {max_drop:g} points)", err=True)
+    sys.exit(code)
+
+
+COMMANDS = [eval_cmd, bench_cmd, pipeline_cmd]

@@ -1,0 +1,423 @@
+"""The end-to-end job: for each checkpoint, load+fuse+verify, export FP32, quantize INT8,
+evaluate both, benchmark both, and write one row; then one report over all models.
+
+Each model gets its own run directory (shared/design.md):
+
+    <out>/<model>/manifest.json   tool version, command, input sha256, detected arch, settings, timings
+                  fused.pt  model_fp32.onnx  model_int8_<target>.onnx  calib.json  report.json
+    <out>/report.{json,csv,md,html}
+
+A model that fails a stage is recorded as ERROR with the stage and the message, and the next
+model still runs. With `max_drop`, a model whose INT8 top-1 drop exceeds it is FAILED; the
+caller turns that into exit code 3 after everything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import BackendMissingError, DataError, InputError, RepDeployError
+from .progress import status
+
+STAGES = ("load", "export", "quantize", "evaluate", "benchmark")
+BUILTIN_DATA = "builtin"
+
+# Short defaults: `make demo` runs 2-4 small models end to end in a few minutes on 2 cores.
+# Serious latency numbers come from `repdeploy bench` with longer --duration.
+DEFAULT_WARMUP_S = 0.3
+DEFAULT_DURATION_S = 1.0
+DEFAULT_ITERATIONS = 30
+
+
+@dataclass
+class ZooEntry:
+    """One built-in model (repdeploy/assets/zoo/zoo.json)."""
+
+    file: Path
+    arch: str
+    input_size: int
+    name: str
+
+
+def zoo_dir() -> Path:
+    return Path(__file__).parent / "assets" / "zoo"
+
+
+def builtin_zoo() -> list[ZooEntry]:
+    """The shipped zoo: small models trained on the built-in digits, as listed in zoo.json."""
+    index = zoo_dir() / "zoo.json"
+    if not index.is_file():
+        raise InputError(f"the built-in zoo index {index} is missing; reinstall repdeploy or pass checkpoints")
+    try:
+        raw = json.loads(index.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"the built-in zoo index {index} is not valid JSON ({exc}); reinstall repdeploy") from exc
+    entries = raw.get("models", raw) if isinstance(raw, dict) else raw
+    out = []
+    for e in entries:
+        path = zoo_dir() / e["file"]
+        out.append(ZooEntry(path, e["arch"], int(e["input_size"]), e.get("name") or Path(e["file"]).stem))
+    return out
+
+
+@dataclass
+class PipelineSettings:
+    data: str = BUILTIN_DATA
+    calib_data: str | None = None
+    calib_samples: int = 256
+    calib_method: str | None = None  # None: the PTQ default for the family
+    engine: str = "ort"
+    target: str = "ort"
+    max_drop: float | None = None
+    bench_batch: int = 1
+    threads: int | None = None
+    warmup: float = DEFAULT_WARMUP_S
+    duration: float = DEFAULT_DURATION_S
+    iterations: int = DEFAULT_ITERATIONS
+    eval_limit: int | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ModelRow:
+    """One model's outcome; `to_dict()` is the record report.py renders."""
+
+    name: str
+    checkpoint: str
+    run_dir: str
+    status: str = "ERROR"  # PASSED | FAILED (accuracy gate) | ERROR (a stage raised)
+    failed_stage: str | None = None
+    error: str | None = None
+    exit_code: int = 0
+    arch: str | None = None
+    family: str | None = None
+    engine: str = "ort"
+    target: str = "ort"
+    bench_batch: int = 1
+    threads: int | None = None
+    fp32_top1: float | None = None
+    fp32_top5: float | None = None
+    int8_top1: float | None = None
+    int8_top5: float | None = None
+    top1_drop: float | None = None
+    top1_agreement: float | None = None  # percent of val images where FP32 and INT8 agree
+    sqnr_db: float | None = None  # INT8 logits vs FP32 logits
+    fp32_ms: float | None = None  # p50 latency at bench_batch
+    int8_ms: float | None = None
+    speedup: float | None = None  # fp32_ms / int8_ms
+    fusion: dict | None = None
+    calibration: dict | None = None
+    diagnostics: dict | None = None
+    bench: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    artifacts: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PipelineResult:
+    output_dir: Path
+    rows: list[ModelRow]
+    report: Any  # report.ReportPaths
+    settings: PipelineSettings
+
+    @property
+    def exit_code(self) -> int:
+        """3 when a model is over the accuracy gate, else the first stage error's code, else 0."""
+        if any(r.status == "FAILED" for r in self.rows):
+            return 3
+        return next((r.exit_code for r in self.rows if r.status == "ERROR"), 0)
+
+    def to_dict(self) -> dict:
+        return {"output_dir": str(self.output_dir), "exit_code": self.exit_code, "report": self.report.to_dict(),
+                "settings": self.settings.to_dict(), "models": [r.to_dict() for r in self.rows]}
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.stage, self.error = stage, error
+
+
+def run_pipeline(
+    checkpoints: Sequence[str | Path] | None = None,
+    *,
+    output_dir: str | Path,
+    data: str | None = None,
+    calib_data: str | None = None,
+    engine: str = "ort",
+    target: str | None = None,
+    max_drop: float | None = None,
+    calib_samples: int = 256,
+    calib_method: str | None = None,
+    bench_batch: int = 1,
+    threads: int | None = None,
+    warmup: float = DEFAULT_WARMUP_S,
+    duration: float = DEFAULT_DURATION_S,
+    iterations: int = DEFAULT_ITERATIONS,
+    eval_limit: int | None = None,
+    load_kwargs: dict | None = None,
+    command: str | None = None,
+) -> PipelineResult:
+    """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
+
+    >>> result = run_pipeline(["a.pth", "b.pth"], data="val/", output_dir="runs/x", max_drop=1.0)  # doctest: +SKIP
+    >>> result.exit_code                                                                          # doctest: +SKIP
+    0
+    """
+    from .io import ensure_writable_dir
+    from .report import write_report
+
+    if engine not in ("ort", "trt"):
+        raise InputError(f"pipeline engine {engine!r}: choose ort or trt (torch is for `repdeploy bench`)")
+    target = target or ("tensorrt" if engine == "trt" else "ort")
+    if target not in ("ort", "tensorrt"):
+        raise InputError(f"INT8 target {target!r}: choose ort or tensorrt")
+    if max_drop is not None and max_drop < 0:
+        raise InputError(f"--max-drop {max_drop}: give a non-negative number of top-1 points")
+    if engine == "trt":
+        from .export.tensorrt import import_tensorrt
+
+        import_tensorrt()  # exit 4 before anything is written
+    if engine == "ort" and target == "tensorrt":
+        warnings.warn("the tensorrt INT8 layout is not meant for ONNX Runtime: its ORT latency is no guide to "
+                      "TensorRT's (it runs slower than FP32 on ORT CPU); use --engine trt on a GPU machine",
+                      stacklevel=2)
+
+    settings = PipelineSettings(
+        data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
+        engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
+        duration=duration, iterations=iterations, eval_limit=eval_limit,
+    )
+    if checkpoints:
+        jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]
+    else:
+        jobs = [(e.file, e.arch, e.input_size, e.name) for e in builtin_zoo()]
+    out = ensure_writable_dir(output_dir)
+    command = command or " ".join(["repdeploy", *sys.argv[1:]])
+
+    rows: list[ModelRow] = []
+    names = _unique_names([name for *_, name in jobs])
+    for i, ((path, arch, input_size, _), name) in enumerate(zip(jobs, names), 1):
+        status(f"[{i}/{len(jobs)}] {name}")
+        kwargs = dict(load_kwargs or {})
+        if arch and not kwargs.get("arch"):
+            kwargs["arch"] = arch
+        rows.append(_run_one(path, name, out / name, settings, kwargs, input_size, command))
+
+    from .bench import environment
+
+    report = write_report([r.to_dict() for r in rows], out, settings=settings.to_dict(), environment=environment(),
+                          title="repdeploy pipeline report")
+    return PipelineResult(out, rows, report, settings)
+
+
+def _unique_names(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", n.removesuffix(".tar")).strip("._") or "model"
+        for suffix in (".pth", ".pt", ".safetensors", ".bin", ".ckpt"):
+            base = base.removesuffix(suffix)
+        seen[base] = seen.get(base, 0) + 1
+        out.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return out
+
+
+def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwargs: dict,
+             input_size: int | None, command: str) -> ModelRow:
+    from .io import ensure_writable_dir, sha256_file, write_json_atomic
+
+    row = ModelRow(name=name, checkpoint=str(path), run_dir=str(run_dir), engine=s.engine, target=s.target,
+                   bench_batch=s.bench_batch, threads=s.threads)
+    manifest: dict[str, Any] = {"tool": "repdeploy", "command": command, "input": {"path": str(path)},
+                                "settings": s.to_dict()}
+    from . import __version__
+
+    manifest["version"] = __version__
+    state: dict[str, Any] = {}
+
+    def stage(label: str, fn: Callable[[], Any]) -> Any:
+        status(f"  {name}: {label}")
+        start = time.perf_counter()
+        try:
+            return fn()
+        except RepDeployError as exc:
+            raise _StageError(label, exc) from exc
+        except Exception as exc:  # noqa: BLE001 - one model's crash must not stop the others
+            raise _StageError(label, RepDeployError(f"{type(exc).__name__}: {exc}")) from exc
+        finally:
+            row.timings[label] = round(time.perf_counter() - start, 3)
+
+    try:
+        ensure_writable_dir(run_dir)
+        if path.is_file():
+            manifest["input"]["sha256"] = sha256_file(path)
+        stage("load", lambda: _load(path, run_dir, s, load_kwargs, input_size, row, state, manifest))
+        stage("export", lambda: _export(run_dir, row, state))
+        stage("quantize", lambda: _quantize(run_dir, s, row, state))
+        stage("evaluate", lambda: _evaluate(s, row, state))
+        stage("benchmark", lambda: _benchmark(s, row, state))
+        _gate(row, s)
+    except _StageError as failure:
+        row.status, row.failed_stage = "ERROR", failure.stage
+        row.error = str(failure.error)
+        row.exit_code = getattr(failure.error, "exit_code", 1)
+        status(f"  {name}: ERROR at {failure.stage}: {row.error}")
+    except RepDeployError as exc:  # the run directory itself could not be made
+        row.status, row.failed_stage, row.error, row.exit_code = "ERROR", "setup", str(exc), exc.exit_code
+        return row
+    finally:
+        for r in state.get("runners", []):
+            r.deactivate()
+    row.artifacts = {p.name: p.name for p in sorted(run_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    manifest["status"] = {"status": row.status, "failed_stage": row.failed_stage, "error": row.error}
+    manifest["timings"] = row.timings
+    record = row.to_dict()
+    if state.get("ptq_report") is not None:
+        record["ptq"] = state["ptq_report"]
+    write_json_atomic(run_dir / "report.json", record)
+    manifest["artifacts"] = sorted([*row.artifacts, "report.json", "manifest.json"])
+    write_json_atomic(run_dir / "manifest.json", manifest)
+    return row
+
+
+def _load(path: Path, run_dir: Path, s: PipelineSettings, load_kwargs: dict, input_size: int | None,
+          row: ModelRow, state: dict, manifest: dict) -> None:
+    from .checkpoints import load_fused, save_fused
+    from .data import open_dataset
+
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist; check the path")
+    plain, loaded, equivalence = load_fused(path, **load_kwargs)
+    spec = plain.spec
+    size = input_size or spec.input_size
+    row.arch, row.family = loaded.variant, loaded.family
+    row.fusion = equivalence.to_dict() if equivalence is not None else {"already_plain": True}
+    manifest["detected"] = loaded.to_dict()
+    manifest["input_size"] = size
+    save_fused(plain, run_dir / "fused.pt", extra={"source": str(path), "source_sha256": manifest["input"].get("sha256"),
+                                                   "equivalence": row.fusion})
+    val = open_dataset(s.data, split="val", image_size=size, channels=spec.in_channels)
+    if not val.has_labels:
+        raise DataError(f"data {s.data} has no labels; the pipeline needs labelled validation images (class folders)")
+    if val.num_classes and val.num_classes > spec.num_classes:
+        raise DataError(f"data {s.data} has {val.num_classes} classes but {path.name} predicts {spec.num_classes}; "
+                        "pass --data with the model's own validation images")
+    state.update(plain=plain, spec=spec, input_size=size, val=val)
+
+
+def _export(run_dir: Path, row: ModelRow, state: dict) -> None:
+    from .export.onnx import export_onnx
+
+    state["fp32_onnx"] = export_onnx(state["plain"], run_dir / "model_fp32.onnx", input_size=state["input_size"],
+                                     in_channels=state["spec"].in_channels)
+
+
+def _calibration_source(s: PipelineSettings) -> tuple[str, str]:
+    """(source, split) to calibrate on: --calib-data, else the train split of the built-in data,
+    else the evaluation data itself (flagged in the report: calibrating on the test set flatters)."""
+    if s.calib_data:
+        return s.calib_data, "train"
+    if s.data == BUILTIN_DATA:
+        return BUILTIN_DATA, "train"
+    return s.data, "val"
+
+
+def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) -> None:
+    from .data import open_dataset
+
+    try:
+        from .quant import ptq
+    except ImportError as exc:
+        raise RepDeployError(f"INT8 quantization (repdeploy.quant.ptq) is not available in this build: {exc}") from exc
+    source, split = _calibration_source(s)
+    calib = open_dataset(source, split=split, image_size=state["input_size"], channels=state["spec"].in_channels)
+    result = _call_ptq(ptq, state["plain"], calib, run_dir, s)
+    int8 = run_dir / f"model_int8_{s.target}.onnx"
+    if not int8.is_file():
+        raise RepDeployError(f"quantization wrote no {int8.name} in {run_dir}")
+    report = _ptq_report(result)
+    state["int8_onnx"], state["ptq_report"] = int8, report
+    row.calibration = {"source": source, "split": split, "on_eval_data": source == s.data and split == "val",
+                       **{k: report[k] for k in ("calib_method", "calib_samples") if k in report}}
+    row.diagnostics = report.get("diagnostics")
+
+
+def _call_ptq(ptq: Any, plain: Any, calib: Any, run_dir: Path, s: PipelineSettings) -> Any:
+    """Adapter to the PTQ engineer's `quantize` (issue 4); kept in one place so the pipeline
+    follows its signature with one edit."""
+    kwargs: dict[str, Any] = {"calib_data": calib, "calib_samples": s.calib_samples, "target": s.target,
+                              "output_dir": run_dir, "seed": s.seed}
+    if s.calib_method:
+        kwargs["calib_method"] = s.calib_method
+    return ptq.quantize(plain, **kwargs)
+
+
+def _ptq_report(result: Any) -> dict:
+    report = getattr(result, "report", result)
+    if hasattr(report, "to_dict"):
+        report = report.to_dict()
+    return dict(report) if isinstance(report, dict) else {}
+
+
+def _open(path: Path, s: PipelineSettings, state: dict):
+    from .runtime import open_runner
+
+    runner = open_runner(path, s.engine, threads=s.threads, workdir=path.parent).activate()
+    state.setdefault("runners", []).append(runner)
+    return runner
+
+
+def _evaluate(s: PipelineSettings, row: ModelRow, state: dict) -> None:
+    from .evaluate import evaluate, sqnr_db, top1_agreement
+
+    fp32 = state["fp32_runner"] = _open(state["fp32_onnx"], s, state)
+    int8 = state["int8_runner"] = _open(state["int8_onnx"], s, state)
+    a = evaluate(fp32, state["val"], limit=s.eval_limit, keep_logits=True)
+    b = evaluate(int8, state["val"], limit=s.eval_limit, keep_logits=True)
+    row.fp32_top1, row.fp32_top5, row.int8_top1, row.int8_top5 = a.top1, a.top5, b.top1, b.top5
+    row.top1_drop = a.top1 - b.top1
+    row.top1_agreement = 100.0 * top1_agreement(a.logits, b.logits)
+    row.sqnr_db = sqnr_db(a.logits, b.logits)
+
+
+def _benchmark(s: PipelineSettings, row: ModelRow, state: dict) -> None:
+    from .bench import bench
+
+    results = {}
+    for label in ("fp32", "int8"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = bench(state[f"{label}_runner"], batch=s.bench_batch, warmup=s.warmup, duration=s.duration,
+                      iterations=s.iterations, seed=s.seed)
+        for w in caught:
+            status(f"  warning: {w.message}")
+        record = r.to_dict()
+        record.pop("environment")  # once per report, not per row
+        record["precision"] = label
+        row.bench.append(record)
+        results[label] = r
+    row.fp32_ms = results["fp32"].stats.p50_ms
+    row.int8_ms = results["int8"].stats.p50_ms
+    row.speedup = row.fp32_ms / row.int8_ms if row.int8_ms > 0 else None
+
+
+def _gate(row: ModelRow, s: PipelineSettings) -> None:
+    row.status = "PASSED"
+    if s.max_drop is not None and row.top1_drop is not None and row.top1_drop > s.max_drop:
+        row.status = "FAILED"
+        row.error = f"top-1 drop {row.top1_drop:.2f} points > --max-drop {s.max_drop:g}"
+        row.exit_code = 3
