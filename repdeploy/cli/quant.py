@@ -1,0 +1,102 @@
+"""quantize: a checkpoint to a verified INT8 QDQ ONNX (for ONNX Runtime or TensorRT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+
+
+def _text(r: dict) -> str:
+    lines = [f"{r['model']} -> {r['output_dir']}  ({r['target']} INT8, {r['calib_method']} on {r['calib_samples']} images)"]
+    sq = r.get("sqnr_db")
+    lines.append(f"  fidelity    SQNR {sq:.1f} dB, top-1 agreement with FP32 {r['top1_agreement']:.1%}"
+                 if sq is not None else f"  fidelity    identical to FP32, top-1 agreement {r['top1_agreement']:.1%}")
+    p = r["ort_parity"]
+    lines.append(f"  parity      ORT vs torch fake-quant: max |diff| {p['max_abs_diff']:.2e}, "
+                 f"top-1 {p['top1_agreement']:.1%} ({'ok' if p['passed'] else 'MISMATCH'})")
+    lines.append(f"  ORT kernels {r['ort_integer_nodes']} integer nodes after graph optimisation")
+    if "fp32_top1" in r:
+        top5 = f", top-5 {r['fp32_top5']:.2f} -> {r['int8_top5']:.2f}" if r.get("fp32_top5") is not None else ""
+        lines.append(f"  accuracy    top-1 {r['fp32_top1']:.2f} -> {r['int8_top1']:.2f} "
+                     f"(drop {r['top1_drop']:.2f}){top5} on {r['eval_images']} images")
+    s = r["layers_summary"]
+    if s.get("mean_centre_share") is not None:
+        lines.append(f"  weights     centre-tap share {s['mean_centre_share']:.2f} (flat kernel: 0.11), "
+                     f"most sensitive: {', '.join(s['most_sensitive_layers'])}")
+    if r["target"] == "tensorrt":
+        lines.append("  note        tensorrt layout: build it with TensorRT; ONNX Runtime runs it unfused")
+    gate = r.get("accuracy_gate")
+    if gate and gate.get("passed") is not None:
+        lines.append(f"  gate        max drop {gate['max_drop']}: {'PASSED' if gate['passed'] else 'FAILED'}")
+    return "\n".join(lines)
+
+
+@click.command("quantize")
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--int8", "int8", is_flag=True, default=True,
+              help="Quantize to INT8 (the only precision; the flag states it explicitly).")
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="Calibration images: folder, .npy/.npz, or 'builtin'. Zoo models default to builtin.")
+@click.option("--calib-samples", type=int, default=512, show_default=True, help="Seeded sample size.")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default="entropy",
+              show_default=True, help="How activation ranges are chosen.")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--calib-cache", type=click.Path(), default=None,
+              help="Reuse (or hand-edited) calib.json of the same model; skips calibration.")
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+              help="QDQ layout: ort (ONNX Runtime CPU integer kernels) or tensorrt (explicit quantization).")
+@click.option("--eval-data", type=click.Path(), default=None,
+              help="Labelled data (folder, .npz, 'builtin') to measure FP32 vs INT8 top-1/top-5.")
+@click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N images only.")
+@click.option("--max-drop", type=float, default=None,
+              help="Fail with exit code 3 if INT8 top-1 drops more than this many points (needs --eval-data).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
+@checkpoint_options
+@json_option
+@quiet_option
+@handle_errors
+def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
+                 eval_data, eval_limit, max_drop, seed, output_dir, load_kwargs, as_json):
+    """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
+
+    Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
+    into OUTPUT. With no CHECKPOINT every model of the built-in zoo is quantized into
+    OUTPUT/<model>/ with the built-in data.
+
+    \b
+    Examples:
+      repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ -o out/
+      repdeploy quantize ckpt.pth --int8 --calib-cache out/calib.json --target tensorrt -o out_trt/
+      repdeploy quantize --int8 --eval-data builtin --max-drop 1.0 -o runs/zoo
+    """
+    from ..errors import AccuracyGateError
+    from ..quant.ptq import quantize, zoo_entries
+
+    common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
+                  percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
+                  eval_limit=eval_limit, max_drop=max_drop, seed=seed, load_kwargs=load_kwargs)
+    jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
+        (entry["path"], Path(output_dir) / entry["name"]) for entry in zoo_entries()]
+    records, failed = [], []
+    for path, out in jobs:
+        try:
+            result = quantize(path, output_dir=out, **common)
+            report = result.report
+        except AccuracyGateError as exc:
+            failed.append(str(exc))
+            report = __import__("json").loads((Path(out) / "report.json").read_text())
+        records.append({**report, "output_dir": str(out)})
+    if as_json:
+        emit(records[0] if len(records) == 1 else {"models": records}, True)
+    else:
+        for r in records:
+            click.echo(_text(r))
+    if failed:
+        raise AccuracyGateError(failed[0] if len(failed) == 1 else f"{len(failed)} models failed the gate: {failed[0]}")
+
+
+COMMANDS = [quantize_cmd]

@@ -1,0 +1,324 @@
+"""Post-training quantization end to end: `quantize(checkpoint, ...)` -> a verified INT8 ONNX.
+
+Steps: load and fuse (verified), calibrate activation ranges on sample images (or read a
+calibration cache), export FP32 and INT8 QDQ ONNX, run both in ONNX Runtime against the torch
+fake-quant model, optionally evaluate accuracy, and write per-layer diagnostics. Every output
+is staged in a hidden directory inside OUTDIR and moved into place only when all of them are
+complete, so a failure leaves nothing behind that looks finished.
+
+The function signature is the contract the pipeline (issue 5) and the CLI call; keep it stable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import AccuracyGateError, CheckpointError, DataError, InputError
+from ..io import ensure_writable_dir, write_json_atomic
+from ..models.plain import PlainNet
+from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
+from .quantizer import TARGETS, QuantPlainNet
+
+ZOO_DIR = Path(__file__).resolve().parent.parent / "assets" / "zoo"
+VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity
+DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
+BATCH = 32
+
+
+@dataclass
+class QuantizeResult:
+    """What `quantize` wrote and measured. `report` is the content of report.json."""
+
+    output_dir: Path
+    fused: Path
+    fp32_onnx: Path
+    int8_onnx: Path
+    calib_cache: Path
+    report_path: Path
+    report: dict
+    qnet: QuantPlainNet = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"output_dir": str(self.output_dir), "fused": str(self.fused), "fp32_onnx": str(self.fp32_onnx),
+                "int8_onnx": str(self.int8_onnx), "calib_cache": str(self.calib_cache),
+                "report": str(self.report_path)}
+
+
+def zoo_entries() -> list[dict]:
+    """Models of the built-in zoo (repdeploy/assets/zoo/zoo.json): dicts with name and path."""
+    index = ZOO_DIR / "zoo.json"
+    if not index.exists():
+        raise InputError("no checkpoint given and the built-in zoo is not installed "
+                         f"({index} is missing); pass a checkpoint path")
+    data = json.loads(index.read_text())
+    items = data.get("models", data) if isinstance(data, dict) else data
+    if isinstance(items, dict):
+        items = [{"name": k, **v} for k, v in items.items()]
+    out = []
+    for item in items:
+        rel = item.get("checkpoint") or item.get("file") or item.get("path")
+        if rel is None:
+            continue
+        out.append({**item, "name": item.get("name") or Path(rel).stem, "path": str((ZOO_DIR / rel).resolve())})
+    if not out:
+        raise InputError(f"{index} lists no checkpoints; reinstall repdeploy or pass a checkpoint path")
+    return out
+
+
+def _is_zoo_path(path: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(ZOO_DIR)
+    except OSError:
+        return False
+
+
+def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
+    if isinstance(model, PlainNet):
+        return model.eval(), {"source": "PlainNet (in memory)", "variant": model.spec.name, "zoo": False}
+    if isinstance(model, (str, os.PathLike)):
+        from ..checkpoints import load_fused
+
+        path = Path(model)
+        if not path.exists():
+            raise CheckpointError(f"checkpoint {path} does not exist; give a .pth/.pt/.safetensors file")
+        plain, loaded, equivalence = load_fused(path, **load_kwargs)
+        info = {"source": str(path), "variant": loaded.spec.name, "format": loaded.format, "form": loaded.form,
+                "zoo": _is_zoo_path(path),
+                "fusion": equivalence.to_dict() if equivalence is not None else None}
+        return plain.eval(), info
+    raise InputError(f"quantize takes a checkpoint path or a PlainNet, not {type(model).__name__}")
+
+
+def _check_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
+                     max_drop: float | None) -> None:
+    if calib_method not in METHODS:
+        raise InputError(f"unknown calibration method {calib_method!r}; use one of {', '.join(METHODS)}")
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
+    if calib_samples < 1:
+        raise InputError(f"--calib-samples must be >= 1, got {calib_samples}")
+    if not 0.0 < percentile <= 100.0:
+        raise InputError(f"--percentile must be in (0, 100], got {percentile}")
+    if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
+        raise InputError(f"--max-drop must be a non-negative number of top-1 points, got {max_drop}")
+
+
+def quantize(
+    model: str | os.PathLike | PlainNet,
+    *,
+    output_dir: str | os.PathLike,
+    calib_data: str | os.PathLike | None = None,
+    calib_samples: int = 512,
+    calib_method: str = "entropy",
+    percentile: float = DEFAULT_PERCENTILE,
+    calib_cache: str | os.PathLike | None = None,
+    target: str = "ort",
+    eval_data: str | os.PathLike | None = None,
+    eval_limit: int | None = None,
+    max_drop: float | None = None,
+    seed: int = 0,
+    load_kwargs: dict | None = None,
+) -> QuantizeResult:
+    """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
+
+    Writes into `output_dir`: fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json,
+    report.json. Calibration data: `calib_data` (image folder, .npy/.npz, or "builtin"), a seeded
+    sample of `calib_samples` images; zoo models default to the built-in set. `calib_cache` skips
+    calibration and uses the ranges of a calib.json made for the same model. With `eval_data`
+    (labelled), FP32 and INT8 top-1/top-5 are measured on ONNX Runtime; with `max_drop` too, a
+    larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written.
+
+    >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
+    >>> r.report["top1_drop"], r.int8_onnx.name
+    (0.4, 'model_int8_ort.onnx')
+    """
+    from ..checkpoints import save_fused
+    from ..data import calibration_sample, open_dataset
+    from ..export.onnx import export_onnx
+    from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
+    from ..progress import status
+
+    _check_arguments(calib_method, target, calib_samples, percentile, max_drop)
+    out = ensure_writable_dir(output_dir)
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    plain, info = _load_model(model, load_kwargs or {})
+    spec = plain.spec
+    status(f"quantize: {info['variant']} from {info['source']} -> {target} INT8")
+
+    def image_set(source, split: str):
+        return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels)
+
+    # Everything that can reject the input is checked before any expensive step.
+    cache_in = None
+    if calib_cache is not None:
+        cache_in = CalibrationCache.load(calib_cache)
+        cache_in.check_model(plain, source=str(calib_cache))
+    if calib_data is None and cache_in is None:
+        if not info.get("zoo"):
+            raise DataError("no calibration data: pass --calib-data (image folder, .npy/.npz, or 'builtin' "
+                            "for the built-in digits) or --calib-cache FILE")
+        calib_data = "builtin"
+    calib_set = None
+    if cache_in is None:
+        calib_set = calibration_sample(image_set(calib_data, "train"), calib_samples, seed)
+    eval_set = image_set(eval_data, "val") if eval_data is not None else None
+    if eval_set is not None and not eval_set.has_labels:
+        raise DataError(f"eval data {eval_data} has no labels; give a class-folder layout or labels in the .npz")
+
+    qnet = QuantPlainNet(plain, target)
+    qnet.set_weight_ranges()
+    t0 = time.perf_counter()
+    if cache_in is not None:
+        qnet.load_ranges(cache_in.amax)
+        cache = cache_in
+    else:
+        cache = calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=calib_method,
+                          percentile=percentile, total_batches=calib_set.num_batches(BATCH),
+                          data=calib_set.describe())
+    timings["calibration_s"] = time.perf_counter() - t0
+
+    # Verification images: the eval set when given, otherwise the calibration images.
+    verify_source = eval_set if eval_set is not None else calib_set
+    if verify_source is None:  # cache given, no eval data: a seeded sample of the built-in or given data
+        verify_source = image_set(calib_data if calib_data is not None else "builtin", "val")
+    x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=VERIFY_IMAGES)])
+
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".quantize-"))
+    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
+             "calib": "calib.json", "report": "report.json"}
+    try:
+        t0 = time.perf_counter()
+        save_fused(plain, stage / names["fused"], extra={"source": info["source"]})
+        export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels)
+        export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
+        cache.save(stage / names["calib"])
+        timings["export_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target)
+        import onnx
+
+        if target == "tensorrt":
+            report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
+        fused_nodes = count_fused_nodes(stage / names["int8"])
+        report["ort_fused_nodes"] = fused_nodes
+        report["ort_integer_nodes"] = integer_node_count(fused_nodes)
+        timings["verify_s"] = time.perf_counter() - t0
+
+        if eval_set is not None:
+            t0 = time.perf_counter()
+            report.update(_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
+            timings["eval_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        from .diagnostics import diagnose, summary
+
+        layers = diagnose(plain, qnet, x_verify[:DIAGNOSE_IMAGES])
+        timings["diagnostics_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - started
+
+        gate = None
+        if max_drop is not None and "top1_drop" in report:
+            gate = {"max_drop": max_drop, "passed": report["top1_drop"] <= max_drop}
+        elif max_drop is not None:
+            gate = {"max_drop": max_drop, "passed": None, "note": "no --eval-data: drop not measured"}
+        report = {
+            "tool": f"repdeploy {__version__}",
+            "model": info["variant"], "source": info["source"], "arch": spec.to_dict(),
+            "fusion": info.get("fusion"),
+            "calib_method": cache.method, "calib_samples": cache.samples,
+            "calib_percentile": cache.percentile, "calib_cache_used": str(calib_cache) if calib_cache else None,
+            "calib_data": cache.data, "target": target,
+            **report,
+            "accuracy_gate": gate,
+            "float_layers": qnet.float_layers(),
+            "layers_summary": summary(layers),
+            "layers": [r.to_dict() for r in layers],
+            "files": dict(names),
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        }
+        write_json_atomic(stage / names["report"], report)
+        # report.json goes last: its presence means every other file is complete.
+        for key in ("fused", "fp32", "int8", "calib", "report"):
+            os.replace(stage / names[key], out / names[key])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+    result = QuantizeResult(out, out / names["fused"], out / names["fp32"], out / names["int8"],
+                            out / names["calib"], out / names["report"], report, qnet)
+    if gate is not None and gate["passed"] is False:
+        raise AccuracyGateError(
+            f"{info['variant']}: INT8 top-1 dropped {report['top1_drop']:.2f} points > --max-drop {max_drop}; "
+            f"see {result.report_path} (layers_summary.most_sensitive_layers) or try QAT"
+        )
+    return result
+
+
+def _run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
+    from ..export.onnx import ort_session
+
+    session = ort_session(path)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: chunk.numpy()})[0] for chunk in x.split(BATCH)])
+
+
+@torch.no_grad()
+def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
+            target: str) -> dict:
+    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model."""
+    from ..evaluate import sqnr_db, top1_agreement
+
+    ref = plain(x).numpy()
+    fake = qnet(x).numpy()
+    fp32 = _run_ort(fp32_onnx, x)
+    int8 = _run_ort(int8_onnx, x)
+    scale = float(np.abs(fake).max()) or 1.0
+    diff = float(np.abs(int8 - fake).max())
+    parity = {"max_abs_diff": diff, "max_rel_diff": diff / scale, "top1_agreement": top1_agreement(fake, int8),
+              "images": int(x.shape[0])}
+    parity["passed"] = parity["top1_agreement"] >= 0.99 and parity["max_rel_diff"] <= 0.05
+    record = {
+        "verify_images": int(x.shape[0]),
+        "sqnr_db": _json_float(sqnr_db(fp32, int8)),
+        "top1_agreement": top1_agreement(fp32, int8),
+        "torch_sqnr_db": _json_float(sqnr_db(ref, fake)),
+        "torch_top1_agreement": top1_agreement(ref, fake),
+        "ort_parity": parity,
+        "fp32_ort_parity_max_abs_diff": float(np.abs(fp32 - ref).max()),
+    }
+    if target == "tensorrt":
+        record["note"] = ("tensorrt layout: ONNX Runtime runs it unfused (in float) only to verify it; "
+                          "it is not meant for ORT deployment")
+    return record
+
+
+def _accuracy(fp32_onnx: Path, int8_onnx: Path, dataset, limit: int | None) -> dict:
+    from ..evaluate import evaluate
+    from ..runtime import open_runner
+
+    with open_runner(fp32_onnx, "ort", name="fp32") as r:
+        fp32 = evaluate(r, dataset, limit=limit)
+    with open_runner(int8_onnx, "ort", name="int8") as r:
+        int8 = evaluate(r, dataset, limit=limit)
+    rec = {"eval_data": dataset.source, "eval_images": fp32.images, "fp32_top1": fp32.top1,
+           "int8_top1": int8.top1, "top1_drop": fp32.top1 - int8.top1,
+           "fp32_top5": fp32.top5, "int8_top5": int8.top5}
+    rec["top5_drop"] = fp32.top5 - int8.top5 if fp32.top5 is not None and int8.top5 is not None else None
+    return rec
+
+
+def _json_float(v: float) -> float | None:
+    return v if math.isfinite(v) else None
