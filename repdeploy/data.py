@@ -183,6 +183,43 @@ def split_dataset(dataset: ImageDataset, val_fraction: float, seed: int = 0) -> 
     return dataset.subset(np.sort(perm[n_val:])), dataset.subset(np.sort(perm[:n_val]))
 
 
+def open_train_val(source: str | os.PathLike | None, *, image_size: int, channels: int = 3,
+                   val_source: str | os.PathLike | None = None, val_fraction: float = 0.1,
+                   seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """Training and validation sets from one source (or two).
+
+    The built-in set, `.npz` files with train_/val_ arrays and folders with train/ and val/
+    sub-folders bring their own split; otherwise `val_fraction` of the training images is held
+    out (seeded). `val_source` overrides the validation set.
+    """
+    train = open_dataset(source, split="train", image_size=image_size, channels=channels)
+    if val_source is not None:
+        val = open_dataset(val_source, split="val", image_size=image_size, channels=channels)
+    elif _has_own_val_split(source):
+        val = open_dataset(source, split="val", image_size=image_size, channels=channels)
+    else:
+        train, val = split_dataset(train, val_fraction, seed)
+    if val.has_labels and train.classes and val.classes != train.classes:
+        raise DataError(f"validation data {val.source} has classes {val.classes[:5]}... but training data "
+                        f"{train.source} has {train.classes[:5]}...; use the same class folders")
+    return train, val
+
+
+def _has_own_val_split(source: str | os.PathLike | None) -> bool:
+    if source is None or str(source).lower() in BUILTIN_NAMES:
+        return True
+    path = Path(source)
+    if path.is_dir():
+        return (path / "train").is_dir() and (path / "val").is_dir()
+    if path.suffix == ".npz":
+        try:
+            keys = set(np.load(path, allow_pickle=False).files)
+        except (OSError, ValueError, EOFError):
+            return False
+        return "train_images" in keys and "val_images" in keys
+    return False
+
+
 # --- sources ---------------------------------------------------------------------------------
 
 
@@ -366,6 +403,6 @@ def _open_folder(path: Path, split: str, image_size: int, channels: int, mean, s
 
 
 __all__ = [
-    "ImageDataset", "open_dataset", "calibration_sample", "split_dataset", "builtin_path",
+    "ImageDataset", "open_dataset", "open_train_val", "calibration_sample", "split_dataset", "builtin_path",
     "IMAGENET_MEAN", "IMAGENET_STD", "DIGITS_MEAN", "DIGITS_STD", "SPLITS",
 ]
