@@ -337,46 +337,42 @@ def _calibration_source(s: PipelineSettings) -> tuple[str, str]:
 
 
 def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) -> None:
-    from .data import open_dataset
+    import shutil
 
-    try:
-        from .quant import ptq
-    except ImportError as exc:
-        raise RepDeployError(f"INT8 quantization (repdeploy.quant.ptq) is not available in this build: {exc}") from exc
+    from .quant.ptq import quantize
+
     source, split = _calibration_source(s)
-    calib = open_dataset(source, split=split, image_size=state["input_size"], channels=state["spec"].in_channels)
-    result = _call_ptq(ptq, state["plain"], calib, run_dir, s)
-    int8 = run_dir / f"model_int8_{s.target}.onnx"
-    if not int8.is_file():
-        raise RepDeployError(f"quantization wrote no {int8.name} in {run_dir}")
-    report = _ptq_report(result)
-    state["int8_onnx"], state["ptq_report"] = int8, report
-    row.calibration = {"source": source, "split": split, "on_eval_data": source == s.data and split == "val",
-                       **{k: report[k] for k in ("calib_method", "calib_samples") if k in report}}
-    row.diagnostics = report.get("diagnostics")
-
-
-def _call_ptq(ptq: Any, plain: Any, calib: Any, run_dir: Path, s: PipelineSettings) -> Any:
-    """Adapter to the PTQ engineer's `quantize` (issue 4); kept in one place so the pipeline
-    follows its signature with one edit."""
-    kwargs: dict[str, Any] = {"calib_data": calib, "calib_samples": s.calib_samples, "target": s.target,
-                              "output_dir": run_dir, "seed": s.seed}
+    if source == s.data and split == "val":
+        status(f"  warning: calibrating on the evaluation data {s.data}: INT8 accuracy will look better than it is; "
+               "pass --calib-data")
+    # quantize() writes its own fused.pt/model_fp32.onnx/report.json; the pipeline already wrote
+    # the first two and owns report.json, so it runs in a scratch directory and only the INT8
+    # model and the calibration cache are moved into the run directory.
+    scratch = run_dir / ".quantize"
+    shutil.rmtree(scratch, ignore_errors=True)
+    kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
+                              "target": s.target, "seed": s.seed}
     if s.calib_method:
         kwargs["calib_method"] = s.calib_method
-    return ptq.quantize(plain, **kwargs)
+    try:
+        result = quantize(state["plain"], **kwargs)
+        int8 = run_dir / result.int8_onnx.name
+        result.int8_onnx.replace(int8)
+        result.calib_cache.replace(run_dir / "calib.json")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    report = dict(result.report)
+    state["int8_onnx"], state["ptq_report"] = int8, report
+    row.calibration = {"source": str(source), "split": split, "on_eval_data": source == s.data and split == "val",
+                       "method": report.get("calib_method"), "samples": report.get("calib_samples")}
+    row.diagnostics = {"summary": report.get("layers_summary"), "layers": report.get("layers") or [],
+                       "float_layers": report.get("float_layers")}
 
 
-def _ptq_report(result: Any) -> dict:
-    report = getattr(result, "report", result)
-    if hasattr(report, "to_dict"):
-        report = report.to_dict()
-    return dict(report) if isinstance(report, dict) else {}
-
-
-def _open(path: Path, s: PipelineSettings, state: dict):
+def _open(path: Path, s: PipelineSettings, state: dict, name: str):
     from .runtime import open_runner
 
-    runner = open_runner(path, s.engine, threads=s.threads, workdir=path.parent).activate()
+    runner = open_runner(path, s.engine, threads=s.threads, workdir=path.parent, name=name).activate()
     state.setdefault("runners", []).append(runner)
     return runner
 
@@ -384,8 +380,8 @@ def _open(path: Path, s: PipelineSettings, state: dict):
 def _evaluate(s: PipelineSettings, row: ModelRow, state: dict) -> None:
     from .evaluate import evaluate, sqnr_db, top1_agreement
 
-    fp32 = state["fp32_runner"] = _open(state["fp32_onnx"], s, state)
-    int8 = state["int8_runner"] = _open(state["int8_onnx"], s, state)
+    fp32 = state["fp32_runner"] = _open(state["fp32_onnx"], s, state, f"{row.name} fp32")
+    int8 = state["int8_runner"] = _open(state["int8_onnx"], s, state, f"{row.name} int8")
     a = evaluate(fp32, state["val"], limit=s.eval_limit, keep_logits=True)
     b = evaluate(int8, state["val"], limit=s.eval_limit, keep_logits=True)
     row.fp32_top1, row.fp32_top5, row.int8_top1, row.int8_top5 = a.top1, a.top5, b.top1, b.top5
