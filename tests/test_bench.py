@@ -93,3 +93,26 @@ def test_high_coefficient_of_variation_warns():
 def test_environment_names_the_machine():
     env = environment()
     assert env["cpu"] and env["logical_cpus"] >= 1 and env["torch"] and env["numpy"] == np.__version__
+
+
+def test_bench_cli_reports_and_ends_with_passed(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from repdeploy.checkpoints import save_fused
+
+    fused = save_fused(fuse(trained_like("RepVGG-mini")).plain, tmp_path / "fused.pt")
+    out = tmp_path / "bench.json"
+    args = [sys.executable, "-m", "repdeploy", "bench", str(fused), str(tmp_path / "missing.onnx"), "--engine", "ort",
+            "--batch", "1,4", "--threads", "1", "--warmup", "0", "--duration", "0", "--iterations", "5", "--json", str(out)]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr  # the missing model is an input error; the good one still ran
+    assert r.stdout.strip().splitlines()[-1].startswith("&&&& FAILED repdeploy bench")
+    assert "missing.onnx" in r.stderr
+    doc = json.loads(out.read_text())
+    assert [x["batch"] for x in doc["results"]] == [1, 4] and doc["results"][1]["stats"]["count"] == 5
+    assert doc["failures"][0]["path"].endswith("missing.onnx") and doc["environment"]["cpu"]
+    r = subprocess.run(args[:5] + args[6:], capture_output=True, text=True)
+    assert r.returncode == 0 and "&&&& PASSED repdeploy bench" in r.stdout
+    assert "p99" in r.stdout and "throughput" in r.stdout

@@ -78,3 +78,20 @@ def test_unlabelled_data_and_foreign_labels_are_refused(plain, tmp_path):
             evaluate(r, open_eval_data(r, str(tmp_path / "flat.npy")))
         with pytest.raises(DataError, match="label 40"):
             evaluate(r, open_eval_data(r, str(tmp_path / "many.npz")))
+
+
+def test_eval_cli_json_matches_the_library(plain, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from repdeploy.export.onnx import export_onnx
+
+    onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    r = subprocess.run([sys.executable, "-m", "repdeploy", "eval", str(onnx_path), "--data", "builtin", "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    with open_runner(onnx_path, "ort") as runner:
+        acc = evaluate(runner, open_eval_data(runner, "builtin"))
+    assert record["top1"] == acc.top1 and record["top5"] == acc.top5 and record["images"] == 400
