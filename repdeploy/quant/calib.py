@@ -229,13 +229,16 @@ class MseCalibrator(HistogramCalibrator):
 
     method = "mse"
 
-    def __init__(self, bins: int = DEFAULT_BINS, candidates: int = 512) -> None:
+    def __init__(self, bins: int = DEFAULT_BINS, candidates: int | None = None) -> None:
         super().__init__(bins)
         self.candidates = candidates
         self.errors: dict[str, float] = {}
 
     def _threshold(self, h: StreamingHistogram, qmax: int) -> float:
-        thresholds = h.width * np.unique(np.linspace(1, h.bins, self.candidates).round())
+        # Every bin edge is a candidate unless told otherwise; the error curve is flat and bumpy
+        # near its minimum, so a coarse grid can miss it.
+        steps = np.arange(1, h.bins + 1) if not self.candidates else np.unique(np.linspace(1, h.bins, self.candidates).round())
+        thresholds = h.width * steps
         errors = mse_error(h.counts, h.width, thresholds, qmax)
         best = int(np.argmin(errors))
         return float(thresholds[best])
@@ -251,11 +254,16 @@ class MseCalibrator(HistogramCalibrator):
 def mse_error(counts: np.ndarray, width: float, thresholds: np.ndarray, qmax: int) -> np.ndarray:
     """Mean squared error of quantizing the histogrammed |x| with each threshold (bin centres)."""
     centres = (np.arange(len(counts)) + 0.5) * width
-    t = np.asarray(thresholds, dtype=np.float64)[:, None]
-    step = np.maximum(t, 1e-12) / qmax
-    recon = np.minimum(np.round(np.minimum(centres[None, :], t) / step), qmax) * step
+    counts = np.asarray(counts, dtype=np.float64)
     total = max(float(np.sum(counts)), 1.0)
-    return ((centres[None, :] - recon) ** 2 * counts[None, :]).sum(1) / total
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    out = np.empty(thresholds.size)
+    for start in range(0, thresholds.size, 256):  # blocks keep the candidates x bins matrix small
+        t = thresholds[start : start + 256, None]
+        step = np.maximum(t, 1e-12) / qmax
+        recon = np.minimum(np.round(np.minimum(centres[None, :], t) / step), qmax) * step
+        out[start : start + 256] = ((centres[None, :] - recon) ** 2 * counts[None, :]).sum(1) / total
+    return out
 
 
 def make_calibrator(method: str, *, percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS) -> Calibrator:
