@@ -313,6 +313,9 @@ def _load(path: Path, run_dir: Path, s: PipelineSettings, load_kwargs: dict, inp
     val = open_dataset(s.data, split="val", image_size=size, channels=spec.in_channels)
     if not val.has_labels:
         raise DataError(f"data {s.data} has no labels; the pipeline needs labelled validation images (class folders)")
+    if s.data == BUILTIN_DATA and spec.num_classes != val.num_classes:
+        raise DataError(f"{path.name} predicts {spec.num_classes} classes, not the {val.num_classes} digits of the "
+                        "built-in data; pass --data with the model's own labelled validation images")
     if val.num_classes and val.num_classes > spec.num_classes:
         raise DataError(f"data {s.data} has {val.num_classes} classes but {path.name} predicts {spec.num_classes}; "
                         "pass --data with the model's own validation images")
