@@ -1,0 +1,84 @@
+"""qat: quantization-aware training of the fused model, on one process or many (torchrun)."""
+
+from __future__ import annotations
+
+import click
+
+from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+
+
+def _text(r: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{v:.2f} %"
+
+    lines = [f"QAT {r['model']} -> {r['output_dir']}"]
+    lines.append(f"  top-1  FP32 {pct(r.get('fp32_top1'))}   PTQ {pct(r.get('ptq_top1'))}   QAT {pct(r.get('qat_top1'))}")
+    if r.get("qat_drop") is not None:
+        lines.append(f"  drop   PTQ {r['ptq_drop']:+.2f}   QAT {r['qat_drop']:+.2f} points")
+    lines.append(f"  INT8 ONNX ({r['target']}): {r['int8_onnx']}")
+    return "\n".join(lines)
+
+
+@click.command("qat")
+@click.argument("checkpoint", required=False, type=click.Path())
+@click.option("--train-data", default=None, help="Training images: ImageFolder tree, labelled .npz, or 'builtin'.")
+@click.option("--val-data", default=None, help="Validation images (default: the source's val split or 10% held out).")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
+@click.option("--epochs", default=3, show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate (default: sgd 0.01, adamw 1e-4, agd gain 0.05).")
+@click.option("--batch-size", default=64, show_default=True, help="Per process.")
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw", "agd"]), default="sgd", show_default=True)
+@click.option("--grad-mult", default="none", show_default=True,
+              help="Structural prior on the gradients: none, bn (from a RepVGG checkpoint's branch BNs), "
+                   "sgs, or repopt:SCALES_FILE.")
+@click.option("--distill/--no-distill", default=False, help="Distil from the FP32 model (KL on logits).")
+@click.option("--temperature", default=4.0, show_default=True, help="Distillation temperature.")
+@click.option("--calib-cache", type=click.Path(), default=None, help="Start from these ranges instead of calibrating.")
+@click.option("--calib-data", default=None, help="Calibration images (default: the training data).")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default="entropy",
+              show_default=True)
+@click.option("--calib-samples", default=512, show_default=True)
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTDIR/qat_state.pt.")
+@click.option("--checkpoint-every", default=0, show_default=True,
+              help="Steps between training-state checkpoints (0: every epoch).")
+@click.option("--seed", default=0, show_default=True)
+@checkpoint_options
+@json_option
+@quiet_option
+@handle_errors
+def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
+            grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
+            resume, checkpoint_every, seed, load_kwargs, as_json):
+    """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
+
+    Starts from the PTQ calibration (or --calib-cache), trains with frozen activation ranges,
+    and reports FP32, PTQ and QAT top-1 side by side. With no CHECKPOINT it runs on the
+    built-in zoo's RepVGG model and the built-in digits.
+
+    \b
+    Examples:
+      repdeploy qat -o runs/qat                                   # built-in zoo model and data
+      repdeploy qat repvgg.pth --train-data train/ --val-data val/ --distill --grad-mult bn -o qat/
+      repdeploy qat repopt.pth --train-data train/ --grad-mult repopt:scales.pth --optimizer adamw -o qat/
+      torchrun --nproc_per_node=2 -m repdeploy qat repvgg.pth --train-data train/ -o qat/   # data-parallel
+      repdeploy qat repvgg.pth --train-data train/ -o qat/ --resume   # continue an interrupted run
+    """
+    from ..quant.qat import qat
+
+    result = qat(
+        checkpoint, train_data=train_data, val_data=val_data, output_dir=output_dir, epochs=epochs, lr=lr,
+        batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, grad_mult=grad_mult,
+        distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
+        calib_method=calib_method, calib_samples=calib_samples, target=target, resume=resume,
+        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs,
+    )
+    if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
+        return
+    record = {**result.report, "output_dir": str(result.output_dir), "int8_onnx": str(result.int8_onnx)}
+    record.pop("training", None)
+    emit(record, as_json, _text)
+
+
+COMMANDS = [qat_cmd]

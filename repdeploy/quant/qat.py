@@ -1,0 +1,467 @@
+"""Quantization-aware training of the fused model, keeping the structural prior alive.
+
+`qat(checkpoint, ...)` calibrates (or reads a calibration cache), then fine-tunes the
+fake-quant `QuantPlainNet` with the shared training loop. Three things set it apart from a
+plain fine-tune:
+
+- gradient multipliers: the structural prior that RepVGG's branches or RepOpt's scales gave
+  the kernel during training is re-applied to its gradient (SGD) or update (AdamW, AGD):
+  `repopt:SCALES` uses the hyper-searched scales; `bn` derives per-channel scales from the
+  trained branch BN statistics of a RepVGG train-form checkpoint; `sgs` recomputes Spatial
+  Gradient Scaling from the float features;
+- optional distillation from the FP32 model (KL on temperature-softened logits);
+- `torchrun --nproc_per_node=N` runs it data-parallel with torch.distributed (gloo on CPU,
+  NCCL on GPU); every rank trains on its shard and rank 0 alone writes the outputs.
+
+Activation ranges stay frozen at their calibrated values (the default the upstream QAT
+recipes use); weight ranges follow the weights: they are reset to the per-channel max before
+every step and before export, so the exported INT8 kernel is the one that was trained.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..errors import DataError, InputError
+from ..io import ensure_writable_dir, write_json_atomic
+from ..models.plain import PlainNet
+from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
+from .quantizer import TARGETS, QuantConv2d, QuantPlainNet
+
+OPTIMIZERS = ("sgd", "adamw", "agd")
+# Fine-tuning a trained model wants small steps; AGD's "lr" is its gain on the automatic step.
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4, "agd": 0.05}
+GRAD_MULT_PRODUCER = "qat-prior"
+STATE_FILE = "qat_state.pt"
+BATCH = 32
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass
+class World:
+    """Where this process sits in a torch.distributed job (a single process is rank 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world() -> World:
+    """Join the process group torchrun describes in the environment, if any."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    import torch.distributed as dist
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return World(dist.get_rank(), dist.get_world_size(), backend)
+
+
+def _barrier(world: World) -> None:
+    if world.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def shard(dataset, world: World):
+    """This rank's share of a dataset: every size-th image from a rank offset.
+
+    Each rank then shuffles its shard per epoch (seeded), which is what DistributedSampler does
+    up to the order of shuffling and sharding; the shards are disjoint and cover the data.
+    """
+    if not world.distributed:
+        return dataset
+    import numpy as np
+
+    return dataset.subset(np.arange(world.rank, len(dataset), world.size))
+
+
+# --------------------------------------------------------------------------- gradient multipliers
+
+
+def _conv_param_name(layer_name: str) -> str:
+    # QuantPlainNet layer "stage1.0.conv" keeps its float conv inside: net.stage1.0.conv.conv.weight
+    return f"net.{layer_name}.conv.weight"
+
+
+def branch_scales_from_bn(train_model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per-channel branch scales of a RepVGG train-form model, from its BN statistics.
+
+    In eval mode each branch's BN is a constant per-channel scale gamma / sqrt(var + eps), so a
+    fused kernel W = s*W3 + t*pad(W1) (+ identity) is exactly a RepOpt block with scales s and
+    t. Treating them as constants during QAT ignores that BN's statistics and affine parameters
+    would also move; that is the approximation, and it is what keeps the prior's shape.
+    The result is in the scales-file layout, so it feeds the same multiplier code as RepOpt.
+    """
+    from ..models.repvgg import RepVGG
+
+    if not isinstance(train_model, RepVGG):
+        raise InputError("--grad-mult bn needs a RepVGG train-form checkpoint (its branch BNs carry the prior); "
+                         "use --grad-mult sgs or repopt:SCALES for other models")
+    scales = {}
+    for name, block in train_model.named_blocks():
+        for branch, key in ((block.rbr_dense, "scale_conv"), (block.rbr_1x1, "scale_1x1")):
+            bn = branch.bn
+            scales[f"{name}.{key}.weight"] = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().clone()
+        if block.rbr_identity is not None:
+            bn = block.rbr_identity
+            scales[f"{name}.scale_identity.weight"] = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().clone()
+    return scales
+
+
+def set_prior_multipliers(multipliers, qnet: QuantPlainNet, scales: dict[str, torch.Tensor], optimizer: str) -> None:
+    """RepOpt multipliers (reference.md §3) on the fake-quant model's conv weights.
+
+    SGD squares the scales (gradient side); AdamW and AGD use them to the first power on the
+    update, because those optimizers normalise the gradient and would cancel a gradient-side
+    multiplier.
+    """
+    from ..optim.repopt import repopt_multiplier
+
+    kind = "sgd" if optimizer == "sgd" else "adamw"
+    for layer in qnet.spec.layers():
+        if layer.groups != 1:
+            continue  # the identity/1x1 prior of a grouped layer has a different shape; leave it free
+        s = scales.get(f"{layer.name}.scale_conv.weight")
+        t = scales.get(f"{layer.name}.scale_1x1.weight")
+        if s is None or t is None:
+            raise InputError(f"scales miss {layer.name}.scale_conv/scale_1x1 for {qnet.spec.name}; "
+                             "use the scales file made for this architecture")
+        shape = (layer.out_channels, layer.in_channels, 3, 3)
+        mult = repopt_multiplier(shape, s, t, layer.has_identity, kind)
+        # Normalise to mean 1 so the learning rate keeps its meaning whatever the scales' size.
+        multipliers.set(GRAD_MULT_PRODUCER, _conv_param_name(f"{layer.name}.conv"), mult / mult.mean())
+
+
+class QuantSGSHook:
+    """Spatial Gradient Scaling for a fake-quant model: statistics from its float twin.
+
+    The fake-quant layers call F.conv2d on the wrapped weight, so the SGS feature hooks are
+    run on `qnet.float_model()` and the matrices mapped back to the wrapped parameter names.
+    """
+
+    def __init__(self, data, refresh_every: int = 1, samples: int = 64, seed: int = 0) -> None:
+        from ..data import calibration_sample
+
+        self.batch = next(calibration_sample(data, samples, seed).batches(samples))[0]
+        self.refresh_every = max(1, refresh_every)
+        self.qnet: QuantPlainNet | None = None
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, multipliers) -> None:
+        from ..optim.sgs import compute_sgs
+
+        if epoch % self.refresh_every or self.qnet is None:
+            return
+        matrices = compute_sgs(self.qnet.float_model(), self.batch)
+        for name, matrix in matrices.items():
+            layer = name.removesuffix(".weight")
+            if layer.endswith(".conv") and layer in self.qnet.layers():
+                multipliers.set("sgs", _conv_param_name(layer), matrix)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def distillation_loss(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.5, smoothing: float = 0.1):
+    """alpha * KL(teacher || student) at `temperature` (times T^2) + (1 - alpha) * cross entropy."""
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        with torch.no_grad():
+            target = F.log_softmax(teacher(x) / temperature, dim=1)
+        kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, log_target=True, reduction="batchmean")
+        return alpha * kl * temperature**2 + (1 - alpha) * F.cross_entropy(logits, y, label_smoothing=smoothing)
+
+    return loss
+
+
+def _with_weight_ranges(qnet: QuantPlainNet, inner):
+    # Weight ranges follow the weights step by step, so no weight is clipped by a stale range.
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        qnet.set_weight_ranges()
+        return inner(model, x, y)
+
+    return loss
+
+
+def _ce(smoothing: float):
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y, label_smoothing=smoothing)
+
+    return loss
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass
+class QATResult:
+    output_dir: Path
+    int8_onnx: Path | None
+    report: dict
+    qnet: QuantPlainNet = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"output_dir": str(self.output_dir), "int8_onnx": str(self.int8_onnx) if self.int8_onnx else None,
+                **{k: self.report.get(k) for k in ("fp32_top1", "ptq_top1", "qat_top1", "ptq_drop", "qat_drop")}}
+
+
+def _parse_grad_mult(grad_mult: str) -> tuple[str, str | None]:
+    if grad_mult in ("none", "bn", "sgs"):
+        return grad_mult, None
+    if grad_mult.startswith("repopt:"):
+        return "repopt", grad_mult.split(":", 1)[1]
+    raise InputError(f"--grad-mult {grad_mult!r}: use none, bn, sgs or repopt:SCALES_FILE")
+
+
+@torch.no_grad()
+def _top1(model: nn.Module, dataset, limit: int | None = None) -> float:
+    correct = total = 0
+    model.eval()
+    for x, y in dataset.batches(128, limit=limit):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / max(1, total)
+
+
+def qat(
+    model: str | os.PathLike | None = None,
+    *,
+    train_data: str | os.PathLike | None,
+    output_dir: str | os.PathLike,
+    val_data: str | os.PathLike | None = None,
+    epochs: int = 3,
+    lr: float | None = None,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    optimizer: str = "sgd",
+    grad_mult: str = "none",
+    distill: bool = False,
+    temperature: float = 4.0,
+    calib_cache: str | os.PathLike | None = None,
+    calib_data: str | os.PathLike | None = None,
+    calib_method: str = "entropy",
+    calib_samples: int = 512,
+    percentile: float = DEFAULT_PERCENTILE,
+    target: str = "ort",
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    stop_after_steps: int | None = None,
+    seed: int = 0,
+    load_kwargs: dict | None = None,
+) -> QATResult:
+    """Fine-tune a checkpoint's fused model with fake quantization and export its INT8 ONNX.
+
+    Writes into `output_dir` (rank 0 only): fused.pt, model_fp32.onnx (the QAT-tuned float
+    weights), model_int8_<target>.onnx, calib.json, qat_state.pt (training state, every epoch)
+    and report.json with FP32, PTQ and QAT top-1 on the validation data.
+
+    >>> r = qat("repvgg.pth", train_data="train/", val_data="val/", output_dir="qat/")  # doctest: +SKIP
+    >>> r.report["ptq_top1"], r.report["qat_top1"]                                       # doctest: +SKIP
+    """
+    from ..checkpoints import load, save_fused
+    from ..data import calibration_sample, open_dataset, open_train_val
+    from ..export.onnx import export_onnx
+    from ..export.qdq import check_tensorrt_qdq, export_qdq
+    from ..fuse import fuse
+    from ..optim import AGD, AdamWWithMultipliers, SGDWithMultipliers
+    from ..optim.multipliers import MultiplierMap
+    from ..optim.repopt import load_scales
+    from ..progress import set_quiet, status
+    from ..train import TrainConfig, train
+    from .ptq import zoo_entries
+
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown --optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if target not in TARGETS:
+        raise InputError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)}")
+    mult_kind, scales_path = _parse_grad_mult(grad_mult)
+    world = init_world()
+    if not world.is_main:
+        set_quiet(True)
+    out = ensure_writable_dir(output_dir) if world.is_main else Path(output_dir)
+    started = time.perf_counter()
+
+    # --- the model: default is the built-in zoo's RepVGG, whose PTQ loses the most
+    if model is None:
+        entries = [e for e in zoo_entries() if "repvgg" in str(e.get("family", e["name"])).lower()
+                   and "opt" not in str(e.get("family", e["name"])).lower()]
+        model = (entries or zoo_entries())[0]["path"]
+        train_data = train_data or "builtin"
+        val_data = val_data or "builtin"
+    if train_data is None:
+        raise DataError("QAT needs --train-data (an ImageFolder tree, labelled .npz, or 'builtin')")
+    loaded = load(model, **(load_kwargs or {}))
+    if loaded.model is None:
+        raise InputError(f"{model} is a scales file with no weights; {loaded.deploy_steps}")
+    if isinstance(loaded.model, PlainNet):
+        plain, equivalence = loaded.model, None
+    else:
+        fused = fuse(loaded.model)
+        plain, equivalence = fused.plain, fused.equivalence
+    spec = plain.spec
+
+    train_set, val_set = open_train_val(train_data, image_size=spec.input_size, channels=spec.in_channels,
+                                        val_source=val_data, seed=seed)
+    if val_set is not None and not val_set.has_labels:
+        raise DataError(f"validation data {val_data} has no labels; give a class-folder layout or labelled arrays")
+
+    # --- calibration (the PTQ starting point)
+    qnet = QuantPlainNet(plain, target)
+    qnet.set_weight_ranges()
+    if calib_cache is not None:
+        cache = CalibrationCache.load(calib_cache)
+        cache.check_model(plain, source=str(calib_cache))
+        qnet.load_ranges(cache.amax)
+    else:
+        source = calib_data if calib_data is not None else train_data
+        calib_set = calibration_sample(
+            open_dataset(source, split="train", image_size=spec.input_size, channels=spec.in_channels),
+            calib_samples, seed)
+        cache = calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=calib_method,
+                          percentile=percentile, total_batches=calib_set.num_batches(BATCH),
+                          data=calib_set.describe())
+    fp32_top1 = _top1(plain, val_set) if val_set is not None else None
+    ptq_top1 = _top1(qnet, val_set) if val_set is not None else None
+    status(f"qat: {loaded.variant}: FP32 top-1 {fp32_top1}, PTQ ({cache.method}) top-1 {ptq_top1}")
+
+    # --- multipliers, loss, optimizer
+    multipliers = MultiplierMap(qnet)
+    hooks = []
+    if mult_kind == "repopt":
+        set_prior_multipliers(multipliers, qnet, load_scales(scales_path, spec), optimizer)
+    elif mult_kind == "bn":
+        set_prior_multipliers(multipliers, qnet, branch_scales_from_bn(loaded.model), optimizer)
+    elif mult_kind == "sgs":
+        if optimizer != "sgd":
+            status("qat: note: SGS is exact for SGD only; with AdamW/AGD it scales the update instead")
+        hook = QuantSGSHook(train_set, seed=seed)
+        hook.qnet = qnet
+        hooks.append(hook)
+    if optimizer == "agd":
+        # AGD updates matrices only (reference.md §3): biases keep their fused values.
+        for name, p in qnet.named_parameters():
+            if p.dim() < 2:
+                p.requires_grad_(False)
+    teacher = plain.eval()
+    inner = distillation_loss(teacher, temperature) if distill else _ce(0.0)
+    loss_fn = _with_weight_ranges(qnet, inner)
+    step_lr = lr if lr is not None else DEFAULT_LR[optimizer]
+    if not (math.isfinite(step_lr) and step_lr > 0):
+        raise InputError(f"--lr must be a positive number, got {step_lr}")
+
+    trained: nn.Module = qnet
+    if world.distributed:
+        # Buffers (the frozen ranges) are identical on every rank; not broadcasting them keeps
+        # rank 0's extra validation forwards free of collectives.
+        import warnings
+
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates broadcast_buffers but its replacement still syncs at init;
+            # the deprecation note itself says to keep broadcast_buffers=False for now.
+            warnings.simplefilter("ignore", FutureWarning)
+            trained = nn.parallel.DistributedDataParallel(qnet, broadcast_buffers=False)
+
+    def make_optimizer(groups: list[dict], mults) -> torch.optim.Optimizer:
+        if optimizer == "sgd":
+            return SGDWithMultipliers(groups, mults, lr=step_lr, momentum=0.9)
+        if optimizer == "adamw":
+            return AdamWWithMultipliers(groups, mults, lr=step_lr)
+        return AGD([p for g in groups for p in g["params"]], mults, gain=step_lr)
+
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=step_lr, weight_decay=weight_decay,
+                         warmup_epochs=0.0, label_smoothing=0.0, seed=seed, augment="none",
+                         checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps)
+    # Only rank 0 writes into the output directory. The other ranks keep their (identical, since
+    # DDP keeps replicas in sync) training state in a private temporary file, and on --resume
+    # start from a copy of rank 0's.
+    private = None
+    state_path = out / STATE_FILE
+    if not world.is_main:
+        private = Path(tempfile.mkdtemp(prefix=f"repdeploy-qat-rank{world.rank}-"))
+        if resume and state_path.exists():
+            shutil.copyfile(state_path, private / STATE_FILE)
+        state_path = private / STATE_FILE
+    try:
+        result = train(trained, make_optimizer, shard(train_set, world), val_set if world.is_main else None, config,
+                       multipliers=multipliers, hooks=hooks, loss_fn=loss_fn, state_path=state_path,
+                       resume=resume, uses_lr_schedule=optimizer != "agd", description=f"qat {spec.name}")
+    finally:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+    qnet.set_weight_ranges()
+    qnet.eval()
+    _barrier(world)
+    if result.stopped_early:
+        return QATResult(out, None, {"stopped_early": True, "steps": result.steps}, qnet)
+    if not world.is_main:
+        return QATResult(out, None, {"rank": world.rank}, qnet)
+
+    qat_top1_torch = _top1(qnet, val_set) if val_set is not None else None
+    tuned = qnet.float_model()
+    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
+             "calib": "calib.json", "report": "report.json"}
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".qat-"))
+    try:
+        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True})
+        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels)
+        export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
+        # The cache now describes the tuned weights (ranges unchanged), so it stays reusable.
+        from .calib import weights_fingerprint
+
+        cache.weights_sha256 = weights_fingerprint(tuned)
+        cache.save(stage / names["calib"])
+        report: dict[str, Any] = {
+            "tool": f"repdeploy {__version__}", "model": loaded.variant, "source": str(model),
+            "target": target, "fusion": equivalence.to_dict() if equivalence else None,
+            "calib_method": cache.method, "calib_samples": cache.samples,
+            "optimizer": optimizer, "lr": step_lr, "epochs": epochs, "batch_size": batch_size,
+            "grad_mult": grad_mult, "distill": distill, "world_size": world.size,
+            "fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1_torch": qat_top1_torch,
+            "training": result.to_dict(),
+        }
+        if val_set is not None:
+            from .ptq import _accuracy
+
+            acc = _accuracy(stage / names["fp32"], stage / names["int8"], val_set, None)
+            report["qat_top1"] = acc["int8_top1"]
+            report["qat_top5"] = acc["int8_top5"]
+            report["ptq_drop"] = fp32_top1 - ptq_top1
+            report["qat_drop"] = fp32_top1 - acc["int8_top1"]
+        if target == "tensorrt":
+            import onnx
+
+            report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
+        report["files"] = dict(names)
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        write_json_atomic(stage / names["report"], report)
+        for key in ("fused", "fp32", "int8", "calib", "report"):
+            os.replace(stage / names[key], out / names[key])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return QATResult(out, out / names["int8"], report, qnet)
