@@ -77,6 +77,7 @@ class _QdqBuilder:
         self.init = {t.name: t for t in self.graph.initializer}
         self.new_inits: list = []
         self.done_pairs: dict[tuple[str, str], str] = {}
+        self.quantized: set[str] = set()
 
     # Names follow the quantizer names, so a QDQ graph reads like the calibration cache.
     def _const(self, name: str, array: np.ndarray) -> str:
@@ -135,6 +136,10 @@ class _QdqBuilder:
                         raise ExportError(f"Gemm {node.name} without transB=1 is not what a torch Linear exports")
                     self._quantize_layer(node, name, layer, nodes, removed)
             nodes.append(node)
+        wanted = {n for n, q in layers.items() if q.weight_quantizer.enabled and q.input_quantizer.enabled}
+        if wanted - self.quantized:
+            raise ExportError(f"the FP32 ONNX has no Conv/Gemm for {sorted(wanted - self.quantized)[:3]}; "
+                              f"export it from the same {self.qnet.spec.name}")
         del self.graph.node[:]
         self.graph.node.extend(nodes)
         kept = [t for t in self.graph.initializer if t.name not in removed]
@@ -147,6 +152,12 @@ class _QdqBuilder:
 
         xq, wq = layer.input_quantizer, layer.weight_quantizer
         weight = torch.from_numpy(_array(self.init[node.input[1]]).copy())
+        own = (layer.conv if hasattr(layer, "conv") else layer.linear).weight.detach().to(torch.float32)
+        if weight.shape != own.shape or not torch.allclose(weight, own, rtol=1e-5, atol=1e-7):
+            # Scales come from the module, integers from the graph: both must be the same weights.
+            raise ExportError(f"the FP32 ONNX holds other weights for {name} than the quantized model; "
+                              "export the FP32 ONNX from the same PlainNet")
+        self.quantized.add(name)
         w_scale = wq.scale().to(torch.float32)
         shape = (-1,) + (1,) * (weight.dim() - 1)
         w_int = torch.clamp(torch.round(weight / w_scale.reshape(shape)), wq.qmin, wq.qmax).to(torch.int8)
