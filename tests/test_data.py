@@ -123,3 +123,24 @@ def test_unreadable_files_are_data_errors(tmp_path):
     np.save(tmp_path / "shape.npy", np.zeros((3, 5, 5, 5, 5), np.uint8))
     with pytest.raises(DataError, match="shape"):
         open_dataset(tmp_path / "shape.npy", image_size=16)
+
+
+def test_open_train_val_uses_own_split_or_holds_out(tmp_path):
+    from repdeploy.data import open_train_val
+
+    tr, va = open_train_val("builtin", image_size=16)
+    assert (len(tr), len(va)) == (1397, 400)
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            for i in range(5 if split == "train" else 2):
+                _write_png(tmp_path / "both" / split / cls / f"{i}.png", (i * 20, 0, 0))
+    tr, va = open_train_val(tmp_path / "both", image_size=16)
+    assert (len(tr), len(va)) == (10, 4) and tr.classes == va.classes == ["a", "b"]
+    for cls in ("a", "b"):
+        for i in range(10):
+            _write_png(tmp_path / "one" / cls / f"{i}.png", (i * 20, 0, 0))
+    tr, va = open_train_val(tmp_path / "one", image_size=16, val_fraction=0.1)
+    assert (len(tr), len(va)) == (18, 2) and not set(tr.indices) & set(va.indices)
+    _write_png(tmp_path / "other" / "val" / "zebra" / "0.png", (0, 0, 0))
+    with pytest.raises(DataError, match="classes"):
+        open_train_val(tmp_path / "one", image_size=16, val_source=tmp_path / "other")
