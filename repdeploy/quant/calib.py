@@ -40,7 +40,6 @@ METHODS = ("max", "percentile", "entropy", "mse")
 DEFAULT_BINS = 2048
 DEFAULT_PERCENTILE = 99.99
 CACHE_FORMAT = "repdeploy-calib/1"
-INPUT_TENSOR = "stage0.conv.input"
 
 
 class StreamingHistogram:
@@ -402,10 +401,14 @@ def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
     qnet.disable()
     qnet.observe(calibrator.collect)
     images = 0
+    lo = hi = None  # per-channel input extremes: constant images calibrate nothing
     try:
         for x in track(batches, f"calibrating ({method})", total=total_batches):
             if not torch.isfinite(x).all():
                 raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
+            b_lo, b_hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))
+            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
             qnet(x)
             images += int(x.shape[0])
     finally:
@@ -414,9 +417,10 @@ def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
             q.enabled = on
     if images == 0:
         raise DataError("no calibration images were read; give --calib-data with at least one image")
-    if calibrator.maximum.get(INPUT_TENSOR) == calibrator.minimum.get(INPUT_TENSOR):
+    if bool((hi == lo).all()):
         raise DataError(
-            "calibration images are all identical (e.g. all zero): their range is empty; use real images"
+            "calibration images are all identical and flat (e.g. all zero): they have no range to "
+            "calibrate; use real images"
         )
     unsigned = {q.name: 255 if q.unsigned else 127 for q in qnet.quantizers() if not q.per_channel}
     unsigned.setdefault("features", 255)
