@@ -269,6 +269,7 @@ def qat(
     calib_samples: int = 512,
     percentile: float = DEFAULT_PERCENTILE,
     target: str = "ort",
+    train_samples: int | None = None,
     resume: bool = False,
     checkpoint_every: int = 0,
     stop_after_steps: int | None = None,
@@ -328,6 +329,9 @@ def qat(
 
     train_set, val_set = open_train_val(train_data, image_size=spec.input_size, channels=spec.in_channels,
                                         val_source=val_data, seed=seed)
+    if train_samples is not None:
+        # A seeded subset: a quick QAT on a large set, and the fast path the tests take.
+        train_set = calibration_sample(train_set, train_samples, seed)
     if val_set is not None and not val_set.has_labels:
         raise DataError(f"validation data {val_data} has no labels; give a class-folder layout or labelled arrays")
 

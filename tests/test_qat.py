@@ -1,0 +1,148 @@
+"""QAT: straight-through gradients, frozen ranges, recovery of a PTQ loss, DDP, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from conftest import trained_like
+from repdeploy.export.qdq import check_tensorrt_qdq, count_fused_nodes, integer_node_count
+from repdeploy.fuse import fuse
+from repdeploy.quant.calib import calibrate
+from repdeploy.quant.qat import branch_scales_from_bn, qat, set_prior_multipliers
+from repdeploy.quant.quantizer import QuantPlainNet
+
+ZOO_REPVGG = Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth"
+REPDEPLOY = [sys.executable, "-m", "repdeploy"]
+
+
+def calibrated_qnet():
+    plain = fuse(trained_like("RepVGG-mini")).plain
+    qnet = QuantPlainNet(plain, "ort")
+    qnet.set_weight_ranges()
+    calibrate(qnet, [torch.randn(16, 3, 32, 32) for _ in range(2)], method="max")
+    return qnet
+
+
+def test_straight_through_gradients_reach_weights_and_ranges_stay_frozen():
+    qnet = calibrated_qnet()
+    ranges = {k: v.clone() for k, v in qnet.state_dict().items() if k.endswith("amax")}
+    assert ranges and not any(n.endswith("amax") for n, _ in qnet.named_parameters())
+    opt = torch.optim.SGD(qnet.parameters(), lr=0.1)
+    x = torch.randn(8, 3, 32, 32)
+    loss = qnet.train()(x).logsumexp(1).mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in qnet.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.endswith("conv.conv.weight"))
+    opt.step()
+    after = {k: v for k, v in qnet.state_dict().items() if k.endswith("amax")}
+    assert all(torch.equal(ranges[k], after[k]) for k in ranges)
+
+
+def test_bn_prior_multipliers_follow_the_branch_scales():
+    from repdeploy.optim.multipliers import MultiplierMap
+
+    model = trained_like("RepVGG-mini")
+    qnet = QuantPlainNet(fuse(model).plain, "ort")
+    scales = branch_scales_from_bn(model)
+    bn = model.stage2[1].rbr_dense.bn
+    assert torch.allclose(scales["stage2.1.scale_conv.weight"], bn.weight / (bn.running_var + bn.eps).sqrt())
+    mults = MultiplierMap(qnet)
+    set_prior_multipliers(mults, qnet, scales, "sgd")
+    m = mults.combined()["net.stage2.1.conv.conv.weight"]
+    s = scales["stage2.1.scale_conv.weight"] ** 2
+    t = scales["stage2.1.scale_1x1.weight"] ** 2
+    raw = s.view(-1, 1, 1, 1).expand_as(m).clone()
+    raw[:, :, 1, 1] += t.view(-1, 1)
+    idx = torch.arange(m.shape[0])
+    raw[idx, idx, 1, 1] += 1
+    assert torch.allclose(m, raw / raw.mean(), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def inflated_cache(tmp_path_factory):
+    """A calibration cache with every activation range blown up 100x: the kind of cache 'max'
+    calibration on data with outliers produces. PTQ with it loses accuracy that QAT must win back."""
+    from repdeploy.quant.ptq import quantize
+
+    out = tmp_path_factory.mktemp("ptq")
+    quantize(str(ZOO_REPVGG), output_dir=out, calib_data="builtin", calib_samples=128, calib_method="max")
+    cache = json.loads((out / "calib.json").read_text())
+    for rng in cache["tensors"].values():
+        rng["amax"] *= 100.0
+    path = out / "calib_outliers.json"
+    path.write_text(json.dumps(cache))
+    return path
+
+
+def test_qat_recovers_accuracy_ptq_lost(tmp_path, inflated_cache):
+    result = qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=2, train_samples=512,
+                 calib_cache=inflated_cache, distill=True, grad_mult="bn")
+    r = result.report
+    print(f"\nFP32 {r['fp32_top1']:.2f}  PTQ {r['ptq_top1']:.2f}  QAT {r['qat_top1']:.2f} (ORT INT8)")
+    assert r["ptq_drop"] > 3.0, "the inflated ranges should cost PTQ accuracy"
+    assert r["qat_top1"] >= r["ptq_top1"] + 0.5 * r["ptq_drop"], "QAT should win back at least half the loss"
+    # The exported ORT model really runs integer convolutions.
+    assert integer_node_count(count_fused_nodes(result.int8_onnx)) > 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["calib.json", "fused.pt", "model_fp32.onnx", "model_int8_ort.onnx", "qat_state.pt", "report.json"]
+
+
+def test_qat_exports_a_tensorrt_layout_that_passes_its_rules(tmp_path):
+    result = qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=1, train_samples=128,
+                 calib_samples=64, target="tensorrt", optimizer="adamw", grad_mult="sgs")
+    model = onnx.load(str(result.int8_onnx))
+    onnx.checker.check_model(model, full_check=True)
+    assert check_tensorrt_qdq(model) == []
+    assert result.report["tensorrt_rule_violations"] == []
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([*map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_two_process_ddp_writes_one_set_of_artifacts(tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    single, multi = tmp_path / "single", tmp_path / "ddp"
+    common = ["qat", ZOO_REPVGG, "--train-data", "builtin", "--epochs", "1", "--train-samples", "256",
+              "--calib-samples", "64", "--batch-size", "32", "--json"]
+    r1 = run_cli(*REPDEPLOY, *common, "-o", single)
+    assert r1.returncode == 0, r1.stderr
+    r2 = run_cli(torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "repdeploy", *common, "-o", multi)
+    assert r2.returncode == 0, r2.stderr
+    one, two = json.loads(r1.stdout), json.loads(r2.stdout)  # rank 1 prints nothing
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert set(one) == set(two)
+    assert abs(one["qat_top1"] - two["qat_top1"]) < 5.0
+    assert sorted(p.name for p in multi.iterdir()) == sorted(p.name for p in single.iterdir())
+
+
+def test_killed_run_resumes_to_a_valid_model(tmp_path):
+    out = tmp_path / "qat"
+    args = [*REPDEPLOY, "qat", ZOO_REPVGG, "--train-data", "builtin", "--epochs", "2", "--train-samples", "512",
+            "--calib-samples", "64", "--batch-size", "32", "--checkpoint-every", "3", "-o", out]
+    proc = subprocess.Popen([*map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / "qat_state.pt"
+    deadline = time.time() + 180
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert state.exists(), "no training state was written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "report.json").exists(), "the run was killed before it finished"
+    saved = torch.load(state, weights_only=True)
+    assert 0 < saved["step"] < 32
+    r = run_cli(*args, "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["qat_top1"] > 50.0
+    assert json.loads((out / "report.json").read_text())["qat_top1"] == report["qat_top1"]
+    onnx.checker.check_model(onnx.load(str(out / "model_int8_ort.onnx")), full_check=True)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
