@@ -188,7 +188,8 @@ def train(
     """
     config = config or TrainConfig()
     config.validate()
-    if not train_data.has_labels:
+    if loss_fn is None and not train_data.has_labels:
+        # A caller's loss (e.g. distillation from a float teacher) may not need labels; ours does.
         raise InputError(f"training data {train_data.source} has no labels; use an ImageFolder layout or labelled arrays")
     if len(train_data) == 0:
         raise InputError(f"training data {train_data.source} is empty")

@@ -1,6 +1,7 @@
 """The shared training loop: loss goes down, schedule, decay groups, exact resume, checkpoints."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,3 +182,35 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         assert message in r.stderr and r.stderr.startswith("error: ")
         assert not out.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_custom_loss_trains_on_unlabelled_data(tmp_path):
+    """QAT reuses the loop with a distillation loss: no labels needed, the student nears the teacher."""
+    import numpy as np
+
+    from repdeploy.optim import SGDWithMultipliers
+    from repdeploy.train import train
+
+    import repdeploy
+
+    x = next(open_dataset("builtin", split="val", image_size=32).batches(96))[0].numpy()
+    np.save(tmp_path / "x.npy", x)
+    unlabelled = open_dataset(tmp_path / "x.npy", image_size=32)
+    assert not unlabelled.has_labels
+    torch.manual_seed(0)
+    zoo = Path(repdeploy.__file__).parent / "assets" / "zoo" / "repoptvgg_mini.pth"
+    teacher = repdeploy.load(zoo).model.eval()
+    student = build(get_spec("RepOpt-VGG-mini"), "target")
+
+    def distill(model, xb, _y):
+        with torch.no_grad():
+            target = F.softmax(teacher(xb) / 2.0, dim=1)
+        return F.kl_div(F.log_softmax(model(xb) / 2.0, dim=1), target, reduction="batchmean")
+
+    result = train(student, lambda g, m: SGDWithMultipliers(g, m, lr=0.05, momentum=0.9), unlabelled, None,
+                   TrainConfig(epochs=5, batch_size=32, augment="none", warmup_epochs=0), loss_fn=distill)
+    assert result.steps == 15
+    losses = [r.train_loss for r in result.history]
+    assert losses[-1] < 0.8 * losses[0], losses
+    with pytest.raises(InputError, match="no labels"):
+        train(student, lambda g, m: SGDWithMultipliers(g, m, lr=0.05), unlabelled, None, TrainConfig(epochs=1))
