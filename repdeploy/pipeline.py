@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import BackendMissingError, DataError, InputError, RepDeployError
+from .errors import DataError, InputError, RepDeployError
 from .progress import status
 
 STAGES = ("load", "export", "quantize", "evaluate", "benchmark")

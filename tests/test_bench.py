@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import trained_like
-from repdeploy.bench import CV_WARN, BenchResult, bench, environment, latency_stats
+from repdeploy.bench import CV_WARN, bench, environment, latency_stats
 from repdeploy.errors import InputError
 from repdeploy.fuse import fuse
 from repdeploy.runtime import InputMetadata, Runner, open_runner

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from conftest import trained_like
-from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, run_pipeline
+from repdeploy.checkpoints import load_fused, save_fused
+from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, builtin_zoo, run_pipeline
 
 FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3)
 RUN_FILES = {"manifest.json", "fused.pt", "model_fp32.onnx", "model_int8_ort.onnx", "calib.json", "report.json"}
@@ -19,11 +19,11 @@ ROW_FIELDS = ("fp32_top1", "fp32_top5", "int8_top1", "int8_top5", "top1_drop", "
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpts")
-    torch.save(trained_like("RepVGG-mini", seed=1).state_dict(), d / "repvgg_mini.pth")
-    torch.save(trained_like("RepOpt-VGG-mini", "target", seed=2).state_dict(), d / "repopt_mini.pth")
-    (d / "broken.pth").write_bytes(b"\x00 this is not a checkpoint")
-    return [d / "repvgg_mini.pth", d / "broken.pth", d / "repopt_mini.pth"]
+    """The two shipped zoo models with a broken file between them."""
+    zoo = {e.name: e.file for e in builtin_zoo()}
+    broken = tmp_path_factory.mktemp("ckpts") / "broken.pth"
+    broken.write_bytes(b"\x00 this is not a checkpoint")
+    return [zoo["repvgg_mini"], broken, zoo["repoptvgg_mini"]]
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +34,12 @@ def result(checkpoints, tmp_path_factory):
 
 def test_every_artifact_and_field_for_the_good_models(result):
     by_name = {r.name: r for r in result.rows}
-    assert list(by_name) == ["repvgg_mini", "broken", "repopt_mini"]
-    for name, arch in (("repvgg_mini", "RepVGG-mini"), ("repopt_mini", "RepOpt-VGG-mini")):
+    assert list(by_name) == ["repvgg_mini", "broken", "repoptvgg_mini"]
+    for name, arch in (("repvgg_mini", "RepVGG-mini"), ("repoptvgg_mini", "RepOpt-VGG-mini")):
         row = by_name[name]
         assert row.status == "PASSED", row.error
         assert row.arch == arch
+        assert row.fp32_top1 > 90  # trained zoo models on the first 120 val images
         run = result.output_dir / name
         assert RUN_FILES <= {p.name for p in run.iterdir()}
         assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no scratch or partial files left
@@ -65,7 +66,7 @@ def test_broken_checkpoint_is_reported_and_others_finish(result):
 
 def test_report_files_and_html(result):
     doc = json.loads(result.report.json.read_text())
-    assert [m["name"] for m in doc["models"]] == ["repvgg_mini", "broken", "repopt_mini"]
+    assert [m["name"] for m in doc["models"]] == ["repvgg_mini", "broken", "repoptvgg_mini"]
     assert doc["environment"]["onnxruntime"] and doc["settings"]["engine"] == "ort"
     assert result.report.csv.read_text().count("\n") == 4
     assert "| broken | - | ERROR |" in result.report.md.read_text()
@@ -84,7 +85,7 @@ def test_report_files_and_html(result):
     page.feed(result.report.html.read_text())
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
     assert len(page.images) == 3  # drop vs speed-up, and per-layer diagnostics for each good model
-    assert "repopt_mini" in page.cells and "ERROR" in page.cells
+    assert "repoptvgg_mini" in page.cells and "ERROR" in page.cells
 
 
 def test_gate_marks_failed_and_exit_code_3():
@@ -101,16 +102,39 @@ def test_gate_marks_failed_and_exit_code_3():
     assert PipelineResult(None, [under], None, s).exit_code == 0
 
 
-def test_cli_writes_everything_then_exits_with_the_gate(checkpoints, tmp_path):
-    # --max-drop 0 fails a model exactly when INT8 lost any top-1 point; the exit code must follow
-    r = subprocess.run([sys.executable, "-m", "repdeploy", "pipeline", str(checkpoints[0]), "-o", str(tmp_path),
-                        "--max-drop", "0", "--calib-samples", "32", "--eval-limit", "120", "--warmup", "0",
+def test_builtin_zoo_is_what_make_demo_runs():
+    entries = builtin_zoo()
+    assert {e.arch for e in entries} >= {"RepVGG-mini", "RepOpt-VGG-mini"}
+    assert all(e.file.is_file() and e.input_size == 32 for e in entries)
+
+
+def outlier_model(path):
+    """The zoo RepVGG-mini with one stage0 channel scaled x1000 and stage1.0 compensating.
+
+    ReLU(1000 z) = 1000 ReLU(z), so FP32 computes the same function, but a per-tensor INT8
+    activation range calibrated by max is then 1000x too wide for every other channel:
+    a deterministic, large INT8 accuracy drop.
+    """
+    plain, _, _ = load_fused(next(e.file for e in builtin_zoo() if e.name == "repvgg_mini"))
+    with torch.no_grad():
+        plain.stage0.conv.weight[0] *= 1000
+        plain.stage0.conv.bias[0] *= 1000
+        first = plain.stage1[0].conv
+        first.weight[:, 0] /= 1000
+    return save_fused(plain, path)
+
+
+def test_cli_gate_fails_exit_3_after_writing_everything(tmp_path):
+    model = outlier_model(tmp_path / "outlier.pt")
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "repdeploy", "pipeline", str(model), "-o", str(out), "--max-drop", "1",
+                        "--calib-method", "max", "--calib-samples", "32", "--eval-limit", "120", "--warmup", "0",
                         "--duration", "0", "--iterations", "3"], capture_output=True, text=True)
-    doc = json.loads((tmp_path / "report.json").read_text())
-    row = doc["models"][0]
-    assert (tmp_path / "report.html").is_file() and (tmp_path / "repvgg_mini" / "model_int8_ort.onnx").is_file()
-    expected = 3 if row["top1_drop"] > 0 else 0
-    assert r.returncode == expected, r.stderr
-    assert row["status"] == ("FAILED" if expected else "PASSED")
-    assert "FP32 top-1 %" in r.stdout and "repvgg_mini" in r.stdout  # the plain table (not a tty)
-    assert "repvgg_mini: quantize" in r.stderr  # one progress line per stage
+    assert r.returncode == 3, r.stderr
+    assert "accuracy gate failed for outlier" in r.stderr
+    row = json.loads((out / "report.json").read_text())["models"][0]
+    assert row["status"] == "FAILED" and row["fp32_top1"] > 90 and row["top1_drop"] > 1
+    assert RUN_FILES <= {p.name for p in (out / "outlier").iterdir()}
+    assert (out / "report.html").is_file() and (out / "report.csv").is_file()
+    assert "FP32 top-1 %" in r.stdout and "FAILED" in r.stdout  # the plain table (stdout is not a tty)
+    assert "outlier: quantize" in r.stderr  # one progress line per stage
