@@ -165,6 +165,7 @@ def plot_drop_vs_speedup(records: Sequence[dict], max_drop: float | None = None)
         ax.axhline(max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"max drop {max_drop:g} pts")
         ax.legend(fontsize=8)
     ax.axvline(1.0, color="grey", linewidth=0.8)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("INT8 speed-up over FP32 (x)")
     ax.set_ylabel("top-1 drop (points)")
     ax.set_title("Accuracy drop vs speed-up")
@@ -176,7 +177,12 @@ _NOT_WEIGHT_STATS = {"index", "out_channels", "in_channels", "groups", "stride",
 
 
 def plot_layer_diagnostics(name: str, layers: list[dict]) -> str | None:
-    """Per-layer weight statistics (top) and per-layer SQNR (bottom) for one model."""
+    """Per-layer weight magnitudes (log scale), shape ratios, and SQNR for one model.
+
+    Weight magnitudes: |w| max (from weight_min/weight_max), std, centre-tap std. Ratios: the
+    centre tap's share of the kernel and the per-channel range spread (RepVGG's outliers show up
+    in both). SQNR: every `*sqnr*` field. Other numeric fields join the ratios panel.
+    """
     if not layers:
         return None
     import matplotlib
@@ -184,30 +190,31 @@ def plot_layer_diagnostics(name: str, layers: list[dict]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({k for row in layers for k in row if k != "layer" and _is_number(row[k])})
-    sqnr_keys = [k for k in keys if "sqnr" in k.lower()]
-    # counts and activation ranges are not weight statistics and would swamp the axis
-    stat_keys = [k for k in keys if k not in sqnr_keys and k not in _NOT_WEIGHT_STATS]
-    x = list(range(len(layers)))
-    labels = [row["layer"] for row in layers]
-    fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(layers) + 2), 6), sharex=True)
-    for k in stat_keys:
-        axes[0].plot(x, [row.get(k, math.nan) for row in layers], marker="o", markersize=3, label=k)
-    axes[0].set_ylabel("weight statistic")
-    if stat_keys:
-        axes[0].legend(fontsize=7, ncol=2)
-        if any(row.get(k, 0) > 0 for row in layers for k in stat_keys):
-            axes[0].set_yscale("symlog", linthresh=1e-3)
-    axes[0].set_title(f"{name}: per-layer diagnostics")
-    for k in sqnr_keys:
-        axes[1].plot(x, [row.get(k, math.nan) for row in layers], marker="s", markersize=3, label=k)
-    axes[1].set_ylabel("SQNR (dB)")
-    if sqnr_keys:
-        axes[1].legend(fontsize=7)
-    axes[1].set_xticks(x)
-    axes[1].set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    for ax in axes:
+    rows = [dict(r) for r in layers]
+    for r in rows:  # one magnitude instead of a signed min and max, so a log axis can show it
+        if _is_number(r.get("weight_min")) and _is_number(r.get("weight_max")):
+            r["weight_absmax"] = max(abs(r.pop("weight_min")), abs(r.pop("weight_max")))
+    keys = sorted({k for r in rows for k in r if k != "layer" and _is_number(r[k])} - _NOT_WEIGHT_STATS)
+    sqnr = [k for k in keys if "sqnr" in k.lower()]
+    magnitude = [k for k in keys if k not in sqnr and (k.endswith("std") or k.endswith("absmax") or k.endswith("_max")
+                                                        or k.endswith("_min"))]
+    ratios = [k for k in keys if k not in sqnr and k not in magnitude]
+    panels = [(magnitude, "weight magnitude", True), (ratios, "ratio", False), (sqnr, "SQNR (dB)", False)]
+    panels = [p for p in panels if p[0]]
+    x = list(range(len(rows)))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.4 * len(rows) + 2), 2.6 * len(panels)), sharex=True,
+                             squeeze=False)
+    for ax, (ks, label, log) in zip(axes[:, 0], panels):
+        for k in ks:
+            ax.plot(x, [r.get(k, math.nan) for r in rows], marker="o", markersize=3, label=k)
+        ax.set_ylabel(label)
+        if log and all(r.get(k, 1) > 0 for r in rows for k in ks if _is_number(r.get(k))):
+            ax.set_yscale("log")
+        ax.legend(fontsize=7, ncol=3)
         ax.grid(alpha=0.3)
+    axes[0, 0].set_title(f"{name}: per-layer quantization diagnostics")
+    axes[-1, 0].set_xticks(x)
+    axes[-1, 0].set_xticklabels([r["layer"] for r in rows], rotation=60, ha="right", fontsize=7)
     return _png(fig)
 
 
