@@ -86,22 +86,26 @@ def print_table(records: Sequence[dict], *, tty: bool | None = None) -> None:
         print(plain_table(records))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     headers, rows = table_rows(records)
     table = Table(title="repdeploy pipeline")
     for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i < 3 else "right")
+        # names and statuses must stay readable; numbers are short already
+        table.add_column(h, justify="left" if i < 3 else "right", no_wrap=i < 3,
+                         min_width=max([len(h)] + [len(r[i]) for r in rows]) if i < 3 else None)
     style = {"PASSED": "green", "FAILED": "red", "ERROR": "red"}
     for r, cells in zip(records, rows):
+        cells = [escape(c) for c in cells]
         cells[2] = f"[{style.get(r.get('status'), 'white')}]{cells[2]}[/]"
         table.add_row(*cells)
     console = Console()
     console.print(table)
     for r in records:
         if r.get("error"):
-            console.print(f"[red]{r.get('name')}[/]: {r.get('status')} at {r.get('failed_stage') or 'gate'}: {html.escape(str(r['error']))}",
-                          markup=True, highlight=False)
+            console.print(f"[red]{escape(str(r.get('name')))}[/]: {r.get('status')} at {r.get('failed_stage') or 'gate'}: "
+                          f"{escape(str(r['error']))}", highlight=False)
 
 
 def markdown_table(records: Sequence[dict]) -> str:
