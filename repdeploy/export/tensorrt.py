@@ -3,7 +3,8 @@
 Written against TensorRT's documented Python API for 10.x and 11.x. Networks are built strongly
 typed: in 11 that is the only mode, and in 10 it is how an explicit-quantization (Q/DQ) network
 gets INT8 exactly where the Q/DQ nodes put it without the deprecated INT8/FP16 builder flags
-(reference.md §4). TensorRT is imported lazily: without it (or without an NVIDIA GPU) callers get
+(reference.md §4). No precision BuilderFlag (INT8/FP16) and no calibrator is used: 11.x removed
+them. TensorRT is imported lazily: without it (or without an NVIDIA GPU) callers get
 BackendMissingError (exit 4) naming what to install and where it runs.
 
 UNVERIFIED HERE: no NVIDIA GPU is available on the development machine, so this path has never
