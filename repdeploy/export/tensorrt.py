@@ -59,7 +59,7 @@ def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
     *,
-    batch_sizes: tuple[int, int, int] = (1, 8, 32),
+    batch_sizes: tuple[int, int, int] = (1, 8, 64),  # max covers eval batches of 64
     workspace_mb: int = 1024,
     verbose: bool = False,
 ) -> Path:
