@@ -172,3 +172,23 @@ def test_malformed_cache_is_refused(tmp_path, mini_cache):
         CalibrationCache.load(bad)
     with pytest.raises(CalibrationError, match="does not exist"):
         CalibrationCache.load(tmp_path / "missing.json")
+
+
+def test_model_input_keeps_its_observed_range():
+    # Digits-like images: most pixels sit at one background value. Entropy alone clips the image
+    # right after that spike; the model input must keep its full observed range instead.
+    from helpers_quant import fused
+    from repdeploy.quant.calib import calibrate
+    from repdeploy.quant.quantizer import QuantPlainNet
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.full((32, 3, 32, 32), -0.8)
+    strokes = torch.rand(32, 1, 32, 32, generator=g) > 0.9
+    x = torch.where(strokes, torch.rand(32, 3, 32, 32, generator=g) * 2.0, x)
+    q = QuantPlainNet(fused("RepVGG-mini"), "ort")
+    q.set_weight_ranges()
+    cache = calibrate(q, [x], method="entropy")
+    assert cache.amax["stage0.conv.input"] == pytest.approx(float(x.abs().max()))
+    c = make_calibrator("entropy")
+    c.collect("t", x)
+    assert c.compute()["t"] < 0.9 * float(x.abs().max())  # what entropy alone would have done

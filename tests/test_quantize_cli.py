@@ -156,7 +156,7 @@ ZOO_MAX_DROP = 3.0
 
 @needs_zoo
 def test_zoo_int8_agreement_and_drop(tmp_path):
-    result = run("--int8", "--calib-samples", "256", "--eval-data", "builtin", "-o", tmp_path, "--json")
+    result = run("--int8", "--calib-samples", "128", "--eval-data", "builtin", "-o", tmp_path, "--json")
     assert result.exit_code == 0, result.output
     reports = json.loads(result.stdout)
     reports = reports.get("models", [reports])
