@@ -209,11 +209,11 @@ def train(
     steps_per_epoch = train_data.num_batches(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    step, history = 0, []
+    step, history, partial = 0, [], (0.0, 0)
     if resume:
         if state_path is None or not Path(state_path).exists():
             raise InputError(f"--resume: no training state at {state_path}; start without --resume")
-        step, history = _restore(Path(state_path), model, optimizer, multipliers, config)
+        step, history, partial = _restore(Path(state_path), model, optimizer, multipliers, config)
     resumed_from = step
 
     model.train()
@@ -228,7 +228,8 @@ def train(
         if skip == 0:
             for hook in hooks:
                 hook.on_epoch_start(model, epoch, multipliers)
-        loss_sum, loss_n = 0.0, 0
+        # A mid-epoch resume continues the interrupted epoch's running loss, so its record matches.
+        loss_sum, loss_n = partial if skip else (0.0, 0)
         batches = train_data.batches(config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch, skip=skip)
         for x, y in track(batches, f"{description} epoch {epoch + 1}/{config.epochs}", steps_per_epoch - skip):
             if uses_lr_schedule:
@@ -253,7 +254,7 @@ def train(
             periodic = config.checkpoint_every > 0 and step % config.checkpoint_every == 0
             stop = config.stop_after_steps is not None and step >= config.stop_after_steps
             if state_path is not None and (periodic or stop) and not end_of_epoch:
-                _save(Path(state_path), model, optimizer, multipliers, config, step, history)
+                _save(Path(state_path), model, optimizer, multipliers, config, step, history, (loss_sum, loss_n))
             if stop and not end_of_epoch:
                 stopped_early = True
                 break
@@ -291,7 +292,8 @@ _RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "
 
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
-          config: TrainConfig, step: int, history: list[EpochRecord]) -> None:
+          config: TrainConfig, step: int, history: list[EpochRecord],
+          partial: tuple[float, int] = (0.0, 0)) -> None:
     from .io import save_torch_atomic
 
     save_torch_atomic(path, {
@@ -302,12 +304,13 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multip
         "step": step,
         "config": asdict(config),
         "history": [asdict(r) for r in history],
+        "epoch_loss": [float(partial[0]), int(partial[1])],
         "torch_rng": torch.get_rng_state(),
     })
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
-             config: TrainConfig) -> tuple[int, list[EpochRecord]]:
+             config: TrainConfig) -> tuple[int, list[EpochRecord], tuple[float, int]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -328,7 +331,8 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, mul
     multipliers.load_state_dict(state["multipliers"])
     torch.set_rng_state(state["torch_rng"])
     history = [EpochRecord(**r) for r in state["history"]]
-    return int(state["step"]), history
+    loss_sum, loss_n = state.get("epoch_loss", [0.0, 0])
+    return int(state["step"]), history, (float(loss_sum), int(loss_n))
 
 
 __all__ = [

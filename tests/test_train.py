@@ -60,7 +60,7 @@ def _resume_case(tmp_path, digits, optimizer, scales=None, sgs=False):
     cfg = dict(epochs=2, batch_size=64, checkpoint_every=3, lr=0.05, warmup_epochs=0.5)
     kw = dict(optimizer=optimizer, scales=scales, sgs=sgs, sgs_every=1)
     spec = get_spec("RepOpt-VGG-mini" if scales is not None else "RepVGG-mini")
-    full, _ = train_architecture(spec, train_data, None, TrainConfig(**cfg), **kw)
+    full, full_result = train_architecture(spec, train_data, None, TrainConfig(**cfg), **kw)
     state = tmp_path / "state.pt"
     # Interrupted mid-epoch 2 (after step 5 of 8), then resumed in a fresh process-like setting.
     _, first = train_architecture(spec, train_data, None, TrainConfig(**cfg, stop_after_steps=5),
@@ -72,6 +72,7 @@ def _resume_case(tmp_path, digits, optimizer, scales=None, sgs=False):
     assert second.resumed_from_step == 5 and second.steps == 8
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), f"{name} differs after resume"
+    assert [r.train_loss for r in second.history] == pytest.approx([r.train_loss for r in full_result.history], rel=1e-12)
     assert not list(tmp_path.glob("*.part"))
 
 
