@@ -112,18 +112,28 @@ def latency(args, tmp: Path) -> None:
     for _ in range(args.rounds):
         for k, s in sessions.items():
             samples[k].append(median_ms(s, x, args.seconds))
+    # Other processes on a shared machine come in bursts: a ratio taken within one round (a few
+    # seconds) sees one load level, so the ratios are medians of per-round ratios.
     ms = {k: statistics.median(v) for k, v in samples.items()}
+    best = {k: min(v) for k, v in samples.items()}
+
+    def round_ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
     common = {"model": f"{ARCH} fused", "input": f"1x3x{SIZE}x{SIZE}", "threads": args.threads,
               "rounds": args.rounds}
-    print(json.dumps({"figure": "ort_latency_ms", **common, **{k: round(v, 3) for k, v in ms.items()}}), flush=True)
-    ratio = ms["ort"] / ms["fp32"]
-    vs_own = ms["ort"] / ms["ort_quantize_static"]
+    print(json.dumps({"figure": "ort_latency_ms", "statistic": "median of round medians", **common,
+                      **{k: round(v, 3) for k, v in ms.items()}}), flush=True)
+    print(json.dumps({"figure": "ort_latency_ms", "statistic": "best round median", **common,
+                      **{k: round(v, 3) for k, v in best.items()}}), flush=True)
+    ratio = round_ratio("ort", "fp32")
+    vs_own = round_ratio("ort", "ort_quantize_static")
     print(json.dumps({"figure": "int8_over_fp32", **common, "value": round(ratio, 3), "target": 0.32,
                       "passed": ratio <= 0.32}), flush=True)
     print(json.dumps({"figure": "ours_over_ort_quantize_static", **common, "value": round(vs_own, 3),
                       "target": 1.05, "passed": vs_own <= 1.05}), flush=True)
     print(json.dumps({"figure": "tensorrt_layout_on_ort_over_fp32", **common,
-                      "value": round(ms["tensorrt"] / ms["fp32"], 3),
+                      "value": round(round_ratio("tensorrt", "fp32"), 3),
                       "warning": "the tensorrt QDQ layout is NOT meant for ONNX Runtime: ORT does not fuse it "
                                  "and runs it in float; benchmark it with TensorRT"}), flush=True)
     print("WARNING: tensorrt-layout INT8 on ORT CPU is not a meaningful deployment; ORT runs it unfused.",
@@ -157,8 +167,8 @@ def calibration_cost(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=1.0, help="minimum time per session per round")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--seconds", type=float, default=0.5, help="minimum time per session per round")
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--skip-calibration", action="store_true")
     args = ap.parse_args()

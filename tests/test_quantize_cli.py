@@ -85,10 +85,16 @@ def test_tensorrt_target(first_run, ckpt, tmp_path):
     assert files(tmp_path) == OUTPUTS | {"model_int8_tensorrt.onnx"}
 
 
-def test_accuracy_gate_exits_3_and_keeps_the_report(tmp_path):
-    # Random features with a fitted classifier: accurate in float, fragile in int8.
-    model = tmp_path / "fragile.pt"
+@pytest.fixture(scope="module")
+def fragile(tmp_path_factory) -> Path:
+    """Random features with a fitted classifier: accurate in float, fragile in int8."""
+    model = tmp_path_factory.mktemp("fragile") / "fragile.pt"
     save_fused(with_fitted_head(fused("RepVGG-mini")), model)
+    return model
+
+
+def test_accuracy_gate_exits_3_and_keeps_the_report(fragile, tmp_path):
+    model = fragile
     out = tmp_path / "out"
     result = run(model, "--int8", "--calib-data", "builtin", *FAST, "--eval-data", "builtin",
                  "--max-drop", "0.5", "-o", out)
@@ -98,6 +104,21 @@ def test_accuracy_gate_exits_3_and_keeps_the_report(tmp_path):
     assert result.exit_code == 3, result.output
     assert report["accuracy_gate"] == {"max_drop": 0.5, "passed": False}
     assert "dropped" in result.output and "--max-drop" in result.output
+
+
+def test_fallback_leaves_sensitive_layers_in_float(fragile, tmp_path):
+    result = run(fragile, "--int8", "--calib-data", "builtin", *FAST, "--eval-data", "builtin",
+                 "--max-drop", "2", "--fallback-float", "-o", tmp_path, "--json")
+    report = json.loads((tmp_path / "report.json").read_text())
+    fb = report["fallback"]
+    assert fb["int8_top1_before"] < fb["fp32_top1"] - 2  # the gate alone would have failed
+    assert sorted(report["float_layers"]) == sorted(fb["float_layers"]) and fb["float_layers"]
+    assert fb["met"] and fb["steps"][-1]["int8_top1"] == fb["int8_top1_after"]
+    # The exported ONNX (run by ORT) keeps those layers float and meets the gate too.
+    assert result.exit_code == 0, result.output
+    assert report["top1_drop"] <= 2 and report["accuracy_gate"]["passed"]
+    convs_in_float = sum(1 for layer in fb["float_layers"] if layer != "linear")
+    assert report["ort_fused_nodes"].get("QLinearConv", 0) <= 7 - convs_in_float
 
 
 def _npy(path: Path, images: np.ndarray) -> Path:

@@ -28,6 +28,8 @@ def _text(r: dict) -> str:
                      f"most sensitive: {', '.join(s['most_sensitive_layers'])}")
     if r["target"] == "tensorrt":
         lines.append("  note        tensorrt layout: build it with TensorRT; ONNX Runtime runs it unfused")
+    if r.get("float_layers"):
+        lines.append(f"  float       left in float: {', '.join(r['float_layers'])}")
     gate = r.get("accuracy_gate")
     if gate and gate.get("passed") is not None:
         lines.append(f"  gate        max drop {gate['max_drop']}: {'PASSED' if gate['passed'] else 'FAILED'}")
@@ -53,6 +55,8 @@ def _text(r: dict) -> str:
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N images only.")
 @click.option("--max-drop", type=float, default=None,
               help="Fail with exit code 3 if INT8 top-1 drops more than this many points (needs --eval-data).")
+@click.option("--fallback-float", "fallback", is_flag=True,
+              help="With --max-drop: leave the most sensitive layers in float until the drop fits.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @checkpoint_options
@@ -60,7 +64,7 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, seed, output_dir, load_kwargs, as_json):
+                 eval_data, eval_limit, max_drop, fallback, seed, output_dir, load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -72,13 +76,14 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
       repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ -o out/
       repdeploy quantize ckpt.pth --int8 --calib-cache out/calib.json --target tensorrt -o out_trt/
       repdeploy quantize --int8 --eval-data builtin --max-drop 1.0 -o runs/zoo
+      repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ --max-drop 1 --fallback-float -o out/
     """
     from ..errors import AccuracyGateError
     from ..quant.ptq import quantize, zoo_entries
 
     common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
-                  eval_limit=eval_limit, max_drop=max_drop, seed=seed, load_kwargs=load_kwargs)
+                  eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs)
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (entry["path"], Path(output_dir) / entry["name"]) for entry in zoo_entries()]
     records, failed = [], []

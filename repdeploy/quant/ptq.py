@@ -128,6 +128,7 @@ def quantize(
     eval_data: str | os.PathLike | None = None,
     eval_limit: int | None = None,
     max_drop: float | None = None,
+    fallback: bool = False,
     seed: int = 0,
     load_kwargs: dict | None = None,
 ) -> QuantizeResult:
@@ -138,7 +139,9 @@ def quantize(
     sample of `calib_samples` images; zoo models default to the built-in set. `calib_cache` skips
     calibration and uses the ranges of a calib.json made for the same model. With `eval_data`
     (labelled), FP32 and INT8 top-1/top-5 are measured on ONNX Runtime; with `max_drop` too, a
-    larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written.
+    larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written; with
+    `fallback` as well, the most sensitive layers are first returned to float (listed in the
+    report under `fallback`) until the drop of the fake-quant model on the eval images fits.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
     >>> r.report["top1_drop"], r.int8_onnx.name
@@ -189,6 +192,17 @@ def quantize(
                           percentile=percentile, total_batches=calib_set.num_batches(BATCH),
                           data=calib_set.describe())
     timings["calibration_s"] = time.perf_counter() - t0
+
+    fallback_record = None
+    if fallback and max_drop is not None and eval_set is not None:
+        from .sensitivity import restore_sensitive_layers
+
+        t0 = time.perf_counter()
+        xs, ys = zip(*eval_set.batches(BATCH, limit=eval_limit))
+        fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
+        timings["fallback_s"] = time.perf_counter() - t0
+        if fallback_record.float_layers:
+            status(f"quantize: left in float to meet --max-drop {max_drop}: {', '.join(fallback_record.float_layers)}")
 
     # Verification images: the eval set when given, otherwise the calibration images.
     verify_source = eval_set if eval_set is not None else calib_set
@@ -245,6 +259,7 @@ def quantize(
             **report,
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
+            "fallback": fallback_record.to_dict() if fallback_record is not None else None,
             "layers_summary": summary(layers),
             "layers": [r.to_dict() for r in layers],
             "files": dict(names),
