@@ -13,11 +13,12 @@ Prints one JSON line per figure.
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
+import os
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,8 @@ def main() -> None:
         runner.deactivate()
 
     common = {"variant": args.variant, "input_size": size, "batch": args.batch, "threads": args.threads,
-              "iterations": args.iterations, "rounds": args.rounds, "cpu": cpu_model()}
+              "iterations": args.iterations, "rounds": args.rounds, "cpu": cpu_model(),
+              "load_avg_1m": round(os.getloadavg()[0], 2)}
     print(json.dumps({"figure": "bare_session_run_ms_per_iter", "value": statistics.median(bare_ms), **common}))
     print(json.dumps({"figure": "harness_ms_per_iter", "value": statistics.median(harness_ms), **common}))
     print(json.dumps({"figure": "harness_overhead_ratio", "value": statistics.median(ratios),

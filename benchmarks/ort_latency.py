@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import warnings
@@ -82,7 +83,8 @@ def main() -> None:
                             ms[label].append(p50)
                             cvs[label].append(cv)
                     f, q = statistics.median(ms["fp32"]), statistics.median(ms["int8"])
-                    base = {"arch": arch, "engine": "ort", "batch": b, "threads": t, **common}
+                    base = {"arch": arch, "engine": "ort", "batch": b, "threads": t, **common,
+                            "load_avg_1m": round(os.getloadavg()[0], 2)}
                     print(json.dumps({"figure": "ort_fp32_p50_ms", "value": round(f, 3), "cv": round(max(cvs["fp32"]), 3), **base}), flush=True)
                     print(json.dumps({"figure": "ort_int8_p50_ms", "value": round(q, 3), "cv": round(max(cvs["int8"]), 3), **base}), flush=True)
                     print(json.dumps({"figure": "ort_int8_over_fp32", "value": round(q / f, 3),
@@ -100,7 +102,8 @@ def main() -> None:
         for r in runners.values():
             r.deactivate()
         f, tr = statistics.median(ms["fused"]), statistics.median(ms["train"])
-        base = {"arch": arch, "engine": "torch", "batch": 1, "threads": t, **common}
+        base = {"arch": arch, "engine": "torch", "batch": 1, "threads": t, **common,
+                "load_avg_1m": round(os.getloadavg()[0], 2)}
         print(json.dumps({"figure": "torch_fused_p50_ms", "value": round(f, 3), **base}), flush=True)
         print(json.dumps({"figure": "torch_train_form_p50_ms", "value": round(tr, 3), **base}), flush=True)
         print(json.dumps({"figure": "torch_train_over_fused", "value": round(tr / f, 3), **base}), flush=True)
