@@ -120,7 +120,7 @@ class ModelRow:
     diagnostics: dict | None = None
     bench: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
-    artifacts: dict = field(default_factory=dict)
+    artifacts: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -263,6 +263,7 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
 
     try:
         ensure_writable_dir(run_dir)
+        _clear_previous_run(run_dir)
         if path.is_file():
             manifest["input"]["sha256"] = sha256_file(path)
         stage("load", lambda: _load(path, run_dir, s, load_kwargs, input_size, row, state, manifest))
@@ -282,7 +283,7 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
     finally:
         for r in state.get("runners", []):
             r.deactivate()
-    row.artifacts = {p.name: p.name for p in sorted(run_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    row.artifacts = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     manifest["status"] = {"status": row.status, "failed_stage": row.failed_stage, "error": row.error}
     manifest["timings"] = row.timings
     record = row.to_dict()
@@ -292,6 +293,18 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
     manifest["artifacts"] = sorted([*row.artifacts, "report.json", "manifest.json"])
     write_json_atomic(run_dir / "manifest.json", manifest)
     return row
+
+
+RUN_ARTIFACTS = ("manifest.json", "report.json", "fused.pt", "model_fp32.onnx", "model_int8_*.onnx", "calib.json",
+                 "*.engine")
+
+
+def _clear_previous_run(run_dir: Path) -> None:
+    """Remove what an earlier run into the same directory wrote, so no stale artifact (say, a
+    report.json of a model that now fails to load) sits beside this run's files."""
+    for pattern in RUN_ARTIFACTS:
+        for p in run_dir.glob(pattern):
+            p.unlink()
 
 
 def _load(path: Path, run_dir: Path, s: PipelineSettings, load_kwargs: dict, input_size: int | None,

@@ -138,3 +138,14 @@ def test_cli_gate_fails_exit_3_after_writing_everything(tmp_path):
     assert (out / "report.html").is_file() and (out / "report.csv").is_file()
     assert "FP32 top-1 %" in r.stdout and "FAILED" in r.stdout  # the plain table (stdout is not a tty)
     assert "outlier: quantize" in r.stderr  # one progress line per stage
+
+
+def test_rerun_into_the_same_directory_leaves_no_stale_artifacts(result, tmp_path):
+    # a file with the good model's name that now fails to load: its old ONNX/report must go
+    impostor = tmp_path / "repvgg_mini.pth"
+    impostor.write_bytes(b"\x00 truncated")
+    again = run_pipeline([impostor], output_dir=result.output_dir, command="rerun", **FAST)
+    assert again.rows[0].status == "ERROR"
+    run = result.output_dir / "repvgg_mini"
+    assert {p.name for p in run.iterdir()} == {"manifest.json", "report.json"}
+    assert json.loads((run / "manifest.json").read_text())["command"] == "rerun"
