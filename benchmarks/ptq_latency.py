@@ -171,9 +171,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.5, help="minimum time per session per round")
     ap.add_argument("--calib-images", type=int, default=512)
     ap.add_argument("--skip-calibration", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        latency(args, Path(tmp))
+    if not args.skip_latency:
+        with tempfile.TemporaryDirectory() as tmp:
+            latency(args, Path(tmp))
     if not args.skip_calibration:
         calibration_cost(args)
 

@@ -109,8 +109,6 @@ class _QdqBuilder:
         return f"{q}.dequantized"
 
     def build(self) -> None:
-        from onnx import helper, numpy_helper
-
         layers = self.qnet.layers()
         nodes = []
         removed: set[str] = set()
@@ -145,7 +143,6 @@ class _QdqBuilder:
         kept = [t for t in self.graph.initializer if t.name not in removed]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept + self.new_inits)
-        _ = helper, numpy_helper
 
     def _quantize_layer(self, node, name: str, layer, nodes: list, removed: set[str]) -> None:
         from onnx import helper

@@ -223,6 +223,7 @@ def quantize(
 
         t0 = time.perf_counter()
         report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target)
+        report["verify_data"] = verify_source.source
         import onnx
 
         if target == "tensorrt":
