@@ -146,3 +146,29 @@ def test_killed_run_resumes_to_a_valid_model(tmp_path):
     assert json.loads((out / "report.json").read_text())["qat_top1"] == report["qat_top1"]
     onnx.checker.check_model(onnx.load(str(out / "model_int8_ort.onnx")), full_check=True)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_learnable_ranges_train_and_freeze_before_export(tmp_path):
+    from repdeploy.quant.qat import freeze_ranges, make_ranges_learnable
+
+    qnet = calibrated_qnet()
+    before = qnet.ranges()
+    assert make_ranges_learnable(qnet) == len(before)
+    learned = [p for n, p in qnet.named_parameters() if n.endswith("learned_amax")]
+    x = torch.randn(8, 3, 32, 32)
+    qnet.train()(x).logsumexp(1).mean().backward()
+    assert learned and all(p.grad is not None and torch.isfinite(p.grad) for p in learned)
+    assert any(p.grad.abs() > 0 for p in learned)
+    with torch.no_grad():
+        for p in learned:
+            p.mul_(1.5)
+    frozen = freeze_ranges(qnet)
+    assert not any(n.endswith("learned_amax") for n, _ in qnet.named_parameters())
+    assert all(abs(frozen[k] - 1.5 * before[k]) <= 1e-5 * before[k] for k in frozen)
+    assert qnet.ranges() == pytest.approx(frozen)
+
+    result = qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=1, train_samples=128,
+                 calib_samples=64, learnable_ranges=True)
+    cache = json.loads((tmp_path / "calib.json").read_text())
+    assert {k: v["amax"] for k, v in cache["tensors"].items()} == pytest.approx(result.qnet.ranges())
+    assert result.report["learnable_ranges"] is True

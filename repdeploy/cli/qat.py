@@ -41,6 +41,8 @@ def _text(r: dict) -> str:
 @click.option("--calib-samples", default=512, show_default=True)
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
 @click.option("--train-samples", type=int, default=None, help="Train on a seeded subset of N images.")
+@click.option("--learnable-ranges", is_flag=True,
+              help="Train activation ranges with the weights (frozen again before export).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTDIR/qat_state.pt.")
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Steps between training-state checkpoints (0: every epoch).")
@@ -51,7 +53,7 @@ def _text(r: dict) -> str:
 @handle_errors
 def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, resume, checkpoint_every, seed, load_kwargs, as_json):
+            train_samples, learnable_ranges, resume, checkpoint_every, seed, load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains with frozen activation ranges,
@@ -72,7 +74,8 @@ def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size
         checkpoint, train_data=train_data, val_data=val_data, output_dir=output_dir, epochs=epochs, lr=lr,
         batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, grad_mult=grad_mult,
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
-        calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples, resume=resume,
+        calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
+        learnable_ranges=learnable_ranges, resume=resume,
         checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports

@@ -13,8 +13,8 @@ plain fine-tune:
 - `torchrun --nproc_per_node=N` runs it data-parallel with torch.distributed (gloo on CPU,
   NCCL on GPU); every rank trains on its shard and rank 0 alone writes the outputs.
 
-Activation ranges stay frozen at their calibrated values (the default the upstream QAT
-recipes use); weight ranges follow the weights: they are reset to the per-channel max before
+Activation ranges stay frozen at their calibrated values by default (as the upstream QAT
+recipes do), or train with the weights (`learnable_ranges`) and are frozen before export; weight ranges follow the weights: they are reset to the per-channel max before
 every step and before export, so the exported INT8 kernel is the one that was trained.
 """
 
@@ -38,7 +38,7 @@ from ..errors import DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
 from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
-from .quantizer import TARGETS, QuantConv2d, QuantPlainNet
+from .quantizer import MIN_AMAX, TARGETS, QuantPlainNet, TensorQuantizer
 
 OPTIMIZERS = ("sgd", "adamw", "agd")
 # Fine-tuning a trained model wants small steps; AGD's "lr" is its gain on the automatic step.
@@ -184,6 +184,59 @@ class QuantSGSHook:
                 multipliers.set("sgs", _conv_param_name(layer), matrix)
 
 
+# --------------------------------------------------------------------------- learnable ranges
+
+
+class LearnableRangeQuantizer(TensorQuantizer):
+    """An activation quantizer whose range trains with the weights (LSQ-style gradients).
+
+    Written with public ops (clamp, a straight-through round) rather than torch's learnable
+    fake-quant ops, which neither ONNX exporter accepts (reference.md §4); `freeze_ranges`
+    turns it back into a plain quantizer with a fixed range before export.
+    """
+
+    learned_amax: nn.Parameter
+
+    def scale(self) -> torch.Tensor:
+        return self.learned_amax.abs().clamp_min(MIN_AMAX) / float(self.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or not self.calibrated:
+            return x
+        s = self.scale().to(x.dtype)
+        # LSQ's gradient scale 1/sqrt(N * Qp) keeps the range's steps comparable to the weights'.
+        g = 1.0 / math.sqrt(max(1, x[0].numel()) * self.qmax)
+        s = s * g + (s - s * g).detach()
+        q = torch.clamp(x / s, self.qmin, self.qmax)
+        q = q + (torch.round(q) - q).detach()
+        return q * s
+
+
+def make_ranges_learnable(qnet: QuantPlainNet) -> int:
+    """Give every calibrated activation quantizer a trainable range, starting from its amax."""
+    count = 0
+    for q in qnet.activation_quantizers().values():
+        if q.calibrated and not isinstance(q, LearnableRangeQuantizer):
+            q.__class__ = LearnableRangeQuantizer
+            q.learned_amax = nn.Parameter(q.amax.detach().clone())
+            count += 1
+    return count
+
+
+@torch.no_grad()
+def freeze_ranges(qnet: QuantPlainNet) -> dict[str, float]:
+    """Write learned ranges back as fixed amax buffers (what export reads); returns them."""
+    frozen = {}
+    for name, q in qnet.activation_quantizers().items():
+        if isinstance(q, LearnableRangeQuantizer):
+            value = q.learned_amax.detach().abs().clone()
+            del q.learned_amax
+            q.__class__ = TensorQuantizer
+            q.set_amax(value)
+            frozen[name] = float(value)
+    return frozen
+
+
 # --------------------------------------------------------------------------- losses
 
 
@@ -270,6 +323,7 @@ def qat(
     percentile: float = DEFAULT_PERCENTILE,
     target: str = "ort",
     train_samples: int | None = None,
+    learnable_ranges: bool = False,
     resume: bool = False,
     checkpoint_every: int = 0,
     stop_after_steps: int | None = None,
@@ -367,6 +421,10 @@ def qat(
         hook = QuantSGSHook(train_set, seed=seed)
         hook.qnet = qnet
         hooks.append(hook)
+    if learnable_ranges:
+        if optimizer == "agd":
+            raise InputError("--learnable-ranges trains scalar ranges, which AGD does not update; use sgd or adamw")
+        make_ranges_learnable(qnet)
     if optimizer == "agd":
         # AGD updates matrices only (reference.md §3): biases keep their fused values.
         for name, p in qnet.named_parameters():
@@ -418,6 +476,7 @@ def qat(
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
+    learned = freeze_ranges(qnet)
     qnet.set_weight_ranges()
     qnet.eval()
     _barrier(world)
@@ -439,13 +498,16 @@ def qat(
         from .calib import weights_fingerprint
 
         cache.weights_sha256 = weights_fingerprint(tuned)
+        for name, amax in learned.items():
+            cache.tensors[name].amax = amax
         cache.save(stage / names["calib"])
         report: dict[str, Any] = {
             "tool": f"repdeploy {__version__}", "model": loaded.variant, "source": str(model),
             "target": target, "fusion": equivalence.to_dict() if equivalence else None,
             "calib_method": cache.method, "calib_samples": cache.samples,
             "optimizer": optimizer, "lr": step_lr, "epochs": epochs, "batch_size": batch_size,
-            "grad_mult": grad_mult, "distill": distill, "world_size": world.size,
+            "grad_mult": grad_mult, "distill": distill, "learnable_ranges": learnable_ranges,
+            "world_size": world.size,
             "fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1_torch": qat_top1_torch,
             "training": result.to_dict(),
         }
