@@ -99,9 +99,11 @@ class Calibrator:
 
     def collect(self, name: str, x: torch.Tensor) -> None:
         """Record one batch of the tensor `name`."""
-        if not torch.isfinite(x).all():
+        # One pass: torch's min/max propagate NaN, so finite extremes mean a finite tensor.
+        lo_t, hi_t = torch.aminmax(x)
+        lo, hi = float(lo_t), float(hi_t)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise DataError(f"tensor {name} holds NaN or Inf during calibration; check the calibration data")
-        lo, hi = float(x.min()), float(x.max())
         self.minimum[name] = min(lo, self.minimum.get(name, lo))
         self.maximum[name] = max(hi, self.maximum.get(name, hi))
         self._collect(name, x)
