@@ -80,7 +80,10 @@ def _text(r: dict) -> str:
     if r.get("val_top1") is not None:
         lines.append(f"  val top-1   {r['val_top1']:.2f} % on {r['val_images']} images")
     lines.append(f"  train loss  {r['train_loss']:.4f} after {r['epochs']} epochs, {r['steps']} steps")
-    lines.append(f"  speed       {r['images_per_second']:.0f} images/s ({r['seconds']:.1f} s)")
+    if r["steps"] == r.get("resumed_from_step"):
+        lines.append("  resumed     the saved training state was already complete; weights written as saved")
+    else:
+        lines.append(f"  speed       {r['images_per_second']:.0f} images/s ({r['seconds']:.1f} s)")
     return "\n".join(lines)
 
 
