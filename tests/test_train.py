@@ -215,3 +215,29 @@ def test_custom_loss_trains_on_unlabelled_data(tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
     with pytest.raises(InputError, match="no labels"):
         train(student, lambda g, m: SGDWithMultipliers(g, m, lr=0.05), unlabelled, None, TrainConfig(epochs=1))
+
+
+def test_cli_trains_on_an_image_folder(tmp_path):
+    """A user's own ImageFolder (no val/ split: 10 % is held out) through `repdeploy train`."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from repdeploy.cli import main
+
+    rng = np.random.default_rng(0)
+    for cls, channel in (("red", 0), ("blue", 2)):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(20):
+            a = rng.integers(0, 60, size=(20, 20, 3), dtype=np.uint8)
+            a[..., channel] += 150
+            Image.fromarray(a).save(tmp_path / "imgs" / cls / f"{i}.png")
+    r = CliRunner().invoke(main, ["train", "--arch", "RepVGG-mini", "--data", str(tmp_path / "imgs"), "--epochs", "2",
+                                  "--batch-size", "12", "--image-size", "16", "--json", "-q",
+                                  "-o", str(tmp_path / "m.pth")])
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout)
+    assert record["num_classes"] == 2 and record["val_images"] == 4 and record["steps"] == 2 * 3
+    assert torch.load(tmp_path / "m.pth", weights_only=True)["linear.weight"].shape == (2, 128)
