@@ -194,10 +194,12 @@ def train(
     if len(train_data) == 0:
         raise InputError(f"training data {train_data.source} is empty")
     multipliers = multipliers if multipliers is not None else MultiplierMap(model)
-    if config.clip_grad_norm is not None and multipliers:
+    if config.clip_grad_norm is not None and (multipliers or hooks):
+        # Hooks (SGS) fill the map only once training starts, so their presence alone refuses too.
+        producers = multipliers.producers + [type(h).__name__ for h in hooks]
         raise InputError(
             "gradient clipping breaks the gradient re-parameterization equivalence "
-            f"(multipliers from {', '.join(multipliers.producers)}); drop --clip-grad"
+            f"(multipliers from {', '.join(producers)}); drop --clip-grad"
         )
     loss_fn = loss_fn or label_smoothing_loss(config.label_smoothing)
     torch.manual_seed(config.seed)

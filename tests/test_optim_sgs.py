@@ -101,3 +101,14 @@ def test_producers_combine_by_product():
     restored = MultiplierMap(conv)
     restored.load_state_dict(mults.state_dict())
     assert torch.equal(restored.combined()["weight"], mults.combined()["weight"])
+
+
+def test_gradient_clipping_is_refused_with_sgs():
+    import pytest
+
+    from repdeploy.errors import InputError
+    from repdeploy.train import TrainConfig, train_architecture
+
+    data = open_dataset("builtin", split="val", image_size=16).subset(range(64))
+    with pytest.raises(InputError, match="SpatialGradientScaling.*drop --clip-grad"):
+        train_architecture(get_spec("RepVGG-mini"), data, config=TrainConfig(clip_grad_norm=1.0), sgs=True)
