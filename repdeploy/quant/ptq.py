@@ -206,7 +206,7 @@ def quantize(
 
     # Verification images: the eval set when given, otherwise the calibration images.
     verify_source = eval_set if eval_set is not None else calib_set
-    if verify_source is None:  # cache given, no eval data: a seeded sample of the built-in or given data
+    if verify_source is None:  # cache given, no eval data: the first images of the val split
         verify_source = image_set(calib_data if calib_data is not None else "builtin", "val")
     x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=VERIFY_IMAGES)])
 
