@@ -342,14 +342,32 @@ def _export(run_dir: Path, row: ModelRow, state: dict) -> None:
                                      in_channels=state["spec"].in_channels)
 
 
-def _calibration_source(s: PipelineSettings) -> tuple[str, str]:
-    """(source, split) to calibrate on: --calib-data, else the train split of the built-in data,
-    else the evaluation data itself (flagged in the report: calibrating on the test set flatters)."""
+def _has_train_split(source: str) -> bool:
+    """Whether `source` holds a train split apart from its val split (a `train/` sub-folder, or
+    `train_images` / `x_train` in an .npz), which is what calibration opens."""
+    path = Path(source)
+    if path.is_dir():
+        return (path / "train").is_dir()
+    if path.suffix == ".npz" and path.is_file():
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return bool({"train_images", "x_train"} & set(archive.files))
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+def _calibration_source(s: PipelineSettings) -> tuple[str, bool]:
+    """(source to calibrate on, whether those are the evaluation images themselves).
+
+    --calib-data when given; else the train split of the evaluation source (the built-in data
+    has one); else the evaluation images, which the report flags: calibrating on the test set
+    flatters the INT8 accuracy."""
     if s.calib_data:
-        return s.calib_data, "train"
-    if s.data == BUILTIN_DATA:
-        return BUILTIN_DATA, "train"
-    return s.data, "val"
+        return s.calib_data, False
+    return s.data, not (s.data == BUILTIN_DATA or _has_train_split(s.data))
 
 
 def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) -> None:
@@ -357,8 +375,8 @@ def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) ->
 
     from .quant.ptq import quantize
 
-    source, split = _calibration_source(s)
-    if source == s.data and split == "val":
+    source, on_eval_data = _calibration_source(s)
+    if on_eval_data:
         status(f"  warning: calibrating on the evaluation data {s.data}: INT8 accuracy will look better than it is; "
                "pass --calib-data")
     # quantize() writes its own fused.pt/model_fp32.onnx/report.json; the pipeline already wrote
@@ -379,7 +397,7 @@ def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) ->
         shutil.rmtree(scratch, ignore_errors=True)
     report = dict(result.report)
     state["int8_onnx"], state["ptq_report"] = int8, report
-    row.calibration = {"source": str(source), "split": split, "on_eval_data": source == s.data and split == "val",
+    row.calibration = {"source": str(source), "on_eval_data": on_eval_data,
                        "method": report.get("calib_method"), "samples": report.get("calib_samples")}
     row.diagnostics = {"summary": report.get("layers_summary"), "layers": report.get("layers") or [],
                        "float_layers": report.get("float_layers")}

@@ -149,3 +149,19 @@ def test_rerun_into_the_same_directory_leaves_no_stale_artifacts(result, tmp_pat
     run = result.output_dir / "repvgg_mini"
     assert {p.name for p in run.iterdir()} == {"manifest.json", "report.json"}
     assert json.loads((run / "manifest.json").read_text())["command"] == "rerun"
+
+
+def test_calibration_never_silently_uses_the_evaluation_images(tmp_path):
+    import numpy as np
+
+    from repdeploy.pipeline import _calibration_source
+
+    (tmp_path / "flat" / "a").mkdir(parents=True)
+    (tmp_path / "split" / "train" / "a").mkdir(parents=True)
+    np.savez(tmp_path / "val_only.npz", images=np.zeros((2, 8, 8)), labels=np.zeros(2))
+    np.savez(tmp_path / "both.npz", train_images=np.zeros((2, 8, 8)), val_images=np.zeros((2, 8, 8)))
+    cases = {"builtin": False, str(tmp_path / "flat"): True, str(tmp_path / "split"): False,
+             str(tmp_path / "val_only.npz"): True, str(tmp_path / "both.npz"): False}
+    for data, on_eval in cases.items():
+        assert _calibration_source(PipelineSettings(data=data)) == (data, on_eval), data
+    assert _calibration_source(PipelineSettings(data=str(tmp_path / "flat"), calib_data="calib/")) == ("calib/", False)
