@@ -32,9 +32,19 @@ from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
 from .quantizer import TARGETS, QuantPlainNet
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "assets" / "zoo"
-VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity
+VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
 BATCH = 32
+
+
+def images_for(input_size: int, count: int, floor: int) -> int:
+    """Scale an image count set for <= 64 px inputs down with the pixel count (A0 at 224: 1/12).
+
+    Verification and diagnostics run the fake-quant torch model, whose cost grows with the
+    pixels; at 224 px the full counts took minutes on 2 cores for figures that settle sooner.
+    """
+    scale = min(1.0, (64.0 / max(1, input_size)) ** 2)
+    return max(floor, min(count, int(round(count * scale))))
 
 
 @dataclass
@@ -208,7 +218,10 @@ def quantize(
     verify_source = eval_set if eval_set is not None else calib_set
     if verify_source is None:  # cache given, no eval data: the first images of the val split
         verify_source = image_set(calib_data if calib_data is not None else "builtin", "val")
-    x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=VERIFY_IMAGES)])
+    n_verify = images_for(spec.input_size, VERIFY_IMAGES, 32)
+    if eval_limit is not None:
+        n_verify = max(1, min(n_verify, eval_limit))
+    x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=n_verify)])
 
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".quantize-"))
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
@@ -241,7 +254,7 @@ def quantize(
         t0 = time.perf_counter()
         from .diagnostics import diagnose, summary
 
-        layers = diagnose(plain, qnet, x_verify[:DIAGNOSE_IMAGES])
+        layers = diagnose(plain, qnet, x_verify[: images_for(spec.input_size, DIAGNOSE_IMAGES, 8)])
         timings["diagnostics_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
 
@@ -297,8 +310,9 @@ def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
     """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model."""
     from ..evaluate import sqnr_db, top1_agreement
 
-    ref = plain(x).numpy()
-    fake = qnet(x).numpy()
+    # Batched: a whole verification set at 224 px through one forward would need gigabytes.
+    ref = np.concatenate([plain(chunk).numpy() for chunk in x.split(BATCH)])
+    fake = np.concatenate([qnet(chunk).numpy() for chunk in x.split(BATCH)])
     fp32 = _run_ort(fp32_onnx, x)
     int8 = _run_ort(int8_onnx, x)
     scale = float(np.abs(fake).max()) or 1.0
