@@ -185,6 +185,9 @@ def run_pipeline(
     target = target or ("tensorrt" if engine == "trt" else "ort")
     if target not in ("ort", "tensorrt"):
         raise InputError(f"INT8 target {target!r}: choose ort or tensorrt")
+    if engine == "trt" and target == "ort":
+        raise InputError("--engine trt with --target ort: the ort INT8 layout (uint8 activations) is not a TensorRT "
+                         "explicit-quantization graph; use --target tensorrt")
     if max_drop is not None and max_drop < 0:
         raise InputError(f"--max-drop {max_drop}: give a non-negative number of top-1 points")
     if engine == "trt":

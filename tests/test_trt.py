@@ -62,3 +62,10 @@ def test_real_engine_matches_onnxruntime(tmp_path):
         ref, out = o.infer(x), t.infer(x)
         assert t.last_inference_time() > 0
     assert np.abs(ref - out).max() < 1e-2 * max(1.0, np.abs(ref).max())
+
+
+def test_trt_engine_with_the_ort_layout_is_a_usage_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "repdeploy", "pipeline", "--engine", "trt", "--target", "ort",
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2 and "use --target tensorrt" in r.stderr
+    assert not (tmp_path / "out").exists()
