@@ -57,6 +57,8 @@ def _text(r: dict) -> str:
               help="Fail with exit code 3 if INT8 top-1 drops more than this many points (needs --eval-data).")
 @click.option("--fallback-float", "fallback", is_flag=True,
               help="With --max-drop: leave the most sensitive layers in float until the drop fits.")
+@click.option("--mean", default=None, help="Preprocessing mean, e.g. 0.485,0.456,0.406 (default: ImageNet; builtin: its own).")
+@click.option("--std", default=None, help="Preprocessing std, e.g. 0.229,0.224,0.225.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @checkpoint_options
@@ -64,7 +66,7 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, fallback, seed, output_dir, load_kwargs, as_json):
+                 eval_data, eval_limit, max_drop, fallback, mean, std, seed, output_dir, load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -81,9 +83,18 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
     from ..errors import AccuracyGateError
     from ..quant.ptq import quantize, zoo_entries
 
+    def floats(option: str, text: str | None) -> tuple[float, ...] | None:
+        if text is None:
+            return None
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
+
     common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
-                  eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs)
+                  eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
+                  mean=floats("--mean", mean), std=floats("--std", std))
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (entry["path"], Path(output_dir) / entry["name"]) for entry in zoo_entries()]
     records, failed = [], []

@@ -141,6 +141,8 @@ def quantize(
     fallback: bool = False,
     seed: int = 0,
     load_kwargs: dict | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
@@ -152,6 +154,8 @@ def quantize(
     larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written; with
     `fallback` as well, the most sensitive layers are first returned to float (listed in the
     report under `fallback`) until the drop of the fake-quant model on the eval images fits.
+    `mean`/`std` override the preprocessing statistics (ImageNet for files and arrays, the
+    digits' own for the built-in set) of both calibration and evaluation data.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
     >>> r.report["top1_drop"], r.int8_onnx.name
@@ -172,7 +176,8 @@ def quantize(
     status(f"quantize: {info['variant']} from {info['source']} -> {target} INT8")
 
     def image_set(source, split: str):
-        return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels)
+        return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels,
+                            mean=mean, std=std)
 
     # Everything that can reject the input is checked before any expensive step.
     cache_in = None
