@@ -5,26 +5,24 @@ The Python API mirrors the command line:
 >>> import repdeploy
 >>> loaded = repdeploy.load("ckpt.pth")                   # doctest: +SKIP
 >>> result = repdeploy.fuse(loaded.model)                  # doctest: +SKIP
->>> repdeploy.export_onnx(result.plain, "model.onnx")      # doctest: +SKIP
+>>> repdeploy.export_onnx(result.plain, "model.onnx", input_size=224)   # doctest: +SKIP
+>>> repdeploy.quantize("ckpt.pth", calib_data="calib/", output_dir="out/")  # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
 
+# Imported eagerly on purpose: several API functions share their module's name (`fuse`,
+# `evaluate`, `bench`), and a lazy lookup would hand back the submodule once it was imported.
+from .bench import bench  # noqa: E402
+from .checkpoints import load, load_fused, save_fused  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .export.onnx import export_onnx  # noqa: E402
+from .fuse import fuse  # noqa: E402
+from .pipeline import run_pipeline  # noqa: E402
+from .quant.ptq import quantize  # noqa: E402
+from .quant.qat import qat  # noqa: E402
 
-def __getattr__(name: str):
-    # Lazy so `import repdeploy` (and `repdeploy --help`) does not pay for torch and onnx.
-    import importlib
-
-    api = {
-        "load": ("checkpoints", "load"),
-        "fuse": ("fuse", "fuse"),
-        "export_onnx": ("export.onnx", "export_onnx"),
-        "quantize": ("quant.ptq", "quantize"),
-        "evaluate": ("evaluate", "evaluate"),
-        "bench": ("bench", "bench"),
-        "run_pipeline": ("pipeline", "run_pipeline"),
-    }
-    if name in api:
-        module, attr = api[name]
-        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-    raise AttributeError(f"module 'repdeploy' has no attribute {name!r}")
+__all__ = [
+    "__version__", "load", "load_fused", "save_fused", "fuse", "export_onnx", "quantize", "qat",
+    "evaluate", "bench", "run_pipeline",
+]
