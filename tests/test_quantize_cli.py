@@ -189,3 +189,12 @@ def test_zoo_int8_agreement_and_drop(tmp_path):
     assert {"repvgg", "repopt"} <= set(by_family)
     # The RepOpt-VGG claim: it quantizes no worse than RepVGG (half a point of slack for 400 images).
     assert min(by_family["repopt"]) <= max(by_family["repvgg"]) + 0.5
+
+
+def test_preprocessing_statistics_can_be_overridden(ckpt, tmp_path):
+    result = run(ckpt, "--int8", "--calib-data", "builtin", *FAST, "--mean", "0.5", "--std", "0.25", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "calib.json").read_text())["data"]
+    assert data["mean"] == [0.5] * 3 and data["std"] == [0.25] * 3
+    bad = run(ckpt, "--int8", "--calib-data", "builtin", "--mean", "x", "-o", tmp_path / "bad")
+    assert bad.exit_code == 2 and "--mean" in bad.output
