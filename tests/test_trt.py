@@ -69,3 +69,20 @@ def test_trt_engine_with_the_ort_layout_is_a_usage_error(tmp_path):
                         "-o", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 2 and "use --target tensorrt" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not tensorrt_available(), reason=NO_TRT)
+def test_real_int8_qdq_engine_agrees_with_onnxruntime(tmp_path):
+    from repdeploy.export.tensorrt import build_engine
+    from repdeploy.pipeline import builtin_zoo
+    from repdeploy.quant.ptq import quantize
+    from repdeploy.runtime import open_runner
+
+    zoo = next(e for e in builtin_zoo() if e.name == "repoptvgg_mini")
+    result = quantize(str(zoo.file), output_dir=tmp_path, calib_data="builtin", calib_samples=64, target="tensorrt")
+    engine = build_engine(result.int8_onnx, tmp_path / "int8.engine", batch_sizes=(1, 8, 16))
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    with open_runner(result.int8_onnx, "ort") as o, open_runner(engine, "trt") as t:
+        ref, out = o.infer(x), t.infer(x)
+    # same INT8 graph on two runtimes: rounding may differ by a step, the decision should not
+    assert (ref.argmax(1) == out.argmax(1)).mean() >= 0.875
