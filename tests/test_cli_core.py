@@ -10,11 +10,23 @@ import torch
 from conftest import trained_like
 from test_checkpoints import bad_files
 
+from click.testing import CliRunner
+
+from repdeploy.cli import main
+
 REPDEPLOY = [sys.executable, "-m", "repdeploy"]
 
 
 def run(*args):
-    return subprocess.run([*REPDEPLOY, *map(str, args)], capture_output=True, text=True, timeout=120)
+    """In-process: the same click command, exit codes and streams, without a torch import each."""
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    result.returncode = result.exit_code
+    return result
+
+
+def test_console_entry_point_runs(ckpt):
+    r = subprocess.run([*REPDEPLOY, "inspect", str(ckpt), "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["variant"] == "RepVGG-mini"
 
 
 @pytest.fixture(scope="module")
