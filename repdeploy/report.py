@@ -33,7 +33,10 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("fp32_ms", "FP32 ms", "{:.3f}"),
     ("int8_ms", "INT8 ms", "{:.3f}"),
     ("speedup", "speed-up", "{:.2f}x"),
+    ("qat_top1", "QAT top-1 %", "{:.2f}"),
+    ("qat_drop", "QAT drop", "{:+.2f}"),
 ]
+OPTIONAL_COLUMNS = {"qat_top1", "qat_drop"}  # shown only when some model has them (pipeline --qat)
 CSV_EXTRA = ["fp32_top5", "int8_top5", "engine", "target", "bench_batch", "threads", "failed_stage", "error", "run_dir"]
 
 
@@ -59,9 +62,13 @@ def cell(record: dict, key: str, fmt: str) -> str:
         return str(value)
 
 
+def columns(records: Sequence[dict]) -> list[tuple[str, str, str]]:
+    return [c for c in COLUMNS if c[0] not in OPTIONAL_COLUMNS or any(r.get(c[0]) is not None for r in records)]
+
+
 def table_rows(records: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    headers = [h for _, h, _ in COLUMNS]
-    return headers, [[cell(r, k, f) for k, _, f in COLUMNS] for r in records]
+    cols = columns(records)
+    return [h for _, h, _ in cols], [[cell(r, k, f) for k, _, f in cols] for r in records]
 
 
 def plain_table(records: Sequence[dict]) -> str:

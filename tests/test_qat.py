@@ -172,3 +172,19 @@ def test_learnable_ranges_train_and_freeze_before_export(tmp_path):
     cache = json.loads((tmp_path / "calib.json").read_text())
     assert {k: v["amax"] for k, v in cache["tensors"].items()} == pytest.approx(result.qnet.ranges())
     assert result.report["learnable_ranges"] is True
+
+
+def test_pipeline_qat_column(tmp_path):
+    from repdeploy.pipeline import run_pipeline
+    from repdeploy.report import plain_table
+
+    result = run_pipeline([ZOO_REPVGG], output_dir=tmp_path, qat=True, qat_epochs=1, calib_samples=64,
+                          eval_limit=200, duration=0.05, iterations=5, warmup=0.0)
+    row = result.rows[0]
+    assert row.status == "PASSED", row.error
+    assert row.qat_top1 is not None and row.qat_drop == pytest.approx(row.fp32_top1 - row.qat_top1)
+    run_dir = Path(row.run_dir)
+    assert (run_dir / "qat_int8_ort.onnx").exists() and (run_dir / "qat_report.json").exists()
+    assert json.loads((run_dir / "qat_report.json").read_text())["grad_mult"] == "bn"
+    assert "QAT top-1 %" in plain_table([row.to_dict()])
+    assert "QAT top-1 %" not in plain_table([{**row.to_dict(), "qat_top1": None, "qat_drop": None}])

@@ -160,12 +160,16 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
 @click.option("--duration", type=float, default=None, help="Minimum measured seconds per benchmark (default 1.0).")
 @click.option("--iterations", type=int, default=None, help="Minimum measured iterations per benchmark (default 30).")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
+@click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
+@click.option("--qat-epochs", default=2, show_default=True)
+@click.option("--train-data", default=None, help="QAT training images; default: the train split of --data.")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
-                 bench_batch, threads, warmup, duration, iterations, eval_limit, load_kwargs, as_json):
+                 bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
+                 load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -176,6 +180,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
     \b
     Examples:
       repdeploy pipeline -o runs/demo
+      repdeploy pipeline --qat -o runs/demo-qat                # PTQ and QAT side by side
       repdeploy pipeline a.pth b.pth --data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
       repdeploy pipeline a.pth --data val/ --engine trt --target tensorrt -o runs/gpu
     """
@@ -193,7 +198,8 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
             duration=DEFAULT_DURATION_S if duration is None else duration,
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
-            eval_limit=eval_limit, load_kwargs={k: v for k, v in load_kwargs.items() if v},
+            eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
+            load_kwargs={k: v for k, v in load_kwargs.items() if v},
         )
     for w in caught:
         status(f"warning: {w.message}")
