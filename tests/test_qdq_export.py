@@ -8,7 +8,7 @@ from onnx import helper
 
 from helpers_quant import batches, calibrated, fused
 from repdeploy.export.onnx import export_onnx, ort_parity
-from repdeploy.export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq
+from repdeploy.export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, qdq_layout
 from repdeploy.quant.calib import CalibrationCache
 from repdeploy.quant.quantizer import QuantPlainNet
 
@@ -73,6 +73,12 @@ def test_tensorrt_rules(exported):
     else:
         assert any("zero point must be int8 0" in v for v in violations)  # uint8 activations
         assert any("bias" in v for v in violations)
+
+
+def test_layout_is_recognised(exported, fp32):
+    target, _, _, path = exported
+    assert qdq_layout(onnx.load(str(path))) == target
+    assert qdq_layout(onnx.load(str(fp32))) == "fp32"
 
 
 def test_checker_finds_each_broken_rule(plain, fp32, tmp_path):

@@ -295,3 +295,30 @@ def count_fused_nodes(onnx_path: str | Path, *, threads: int = 1) -> dict[str, i
 def integer_node_count(counts: dict[str, int]) -> int:
     """How many nodes of a `count_fused_nodes` result are integer kernels."""
     return sum(v for k, v in counts.items() if k in INTEGER_OPS)
+
+
+TENSORRT_ON_ORT_WARNING = (
+    "this INT8 model uses the TensorRT QDQ layout (signed int8, Q/DQ only on conv/gemm inputs), which "
+    "ONNX Runtime does not fuse: it runs in float here and is slower than FP32. It is meant for TensorRT; "
+    "for ONNX Runtime quantize with --target ort"
+)
+
+
+def qdq_layout(model) -> str:
+    """Which layout an ONNX model has: "fp32", "tensorrt", "ort" (uint8 activations) or "qdq".
+
+    Runners and `bench` use it to warn when a TensorRT-layout model is timed on ONNX Runtime.
+    """
+    from onnx import numpy_helper
+
+    ops = {n.op_type for n in model.graph.node}
+    if not ops & set(QDQ_OPS):
+        return "fp32"
+    if not check_tensorrt_qdq(model):
+        return "tensorrt"
+    inits = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits:
+            if numpy_helper.to_array(inits[n.input[2]]).dtype == np.uint8:
+                return "ort"
+    return "qdq"
