@@ -14,7 +14,6 @@ import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -59,22 +58,18 @@ def step_times(name: str, batch: int, size: int, repeats: int) -> dict:
 
 
 def zoo_table(epochs: int) -> list[dict]:
-    from repdeploy.quant.ptq import zoo_entries
     from repdeploy.quant.qat import qat
+    from repdeploy.zoo import builtin_zoo
 
     rows = []
-    for entry in zoo_entries():
-        family = str(entry.get("family", entry["name"])).lower()
-        prior = "bn"
-        if "opt" in family:
-            scales = entry.get("scales")
-            prior = f"repopt:{Path(entry['path']).parent / scales}" if scales else "sgs"
+    for entry in builtin_zoo():
+        prior = "bn" if entry.family == "repvgg" else (f"repopt:{entry.scales}" if entry.scales else "sgs")
         for grad_mult, distill in (("none", False), (prior, False), ("none", True), (prior, True)):
             with tempfile.TemporaryDirectory() as out:
                 t0 = time.perf_counter()
-                r = qat(entry["path"], train_data="builtin", output_dir=out, epochs=epochs,
+                r = qat(str(entry.file), train_data="builtin", output_dir=out, epochs=epochs,
                         grad_mult=grad_mult, distill=distill).report
-            rows.append({"figure": "qat_zoo", "model": entry["name"], "grad_mult": grad_mult.split(":")[0],
+            rows.append({"figure": "qat_zoo", "model": entry.name, "grad_mult": grad_mult.split(":")[0],
                          "distill": distill, "epochs": epochs, "calib_method": r["calib_method"],
                          "fp32_top1": r["fp32_top1"], "ptq_top1": r["ptq_top1"], "qat_top1": r["qat_top1"],
                          "seconds": round(time.perf_counter() - t0, 1)})

@@ -14,7 +14,6 @@ caller turns that into exit code 3 after everything is written.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import DataError, InputError, RepDeployError
 from .progress import status
+from .zoo import builtin_zoo
 
 STAGES = ("load", "export", "quantize", "evaluate", "benchmark")
 BUILTIN_DATA = "builtin"
@@ -34,37 +34,6 @@ BUILTIN_DATA = "builtin"
 DEFAULT_WARMUP_S = 0.3
 DEFAULT_DURATION_S = 1.0
 DEFAULT_ITERATIONS = 30
-
-
-@dataclass
-class ZooEntry:
-    """One built-in model (repdeploy/assets/zoo/zoo.json)."""
-
-    file: Path
-    arch: str
-    input_size: int
-    name: str
-
-
-def zoo_dir() -> Path:
-    return Path(__file__).parent / "assets" / "zoo"
-
-
-def builtin_zoo() -> list[ZooEntry]:
-    """The shipped zoo: small models trained on the built-in digits, as listed in zoo.json."""
-    index = zoo_dir() / "zoo.json"
-    if not index.is_file():
-        raise InputError(f"the built-in zoo index {index} is missing; reinstall repdeploy or pass checkpoints")
-    try:
-        raw = json.loads(index.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"the built-in zoo index {index} is not valid JSON ({exc}); reinstall repdeploy") from exc
-    entries = raw.get("models", raw) if isinstance(raw, dict) else raw
-    out = []
-    for e in entries:
-        path = zoo_dir() / e["file"]
-        out.append(ZooEntry(path, e["arch"], int(e["input_size"]), e.get("name") or Path(e["file"]).stem))
-    return out
 
 
 @dataclass

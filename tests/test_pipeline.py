@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from repdeploy.checkpoints import load_fused, save_fused
-from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, builtin_zoo, run_pipeline
+from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, run_pipeline
+from repdeploy.zoo import builtin_zoo
 
 FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3)
 RUN_FILES = {"manifest.json", "fused.pt", "model_fp32.onnx", "model_int8_ort.onnx", "calib.json", "report.json"}

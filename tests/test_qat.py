@@ -1,7 +1,6 @@
 """QAT: straight-through gradients, frozen ranges, recovery of a PTQ loss, DDP, kill and resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -74,7 +74,7 @@ def test_trt_engine_with_the_ort_layout_is_a_usage_error(tmp_path):
 @pytest.mark.skipif(not tensorrt_available(), reason=NO_TRT)
 def test_real_int8_qdq_engine_agrees_with_onnxruntime(tmp_path):
     from repdeploy.export.tensorrt import build_engine
-    from repdeploy.pipeline import builtin_zoo
+    from repdeploy.zoo import builtin_zoo
     from repdeploy.quant.ptq import quantize
     from repdeploy.runtime import open_runner
 

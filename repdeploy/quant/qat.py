@@ -349,7 +349,7 @@ def qat(
     from ..optim.repopt import load_scales
     from ..progress import set_quiet, status
     from ..train import TrainConfig, train
-    from .ptq import zoo_entries
+    from ..zoo import zoo_entry
 
     if optimizer not in OPTIMIZERS:
         raise InputError(f"unknown --optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
@@ -362,11 +362,9 @@ def qat(
     out = ensure_writable_dir(output_dir) if world.is_main else Path(output_dir)
     started = time.perf_counter()
 
-    # --- the model: default is the built-in zoo's RepVGG, whose PTQ loses the most
+    # --- the model: default is the built-in zoo's RepVGG, the family whose PTQ loses the most
     if model is None:
-        entries = [e for e in zoo_entries() if "repvgg" in str(e.get("family", e["name"])).lower()
-                   and "opt" not in str(e.get("family", e["name"])).lower()]
-        model = (entries or zoo_entries())[0]["path"]
+        model = str(zoo_entry("repvgg").file)
         train_data = train_data or "builtin"
         val_data = val_data or "builtin"
     if train_data is None:

@@ -1,0 +1,64 @@
+"""The built-in zoo: small models repdeploy trained on the built-in digits, listed in zoo.json.
+
+They are the default models of `pipeline`, `quantize` and `qat` when no checkpoint is given,
+and each entry records the exact command that made it (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+ZOO_DIR = Path(__file__).resolve().parent / "assets" / "zoo"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    file: Path
+    arch: str
+    family: str
+    input_size: int
+    val_top1: float | None = None
+    scales: Path | None = None  # the RepOpt scales file it was trained with, if any
+    command: str | None = None
+
+
+def builtin_zoo() -> list[ZooEntry]:
+    """Every model listed in the shipped zoo.json, with absolute paths."""
+    index = ZOO_DIR / "zoo.json"
+    if not index.is_file():
+        raise InputError(f"the built-in zoo index {index} is missing; reinstall repdeploy or pass a checkpoint")
+    try:
+        raw = json.loads(index.read_text())
+        entries = []
+        for e in raw["models"]:
+            scales = next((m["file"] for m in e.get("made_with", []) if m.get("kind") == "repopt-scales"), None)
+            entries.append(ZooEntry(
+                name=e.get("name") or Path(e["file"]).stem, file=ZOO_DIR / e["file"], arch=e["arch"],
+                family=e.get("family", "repvgg"), input_size=int(e["input_size"]), val_top1=e.get("val_top1"),
+                scales=ZOO_DIR / scales if scales else None, command=e.get("command"),
+            ))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"the built-in zoo index {index} is malformed ({exc}); reinstall repdeploy") from exc
+    if not entries:
+        raise InputError(f"{index} lists no models; reinstall repdeploy or pass a checkpoint")
+    return entries
+
+
+def zoo_entry(family: str) -> ZooEntry:
+    """The first zoo model of a family ("repvgg" or "repopt")."""
+    for entry in builtin_zoo():
+        if entry.family == family:
+            return entry
+    raise InputError(f"the built-in zoo has no {family} model; pass a checkpoint")
+
+
+def is_zoo_path(path: str | Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(ZOO_DIR)
+    except OSError:
+        return False
