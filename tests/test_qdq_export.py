@@ -143,9 +143,9 @@ def test_se_and_grouped_variants_export(variant, tmp_path, x_val):
             if variant.endswith("g2"):  # grouped convs fuse like dense ones
                 assert counts.get("QLinearConv") == CONVS_MINI and "Conv" not in counts, counts
             else:
-                # Known limit (docs/quantization.md): an SE block's main conv feeds the SE Mul, not
-                # a ReLU + Q, so ORT keeps it float; the SE `down` convs (-> ReLU -> Q) do fuse.
-                assert counts.get("QLinearConv") == CONVS_MINI and counts.get("Conv") == CONVS_MINI, counts
+                # The main conv (quantized output before the SE multiply) and the SE `down` conv
+                # fuse; the SE `up` conv feeds a Sigmoid and stays float (a 1x1 on one pixel).
+                assert counts.get("QLinearConv") == 2 * CONVS_MINI and "Conv" not in counts, counts
 
 
 def test_mismatched_fp32_graph_is_an_export_error(tmp_path):

@@ -119,7 +119,11 @@ class _QdqBuilder:
         linear = layers["linear"]
         if not (linear.input_quantizer.enabled and linear.weight_quantizer.enabled):
             pooled_tensor = None
+        renamed: dict[str, str] = {}  # quantized conv outputs: consumers read the dequantized copy
         for node in self.graph.node:
+            for i, name in enumerate(node.input):
+                if name in renamed:
+                    node.input[i] = renamed[name]
             if features_tensor is not None and node.op_type == "GlobalAveragePool" and node.input[0] == features_tensor:
                 node.input[0] = self._activation_qdq(features_tensor, features, nodes)
             if pooled_tensor is not None and node.op_type == "Flatten" and node.input[0] == pooled_tensor:
@@ -133,6 +137,11 @@ class _QdqBuilder:
                     if node.op_type == "Gemm" and _attr(node, "transB", 0) != 1:
                         raise ExportError(f"Gemm {node.name} without transB=1 is not what a torch Linear exports")
                     self._quantize_layer(node, name, layer, nodes, removed)
+                    out_q = getattr(layer, "output_quantizer", None)
+                    if out_q is not None and out_q.enabled and out_q.calibrated:
+                        nodes.append(node)
+                        renamed[node.output[0]] = self._activation_qdq(node.output[0], out_q, nodes)
+                        continue
             nodes.append(node)
         wanted = {n for n, q in layers.items() if q.weight_quantizer.enabled and q.input_quantizer.enabled}
         if wanted - self.quantized:

@@ -109,7 +109,7 @@ def _quantized_bias(bias: torch.Tensor | None, x_q: TensorQuantizer, w_q: Tensor
 
 
 class QuantConv2d(nn.Module):
-    """A Conv2d whose input and weight pass through fake quantizers."""
+    """A Conv2d whose input and weight pass through fake quantizers (and, optionally, its output)."""
 
     def __init__(self, conv: nn.Conv2d, name: str, *, unsigned_input: bool, quantize_bias: bool) -> None:
         super().__init__()
@@ -118,12 +118,14 @@ class QuantConv2d(nn.Module):
         self.quantize_bias = quantize_bias
         self.input_quantizer = TensorQuantizer(f"{name}.input", unsigned=unsigned_input)
         self.weight_quantizer = TensorQuantizer(f"{name}.weight", per_channel=True)
+        self.output_quantizer: TensorQuantizer | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
         bias = _quantized_bias(c.bias, self.input_quantizer, self.weight_quantizer, self.quantize_bias)
-        return F.conv2d(self.input_quantizer(x), self.weight_quantizer(c.weight), bias,
-                        c.stride, c.padding, c.dilation, c.groups)
+        out = F.conv2d(self.input_quantizer(x), self.weight_quantizer(c.weight), bias,
+                       c.stride, c.padding, c.dilation, c.groups)
+        return out if self.output_quantizer is None else self.output_quantizer(out)
 
 
 class QuantLinear(nn.Module):
@@ -177,10 +179,17 @@ class QuantPlainNet(nn.Module):
         self.net = copy.deepcopy(plain).eval()
         ort = target == "ort"
         self._layers: dict[str, QuantLayer] = {}
+        self._outputs: dict[str, TensorQuantizer] = {}  # layer -> quantizer on its output
         for prefix, block in self.net.named_blocks():
             # Block inputs after stage0 are ReLU outputs; the image itself is signed.
             self._wrap(block, "conv", f"{prefix}.conv", unsigned=ort and prefix != "stage0", ort=ort)
             if block.se is not None:
+                # The main conv of an SE block feeds the SE multiply, not a ReLU + Q: without a
+                # quantizer on its own (signed) output ONNX Runtime would run it in float.
+                out_q = TensorQuantizer(f"{prefix}.conv.output")
+                out_q.enabled = ort
+                block.conv.output_quantizer = out_q
+                self._outputs[f"{prefix}.conv"] = out_q
                 # SE squeezes the (signed) conv output; its `up` conv reads a ReLU output.
                 self._wrap(block.se, "down", f"{prefix}.se.down", unsigned=False, ort=ort)
                 self._wrap(block.se, "up", f"{prefix}.se.up", unsigned=ort, ort=ort)
@@ -204,16 +213,20 @@ class QuantPlainNet(nn.Module):
 
     def quantizers(self) -> Iterator[TensorQuantizer]:
         """Every quantizer, activation and weight, in forward order."""
-        for layer in self._layers.values():
+        for name, layer in self._layers.items():
             yield layer.input_quantizer
             yield layer.weight_quantizer
+            if self.target == "ort" and name in self._outputs:
+                yield self._outputs[name]
         if self.target == "ort":
             yield self.features_quantizer
 
     def activation_quantizers(self) -> dict[str, TensorQuantizer]:
-        """Activation quantizers by name: "<layer>.input" and, for ort, "features"."""
+        """Activation quantizers by name: "<layer>.input" and, for ort, "features" and the
+        "<block>.conv.output" of SE blocks."""
         out = {layer.input_quantizer.name: layer.input_quantizer for layer in self._layers.values()}
         if self.target == "ort":
+            out.update({q.name: q for q in self._outputs.values()})
             out[FEATURES] = self.features_quantizer
         return out
 
@@ -232,6 +245,8 @@ class QuantPlainNet(nn.Module):
             if layer is None or name == layer:
                 q.input_quantizer.enabled = on
                 q.weight_quantizer.enabled = on
+                if name in self._outputs:
+                    self._outputs[name].enabled = on and self.target == "ort"
         if layer is None and self.target == "ort":
             self.features_quantizer.enabled = on
 
@@ -276,7 +291,9 @@ class QuantPlainNet(nn.Module):
 
     def observe(self, observer: Observer | None) -> None:
         """Report every activation quantizer's input to `observer` (None stops observing)."""
-        for q in (*[layer.input_quantizer for layer in self._layers.values()], self.features_quantizer):
+        # Quantizers unused by this target are observed too, so one cache serves both targets.
+        quantizers = [layer.input_quantizer for layer in self._layers.values()]
+        for q in (*quantizers, *self._outputs.values(), self.features_quantizer):
             q.observer = observer
 
     def float_model(self) -> PlainNet:
