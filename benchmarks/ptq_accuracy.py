@@ -22,7 +22,8 @@ from repdeploy.data import calibration_sample, open_dataset
 from repdeploy.evaluate import accuracy_from_logits, sqnr_db
 from repdeploy.export.onnx import ort_session
 from repdeploy.progress import set_quiet
-from repdeploy.quant.ptq import quantize, zoo_entries
+from repdeploy.quant.ptq import quantize
+from repdeploy.zoo import builtin_zoo
 
 
 def logits_of(path: Path, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -61,10 +62,10 @@ def main() -> None:
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static's pre-processing advice
     with tempfile.TemporaryDirectory() as tmp:
-        for entry in zoo_entries():
+        for entry in builtin_zoo():
             runs = {}
             for method in args.methods.split(","):
-                r = quantize(entry["path"], output_dir=Path(tmp) / entry["name"] / method, calib_data="builtin",
+                r = quantize(str(entry.file), output_dir=Path(tmp) / entry.name / method, calib_data="builtin",
                              calib_samples=args.calib_samples, calib_method=method, eval_data="builtin")
                 runs[method] = r
                 rep = r.report
@@ -80,7 +81,7 @@ def main() -> None:
             calib = calibration_sample(open_dataset("builtin", split="train", image_size=spec.input_size),
                                        args.calib_samples, 0)
             val = open_dataset("builtin", split="val", image_size=spec.input_size)
-            own = Path(tmp) / entry["name"] / "ort_quantize_static.onnx"
+            own = Path(tmp) / entry.name / "ort_quantize_static.onnx"
             ort_quantize_static(first.fp32_onnx, own, calib)
             fp32_logits, labels = logits_of(first.fp32_onnx, val)
             int8_logits, _ = logits_of(own, val)

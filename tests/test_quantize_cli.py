@@ -14,7 +14,7 @@ from conftest import trained_like
 from helpers_quant import fused, with_fitted_head
 from repdeploy.checkpoints import save_fused
 from repdeploy.cli import main
-from repdeploy.quant.ptq import ZOO_DIR
+from repdeploy.zoo import ZOO_DIR
 
 OUTPUTS = {"fused.pt", "model_fp32.onnx", "calib.json", "report.json"}
 FAST = ["--calib-method", "max", "--calib-samples", "64"]

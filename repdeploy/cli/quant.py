@@ -81,7 +81,8 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
       repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ --max-drop 1 --fallback-float -o out/
     """
     from ..errors import AccuracyGateError
-    from ..quant.ptq import quantize, zoo_entries
+    from ..quant.ptq import quantize
+    from ..zoo import builtin_zoo
 
     def floats(option: str, text: str | None) -> tuple[float, ...] | None:
         if text is None:
@@ -96,7 +97,7 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
                   eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
                   mean=floats("--mean", mean), std=floats("--std", std))
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
-        (entry["path"], Path(output_dir) / entry["name"]) for entry in zoo_entries()]
+        (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
     records, failed = [], []
     for path, out in jobs:
         try:

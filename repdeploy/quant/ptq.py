@@ -11,7 +11,6 @@ The function signature is the contract the pipeline (issue 5) and the CLI call; 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -30,8 +29,8 @@ from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
 from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
 from .quantizer import TARGETS, QuantPlainNet
+from ..zoo import is_zoo_path
 
-ZOO_DIR = Path(__file__).resolve().parent.parent / "assets" / "zoo"
 VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
 BATCH = 32
@@ -66,34 +65,6 @@ class QuantizeResult:
                 "report": str(self.report_path)}
 
 
-def zoo_entries() -> list[dict]:
-    """Models of the built-in zoo (repdeploy/assets/zoo/zoo.json): dicts with name and path."""
-    index = ZOO_DIR / "zoo.json"
-    if not index.exists():
-        raise InputError("no checkpoint given and the built-in zoo is not installed "
-                         f"({index} is missing); pass a checkpoint path")
-    data = json.loads(index.read_text())
-    items = data.get("models", data) if isinstance(data, dict) else data
-    if isinstance(items, dict):
-        items = [{"name": k, **v} for k, v in items.items()]
-    out = []
-    for item in items:
-        rel = item.get("checkpoint") or item.get("file") or item.get("path")
-        if rel is None:
-            continue
-        out.append({**item, "name": item.get("name") or Path(rel).stem, "path": str((ZOO_DIR / rel).resolve())})
-    if not out:
-        raise InputError(f"{index} lists no checkpoints; reinstall repdeploy or pass a checkpoint path")
-    return out
-
-
-def _is_zoo_path(path: Path) -> bool:
-    try:
-        return path.resolve().is_relative_to(ZOO_DIR)
-    except OSError:
-        return False
-
-
 def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
     if isinstance(model, PlainNet):
         return model.eval(), {"source": "PlainNet (in memory)", "variant": model.spec.name, "zoo": False}
@@ -105,7 +76,7 @@ def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
             raise CheckpointError(f"checkpoint {path} does not exist; give a .pth/.pt/.safetensors file")
         plain, loaded, equivalence = load_fused(path, **load_kwargs)
         info = {"source": str(path), "variant": loaded.spec.name, "format": loaded.format, "form": loaded.form,
-                "zoo": _is_zoo_path(path),
+                "zoo": is_zoo_path(path),
                 "fusion": equivalence.to_dict() if equivalence is not None else None}
         return plain.eval(), info
     raise InputError(f"quantize takes a checkpoint path or a PlainNet, not {type(model).__name__}")
