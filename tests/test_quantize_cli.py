@@ -56,6 +56,11 @@ def test_quantize_writes_a_verified_int8_model(first_run):
     assert report["ort_parity"]["passed"] and report["ort_parity"]["top1_agreement"] >= 0.99
     assert report["ort_fused_nodes"]["QLinearConv"] == 7
     assert report["eval_images"] == 200
+    # Calibration reports its stages; they add up to no more than the whole calibration step.
+    t = on_disk["timings"]
+    stages = [t[f"calibration_{k}"] for k in ("data_s", "forward_s", "collect_wait_s", "search_s")]
+    assert all(v >= 0 for v in stages) and t["calibration_collect_overlapped_s"] > 0
+    assert sum(stages) <= t["calibration_s"] + 0.01
     for key in ("fp32_top1", "int8_top1", "top1_drop", "fp32_top5", "int8_top5"):
         assert isinstance(report[key], float), key
     assert report["top1_drop"] == pytest.approx(report["fp32_top1"] - report["int8_top1"])
