@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,8 +45,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file is removed and `path` is left untouched.
     """
+    from .rundir import clean_stale_scratch, scratch_prefix
+
     target = ensure_writable_file(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    clean_stale_scratch(target.parent)  # `.part` files of runs that were killed
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=scratch_prefix(target.name, "part"), suffix=".part")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -77,10 +81,20 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    import errno
+
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:
+            # torch's zip writer reports a failed write (a full disk) as a RuntimeError; say what it is.
+            if "write" not in str(exc).lower():
+                raise
+            free = shutil.disk_usage(Path(tmp).parent).free
+            code = errno.ENOSPC if free < (64 << 20) else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from exc
     return Path(path)
 
 

@@ -50,6 +50,11 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, load_kwargs, as_js
     """
     from ..evaluate import evaluate, open_eval_data
     from ..runtime import model_kind, open_runner
+    from ..validate import integer, threads as check_threads
+
+    integer("--batch-size", batch_size, low=1, high=65536, allow_none=False)
+    integer("--limit", limit, low=1)
+    check_threads("--threads", threads)
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
@@ -104,9 +109,15 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
     from ..progress import status
     from ..runtime import model_kind, open_runner
 
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import bench_options
+
     sizes = _batches(batch)
+    for size in sizes:  # every knob checked before the first model loads: NaN would never end
+        bench_options(batch=size, warmup=warmup, duration=duration, iterations=iterations, threads_=threads)
     if json_out:
         ensure_writable_file(json_out)
+        refuse_overwriting_inputs(models, files=[json_out])
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -163,13 +174,15 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", default=2, show_default=True)
 @click.option("--train-data", default=None, help="QAT training images; default: the train split of --data.")
+@click.option("--force", is_flag=True,
+              help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
-                 load_kwargs, as_json):
+                 force, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -199,7 +212,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             duration=DEFAULT_DURATION_S if duration is None else duration,
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
-            load_kwargs={k: v for k, v in load_kwargs.items() if v},
+            load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force,
         )
     for w in caught:
         status(f"warning: {w.message}")

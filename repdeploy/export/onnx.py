@@ -19,6 +19,19 @@ from ..errors import ExportError
 from ..io import atomic_path
 
 OPSET = 17
+#: QDQ with per-channel axes needs opset 13; the TorchScript exporter stops at 20.
+MIN_OPSET, MAX_OPSET = 13, 20
+#: ORT FP32 vs torch, relative to the logit scale; float reordering gives ~1e-6.
+PARITY_TOLERANCE = 1e-3
+
+
+def check_opset(opset: int) -> int:
+    """Refuse an opset the exporter or the QDQ layouts cannot produce, before any work."""
+    from ..errors import InputError
+
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"--opset {opset}: repdeploy exports opset {MIN_OPSET}..{MAX_OPSET} (default {OPSET})")
+    return opset
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -38,6 +51,7 @@ def export_onnx(
     """
     import onnx
 
+    check_opset(opset)
     model = model.eval()
     example = torch.zeros(1, in_channels, input_size, input_size)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
@@ -68,8 +82,13 @@ class Parity:
     top1_agreement: float
     batch: int
 
+    @property
+    def passed(self) -> bool:
+        """Whether ORT computes what torch does (within float reordering error)."""
+        return bool(np.isfinite(self.max_rel_diff)) and self.max_rel_diff <= PARITY_TOLERANCE
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
 
 
 def ort_session(onnx_path: str | Path, threads: int | None = None, optimize: bool = True):

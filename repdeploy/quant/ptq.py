@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from .. import __version__
 from ..errors import AccuracyGateError, CheckpointError, DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
+from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..models.plain import PlainNet
 from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
 from .quantizer import TARGETS, QuantPlainNet
@@ -83,7 +83,13 @@ def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
 
 
 def _check_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
-                     max_drop: float | None) -> None:
+                     max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0) -> None:
+    from .. import validate
+
+    validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
+    validate.number("--percentile", percentile, allow_none=False)
+    validate.integer("--eval-limit", eval_limit, low=1)
+    validate.seed("--seed", seed)
     if calib_method not in METHODS:
         raise InputError(f"unknown calibration method {calib_method!r}; use one of {', '.join(METHODS)}")
     if target not in TARGETS:
@@ -94,6 +100,9 @@ def _check_arguments(calib_method: str, target: str, calib_samples: int, percent
         raise InputError(f"--percentile must be in (0, 100], got {percentile}")
     if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
         raise InputError(f"--max-drop must be a non-negative number of top-1 points, got {max_drop}")
+    if max_drop is not None and eval_data is None:
+        # Without eval data the drop is never measured: the gate would silently pass everything.
+        raise InputError(f"--max-drop {max_drop:g} needs --eval-data (labelled images) to measure the top-1 drop")
 
 
 def quantize(
@@ -138,8 +147,14 @@ def quantize(
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..progress import status
 
-    _check_arguments(calib_method, target, calib_samples, percentile, max_drop)
+    _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed)
+    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
+             "calib": "calib.json", "report": "report.json"}
+    source_path = model if isinstance(model, (str, os.PathLike)) else None
+    refuse_overwriting_inputs([source_path, calib_data, eval_data, calib_cache],
+                              files=[Path(output_dir) / n for n in names.values()])
     out = ensure_writable_dir(output_dir)
+    clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     plain, info = _load_model(model, load_kwargs or {})
@@ -199,9 +214,7 @@ def quantize(
         n_verify = max(1, min(n_verify, eval_limit))
     x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=n_verify)])
 
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".quantize-"))
-    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
-             "calib": "calib.json", "report": "report.json"}
+    stage = make_scratch_dir(out, "set", "quantize")
     try:
         t0 = time.perf_counter()
         save_fused(plain, stage / names["fused"], extra={"source": info["source"]})
@@ -256,9 +269,8 @@ def quantize(
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
         write_json_atomic(stage / names["report"], report)
-        # report.json goes last: its presence means every other file is complete.
-        for key in ("fused", "fp32", "int8", "calib", "report"):
-            os.replace(stage / names[key], out / names[key])
+        # report.json goes last: its presence means every other file is complete and of this run.
+        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
