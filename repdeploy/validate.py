@@ -15,8 +15,8 @@ from .errors import InputError
 THREADS_PER_CPU = 4
 #: More classes than any real classifier head; a label above it is a damaged file, not a dataset.
 MAX_CLASSES = 100_000
-#: Largest input resolution accepted; 20000 px would ask for tens of GB in the first conv.
-MAX_INPUT_SIZE = 4096
+#: Largest input resolution accepted (4x ImageNet training size); 20000 px would ask for 38 GB.
+MAX_INPUT_SIZE = 2048
 #: Seconds: a benchmark phase longer than a day is a typo.
 MAX_SECONDS = 86_400.0
 

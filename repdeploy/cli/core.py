@@ -104,6 +104,11 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
         plain = loaded.model
         size = check_size(plain.spec)
         eq = compare(plain, plain, (2, plain.spec.in_channels, size, size), tolerance=tolerance)
+        if not eq.passed:  # NaN/Inf logits (--allow-nonfinite): never print PASSED for them
+            from ..errors import FusionError
+
+            raise FusionError(f"{checkpoint}: the model's logits are not finite (max |logit| {eq.logit_scale:.3g}); "
+                              "it cannot be deployed")
     else:
         result = fuse(loaded.model, tolerance=tolerance)
         plain, eq = result.plain, result.equivalence
