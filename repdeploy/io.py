@@ -89,12 +89,11 @@ def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
         try:
             torch.save(obj, tmp)
         except RuntimeError as exc:
-            # torch's zip writer reports a failed write (a full disk) as a RuntimeError; say what it is.
-            if "write" not in str(exc).lower():
+            # torch's zip writer reports a full disk as a RuntimeError ("file write failed",
+            # "unexpected pos ..."); when the disk is indeed (nearly) full, say so.
+            if shutil.disk_usage(Path(tmp).parent).free >= (16 << 20):
                 raise
-            free = shutil.disk_usage(Path(tmp).parent).free
-            code = errno.ENOSPC if free < (64 << 20) else errno.EIO
-            raise OSError(code, os.strerror(code), str(path)) from exc
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
     return Path(path)
 
 

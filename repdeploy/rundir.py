@@ -126,8 +126,7 @@ def commit_files(stage: Path, out: Path, names: list[str]) -> None:
     marker.write_text(json.dumps({"files": names}))
     (out / names[-1]).unlink(missing_ok=True)
     _roll_forward(stage, out)
-    for name in names:
-        note_committed(out / name)
+    note_committed(out / names[-1])
 
 
 def _roll_forward(stage: Path, out: Path) -> None:

@@ -70,8 +70,8 @@ def handle_errors(fn: Callable) -> Callable:
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # usage errors: click prints them with exit code 2
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - this is the boundary
-            if DEBUG and not isinstance(exc, KeyboardInterrupt):
-                raise
+            if DEBUG and not isinstance(exc, (KeyboardInterrupt, RepDeployError)):
+                raise  # known errors stay one line; the unexpected ones are what a bug report needs
             message, code = describe_failure(exc)
             click.echo(f"error: {message}", err=True)
             sys.exit(code)

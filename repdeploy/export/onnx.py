@@ -66,8 +66,8 @@ def export_onnx(
                     do_constant_folding=True,
                 )
             onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
-        except ExportError:
-            raise
+        except (ExportError, OSError, MemoryError):
+            raise  # a full disk or no memory is not an export bug; the error boundary names it
         except Exception as exc:  # the exporter raises many types; all mean the same to a user
             raise ExportError(f"ONNX export of {type(model).__name__} to {path} failed: {exc}") from exc
     return Path(path)

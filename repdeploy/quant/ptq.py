@@ -11,6 +11,7 @@ The function signature is the contract the pipeline (issue 5) and the CLI call; 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -98,8 +99,7 @@ def _check_arguments(calib_method: str, target: str, calib_samples: int, percent
         raise InputError(f"--calib-samples must be >= 1, got {calib_samples}")
     if not 0.0 < percentile <= 100.0:
         raise InputError(f"--percentile must be in (0, 100], got {percentile}")
-    if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
-        raise InputError(f"--max-drop must be a non-negative number of top-1 points, got {max_drop}")
+    validate.max_drop("--max-drop", max_drop)
     if max_drop is not None and eval_data is None:
         # Without eval data the drop is never measured: the gate would silently pass everything.
         raise InputError(f"--max-drop {max_drop:g} needs --eval-data (labelled images) to measure the top-1 drop")
@@ -141,19 +141,33 @@ def quantize(
     >>> r.report["top1_drop"], r.int8_onnx.name
     (0.4, 'model_int8_ort.onnx')
     """
-    from ..checkpoints import save_fused
-    from ..data import calibration_sample, open_dataset
-    from ..export.onnx import export_onnx
-    from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
-    from ..progress import status
-
     _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
     source_path = model if isinstance(model, (str, os.PathLike)) else None
     refuse_overwriting_inputs([source_path, calib_data, eval_data, calib_cache],
                               files=[Path(output_dir) / n for n in names.values()])
+    created = not Path(output_dir).exists()
     out = ensure_writable_dir(output_dir)
+    try:
+        return _quantize(model, out, names, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
+                         eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: a failed run leaves no new directory behind
+        raise
+
+
+def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, calib_method: str, percentile: float,
+              calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
+              seed: int, load_kwargs: dict | None, mean, std) -> QuantizeResult:
+    from ..checkpoints import save_fused
+    from ..data import calibration_sample, open_dataset
+    from ..export.onnx import export_onnx
+    from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
+    from ..progress import status
+
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
