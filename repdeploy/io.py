@@ -87,7 +87,10 @@ def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
     with atomic_path(path) as tmp:
         try:
-            torch.save(obj, tmp)
+            # Our own file object: closed here even when the write fails (torch's writer would
+            # keep the descriptor, and the disk space, until it is garbage-collected).
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
         except RuntimeError as exc:
             # torch's zip writer reports a full disk as a RuntimeError ("file write failed",
             # "unexpected pos ..."); when the disk is indeed (nearly) full, say so.

@@ -287,7 +287,10 @@ def full_disk(tmp_path):
     try:
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        busy = subprocess.run(["umount", str(mount)], capture_output=True, text=True)
+        if busy.returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+            pytest.fail(f"a file on the full disk was left open: {busy.stderr.strip()}")
 
 
 @pytest.mark.parametrize("command", [
