@@ -382,6 +382,9 @@ def test_unexpected_errors_are_one_line_and_debug_shows_the_traceback(work):
 
     message, code = describe_failure(ValueError("boom\nsecond line"))
     assert code == 1 and "\n" not in message and "--debug" in message
+    assert describe_failure(MemoryError())[1] == 1 and "memory" in describe_failure(MemoryError())[0]
+    message, code = describe_failure(PermissionError(13, "Permission denied", "/ro/out.pt"))
+    assert code == 2 and "/ro/out.pt" in message
     r = subprocess.run([sys.executable, "-m", "repdeploy", "--debug", "bench", str(work / "a.pth"), "--duration", "nan"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()]  # known errors stay one line
