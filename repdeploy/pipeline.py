@@ -325,8 +325,12 @@ def _clear_previous_report(out: Path) -> None:
     except (OSError, ValueError, UnicodeDecodeError):
         return
     if isinstance(doc, dict) and doc.get("tool") == "repdeploy" and isinstance(doc.get("models"), list):
+        from .rundir import note_removed
+
         for ext in REPORT_EXTENSIONS:
-            (out / f"report.{ext}").unlink(missing_ok=True)
+            if (out / f"report.{ext}").exists():
+                (out / f"report.{ext}").unlink()
+                note_removed(out / f"report.{ext}")
 
 
 def _load(path: Path, run_dir: Path, s: PipelineSettings, load_kwargs: dict, input_size: int | None,

@@ -308,7 +308,7 @@ class OutputSet:
             os.rename(t, old / t.name)
             os.rename(self.staging, t)
             shutil.rmtree(old, ignore_errors=True)
-        _committed.append(t)
+        note_committed(t)
         return t
 
     def _merge_in_place(self) -> None:
@@ -330,9 +330,26 @@ def _umask() -> int:
 
 
 def note_committed(path: str | os.PathLike) -> None:
-    """Record an output this process finished (reported if the run is interrupted later)."""
-    _committed.append(Path(path))
+    """Record an output this process finished (reported if the run is interrupted later).
+
+    Sets written into a scratch directory (quantize inside a pipeline run) are not outputs yet.
+    """
+    p = Path(path)
+    if not any(part.startswith(".") and any(f".{t}-" in part for t in SCRATCH_TAGS) for part in p.parts):
+        _committed.append(p)
 
 
 def committed() -> list[Path]:
     return list(_committed)
+
+
+_removed: list[Path] = []
+
+
+def note_removed(path: str | os.PathLike) -> None:
+    """Record an old output this process removed on purpose (a report that would go stale)."""
+    _removed.append(Path(path))
+
+
+def removed() -> list[Path]:
+    return list(_removed)

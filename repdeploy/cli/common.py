@@ -29,15 +29,19 @@ def describe_failure(exc: BaseException) -> tuple[str, int]:
     output is the user's to fix, memory exhaustion says what to shrink, anything else is an
     internal error whose traceback `--debug` shows.
     """
-    from ..rundir import committed
+    from ..rundir import committed, removed
 
     if isinstance(exc, RepDeployError):
         return str(exc), exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
-        done = committed()
-        kept = (f"; finished before it and kept: {', '.join(map(str, done[:5]))}"
-                + (f" and {len(done) - 5} more" if len(done) > 5 else "")) if done else ""
-        return f"interrupted; the outputs being written were discarded and the previous ones left as they were{kept}", 130
+        def listed(paths: list) -> str:
+            return ", ".join(map(str, paths[:5])) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+        done, gone = committed(), removed()
+        kept = f"; finished before it and kept: {listed(done)}" if done else ""
+        stale = f"; removed at the start as it would describe old runs: {listed(gone)}" if gone else ""
+        return ("interrupted; the outputs being written were discarded and the previous ones left as they were"
+                f"{kept}{stale}"), 130
     if isinstance(exc, MemoryError):
         return ("out of memory; use a smaller --batch-size, input size or --calib-samples, or a machine with more "
                 "memory"), 1
