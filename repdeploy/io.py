@@ -35,6 +35,9 @@ def ensure_writable_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"output {p} is a directory; give a file name with -o")
+    if p.exists() and not p.is_file():
+        # The rename would replace a device or FIFO (as root, /dev/null itself) with a plain file.
+        raise OutputError(f"output {p} is not a regular file (a device, FIFO or socket); give a file path")
     ensure_writable_dir(p.parent if str(p.parent) else Path("."))
     return p
 
@@ -57,9 +60,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; give the artifact the permissions a plain open() would have.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # A failed write() names no file; the one-line error should name the output.
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
 
 

@@ -14,6 +14,7 @@ caller turns that into exit code 3 after everything is written.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
@@ -207,23 +208,35 @@ def run_pipeline(
                               directories=[out / name for name in names])
     for name in names:
         check_owned(out / name, force=force)
+    created = not out.exists()
     out = ensure_writable_dir(output_dir)
-    clean_stale_scratch(out)
-    _clear_previous_report(out)
-    command = command or " ".join(["repdeploy", *sys.argv[1:]])
+    try:
+        clean_stale_scratch(out)
+        _clear_previous_report(out)
+        command = command or " ".join(["repdeploy", *sys.argv[1:]])
 
-    rows: list[ModelRow] = []
-    for i, ((path, arch, input_size, _), name) in enumerate(zip(jobs, names), 1):
-        status(f"[{i}/{len(jobs)}] {name}")
-        kwargs = dict(load_kwargs or {})
-        if arch and not kwargs.get("arch"):
-            kwargs["arch"] = arch
-        rows.append(_run_one(path, name, out / name, settings, kwargs, input_size, command, force))
+        rows: list[ModelRow] = []
+        for i, ((path, arch, input_size, _), name) in enumerate(zip(jobs, names), 1):
+            status(f"[{i}/{len(jobs)}] {name}")
+            kwargs = dict(load_kwargs or {})
+            if arch and not kwargs.get("arch"):
+                kwargs["arch"] = arch
+            rows.append(_run_one(path, name, out / name, settings, kwargs, input_size, command, force))
 
-    from .bench import environment
+        from .bench import environment
 
-    report = write_report([r.to_dict() for r in rows], out, settings=settings.to_dict(), environment=environment(),
-                          title="repdeploy pipeline report")
+        try:
+            report = write_report([r.to_dict() for r in rows], out, settings=settings.to_dict(),
+                                  environment=environment(), title="repdeploy pipeline report")
+        except BaseException:
+            for ext in REPORT_EXTENSIONS:  # half a report set (a full disk) would mislead: none at all
+                (out / f"report.{ext}").unlink(missing_ok=True)
+            raise
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: a run that wrote nothing leaves no directory
+        raise
     return PipelineResult(out, rows, report, settings)
 
 
