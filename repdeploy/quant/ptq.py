@@ -145,8 +145,10 @@ def quantize(
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
     source_path = model if isinstance(model, (str, os.PathLike)) else None
-    refuse_overwriting_inputs([source_path, calib_data, eval_data, calib_cache],
-                              files=[Path(output_dir) / n for n in names.values()])
+    # (--calib-cache may be OUTDIR/calib.json: it is read before anything is written, and written
+    # back with the same ranges.)
+    refuse_overwriting_inputs([source_path, calib_data, eval_data], files=[Path(output_dir) / n for n in names.values()])
+    refuse_overwriting_inputs([calib_cache], files=[Path(output_dir) / n for k, n in names.items() if k != "calib"])
     created = not Path(output_dir).exists()
     out = ensure_writable_dir(output_dir)
     try:
