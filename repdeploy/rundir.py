@@ -199,8 +199,7 @@ def foreign_files(run_dir: Path) -> list[str]:
     if not run_dir.is_dir():
         return [run_dir.name]
     manifest = read_manifest(run_dir)
-    owned = {str(a) for a in manifest["artifacts"]} if manifest else set()
-    owned.add(MANIFEST) if manifest else None
+    owned = {str(a) for a in manifest["artifacts"]} | {MANIFEST} if manifest else set()
     out = []
     for entry in sorted(os.listdir(run_dir)):
         if entry in owned:
@@ -271,7 +270,8 @@ class OutputSet:
         except OSError as exc:
             raise OutputError(f"output {parent} cannot be created ({exc.strerror or exc}); give -o another path") from exc
         clean_stale_scratch(parent)
-        clean_stale_scratch(self.target) if self.target.is_dir() else None
+        if self.target.is_dir():
+            clean_stale_scratch(self.target)
         try:
             self.staging = make_scratch_dir(parent, self.target.name, "staging")
         except OSError as exc:
