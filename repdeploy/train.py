@@ -427,9 +427,22 @@ def train_architecture(
             return AdamWWithMultipliers(groups, mults, lr=config.lr)
         return AGD([p for g in groups for p in g["params"]], mults, gain=config.lr)
 
+    # A state from another architecture, optimizer, data set or scales file is never adopted.
+    scales_sha = None
+    if scales is not None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for key in sorted(scales):
+            digest.update(key.encode() + scales[key].detach().float().cpu().numpy().tobytes())
+        scales_sha = digest.hexdigest()
+    identity = {"arch": spec.to_dict(), "optimizer": optimizer, "sgs": sgs, "sgs_every": sgs_every,
+                "momentum": momentum, "scales_sha256": scales_sha,
+                # what the data is, not how its path was spelled (./imgs and imgs are one data set)
+                "data": {k: v for k, v in train_data.describe().items() if k != "source"}}
     result = train(model, make, train_data, val_data, config, multipliers=multipliers, hooks=hooks,
                    state_path=state_path, resume=resume, uses_lr_schedule=optimizer != "agd",
-                   description=f"train {spec.name}")
+                   description=f"train {spec.name}", identity=identity)
     return model, result
 
 

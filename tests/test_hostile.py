@@ -177,8 +177,10 @@ def test_qat_resume_refuses_another_runs_state(tmp_path):
     from repdeploy.errors import InputError
     from repdeploy.quant.qat import qat
 
-    common = dict(train_data="builtin", epochs=1, train_samples=32, batch_size=32, calib_samples=16,
-                  calib_method="max", stop_after_steps=1)
+    digits = np.load(Path(__file__).parents[1] / "repdeploy" / "assets" / "digits.npz")
+    np.savez(tmp_path / "val.npz", images=digits["val_images"][:16], labels=digits["val_labels"][:16])
+    common = dict(train_data="builtin", val_data=str(tmp_path / "val.npz"), epochs=1, train_samples=32,
+                  batch_size=32, calib_samples=16, calib_method="max", stop_after_steps=1)
     qat(str(REPVGG), output_dir=tmp_path, **common)
     state = (tmp_path / "qat_state.pt").read_bytes()
     with pytest.raises(InputError, match="another run.*(arch|model)"):
@@ -186,6 +188,26 @@ def test_qat_resume_refuses_another_runs_state(tmp_path):
     with pytest.raises(InputError, match="another run.*(calibration|ranges)"):
         qat(str(REPVGG), output_dir=tmp_path, resume=True, **{**common, "calib_method": "percentile"})
     assert (tmp_path / "qat_state.pt").read_bytes() == state
+
+
+def test_train_resume_refuses_another_runs_state(tmp_path):
+    from repdeploy.data import open_dataset
+    from repdeploy.errors import InputError
+    from repdeploy.models import get_spec
+    from repdeploy.train import TrainConfig, train_architecture
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 255, (16, 16, 16), np.uint8), labels=np.arange(16) % 2)
+    data = open_dataset(tmp_path / "d.npz", image_size=16)
+    spec = get_spec("RepVGG-mini", num_classes=2)
+    config = dict(epochs=1, batch_size=8, stop_after_steps=1, augment="none")
+    state = tmp_path / "m.pth.state"
+    train_architecture(spec, data, config=TrainConfig(**config), state_path=state)
+    with pytest.raises(InputError, match="another run.*sgs"):
+        train_architecture(spec, data, config=TrainConfig(**config), state_path=state, resume=True, sgs=True)
+    other = open_dataset(tmp_path / "d.npz", image_size=16).subset(range(12))
+    with pytest.raises(InputError, match="another run.*data"):
+        train_architecture(spec, other, config=TrainConfig(**config), state_path=state, resume=True)
 
 
 # --------------------------------------------------------------------------- 5, 6: gates and hangs
