@@ -92,13 +92,12 @@ class Parity:
 
 
 def ort_session(onnx_path: str | Path, threads: int | None = None, optimize: bool = True):
+    """An ONNX Runtime CPU session with repdeploy's session options (threads follow torch's by default)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from ..runtime.ort import session_options
+
+    options = session_options(threads, optimize=optimize)
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 

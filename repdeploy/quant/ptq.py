@@ -209,6 +209,7 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
                           percentile=percentile, total_batches=calib_set.num_batches(BATCH),
                           data=calib_set.describe())
     timings["calibration_s"] = time.perf_counter() - t0
+    timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
 
     fallback_record = None
     if fallback and max_drop is not None and eval_set is not None:
