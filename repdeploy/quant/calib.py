@@ -66,7 +66,7 @@ class StreamingHistogram:
         elif top > self.range:
             self._grow(math.ceil(math.log2(top / self.range)))
         counts = torch.histc(a, bins=self.bins, min=0.0, max=self.range)
-        self.counts += counts.double().numpy()
+        self.counts += counts.double().cpu().numpy()
 
     def _grow(self, doublings: int) -> None:
         factor = 2 ** doublings
@@ -398,8 +398,12 @@ def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
     `qnet` is a QuantPlainNet; every activation quantizer (for both targets) is calibrated, so
     the cache serves either export flavour.
     """
+    from ..devices import to_device
+    from ..train import module_device
+
     calibrator = make_calibrator(method, percentile=percentile, bins=bins)
     qnet.eval()
+    device = module_device(qnet)  # calibration runs where the model is; ranges leave as floats
     was_enabled = [(q, q.enabled) for q in qnet.quantizers()]
     qnet.disable()
     qnet.observe(calibrator.collect)
@@ -407,6 +411,7 @@ def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
     lo = hi = None  # per-channel input extremes: constant images calibrate nothing
     try:
         for x in track(batches, f"calibrating ({method})", total=total_batches):
+            x = to_device(x, device)
             if not torch.isfinite(x).all():
                 raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
             b_lo, b_hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))

@@ -114,6 +114,7 @@ def quantize(
     load_kwargs: dict | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
@@ -127,6 +128,9 @@ def quantize(
     report under `fallback`) until the drop of the fake-quant model on the eval images fits.
     `mean`/`std` override the preprocessing statistics (ImageNet for files and arrays, the
     digits' own for the built-in set) of both calibration and evaluation data.
+    `device` ("auto", "cpu", "cuda[:N]") is where calibration and the torch side of the
+    verification run; export, diagnostics and files are computed on the CPU from the same
+    ranges, so the outputs do not depend on it beyond float tolerance.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
     >>> r.report["top1_drop"], r.int8_onnx.name
@@ -138,7 +142,10 @@ def quantize(
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..progress import status
 
+    from ..devices import resolve_device
+
     _check_arguments(calib_method, target, calib_samples, percentile, max_drop)
+    where = resolve_device(device)
     out = ensure_writable_dir(output_dir)
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -167,7 +174,7 @@ def quantize(
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_data} has no labels; give a class-folder layout or labels in the .npz")
 
-    qnet = QuantPlainNet(plain, target)
+    qnet = QuantPlainNet(plain, target).to(where)
     qnet.set_weight_ranges()
     t0 = time.perf_counter()
     if cache_in is not None:
@@ -177,6 +184,7 @@ def quantize(
         cache = calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=calib_method,
                           percentile=percentile, total_batches=calib_set.num_batches(BATCH),
                           data=calib_set.describe())
+    qnet.cpu()
     timings["calibration_s"] = time.perf_counter() - t0
 
     fallback_record = None
@@ -211,7 +219,7 @@ def quantize(
         timings["export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target)
+        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
         report["verify_data"] = verify_source.source
         import onnx
 
@@ -245,7 +253,7 @@ def quantize(
             "fusion": info.get("fusion"),
             "calib_method": cache.method, "calib_samples": cache.samples,
             "calib_percentile": cache.percentile, "calib_cache_used": str(calib_cache) if calib_cache else None,
-            "calib_data": cache.data, "target": target,
+            "calib_data": cache.data, "target": target, "device": str(where),
             **report,
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
@@ -282,13 +290,23 @@ def _run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-            target: str) -> dict:
-    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model."""
+            target: str, device: torch.device = torch.device("cpu")) -> dict:
+    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model.
+
+    The torch models run on `device` and are back on the CPU afterwards.
+    """
     from ..evaluate import sqnr_db, top1_agreement
 
-    # Batched: a whole verification set at 224 px through one forward would need gigabytes.
-    ref = np.concatenate([plain(chunk).numpy() for chunk in x.split(BATCH)])
-    fake = np.concatenate([qnet(chunk).numpy() for chunk in x.split(BATCH)])
+    def logits(model) -> np.ndarray:
+        # Batched: a whole verification set at 224 px through one forward would need gigabytes.
+        model.to(device)
+        try:
+            return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in x.split(BATCH)])
+        finally:
+            model.cpu()
+
+    ref = logits(plain)
+    fake = logits(qnet)
     fp32 = _run_ort(fp32_onnx, x)
     int8 = _run_ort(int8_onnx, x)
     scale = float(np.abs(fake).max()) or 1.0
