@@ -41,13 +41,16 @@ def open_runner(
     compile: bool = False,
     name: str | None = None,
     workdir: str | Path | None = None,
+    device: str | None = "auto",
     **load_kwargs: Any,
 ) -> Runner:
     """Return an inactive runner for `model` on `engine` ("torch", "ort" or "trt").
 
     `model` is an nn.Module or a path. `load_kwargs` go to `checkpoints.load_fused` (arch,
     use_ema, trust_checkpoint, allow_nonfinite). Intermediate ONNX/engine files are written to
-    `workdir`, or to a temporary directory removed with the runner.
+    `workdir`, or to a temporary directory removed with the runner. `device` (auto, cpu,
+    cuda[:N]) places the torch engine's module; ORT runs on its CPU provider and TensorRT on
+    the GPU whatever it says.
 
     >>> with open_runner("runs/a0/model_int8_ort.onnx", engine="ort", threads=2) as r:  # doctest: +SKIP
     ...     r.infer(batch).argmax(1)
@@ -85,7 +88,7 @@ def open_runner(
     if engine == "torch":
         from .torch import TorchRunner
 
-        return TorchRunner(model, name=name, threads=threads, compile=compile)
+        return TorchRunner(model, name=name, threads=threads, compile=compile, device=device)
     directory, owner = _workdir(workdir)
     onnx_path = _export(model, directory / "model_fp32.onnx")
     runner = _ort(onnx_path, name, threads, inter_op_threads) if engine == "ort" else _trt_from_onnx(onnx_path, name, directory)
