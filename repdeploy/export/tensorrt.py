@@ -190,6 +190,12 @@ def _onnx_facts(onnx_path: Path) -> dict:
     return {"inputs": inputs, "qdq": "QuantizeLinear" in ops, "fp16": fp16}
 
 
+def onnx_precision(onnx_path: str | Path) -> str:
+    """The engine precision an ONNX file builds to as it is: int8 (QDQ), fp16 or fp32."""
+    facts = _onnx_facts(Path(onnx_path))
+    return "int8" if facts["qdq"] else "fp16" if facts["fp16"] else "fp32"
+
+
 def _check_precision(precision: str, facts: dict, onnx_path: Path) -> None:
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")

@@ -104,12 +104,15 @@ def _ort(path: Path, name: str, threads: int | None, inter_op_threads: int | Non
 
 
 def _trt_from_onnx(path: Path, name: str, workdir: str | Path | None) -> Runner:
-    from ..export.tensorrt import build_engine
+    from ..export.tensorrt import build_engine, onnx_precision
     from .trt import TrtRunner
 
     directory, owner = _workdir(workdir)
-    engine_path = build_engine(path, directory / (Path(path).stem + ".engine"))
-    runner = TrtRunner(engine_path, name=name)
+    # The ONNX decides the precision (strongly typed); timing and engine caches stay in the
+    # work directory (a pipeline run directory), so a rerun reuses them.
+    build = build_engine(path, directory / (Path(path).stem + ".engine"), precision=onnx_precision(path),
+                         cache_dir=directory / "trt_cache")
+    runner = TrtRunner(build.engine, name=name)
     if owner is not None:
         weakref.finalize(runner, shutil.rmtree, owner, True)
     return runner
