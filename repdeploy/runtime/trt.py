@@ -57,7 +57,7 @@ class TrtRunner(Runner):
         runner = PolygraphyTrtRunner(engine, name=self.name)
         runner.activate()
         self._runner = runner
-        inputs = runner.get_input_metadata()
+        inputs = runner.get_input_metadata(use_numpy_dtypes=False)
         outputs = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
                    if engine.get_tensor_name(i) not in inputs]
         if len(inputs) != 1 or len(outputs) != 1:
@@ -67,7 +67,7 @@ class TrtRunner(Runner):
                              "expected one image input, one logits output")
         self._input, self._output = next(iter(inputs)), outputs[0]
         meta = inputs[self._input]
-        self._input_dtype = _NUMPY_DTYPES.get(str(meta.dtype).replace("DataType.", "").lower(), np.float32)
+        self._input_dtype = _NUMPY_DTYPES.get(getattr(meta.dtype, "name", str(meta.dtype)).lower(), np.float32)
         self._shape = tuple(int(d) for d in engine.get_tensor_shape(self._input))
         self._opt_shape = tuple(int(d) for d in engine.get_tensor_profile_shape(self._input, 0)[1])
         self._events = self._cuda_events()
