@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,8 +25,11 @@ def test_modules_import_without_tensorrt():
 def test_cli_trt_without_tensorrt_exits_4_with_hint(tmp_path):
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"unused: the backend check comes first")
+    zoo = str(Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth")
     for args in (["bench", str(onnx_file), "--engine", "trt"], ["eval", str(tmp_path / "m.engine")],
-                 ["pipeline", "--engine", "trt", "-o", str(tmp_path / "out")]):
+                 ["pipeline", "--engine", "trt", "-o", str(tmp_path / "out")],
+                 ["export", zoo, "-o", str(tmp_path / "out" / "m.engine"), "--format", "trt"],
+                 ["export", str(onnx_file), "-o", str(tmp_path / "out" / "m.engine"), "--format", "trt"]):
         if args[0] == "eval":
             (tmp_path / "m.engine").write_bytes(b"x")
         r = subprocess.run([sys.executable, "-m", "repdeploy", *args], capture_output=True, text=True)
@@ -56,7 +60,7 @@ def test_real_engine_matches_onnxruntime(tmp_path):
 
     plain = fuse(trained_like("RepVGG-mini")).plain
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
-    engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 4, 8))
+    engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 4, 8)).engine
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     with open_runner(onnx_path, "ort") as o, open_runner(engine, "trt") as t:
         ref, out = o.infer(x), t.infer(x)
@@ -80,7 +84,7 @@ def test_real_int8_qdq_engine_agrees_with_onnxruntime(tmp_path):
 
     zoo = next(e for e in builtin_zoo() if e.name == "repoptvgg_mini")
     result = quantize(str(zoo.file), output_dir=tmp_path, calib_data="builtin", calib_samples=64, target="tensorrt")
-    engine = build_engine(result.int8_onnx, tmp_path / "int8.engine", batch_sizes=(1, 8, 16))
+    engine = build_engine(result.int8_onnx, tmp_path / "int8.engine", precision="int8", batch_sizes=(1, 8, 16)).engine
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     with open_runner(result.int8_onnx, "ort") as o, open_runner(engine, "trt") as t:
         ref, out = o.infer(x), t.infer(x)

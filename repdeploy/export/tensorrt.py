@@ -24,10 +24,12 @@ build runs only where TensorRT and a GPU exist.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import shutil
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -65,6 +67,17 @@ def import_tensorrt() -> Any:
     if not gpu_visible():
         raise BackendMissingError(f"TensorRT needs an NVIDIA GPU and none is visible to torch: {INSTALL_HINT}")
     return trt
+
+
+@contextlib.contextmanager
+def polygraphy_logging(verbose: bool = False):
+    """Polygraphy's log on stderr (it prints to stdout, which carries our --json), errors only
+    unless `verbose`."""
+    with contextlib.redirect_stdout(sys.stderr):
+        from polygraphy.logger import G_LOGGER
+
+        with G_LOGGER.verbosity(G_LOGGER.VERBOSE if verbose else G_LOGGER.ERROR):
+            yield
 
 
 def tensorrt_available() -> bool:
@@ -187,7 +200,11 @@ def _onnx_facts(onnx_path: Path) -> dict:
         inputs.append((i.name, dims, i.type.tensor_type.elem_type))
     fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) or any(
         e == onnx.TensorProto.FLOAT16 for _, _, e in inputs)
-    return {"inputs": inputs, "qdq": "QuantizeLinear" in ops, "fp16": fp16}
+    from .onnx import META_INPUT_SIZE
+
+    nominal = {p.key: p.value for p in model.metadata_props}.get(META_INPUT_SIZE, "")
+    return {"inputs": inputs, "qdq": "QuantizeLinear" in ops, "fp16": fp16,
+            "nominal_size": int(nominal) if nominal.isdigit() else None}
 
 
 def onnx_precision(onnx_path: str | Path) -> str:
@@ -214,6 +231,7 @@ def _check_precision(precision: str, facts: dict, onnx_path: Path) -> None:
 def _profile_ranges(profiles: list[ShapeRange], facts: dict, batch_sizes: tuple[int, int, int],
                     input_size: int | None) -> list[ShapeRange]:
     names = [n for n, _, _ in facts["inputs"]]
+    input_size = input_size or facts["nominal_size"]  # the exporter records the nominal size
     if not profiles:
         if len(names) != 1:
             raise InputError(f"the ONNX has inputs {names}; give --shapes for each")
@@ -295,26 +313,26 @@ def build_engine(
             return EngineBuild(Path(engine_path), onnx_path, precision, strongly_typed, ranges, version, True,
                                cache / TIMING_CACHE)
 
-    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
-    from polygraphy.exception import PolygraphyException
-    from polygraphy.logger import G_LOGGER
-
-    profile = Profile()
-    for r in ranges:
-        profile.add(r.name, min=r.min, opt=r.opt, max=r.max)
     timing_cache = str(cache / TIMING_CACHE) if cache is not None else None
-    config = CreateConfig(
-        tf32=precision == "best",
-        fp16=precision == "best",
-        profiles=[profile],
-        memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
-        load_timing_cache=timing_cache,
-    )
-    network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed or None)
     try:
-        with G_LOGGER.verbosity(G_LOGGER.VERBOSE if verbose else G_LOGGER.ERROR):
+        with polygraphy_logging(verbose):
+            from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+            profile = Profile()
+            for r in ranges:
+                profile.add(r.name, min=r.min, opt=r.opt, max=r.max)
+            config = CreateConfig(
+                tf32=precision == "best",
+                fp16=precision == "best",
+                profiles=[profile],
+                memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
+                load_timing_cache=timing_cache,
+            )
+            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed or None)
             serialized = EngineBytesFromNetwork(network, config=config, save_timing_cache=timing_cache)()
-    except PolygraphyException as exc:
+    except Exception as exc:
+        if type(exc).__name__ != "PolygraphyException":
+            raise
         raise ExportError(f"TensorRT could not build an engine from {onnx_path} ({precision}): "
                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else 'no detail'}; "
                           "rerun with --verbose for TensorRT's log") from exc

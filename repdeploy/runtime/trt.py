@@ -43,19 +43,20 @@ class TrtRunner(Runner):
         import_tensorrt()
         if not self.path.is_file():
             raise InputError(f"engine {self.path} does not exist; build one with `repdeploy export --format trt`")
-        from polygraphy.backend.trt import EngineFromBytes
-        from polygraphy.backend.trt import TrtRunner as PolygraphyTrtRunner
-        from polygraphy.exception import PolygraphyException
-        from polygraphy.logger import G_LOGGER
+        from ..export.tensorrt import polygraphy_logging
 
-        try:
-            with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        with polygraphy_logging():
+            from polygraphy.backend.trt import EngineFromBytes
+            from polygraphy.backend.trt import TrtRunner as PolygraphyTrtRunner
+            from polygraphy.exception import PolygraphyException
+
+            try:
                 engine = EngineFromBytes(self.path.read_bytes())()
-        except PolygraphyException as exc:
-            raise InputError(f"{self.path} is not an engine for this TensorRT version and GPU; rebuild it here "
-                             "with `repdeploy export --format trt`") from exc
-        runner = PolygraphyTrtRunner(engine, name=self.name)
-        runner.activate()
+            except PolygraphyException as exc:
+                raise InputError(f"{self.path} is not an engine for this TensorRT version and GPU; rebuild it "
+                                 "here with `repdeploy export --format trt`") from exc
+            runner = PolygraphyTrtRunner(engine, name=self.name)
+            runner.activate()
         self._runner = runner
         inputs = runner.get_input_metadata(use_numpy_dtypes=False)
         outputs = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)

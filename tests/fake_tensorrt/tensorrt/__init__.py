@@ -479,7 +479,7 @@ class OnnxParser:
         for i, node in enumerate(model.graph.node):
             net._layers.append(ILayer(node.name or f"node_{i}", _LAYER_TYPES.get(node.op_type, LayerType.UNKNOWN),
                                       list(node.input), list(node.output)))
-        if net.strongly_typed and any(t.elem_type == onnx.TensorProto.UINT8 for t in model.graph.initializer
+        if net.strongly_typed and any(t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer
                                       if t.name.endswith("zero_point")):
             self._errors.append(_ParserError("uint8 zero points are not supported: TensorRT needs int8 Q/DQ"))
             return False
