@@ -94,7 +94,8 @@ class TrtRunner(Runner):
             if self._events is None:
                 out = self._runner.infer({self._input: feed})[self._output]
                 self._last_time = self._runner.last_inference_time()
-                return np.asarray(out, dtype=np.float32)
+                # Polygraphy returns views of buffers it reuses on the next inference: copy.
+                return np.array(out, dtype=np.float32, copy=True)
             import torch
 
             stream, start, end = self._events
