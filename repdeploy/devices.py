@@ -70,14 +70,19 @@ class DistributedPlacement:
     device: torch.device
 
 
-def distributed_placement(requested: str | None = "auto", local_rank: int | None = None) -> DistributedPlacement:
+def distributed_placement(requested: str | None = "auto", local_rank: int | None = None,
+                          local_world_size: int | None = None) -> DistributedPlacement:
     """NCCL with the model and data on `cuda:LOCAL_RANK`, gloo on the CPU.
 
     NCCL only moves CUDA tensors, so picking it while the model stays on the CPU fails with
-    "No backend type associated with device type cpu"; the device decides the backend.
+    "No backend type associated with device type cpu"; the device decides the backend. NCCL
+    also refuses two ranks on one GPU, so when a machine runs more ranks than it has GPUs the
+    ranks share them round-robin over gloo (which reduces CUDA tensors through the host).
     """
     if local_rank is None:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_world_size is None:
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     requested = (requested or "auto").strip().lower()
     if requested == "auto" and not torch.cuda.is_available():
         return DistributedPlacement("gloo", torch.device("cpu"))
@@ -85,7 +90,10 @@ def distributed_placement(requested: str | None = "auto", local_rank: int | None
         device = resolve_device(f"cuda:{local_rank % max(1, torch.cuda.device_count())}")
     else:
         device = resolve_device(requested)
-    return DistributedPlacement("nccl" if device.type == "cuda" else "gloo", device)
+    if device.type != "cuda":
+        return DistributedPlacement("gloo", device)
+    shared = local_world_size > torch.cuda.device_count() or requested.startswith("cuda:")
+    return DistributedPlacement("gloo" if shared else "nccl", device)
 
 
 def amp_dtype(amp: str | None, device: torch.device) -> torch.dtype | None:

@@ -49,9 +49,32 @@ def test_ddp_backend_follows_the_device():
         assert (auto.backend, auto.device) == ("gloo", torch.device("cpu"))
 
 
-@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
-def test_ddp_ranks_take_their_local_gpu():
-    assert distributed_placement("auto", local_rank=1).device == torch.device("cuda", 1)
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
+def test_ddp_ranks_take_their_local_gpu_and_share_over_gloo_when_short():
+    n = torch.cuda.device_count()
+    own = distributed_placement("auto", local_rank=n - 1, local_world_size=n)
+    assert own == distributed_placement("cuda", local_rank=n - 1, local_world_size=n)
+    assert own.device == torch.device("cuda", n - 1) and own.backend == "nccl"
+    shared = distributed_placement("auto", local_rank=n, local_world_size=n + 1)
+    assert shared.device == torch.device("cuda", 0) and shared.backend == "gloo"
+
+
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
+def test_torchrun_two_processes_train_on_the_gpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    zoo = Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth"
+    r = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29541", "-m", "repdeploy", "qat",
+                        str(zoo), "--train-data", "builtin", "--epochs", "1", "--train-samples", "256",
+                        "--calib-samples", "64", "--batch-size", "32", "--device", "auto", "--json",
+                        "-o", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert record["world_size"] == 2 and record["device"].startswith("cuda")
 
 
 def test_amp_choices():
