@@ -242,3 +242,51 @@ def test_pipeline_engine_trt_builds_engines_in_the_run_directory(fake_tensorrt, 
     assert (run_dir / "trt_cache" / "timing.cache").is_file()
     assert row.fp32_ms > 0 and row.int8_ms > 0 and row.int8_top1 is not None
     assert fake_tensorrt.VIOLATIONS == []
+
+
+TRT11_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import tensorrt
+assert tensorrt.IS_FAKE and tensorrt.__version__.startswith("11.")
+import cuda_runtime, polygraphy.cuda.cuda as poly_cuda
+poly_cuda.G_CUDA = cuda_runtime.FakeCudaRuntime()
+import repdeploy.export.tensorrt as t
+t.gpu_visible = lambda: True
+from repdeploy.errors import InputError
+from repdeploy.models import build, get_spec
+from repdeploy.fuse import fuse
+from repdeploy.export.onnx import export_onnx
+from repdeploy.runtime import open_runner
+import numpy as np
+plain = fuse(build(get_spec("RepVGG-mini"), "train").eval()).plain
+onnx_path = export_onnx(plain, sys.argv[2] + "/m.onnx", input_size=32)
+b = t.build_engine(onnx_path, sys.argv[2] + "/m.engine", batch_sizes=(1, 2, 4))
+x = np.ones((2, 3, 32, 32), np.float32)
+with open_runner(onnx_path, "ort") as o, open_runner(b.engine, "trt") as r:
+    diff = float(np.abs(o.infer(x) - r.infer(x)).max())
+try:
+    t.build_engine(onnx_path, sys.argv[2] + "/best.engine", precision="best")
+    best = "built"
+except InputError as exc:
+    best = str(exc)
+print(json.dumps({"strongly_typed_flag": b.strongly_typed and "STRONGLY_TYPED" not in dir(tensorrt.NetworkDefinitionCreationFlag), "diff": diff, "best": best,
+                  "violations": tensorrt.VIOLATIONS}))
+"""
+
+
+def test_tensorrt_11_surface_builds_without_the_removed_flags(tmp_path):
+    """11.x removed the precision builder flags and the STRONGLY_TYPED flag (always strongly typed)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import FAKE_TENSORRT_DIR
+
+    env = {**os.environ, "FAKE_TENSORRT_VERSION": "11.0.0"}
+    r = subprocess.run([sys.executable, "-c", TRT11_SCRIPT, str(FAKE_TENSORRT_DIR), str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["strongly_typed_flag"] is True and out["diff"] < 1e-5 and out["violations"] == []
+    assert "TensorRT 11.0.0 removed" in out["best"]

@@ -297,7 +297,8 @@ def build_engine(
     if precision == "best" and not hasattr(trt.BuilderFlag, "FP16"):
         raise InputError(f"--precision best needs TensorRT's FP16 builder flag, which TensorRT {version} removed "
                          "(networks are strongly typed); use --precision fp16 with an FP16 ONNX")
-    strongly_typed = precision != "best" and has_strong_flag
+    # 11.x has no flag because every network is strongly typed; 10.x needs the flag for it.
+    strongly_typed = precision != "best" and (has_strong_flag or int(version.split(".")[0]) >= 11)
 
     cache = Path(cache_dir) if cache_dir is not None else None
     cached_engine = None
@@ -328,7 +329,7 @@ def build_engine(
                 memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
                 load_timing_cache=timing_cache,
             )
-            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strongly_typed or None)
+            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=(strongly_typed and has_strong_flag) or None)
             serialized = EngineBytesFromNetwork(network, config=config, save_timing_cache=timing_cache)()
     except Exception as exc:
         if type(exc).__name__ != "PolygraphyException":
