@@ -224,6 +224,13 @@ def test_cli_export_bench_and_eval_through_the_double(fake_tensorrt, tmp_path):
     assert r.exit_code == 0, r.output
     onnx_acc = runner.invoke(main, ["eval", str(tmp_path / "m.onnx"), "--json", "--limit", "64"])
     assert json.loads(r.output)["top1"] == json.loads(onnx_acc.output)["top1"]
+    half = runner.invoke(main, ["export", str(ZOO / "repvgg_mini.pth"), "-o", str(tmp_path / "h.engine"),
+                                "--format", "trt", "--precision", "fp16", "--json"])
+    assert half.exit_code == 0, half.output
+    assert json.loads(half.output)["precision"] == "fp16" and json.loads(half.output)["strongly_typed"]
+    int8 = runner.invoke(main, ["export", str(ZOO / "repvgg_mini.pth"), "-o", str(tmp_path / "i.engine"),
+                                "--format", "trt", "--precision", "int8"])
+    assert int8.exit_code == 2 and "quantize --int8" in int8.output
     bad = runner.invoke(main, ["export", str(ZOO / "repvgg_mini.pth"), "-o", str(tmp_path / "x.engine"),
                                "--format", "trt", "--min-shapes", "1x3x32x32"])
     assert bad.exit_code == 2 and "go together" in bad.output
