@@ -25,17 +25,32 @@ def test_modules_import_without_tensorrt():
 def test_cli_trt_without_tensorrt_exits_4_with_hint(tmp_path):
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"unused: the backend check comes first")
-    zoo = str(Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth")
     for args in (["bench", str(onnx_file), "--engine", "trt"], ["eval", str(tmp_path / "m.engine")],
-                 ["pipeline", "--engine", "trt", "-o", str(tmp_path / "out")],
-                 ["export", zoo, "-o", str(tmp_path / "out" / "m.engine"), "--format", "trt"],
-                 ["export", str(onnx_file), "-o", str(tmp_path / "out" / "m.engine"), "--format", "trt"]):
+                 ["pipeline", "--engine", "trt", "-o", str(tmp_path / "out")]):
         if args[0] == "eval":
             (tmp_path / "m.engine").write_bytes(b"x")
         r = subprocess.run([sys.executable, "-m", "repdeploy", *args], capture_output=True, text=True)
         assert r.returncode == 4, (args, r.stderr)
         assert "pip install 'repdeploy[trt]'" in r.stderr and "NVIDIA GPU" in r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is present: the missing-backend path cannot be shown")
+def test_export_format_trt_without_tensorrt_exits_4_not_importerror(tmp_path):
+    from click.testing import CliRunner
+
+    from repdeploy.cli import main
+
+    zoo = str(Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth")
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"unused: the backend check comes first")
+    for source in (zoo, str(onnx_file)):
+        for precision in ("fp32", "fp16", "best"):
+            r = CliRunner().invoke(main, ["export", source, "-o", str(tmp_path / "out" / "m.engine"), "--format",
+                                          "trt", "--precision", precision])
+            assert r.exit_code == 4, (source, precision, r.output)
+            assert "pip install 'repdeploy[trt]'" in r.output and not isinstance(r.exception, ImportError)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is present")

@@ -163,14 +163,14 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
     from ..io import ensure_writable_file
     from ..runtime import model_kind
 
-    ensure_writable_file(output)
     is_onnx = model_kind(checkpoint) == "onnx"
     if fmt == "trt":
         from ..export.tensorrt import build_engine, build_engine_from_model, import_tensorrt, onnx_precision, \
             parse_shapes, profile_summary
 
         profiles = parse_shapes(shapes, min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes)
-        import_tensorrt()  # exit 4 before any work
+        import_tensorrt()  # exit 4 before any work or any directory is made
+        ensure_writable_file(output)
         if is_onnx:
             from pathlib import Path
 
@@ -192,6 +192,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
             f"TensorRT {r['tensorrt_version']}, {'strongly' if r['strongly_typed'] else 'weakly'} typed)\n"
             f"  profile: {profile_summary(build.profiles)}"))
         return
+    ensure_writable_file(output)
     if is_onnx:
         raise InputError(f"{checkpoint} is already ONNX; give a checkpoint, or --format trt to build an engine from it")
     precision = precision or "fp32"
