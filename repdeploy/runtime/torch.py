@@ -32,6 +32,7 @@ class TorchRunner(Runner):
         self.device_spec = device
         self.device = None
         self._saved_threads: int | None = None
+        self._home = None
         self._fn = None
 
     def activate_impl(self) -> None:
@@ -39,7 +40,10 @@ class TorchRunner(Runner):
 
         from ..devices import resolve_device
 
+        from ..train import module_device
+
         self.device = resolve_device(self.device_spec)
+        self._home = module_device(self.module)  # given back where it came from on deactivate
         if self.threads:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
@@ -53,7 +57,8 @@ class TorchRunner(Runner):
             torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
         self._fn = None
-        self.module.cpu()
+        if self._home is not None:
+            self.module.to(self._home)
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         import torch
