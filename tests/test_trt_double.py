@@ -93,8 +93,9 @@ def test_fp16_and_int8_engines_are_strongly_typed_from_their_onnx(fake_tensorrt,
 
     fp32 = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
     fp16 = export_onnx(plain, tmp_path / "m16.onnx", input_size=32, precision="fp16")
-    with pytest.raises(InputError, match="export --precision fp16"):
-        build_engine(fp32, tmp_path / "bad.engine", precision="fp16")
+    flagged = build_engine(fp32, tmp_path / "flag16.engine", precision="fp16", batch_sizes=(1, 4, 8))
+    assert not flagged.strongly_typed and ("IBuilderConfig.set_flag", "FP16") in fake_tensorrt.CALLS
+    assert ("IBuilderConfig.set_flag", "TF32") not in fake_tensorrt.CALLS  # fp16 asked, not tf32
     with pytest.raises(InputError, match="build it with --precision fp16"):
         build_engine(fp16, tmp_path / "bad.engine", precision="fp32")
     half = build_engine(fp16, tmp_path / "m16.engine", precision="fp16", batch_sizes=(1, 4, 8), input_size=32)
@@ -277,7 +278,12 @@ try:
     best = "built"
 except InputError as exc:
     best = str(exc)
-print(json.dumps({"strongly_typed_flag": b.strongly_typed and "STRONGLY_TYPED" not in dir(tensorrt.NetworkDefinitionCreationFlag), "diff": diff, "best": best,
+try:
+    t.build_engine(onnx_path, sys.argv[2] + "/f16.engine", precision="fp16")
+    fp16 = "built"
+except InputError as exc:
+    fp16 = str(exc)
+print(json.dumps({"fp16": fp16, "strongly_typed_flag": b.strongly_typed and "STRONGLY_TYPED" not in dir(tensorrt.NetworkDefinitionCreationFlag), "diff": diff, "best": best,
                   "violations": tensorrt.VIOLATIONS}))
 """
 
@@ -297,3 +303,4 @@ def test_tensorrt_11_surface_builds_without_the_removed_flags(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["strongly_typed_flag"] is True and out["diff"] < 1e-5 and out["violations"] == []
     assert "TensorRT 11.0.0 removed" in out["best"]
+    assert "TensorRT 11.0.0 removed" in out["fp16"] and "export --precision fp16" in out["fp16"]

@@ -6,11 +6,12 @@ own tools build engines, not from a hand-written builder. Precisions:
 
 - `fp32`: the FP32 ONNX, strongly typed where the TensorRT version has the flag (10.x; 11.x is
   always strongly typed), TF32 off: the engine computes in fp32.
-- `fp16`: an FP16 ONNX (`export --precision fp16`), strongly typed: fp16 because the graph is.
+- `fp16`: from an FP16 ONNX (`export --precision fp16`), strongly typed: fp16 because the graph
+  is. From an FP32 ONNX, weakly typed with the FP16 builder flag (10.x only: 11.x removed it).
 - `int8`: the `tensorrt` QDQ ONNX (`quantize --target tensorrt`), strongly typed: INT8 exactly
   where the Q/DQ nodes put it (reference.md §4), no calibrator and no INT8 builder flag.
-- `best`: the FP32 ONNX weakly typed with the FP16 (and TF32) builder flags, letting TensorRT
-  pick per layer. 11.x removed those flags, so there it is refused with the alternative.
+- `best`: the FP32 ONNX weakly typed with the FP16 and TF32 builder flags, letting TensorRT pick
+  per layer. 11.x removed those flags, so there it is refused with the alternative.
 
 Optimization profiles come from trtexec-style shapes (`input:1x3x224x224`; `parse_shapes`).
 The tactic timing cache and a cache of built engines (keyed by the ONNX bytes, precision,
@@ -221,9 +222,6 @@ def _check_precision(precision: str, facts: dict, onnx_path: Path) -> None:
                          "make one with `repdeploy quantize --int8 --target tensorrt`")
     if precision != "int8" and facts["qdq"]:
         raise InputError(f"{onnx_path} is a QDQ (INT8) graph; build it with --precision int8")
-    if precision == "fp16" and not facts["fp16"]:
-        raise InputError(f"--precision fp16 builds a strongly typed engine from an FP16 ONNX and {onnx_path} is "
-                         "FP32; export one with `repdeploy export --precision fp16` (or use --precision best)")
     if precision in ("fp32", "best") and facts["fp16"]:
         raise InputError(f"{onnx_path} is an FP16 ONNX; build it with --precision fp16")
 
@@ -294,11 +292,16 @@ def build_engine(
     ranges = _profile_ranges(list(profiles or []), facts, batch_sizes, input_size)
     version = str(trt.__version__)
     has_strong_flag = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
-    if precision == "best" and not hasattr(trt.BuilderFlag, "FP16"):
-        raise InputError(f"--precision best needs TensorRT's FP16 builder flag, which TensorRT {version} removed "
-                         "(networks are strongly typed); use --precision fp16 with an FP16 ONNX")
+    # fp16 from an FP32 ONNX, and best, ask TensorRT to lower precision with builder flags on a
+    # weakly typed network; everything else is strongly typed (the ONNX's types decide).
+    flagged = precision == "best" or (precision == "fp16" and not facts["fp16"])
+    if flagged and not hasattr(trt.BuilderFlag, "FP16"):
+        hint = ("export an FP16 ONNX (`repdeploy export --precision fp16`) and build that" if precision == "fp16"
+                else "use --precision fp16 with an FP16 ONNX")
+        raise InputError(f"--precision {precision} from an FP32 ONNX needs TensorRT's FP16 builder flag, which "
+                         f"TensorRT {version} removed (networks are strongly typed); {hint}")
     # 11.x has no flag because every network is strongly typed; 10.x needs the flag for it.
-    strongly_typed = precision != "best" and (has_strong_flag or int(version.split(".")[0]) >= 11)
+    strongly_typed = not flagged and (has_strong_flag or int(version.split(".")[0]) >= 11)
 
     cache = Path(cache_dir) if cache_dir is not None else None
     cached_engine = None
@@ -324,7 +327,7 @@ def build_engine(
                 profile.add(r.name, min=r.min, opt=r.opt, max=r.max)
             config = CreateConfig(
                 tf32=precision == "best",
-                fp16=precision == "best",
+                fp16=flagged,
                 profiles=[profile],
                 memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
                 load_timing_cache=timing_cache,
