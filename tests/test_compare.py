@@ -50,7 +50,7 @@ def test_compare_logits_figures():
 
 
 def test_torch_checkpoint_and_its_onnx_agree(models):
-    r = compare(models["fused"], models["fp32"], atol=1e-4, rtol=1e-4)
+    r = compare(models["fused"], models["fp32"], atol=1e-4, rtol=1e-4, device="cpu")
     assert (r.engine_a, r.engine_b) == ("torch", "ort")
     assert r.passed and r.top1_agreement == 1.0 and r.images == 16 and r.max_abs_diff < 1e-4
 
@@ -81,7 +81,7 @@ def test_cli_compare_exit_codes_and_json(models):
     bad = runner.invoke(main, ["compare", str(models["fp32"]), str(models["int8"])])
     assert bad.exit_code == 3 and "&&&& FAILED" in bad.output
     same = runner.invoke(main, ["compare", str(models["fused"]), str(models["fused"]), "--engine", "torch",
-                                "--engine", "ort", "--atol", "1e-4", "--rtol", "1e-4"])
+                                "--engine", "ort", "--atol", "1e-4", "--rtol", "1e-4", "--device", "cpu"])
     assert same.exit_code == 0 and "A: fused.pt (torch)" in same.output and "B: fused.pt (ort)" in same.output
     usage = runner.invoke(main, ["compare", str(models["fp32"]), str(models["fp16"]), "--engine", "ort",
                                  "--engine", "ort", "--engine", "ort"])

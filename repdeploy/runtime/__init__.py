@@ -41,15 +41,16 @@ def open_runner(
     compile: bool = False,
     name: str | None = None,
     workdir: str | Path | None = None,
-    device: str | None = "auto",
+    device: str | None = "cpu",
     **load_kwargs: Any,
 ) -> Runner:
     """Return an inactive runner for `model` on `engine` ("torch", "ort" or "trt").
 
     `model` is an nn.Module or a path. `load_kwargs` go to `checkpoints.load_fused` (arch,
     use_ema, trust_checkpoint, allow_nonfinite). Intermediate ONNX/engine files are written to
-    `workdir`, or to a temporary directory removed with the runner. `device` (auto, cpu,
-    cuda[:N]) places the torch engine's module; ORT runs on its CPU provider and TensorRT on
+    `workdir`, or to a temporary directory removed with the runner. `device` (cpu by default
+    for library callers; auto, cuda[:N]; the CLI's --device defaults to auto) places the torch
+    engine's module; ORT runs on its CPU provider and TensorRT on
     the GPU whatever it says.
 
     >>> with open_runner("runs/a0/model_int8_ort.onnx", engine="ort", threads=2) as r:  # doctest: +SKIP
