@@ -164,3 +164,44 @@ def test_qat_trains_on_the_gpu(tmp_path):
                  train_samples=256, calib_samples=64, batch_size=32, device="cuda", amp="bf16")
     assert result.report["device"].startswith("cuda")
     assert result.int8_onnx.is_file() and result.report["qat_top1"] is not None
+
+
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
+def test_quantize_on_cuda_writes_the_files_cpu_writes(tmp_path):
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    from repdeploy.quant.ptq import quantize
+
+    zoo = Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repoptvgg_mini.pth"
+    runs = {d: quantize(str(zoo), output_dir=tmp_path / d, calib_data="builtin", calib_samples=64, device=d)
+            for d in ("cpu", "cuda")}
+    cpu, gpu = (json.loads(runs[d].calib_cache.read_text())["tensors"] for d in ("cpu", "cuda"))
+    assert cpu.keys() == gpu.keys()
+    for name in cpu:
+        assert abs(cpu[name]["amax"] - gpu[name]["amax"]) <= 2e-3 * max(cpu[name]["amax"], 1e-6), name
+    assert runs["cuda"].report["device"].startswith("cuda")
+    a, b = (onnx.load(str(runs[d].int8_onnx)) for d in ("cpu", "cuda"))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+
+
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
+def test_cli_eval_and_bench_torch_on_cuda(tmp_path):
+    import json
+
+    from repdeploy.checkpoints import save_fused
+
+    save_fused(fuse(trained_like("RepVGG-mini")).plain, tmp_path / "f.pt")
+    runner = CliRunner()
+    cpu = runner.invoke(main, ["eval", str(tmp_path / "f.pt"), "--engine", "torch", "--device", "cpu", "--json"])
+    gpu = runner.invoke(main, ["eval", str(tmp_path / "f.pt"), "--engine", "torch", "--device", "cuda", "--json"])
+    assert cpu.exit_code == 0 and gpu.exit_code == 0, gpu.output
+    assert abs(json.loads(cpu.output)["top1"] - json.loads(gpu.output)["top1"]) <= 0.5
+    bench = runner.invoke(main, ["bench", str(tmp_path / "f.pt"), "--engine", "torch", "--device", "cuda",
+                                 "--batch", "1,64", "--duration", "0.2", "--iterations", "5",
+                                 "--json", str(tmp_path / "b.json")])
+    assert bench.exit_code == 0 and "&&&& PASSED" in bench.output, bench.output
+    results = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert all(r["runner"]["device"].startswith("cuda") for r in results)
