@@ -111,8 +111,9 @@ def bench(
     >>> with open_runner("model.onnx", "ort", threads=2) as r:      # doctest: +SKIP
     ...     print(bench(r, batch=8).stats.p50_ms)
     """
-    if batch < 1 or iterations < 1 or duration < 0 or warmup < 0:
-        raise InputError("batch and iterations must be >= 1, warm-up and duration >= 0")
+    from .validate import bench_options
+
+    bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)  # NaN would never end
     meta = runner.get_input_metadata()
     size = meta.image_size or image_size
     if size is None:

@@ -27,6 +27,7 @@ from torch import nn
 from .data import ImageDataset
 from .errors import CheckpointError, InputError
 from .optim.multipliers import MultiplierMap
+from .devices import autocast, to_device
 from .progress import status, track
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -51,6 +52,19 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
 
     def validate(self) -> None:
+        from . import validate as check
+
+        check.integer("--epochs", self.epochs, low=1, high=1_000_000, allow_none=False)
+        check.integer("--batch-size", self.batch_size, low=1, high=65536, allow_none=False)
+        check.number("--lr", self.lr, low=0.0, allow_none=False)
+        check.number("--weight-decay", self.weight_decay, low=0.0, allow_none=False)
+        check.number("--warmup-epochs", self.warmup_epochs, low=0.0, high=float(self.epochs), allow_none=False)
+        check.number("--label-smoothing", self.label_smoothing, low=0.0, high=0.999, allow_none=False)
+        check.number("--clip-grad", self.clip_grad_norm, low=0.0, low_open=True)
+        check.integer("--checkpoint-every", self.checkpoint_every, low=0, allow_none=False)
+        check.integer("stop_after_steps", self.stop_after_steps, low=1)
+        check.integer("--eval-every", self.eval_every, low=1, allow_none=False)
+        check.seed("--seed", self.seed)
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
         if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
@@ -149,14 +163,21 @@ def augment_batch(x: torch.Tensor, mode: str, seed: int, step: int) -> torch.Ten
     return out
 
 
+def module_device(model: nn.Module) -> torch.device:
+    """The device a module's parameters live on (the CPU for a module without any)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def top1_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy (%) in eval mode; the model's train/eval mode is restored afterwards."""
+    """Top-1 accuracy (%) in eval mode on the model's device; its train/eval mode is restored."""
     was_training = model.training
     model.eval()
+    device = module_device(model)
     correct = total = 0
     for x, y in dataset.batches(batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(to_device(x, device)).argmax(1).cpu() == y).sum())
         total += len(y)
     model.train(was_training)
     return 100.0 * correct / max(1, total)
@@ -177,6 +198,9 @@ def train(
     resume: bool = False,
     uses_lr_schedule: bool = True,
     description: str = "train",
+    identity: dict | None = None,
+    device: torch.device | str | None = None,
+    amp: torch.dtype | None = None,
 ) -> TrainResult:
     """Train `model` in place and return what happened.
 
@@ -184,10 +208,19 @@ def train(
     and "names"); `multipliers` are filled by the caller (RepOpt) or by `hooks` (SGS). With
     `state_path`, the full training state is written there atomically every
     `config.checkpoint_every` steps (or every epoch) and at the end; `resume=True` continues from
-    it. `uses_lr_schedule=False` leaves group learning rates alone (AGD has none).
+    it. `uses_lr_schedule=False` leaves group learning rates alone (AGD has none). `identity`
+    (plain data: model fingerprint, calibration, target...) is saved with the state, and a resume
+    whose identity differs is refused, so a state is never adopted by another job.
+    `device` (default: where the model already is) is where the model and every batch go;
+    batches are drawn and augmented on the CPU first, so the data order and augmentation do
+    not depend on the device. `amp` (torch.bfloat16 or torch.float16) runs the forward and
+    loss under autocast; fp16 adds a gradient scaler, whose skipped steps on overflow are
+    the only behaviour that differs from fp32 training.
     """
     config = config or TrainConfig()
     config.validate()
+    device = torch.device(device) if device is not None else module_device(model)
+    model.to(device)
     if loss_fn is None and not train_data.has_labels:
         # A caller's loss (e.g. distillation from a float teacher) may not need labels; ours does.
         raise InputError(f"training data {train_data.source} has no labels; use an ImageFolder layout or labelled arrays")
@@ -202,6 +235,7 @@ def train(
             f"(multipliers from {', '.join(producers)}); drop --clip-grad"
         )
     loss_fn = loss_fn or label_smoothing_loss(config.label_smoothing)
+    multipliers.follow_params()
     torch.manual_seed(config.seed)
     optimizer = make_optimizer(parameter_groups(model, config.weight_decay, decay_rule), multipliers)
     if uses_lr_schedule:
@@ -211,11 +245,12 @@ def train(
     steps_per_epoch = train_data.num_batches(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     step, history, partial = 0, [], (0.0, 0)
     if resume:
         if state_path is None or not Path(state_path).exists():
             raise InputError(f"--resume: no training state at {state_path}; start without --resume")
-        step, history, partial = _restore(Path(state_path), model, optimizer, multipliers, config)
+        step, history, partial = _restore(Path(state_path), model, optimizer, multipliers, config, identity)
     resumed_from = step
 
     model.train()
@@ -239,14 +274,24 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
             x = augment_batch(x, config.augment, config.seed, step)
+            x, y = to_device(x, device), to_device(y, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x, y)
+            with autocast(device, amp):
+                loss = loss_fn(model, x, y)
             if not torch.isfinite(loss):
                 raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            loss.backward()
-            if config.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if config.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if config.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                optimizer.step()
             step += 1
             images += len(y)
             loss_sum += loss.item() * len(y)
@@ -256,7 +301,8 @@ def train(
             periodic = config.checkpoint_every > 0 and step % config.checkpoint_every == 0
             stop = config.stop_after_steps is not None and step >= config.stop_after_steps
             if state_path is not None and (periodic or stop) and not end_of_epoch:
-                _save(Path(state_path), model, optimizer, multipliers, config, step, history, (loss_sum, loss_n))
+                _save(Path(state_path), model, optimizer, multipliers, config, step, history, (loss_sum, loss_n),
+                      identity)
             if stop and not end_of_epoch:
                 stopped_early = True
                 break
@@ -273,7 +319,7 @@ def train(
         status(f"{description} epoch {epoch + 1}/{config.epochs}: loss {record.train_loss:.4f}"
                + (f", val top-1 {val_top1:.2f}%" if val_top1 is not None else ""))
         if state_path is not None:
-            _save(Path(state_path), model, optimizer, multipliers, config, step, history)
+            _save(Path(state_path), model, optimizer, multipliers, config, step, history, identity=identity)
         if config.stop_after_steps is not None and step >= config.stop_after_steps and step < total_steps:
             stopped_early = True
             break
@@ -295,7 +341,7 @@ _RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
           config: TrainConfig, step: int, history: list[EpochRecord],
-          partial: tuple[float, int] = (0.0, 0)) -> None:
+          partial: tuple[float, int] = (0.0, 0), identity: dict | None = None) -> None:
     from .io import save_torch_atomic
 
     save_torch_atomic(path, {
@@ -308,11 +354,12 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multip
         "history": [asdict(r) for r in history],
         "epoch_loss": [float(partial[0]), int(partial[1])],
         "torch_rng": torch.get_rng_state(),
+        "identity": identity or {},
     })
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
-             config: TrainConfig) -> tuple[int, list[EpochRecord], tuple[float, int]]:
+             config: TrainConfig, identity: dict | None = None) -> tuple[int, list[EpochRecord], tuple[float, int]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -320,6 +367,12 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, mul
                               "delete it to start over") from exc
     if not isinstance(state, dict) or state.get("format") != "repdeploy-train-state":
         raise CheckpointError(f"{path} is not a repdeploy training state; delete it to start over")
+    saved_identity = state.get("identity") or {}
+    wanted = identity or {}
+    different = sorted(k for k in set(saved_identity) | set(wanted) if saved_identity.get(k) != wanted.get(k))
+    if different:
+        raise InputError(f"--resume: {path} belongs to another run (different {', '.join(different)}); "
+                         "resume with the same model and settings, or delete the state to start over")
     saved = state["config"]
     changed = [k for k in _RESUME_KEYS if saved.get(k) != getattr(config, k)]
     if changed:
@@ -339,7 +392,7 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, mul
 
 __all__ = [
     "TrainConfig", "TrainResult", "EpochRecord", "TrainHook", "train", "top1_accuracy",
-    "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss",
+    "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss", "module_device",
 ]
 
 
@@ -362,6 +415,8 @@ def train_architecture(
     momentum: float = 0.9,
     state_path: str | os.PathLike | None = None,
     resume: bool = False,
+    device: torch.device | str | None = None,
+    amp: torch.dtype | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """Build `spec` in its trainable form and train it with one of the supported optimizers.
 
@@ -403,10 +458,23 @@ def train_architecture(
             return AdamWWithMultipliers(groups, mults, lr=config.lr)
         return AGD([p for g in groups for p in g["params"]], mults, gain=config.lr)
 
+    # A state from another architecture, optimizer, data set or scales file is never adopted.
+    scales_sha = None
+    if scales is not None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for key in sorted(scales):
+            digest.update(key.encode() + scales[key].detach().float().cpu().numpy().tobytes())
+        scales_sha = digest.hexdigest()
+    identity = {"arch": spec.to_dict(), "optimizer": optimizer, "sgs": sgs, "sgs_every": sgs_every,
+                "momentum": momentum, "scales_sha256": scales_sha,
+                # what the data is, not how its path was spelled (./imgs and imgs are one data set)
+                "data": {k: v for k, v in train_data.describe().items() if k != "source"}}
     result = train(model, make, train_data, val_data, config, multipliers=multipliers, hooks=hooks,
                    state_path=state_path, resume=resume, uses_lr_schedule=optimizer != "agd",
-                   description=f"train {spec.name}")
-    return model, result
+                   description=f"train {spec.name}", identity=identity, device=device, amp=amp)
+    return model.cpu(), result
 
 
 __all__ += ["train_architecture", "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY"]

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+from .common import checkpoint_options, device_option, emit, handle_errors, json_option, quiet_option
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -36,24 +36,31 @@ def _eval_text(r: dict) -> str:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
+@device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, data, engine, batch_size, limit, threads, load_kwargs, as_json):
+def eval_cmd(model, data, engine, batch_size, limit, threads, device, load_kwargs, as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
 
     \b
     Examples:
       repdeploy eval runs/demo/RepVGG-mini/model_int8_ort.onnx
       repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --json
+      repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --device cuda
     """
     from ..evaluate import evaluate, open_eval_data
     from ..runtime import model_kind, open_runner
+    from ..validate import integer, threads as check_threads
+
+    integer("--batch-size", batch_size, low=1, high=65536, allow_none=False)
+    integer("--limit", limit, low=1)
+    check_threads("--threads", threads)
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
-    with open_runner(model, engine, threads=threads, **kwargs) as runner:
+    with open_runner(model, engine, threads=threads, device=device, **kwargs) as runner:
         acc = evaluate(runner, open_eval_data(runner, data), batch_size=batch_size, limit=limit)
     emit(acc.to_dict(), as_json, _eval_text)
 
@@ -81,11 +88,13 @@ def _bench_text(r: dict) -> str:
 @click.option("--duration", type=float, default=2.0, show_default=True, help="Minimum measured seconds.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Minimum measured iterations.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch engine: run through torch.compile.")
+@device_option
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write all results to this JSON file.")
 @checkpoint_options
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_compile, json_out, load_kwargs):
+def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_compile, device, json_out,
+              load_kwargs):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
     Reports min/mean/p50/p90/p95/p99/max ms, std, coefficient of variation (warns when high),
@@ -95,6 +104,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
     Examples:
       repdeploy bench runs/demo/RepVGG-mini/model_fp32.onnx runs/demo/RepVGG-mini/model_int8_ort.onnx --batch 1,8 --threads 2
       repdeploy bench fused.pt --engine torch --duration 5 --json bench.json
+      repdeploy bench fused.pt --engine torch --device cuda --batch 1,64
     """
     import warnings
 
@@ -104,9 +114,15 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
     from ..progress import status
     from ..runtime import model_kind, open_runner
 
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import bench_options
+
     sizes = _batches(batch)
+    for size in sizes:  # every knob checked before the first model loads: NaN would never end
+        bench_options(batch=size, warmup=warmup, duration=duration, iterations=iterations, threads_=threads)
     if json_out:
         ensure_writable_file(json_out)
+        refuse_overwriting_inputs(models, files=[json_out])
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -115,7 +131,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
     for model in models:
         try:
             kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
-            with open_runner(model, engine, threads=threads, compile=use_compile, **kwargs) as runner:
+            with open_runner(model, engine, threads=threads, compile=use_compile, device=device, **kwargs) as runner:
                 for size in sizes:
                     status(f"bench {model} ({engine}, batch {size})")
                     with warnings.catch_warnings(record=True) as caught:
@@ -163,13 +179,16 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", default=2, show_default=True)
 @click.option("--train-data", default=None, help="QAT training images; default: the train split of --data.")
+@click.option("--force", is_flag=True,
+              help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
+@device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
-                 load_kwargs, as_json):
+                 force, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -199,7 +218,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             duration=DEFAULT_DURATION_S if duration is None else duration,
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
-            load_kwargs={k: v for k, v in load_kwargs.items() if v},
+            load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
         )
     for w in caught:
         status(f"warning: {w.message}")

@@ -11,10 +11,10 @@ The function signature is the contract the pipeline (issue 5) and the CLI call; 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from .. import __version__
 from ..errors import AccuracyGateError, CheckpointError, DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
+from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..models.plain import PlainNet
 from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
 from .quantizer import TARGETS, QuantPlainNet
@@ -83,7 +84,13 @@ def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
 
 
 def _check_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
-                     max_drop: float | None) -> None:
+                     max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0) -> None:
+    from .. import validate
+
+    validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
+    validate.number("--percentile", percentile, allow_none=False)
+    validate.integer("--eval-limit", eval_limit, low=1)
+    validate.seed("--seed", seed)
     if calib_method not in METHODS:
         raise InputError(f"unknown calibration method {calib_method!r}; use one of {', '.join(METHODS)}")
     if target not in TARGETS:
@@ -92,8 +99,10 @@ def _check_arguments(calib_method: str, target: str, calib_samples: int, percent
         raise InputError(f"--calib-samples must be >= 1, got {calib_samples}")
     if not 0.0 < percentile <= 100.0:
         raise InputError(f"--percentile must be in (0, 100], got {percentile}")
-    if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
-        raise InputError(f"--max-drop must be a non-negative number of top-1 points, got {max_drop}")
+    validate.max_drop("--max-drop", max_drop)
+    if max_drop is not None and eval_data is None:
+        # Without eval data the drop is never measured: the gate would silently pass everything.
+        raise InputError(f"--max-drop {max_drop:g} needs --eval-data (labelled images) to measure the top-1 drop")
 
 
 def quantize(
@@ -114,6 +123,7 @@ def quantize(
     load_kwargs: dict | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
@@ -127,19 +137,47 @@ def quantize(
     report under `fallback`) until the drop of the fake-quant model on the eval images fits.
     `mean`/`std` override the preprocessing statistics (ImageNet for files and arrays, the
     digits' own for the built-in set) of both calibration and evaluation data.
+    `device` ("auto", "cpu", "cuda[:N]") is where calibration and the torch side of the
+    verification run; export, diagnostics and files are computed on the CPU from the same
+    ranges, so the outputs do not depend on it beyond float tolerance.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
     >>> r.report["top1_drop"], r.int8_onnx.name
     (0.4, 'model_int8_ort.onnx')
     """
+    from ..devices import resolve_device
+
+    _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed)
+    where = resolve_device(device)
+    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
+             "calib": "calib.json", "report": "report.json"}
+    source_path = model if isinstance(model, (str, os.PathLike)) else None
+    # (--calib-cache may be OUTDIR/calib.json: it is read before anything is written, and written
+    # back with the same ranges.)
+    refuse_overwriting_inputs([source_path, calib_data, eval_data], files=[Path(output_dir) / n for n in names.values()])
+    refuse_overwriting_inputs([calib_cache], files=[Path(output_dir) / n for k, n in names.items() if k != "calib"])
+    created = not Path(output_dir).exists()
+    out = ensure_writable_dir(output_dir)
+    try:
+        return _quantize(model, out, names, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
+                         eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std, where)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: a failed run leaves no new directory behind
+        raise
+
+
+def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, calib_method: str, percentile: float,
+              calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
+              seed: int, load_kwargs: dict | None, mean, std, where) -> QuantizeResult:
     from ..checkpoints import save_fused
     from ..data import calibration_sample, open_dataset
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..progress import status
 
-    _check_arguments(calib_method, target, calib_samples, percentile, max_drop)
-    out = ensure_writable_dir(output_dir)
+    clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     plain, info = _load_model(model, load_kwargs or {})
@@ -167,7 +205,7 @@ def quantize(
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_data} has no labels; give a class-folder layout or labels in the .npz")
 
-    qnet = QuantPlainNet(plain, target)
+    qnet = QuantPlainNet(plain, target).to(where)
     qnet.set_weight_ranges()
     t0 = time.perf_counter()
     if cache_in is not None:
@@ -177,6 +215,7 @@ def quantize(
         cache = calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=calib_method,
                           percentile=percentile, total_batches=calib_set.num_batches(BATCH),
                           data=calib_set.describe())
+    qnet.cpu()
     timings["calibration_s"] = time.perf_counter() - t0
     timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
 
@@ -200,9 +239,7 @@ def quantize(
         n_verify = max(1, min(n_verify, eval_limit))
     x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=n_verify)])
 
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".quantize-"))
-    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
-             "calib": "calib.json", "report": "report.json"}
+    stage = make_scratch_dir(out, "set", "quantize")
     try:
         t0 = time.perf_counter()
         save_fused(plain, stage / names["fused"], extra={"source": info["source"]})
@@ -212,7 +249,7 @@ def quantize(
         timings["export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target)
+        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
         report["verify_data"] = verify_source.source
         import onnx
 
@@ -246,7 +283,7 @@ def quantize(
             "fusion": info.get("fusion"),
             "calib_method": cache.method, "calib_samples": cache.samples,
             "calib_percentile": cache.percentile, "calib_cache_used": str(calib_cache) if calib_cache else None,
-            "calib_data": cache.data, "target": target,
+            "calib_data": cache.data, "target": target, "device": str(where),
             **report,
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
@@ -257,9 +294,8 @@ def quantize(
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
         write_json_atomic(stage / names["report"], report)
-        # report.json goes last: its presence means every other file is complete.
-        for key in ("fused", "fp32", "int8", "calib", "report"):
-            os.replace(stage / names[key], out / names[key])
+        # report.json goes last: its presence means every other file is complete and of this run.
+        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
@@ -283,13 +319,23 @@ def _run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-            target: str) -> dict:
-    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model."""
+            target: str, device: torch.device = torch.device("cpu")) -> dict:
+    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model.
+
+    The torch models run on `device` and are back on the CPU afterwards.
+    """
     from ..evaluate import sqnr_db, top1_agreement
 
-    # Batched: a whole verification set at 224 px through one forward would need gigabytes.
-    ref = np.concatenate([plain(chunk).numpy() for chunk in x.split(BATCH)])
-    fake = np.concatenate([qnet(chunk).numpy() for chunk in x.split(BATCH)])
+    def logits(model) -> np.ndarray:
+        # Batched: a whole verification set at 224 px through one forward would need gigabytes.
+        model.to(device)
+        try:
+            return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in x.split(BATCH)])
+        finally:
+            model.cpu()
+
+    ref = logits(plain)
+    fake = logits(qnet)
     fp32 = _run_ort(fp32_onnx, x)
     int8 = _run_ort(int8_onnx, x)
     scale = float(np.abs(fake).max()) or 1.0

@@ -11,7 +11,8 @@ plain fine-tune:
   Gradient Scaling from the float features;
 - optional distillation from the FP32 model (KL on temperature-softened logits);
 - `torchrun --nproc_per_node=N` runs it data-parallel with torch.distributed (gloo on CPU,
-  NCCL on GPU); every rank trains on its shard and rank 0 alone writes the outputs.
+  NCCL with the model and data on `cuda:LOCAL_RANK`); every rank trains on its shard and
+  rank 0 alone writes the outputs.
 
 Activation ranges stay frozen at their calibrated values by default (as the upstream QAT
 recipes do), or train with the weights (`learnable_ranges`) and are frozen before export; weight ranges follow the weights: they are reset to the per-channel max before
@@ -20,6 +21,8 @@ every step and before export, so the exported INT8 kernel is the one that was tr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -37,6 +40,8 @@ from .. import __version__
 from ..errors import DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
+from ..rundir import commit_files, make_scratch_dir, refuse_overwriting_inputs
+from ..train import TrainConfig
 from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
 from .quantizer import MIN_AMAX, TARGETS, QuantPlainNet, TensorQuantizer
 
@@ -58,6 +63,7 @@ class World:
     rank: int = 0
     size: int = 1
     backend: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -68,17 +74,26 @@ class World:
         return self.size > 1
 
 
-def init_world() -> World:
-    """Join the process group torchrun describes in the environment, if any."""
+def init_world(device: str | torch.device | None = "auto") -> World:
+    """Join the process group torchrun describes in the environment, if any.
+
+    The device decides the backend (devices.distributed_placement): NCCL with this rank's
+    model and data on `cuda:LOCAL_RANK`, gloo on the CPU. A single process just resolves
+    `device`.
+    """
+    from ..devices import distributed_placement, resolve_device
+
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return World()
+        return World(device=resolve_device(device))
     import torch.distributed as dist
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    placement = distributed_placement(str(device) if device is not None else "auto")
+    if placement.device.type == "cuda":
+        torch.cuda.set_device(placement.device)  # NCCL binds each rank to the current device
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return World(dist.get_rank(), dist.get_world_size(), backend)
+        dist.init_process_group(backend=placement.backend)
+    return World(dist.get_rank(), dist.get_world_size(), placement.backend, placement.device)
 
 
 def _barrier(world: World) -> None:
@@ -294,10 +309,13 @@ def _parse_grad_mult(grad_mult: str) -> tuple[str, str | None]:
 
 @torch.no_grad()
 def _top1(model: nn.Module, dataset, limit: int | None = None) -> float:
+    from ..train import module_device
+
     correct = total = 0
     model.eval()
+    device = module_device(model)
     for x, y in dataset.batches(128, limit=limit):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
         total += len(y)
     return 100.0 * correct / max(1, total)
 
@@ -329,12 +347,16 @@ def qat(
     stop_after_steps: int | None = None,
     seed: int = 0,
     load_kwargs: dict | None = None,
+    device: str | torch.device | None = "auto",
+    amp: str | None = None,
 ) -> QATResult:
     """Fine-tune a checkpoint's fused model with fake quantization and export its INT8 ONNX.
 
     Writes into `output_dir` (rank 0 only): fused.pt, model_fp32.onnx (the QAT-tuned float
     weights), model_int8_<target>.onnx, calib.json, qat_state.pt (training state, every epoch)
-    and report.json with FP32, PTQ and QAT top-1 on the validation data.
+    and report.json with FP32, PTQ and QAT top-1 on the validation data. Calibration and
+    training run on `device` (under torchrun: this rank's GPU, see `init_world`), with `amp`
+    ("bf16"/"fp16") autocast in training; export runs on the CPU.
 
     >>> r = qat("repvgg.pth", train_data="train/", val_data="val/", output_dir="qat/")  # doctest: +SKIP
     >>> r.report["ptq_top1"], r.report["qat_top1"]                                       # doctest: +SKIP
@@ -348,15 +370,34 @@ def qat(
     from ..optim.multipliers import MultiplierMap
     from ..optim.repopt import load_scales
     from ..progress import set_quiet, status
-    from ..train import TrainConfig, train
+    from ..train import train
     from ..zoo import zoo_entry
 
     if optimizer not in OPTIMIZERS:
         raise InputError(f"unknown --optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if target not in TARGETS:
         raise InputError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)}")
+    from ..devices import amp_dtype
+
     mult_kind, scales_path = _parse_grad_mult(grad_mult)
-    world = init_world()
+    # Every option is checked before loading or calibrating anything.
+    from .. import validate
+
+    TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr if lr is not None else DEFAULT_LR[optimizer],
+                weight_decay=weight_decay, warmup_epochs=0.0, label_smoothing=0.0, seed=seed, augment="none",
+                checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps).validate()
+    validate.number("--temperature", temperature, low=0.0, low_open=True, high=1000.0, allow_none=False)
+    validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
+    validate.integer("--train-samples", train_samples, low=1)
+    validate.number("--percentile", percentile, low=0.0, low_open=True, high=100.0, allow_none=False)
+    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
+             "calib": "calib.json", "report": "report.json"}
+    refuse_overwriting_inputs([model, train_data, val_data, calib_cache, calib_data, scales_path],
+                              files=[Path(output_dir) / n for n in [*names.values(), STATE_FILE]
+                                     if not (n == STATE_FILE and resume)])
+    world = init_world(device)
+    where = world.device
+    amp_type = amp_dtype(amp, where)
     if not world.is_main:
         set_quiet(True)
     out = ensure_writable_dir(output_dir) if world.is_main else Path(output_dir)
@@ -388,7 +429,8 @@ def qat(
         raise DataError(f"validation data {val_data} has no labels; give a class-folder layout or labelled arrays")
 
     # --- calibration (the PTQ starting point)
-    qnet = QuantPlainNet(plain, target)
+    qnet = QuantPlainNet(plain, target).to(where)
+    plain.to(where)  # the FP32 figure and the distillation teacher run beside the student
     qnet.set_weight_ranges()
     if calib_cache is not None:
         cache = CalibrationCache.load(calib_cache)
@@ -445,7 +487,8 @@ def qat(
             # torch 2.13 deprecates broadcast_buffers but its replacement still syncs at init;
             # the deprecation note itself says to keep broadcast_buffers=False for now.
             warnings.simplefilter("ignore", FutureWarning)
-            trained = nn.parallel.DistributedDataParallel(qnet, broadcast_buffers=False)
+            ids = [where.index] if where.type == "cuda" else None
+            trained = nn.parallel.DistributedDataParallel(qnet, device_ids=ids, broadcast_buffers=False)
 
     def make_optimizer(groups: list[dict], mults) -> torch.optim.Optimizer:
         if optimizer == "sgd":
@@ -467,16 +510,32 @@ def qat(
         if resume and state_path.exists():
             shutil.copyfile(state_path, private / STATE_FILE)
         state_path = private / STATE_FILE
+    # What makes a saved state this run's: a state from another model, calibration or target must
+    # never be adopted (its weights and ranges would be exported under this run's name).
+    from .calib import weights_fingerprint
+
+    identity = {
+        "model": weights_fingerprint(plain), "arch": spec.to_dict(), "target": target,
+        "ranges_sha256": hashlib.sha256(json.dumps(sorted(cache.amax.items())).encode()).hexdigest(),
+        "calibration": {"cache": cache.weights_sha256, "method": cache.method, "samples": cache.samples,
+                        "percentile": cache.percentile},
+        "grad_mult": grad_mult, "distill": distill, "temperature": float(temperature), "optimizer": optimizer,
+        "learnable_ranges": learnable_ranges, "train_samples": train_samples,
+    }
     try:
         result = train(trained, make_optimizer, shard(train_set, world), val_set if world.is_main else None, config,
                        multipliers=multipliers, hooks=hooks, loss_fn=loss_fn, state_path=state_path,
-                       resume=resume, uses_lr_schedule=optimizer != "agd", description=f"qat {spec.name}")
+                       resume=resume, uses_lr_schedule=optimizer != "agd", description=f"qat {spec.name}",
+                       identity=identity, device=where, amp=amp_type)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
     learned = freeze_ranges(qnet)
     qnet.set_weight_ranges()
     qnet.eval()
+    # Export and the figures after training run on the CPU: the files do not depend on the device.
+    qnet.cpu()
+    plain.cpu()
     _barrier(world)
     if result.stopped_early:
         return QATResult(out, None, {"stopped_early": True, "steps": result.steps}, qnet)
@@ -485,9 +544,7 @@ def qat(
 
     qat_top1_torch = _top1(qnet, val_set) if val_set is not None else None
     tuned = qnet.float_model()
-    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
-             "calib": "calib.json", "report": "report.json"}
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".qat-"))
+    stage = make_scratch_dir(out, "set", "qat")
     try:
         save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True})
         export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels)
@@ -505,7 +562,7 @@ def qat(
             "calib_method": cache.method, "calib_samples": cache.samples,
             "optimizer": optimizer, "lr": step_lr, "epochs": epochs, "batch_size": batch_size,
             "grad_mult": grad_mult, "distill": distill, "learnable_ranges": learnable_ranges,
-            "world_size": world.size,
+            "world_size": world.size, "device": str(where), "amp": amp or "none",
             "fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1_torch": qat_top1_torch,
             "training": result.to_dict(),
         }
@@ -524,8 +581,7 @@ def qat(
         report["files"] = dict(names)
         report["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(stage / names["report"], report)
-        for key in ("fused", "fp32", "int8", "calib", "report"):
-            os.replace(stage / names[key], out / names[key])
+        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return QATResult(out, out / names["int8"], report, qnet)
