@@ -25,6 +25,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("name", "model", "{}"),
     ("arch", "arch", "{}"),
     ("status", "status", "{}"),
+    ("parity", "parity", "{}"),
+    ("eval_images", "eval imgs", "{}"),
     ("fp32_top1", "FP32 top-1 %", "{:.2f}"),
     ("int8_top1", "INT8 top-1 %", "{:.2f}"),
     ("top1_drop", "drop (pts)", "{:+.2f}"),
@@ -35,9 +37,10 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("speedup", "speed-up", "{:.2f}x"),
     ("qat_top1", "QAT top-1 %", "{:.2f}"),
     ("qat_drop", "QAT drop", "{:+.2f}"),
+    ("notes", "notes", "{}"),
 ]
 OPTIONAL_COLUMNS = {"qat_top1", "qat_drop"}  # shown only when some model has them (pipeline --qat)
-CSV_EXTRA = ["fp32_top5", "int8_top5", "engine", "target", "bench_batch", "threads", "failed_stage", "error", "run_dir"]
+CSV_EXTRA = ["allow_mismatch", "fp32_top5", "int8_top5", "engine", "target", "bench_batch", "threads", "failed_stage", "error", "run_dir"]
 
 
 @dataclass
@@ -51,9 +54,25 @@ class ReportPaths:
         return {k: str(v) for k, v in self.__dict__.items()}
 
 
+def notes(record: dict) -> str:
+    """The short flags of a record's warnings (the full sentences are listed under the table)."""
+    flags = [w.get("flag", "") if isinstance(w, dict) else str(w) for w in record.get("warnings") or []]
+    return "; ".join(f for f in flags if f)
+
+
+def warning_messages(record: dict) -> list[str]:
+    return [w.get("message", "") if isinstance(w, dict) else str(w) for w in record.get("warnings") or []]
+
+
+def verdict_lines(record: dict) -> list[str]:
+    return [v.get("line") or str(v) for v in record.get("verdicts") or []]
+
+
 def cell(record: dict, key: str, fmt: str) -> str:
     """One formatted table cell; '-' for a missing or non-finite value."""
-    value = record.get(key)
+    value = notes(record) if key == "notes" else record.get(key)
+    if value == "":
+        return "-"
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "inf" if value == math.inf else "-"
     try:
@@ -253,7 +272,9 @@ def _write_csv(path: Path, records: Iterable[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         for r in records:
-            writer.writerow({k: r.get(k, "") if r.get(k) is not None else "" for k in keys})
+            row = {k: r.get(k, "") if r.get(k) is not None else "" for k in keys}
+            row["notes"] = notes(r)
+            writer.writerow(row)
 
 
 def render_markdown(doc: dict) -> str:
@@ -269,6 +290,15 @@ def render_markdown(doc: dict) -> str:
     if errors:
         lines += ["## Failures", ""] + [f"- **{r['name']}** ({r['status']} at {r.get('failed_stage') or 'gate'}): {r['error']}"
                                         for r in errors] + [""]
+    warned = [r for r in records if r.get("warnings")]
+    if warned:
+        lines += ["## Warnings", ""] + [f"- **{r['name']}**: {m}" for r in warned for m in warning_messages(r)] + [""]
+    checked = [r for r in records if r.get("verdicts")]
+    if checked:
+        lines += ["## Verification", "",
+                  "Every numeric hand-off against its tolerance (max difference relative to the largest |logit| of "
+                  "the reference).", ""]
+        lines += [f"- **{r['name']}**: {line}" for r in checked for line in verdict_lines(r)] + [""]
     if env:
         lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]
     return "\n".join(lines)
@@ -305,6 +335,17 @@ def render_html(doc: dict, *, title: str = "repdeploy report") -> str:
         parts.append("<h2>Failures</h2><ul>" + "".join(
             f"<li><b>{esc(str(r.get('name')))}</b> ({esc(str(r.get('status')))} at "
             f"{esc(str(r.get('failed_stage') or 'gate'))}): {esc(str(r['error']))}</li>" for r in errors) + "</ul>")
+    warned = [r for r in records if r.get("warnings")]
+    if warned:
+        parts.append("<h2>Warnings</h2><ul class='warnings'>" + "".join(
+            f"<li><b>{esc(str(r.get('name')))}</b>: {esc(m)}</li>" for r in warned for m in warning_messages(r))
+            + "</ul>")
+    checked = [r for r in records if r.get("verdicts")]
+    if checked:
+        parts.append("<h2>Verification</h2><p>Every numeric hand-off against its tolerance (max difference "
+                     "relative to the largest |logit| of the reference).</p><ul class='verdicts'>" + "".join(
+                         f"<li class='{'ok' if v.get('passed') else 'FAILED'}'><b>{esc(str(r.get('name')))}</b>: "
+                         f"{esc(str(v.get('line')))}</li>" for r in checked for v in r["verdicts"]) + "</ul>")
     scatter = plot_drop_vs_speedup(records, s.get("max_drop"))
     if scatter:
         parts.append("<h2>Accuracy drop vs speed-up</h2>"

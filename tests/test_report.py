@@ -56,7 +56,7 @@ def test_all_four_files_written_and_consistent(tmp_path):
     assert rows[0]["int8_top1"] == "94.25" and rows[2]["failed_stage"] == "load" and rows[2]["fp32_top1"] == ""
 
     md = paths.md.read_text()
-    assert "| repopt | RepOpt-VGG-mini | FAILED | 96.00 | 90.00 | +6.00 |" in md
+    assert "| repopt | RepOpt-VGG-mini | FAILED | - | - | 96.00 | 90.00 | +6.00 |" in md
     assert "broken.pth is not a checkpoint" in md
 
     page = PageParser()

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+from .common import checkpoint_options, emit, handle_errors, json_option, preprocessing_options, quiet_option
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -163,19 +163,27 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", default=2, show_default=True)
 @click.option("--train-data", default=None, help="QAT training images; default: the train split of --data.")
+@click.option("--fallback-float", is_flag=True,
+              help="With --max-drop: leave the most sensitive layers in float until the drop fits, chosen on a "
+                   "holdout of the calibration images (never --data).")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Keep (exit 0) models whose verification failed; the report marks them.")
+@preprocessing_options
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
-                 load_kwargs, as_json):
+                 fallback_float, allow_mismatch, prep, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
     table. With no CHECKPOINTS it runs the built-in zoo on the built-in digits (`make demo`).
     A model that fails a stage is reported as ERROR and the others still run.
-    Exit codes: 0 all passed, 3 a model is over --max-drop, else the first failed model's code.
+    Every numeric hand-off is verified (fusion, ORT vs torch, INT8 vs fake-quant, TensorRT vs ORT).
+    Exit codes: 0 all passed, 1 a model failed verification (unless --allow-mismatch), 3 a model
+    is over --max-drop, else the first failed model's code.
 
     \b
     Examples:
@@ -200,6 +208,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
             load_kwargs={k: v for k, v in load_kwargs.items() if v},
+            fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
         )
     for w in caught:
         status(f"warning: {w.message}")
@@ -210,7 +219,11 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
         print_table(records)
         click.echo(f"report: {result.report.html}")
     code = result.exit_code
-    if code == 3:
+    if code == 1 and any(r.status == "FAILED" and r.exit_code == 1 for r in result.rows):
+        failed = [r.name for r in result.rows if r.status == "FAILED" and r.exit_code == 1]
+        click.echo(f"error: verification failed for {', '.join(failed)} (see the parity column; "
+                   "--allow-mismatch keeps such models)", err=True)
+    elif code == 3:
         failed = [r.name for r in result.rows if r.status == "FAILED"]
         click.echo(f"error: accuracy gate failed for {', '.join(failed)} (top-1 drop > {max_drop:g} points)", err=True)
     sys.exit(code)

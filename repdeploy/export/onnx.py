@@ -31,8 +31,13 @@ def export_onnx(
     in_channels: int = 3,
     opset: int = OPSET,
     dynamic_batch: bool = True,
+    preprocessing=None,
 ) -> Path:
     """Export `model` (eval mode) to one self-contained ONNX file, checked with onnx.checker.
+
+    `preprocessing` (a preprocess.Preprocessing) is stored in the file's metadata_props, so
+    whoever runs the ONNX feeds it as it was calibrated; the INT8 graphs derived from this file
+    inherit it.
 
     >>> export_onnx(plain, "model.onnx", input_size=224)   # doctest: +SKIP
     """
@@ -51,6 +56,12 @@ def export_onnx(
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
                     do_constant_folding=True,
                 )
+            if preprocessing is not None:
+                from ..preprocess import set_onnx_metadata
+
+                proto = onnx.load(str(tmp))
+                set_onnx_metadata(proto, preprocessing)
+                onnx.save(proto, str(tmp))
             onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
         except ExportError:
             raise
