@@ -159,12 +159,20 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
         return
     if precision != "fp32":
         raise InputError("--precision fp16 applies to TensorRT engines; ONNX export is FP32 (use --format trt)")
-    export_onnx(plain, output, input_size=size, in_channels=plain.spec.in_channels, opset=opset)
+    # A fused.pt from quantize/pipeline carries its preprocessing record: keep it in the ONNX.
+    from ..preprocess import Preprocessing
+
+    record = loaded.extra.get("preprocessing") if isinstance(loaded.extra, dict) else None
+    record = Preprocessing.from_dict(record, f"{checkpoint} extra.preprocessing") if isinstance(record, dict) else None
+    if record is not None and record.input_size != size:
+        record = None  # exported at another size: the recorded crop no longer applies
+    export_onnx(plain, output, input_size=size, in_channels=plain.spec.in_channels, opset=opset, preprocessing=record)
     x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     parity = ort_parity(plain, output, x)
     record = {
         "input": str(checkpoint), "variant": loaded.variant, "output": str(output), "opset": opset,
         "input_size": size, "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),
+        "preprocessing": record.to_dict() if record is not None else None,
     }
     emit(record, as_json, lambda r: (
         f"exported {r['variant']} -> {r['output']} (opset {r['opset']}, dynamic batch, {size}x{size})\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+from .common import checkpoint_options, emit, handle_errors, json_option, preprocessing_options, quiet_option
 
 
 def _text(r: dict) -> str:
@@ -47,13 +47,14 @@ def _text(r: dict) -> str:
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Steps between training-state checkpoints (0: every epoch).")
 @click.option("--seed", default=0, show_default=True)
+@preprocessing_options
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, learnable_ranges, resume, checkpoint_every, seed, load_kwargs, as_json):
+            train_samples, learnable_ranges, resume, checkpoint_every, seed, prep, load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains with frozen activation ranges,
@@ -76,7 +77,7 @@ def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
         learnable_ranges=learnable_ranges, resume=resume,
-        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs,
+        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, **prep,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return

@@ -23,7 +23,11 @@ def _batches(value: str) -> list[int]:
 
 def _eval_text(r: dict) -> str:
     top5 = "n/a (fewer than 5 classes)" if r["top5"] is None else f"{r['top5']:.2f} %"
+    from ..preprocess import Preprocessing
+
+    prep = Preprocessing.from_dict(r["preprocessing"]).summary()
     return (f"{r['model']} on {r['data']} ({r['images']} images, {r['engine']})\n"
+            f"  input  {prep} ({r['preprocessing_from']})\n"
             f"  top-1  {r['top1']:.2f} %\n  top-5  {top5}")
 
 
@@ -36,12 +40,17 @@ def _eval_text(r: dict) -> str:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
+@preprocessing_options
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, data, engine, batch_size, limit, threads, load_kwargs, as_json):
+def eval_cmd(model, data, engine, batch_size, limit, threads, prep, load_kwargs, as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
+
+    Images are fed with the preprocessing record the model carries (ONNX metadata, fused.pt),
+    as it was calibrated; --mean/--std/--resize override it, and a model without one gets the
+    data's own (the built-in digits', an .npz's mean/std arrays, else ImageNet's).
 
     \b
     Examples:
@@ -49,13 +58,21 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, load_kwargs, as_js
       repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --json
     """
     from ..evaluate import evaluate, open_eval_data
+    from ..preprocess import preprocessing_of
     from ..runtime import model_kind, open_runner
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
+    record = preprocessing_of(model)
     with open_runner(model, engine, threads=threads, **kwargs) as runner:
-        acc = evaluate(runner, open_eval_data(runner, data), batch_size=batch_size, limit=limit)
-    emit(acc.to_dict(), as_json, _eval_text)
+        dataset = open_eval_data(runner, data, preprocessing=record, **prep)
+        acc = evaluate(runner, dataset, batch_size=batch_size, limit=limit)
+    out = acc.to_dict()
+    out["preprocessing"] = dataset.preprocessing.to_dict()
+    given = [f"--{k}" for k, v in prep.items() if v is not None]
+    out["preprocessing_from"] = ("the model's record" if record is not None else "the data's defaults") + (
+        f", with {' '.join(given)}" if given else "")
+    emit(out, as_json, _eval_text)
 
 
 def _bench_text(r: dict) -> str:
@@ -101,6 +118,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
     from ..bench import bench
     from ..errors import RepDeployError
     from ..io import ensure_writable_file, write_json_atomic
+    from ..preprocess import preprocessing_of
     from ..progress import status
     from ..runtime import model_kind, open_runner
 
@@ -125,6 +143,8 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
                         click.echo(f"warning: {w.message}", err=True)
                     record = result.to_dict()
                     record["path"] = str(model)
+                    prep = preprocessing_of(model)  # recorded with the figures: what input the model expects
+                    record["preprocessing"] = prep.to_dict() if prep is not None else None
                     env = record.pop("environment")
                     results.append(record)
                     click.echo(_bench_text(record))

@@ -329,6 +329,10 @@ def qat(
     stop_after_steps: int | None = None,
     seed: int = 0,
     load_kwargs: dict | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    resize: int | None = None,
+    preprocessing=None,
 ) -> QATResult:
     """Fine-tune a checkpoint's fused model with fake quantization and export its INT8 ONNX.
 
@@ -379,8 +383,20 @@ def qat(
         plain, equivalence = fused.plain, fused.equivalence
     spec = plain.spec
 
+    # Fed as it was calibrated: the given record, else the model file's or the cache's; fields
+    # given as mean/std/resize override it (preprocess.py).
+    from ..preprocess import Preprocessing, preprocessing_of
+
+    if preprocessing is None:
+        preprocessing = preprocessing_of(model)
+    if preprocessing is None and calib_cache is not None:
+        preprocessing = preprocessing_of(calib_cache)
+    if preprocessing is None:  # one record for training, validation and calibration: the training data's
+        preprocessing = open_dataset(train_data, split="train", image_size=spec.input_size, channels=spec.in_channels,
+                                     mean=mean, std=std, resize=resize).preprocessing
+    prep = dict(mean=mean, std=std, resize=resize, preprocessing=preprocessing)
     train_set, val_set = open_train_val(train_data, image_size=spec.input_size, channels=spec.in_channels,
-                                        val_source=val_data, seed=seed)
+                                        val_source=val_data, seed=seed, **prep)
     if train_samples is not None:
         # A seeded subset: a quick QAT on a large set, and the fast path the tests take.
         train_set = calibration_sample(train_set, train_samples, seed)
@@ -397,7 +413,7 @@ def qat(
     else:
         source = calib_data if calib_data is not None else train_data
         calib_set = calibration_sample(
-            open_dataset(source, split="train", image_size=spec.input_size, channels=spec.in_channels),
+            open_dataset(source, split="train", image_size=spec.input_size, channels=spec.in_channels, **prep),
             calib_samples, seed)
         cache = calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=calib_method,
                           percentile=percentile, total_batches=calib_set.num_batches(BATCH),
@@ -489,8 +505,11 @@ def qat(
              "calib": "calib.json", "report": "report.json"}
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".qat-"))
     try:
-        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True})
-        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels)
+        record = train_set.preprocessing
+        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True,
+                                                        "preprocessing": record.to_dict()})
+        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
+                    preprocessing=record)
         export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
         # The cache now describes the tuned weights (ranges unchanged), so it stays reusable.
         from .calib import weights_fingerprint
@@ -502,6 +521,7 @@ def qat(
         report: dict[str, Any] = {
             "tool": f"repdeploy {__version__}", "model": loaded.variant, "source": str(model),
             "target": target, "fusion": equivalence.to_dict() if equivalence else None,
+            "preprocessing": record.to_dict(),
             "calib_method": cache.method, "calib_samples": cache.samples,
             "optimizer": optimizer, "lr": step_lr, "epochs": epochs, "batch_size": batch_size,
             "grad_mult": grad_mult, "distill": distill, "learnable_ranges": learnable_ranges,
