@@ -37,6 +37,9 @@ BUILTIN_DATA = "builtin"
 DEFAULT_WARMUP_S = 0.3
 DEFAULT_DURATION_S = 1.0
 DEFAULT_ITERATIONS = 30
+# Runs extend while a median or the speed-up is noisy (95 % interval wider than +-5 %), up to
+# this many seconds per model; still noisy then, the report says so.
+DEFAULT_MAX_DURATION_S = 6.0
 
 
 @dataclass
@@ -53,6 +56,7 @@ class PipelineSettings:
     warmup: float = DEFAULT_WARMUP_S
     duration: float = DEFAULT_DURATION_S
     iterations: int = DEFAULT_ITERATIONS
+    max_duration: float = DEFAULT_MAX_DURATION_S
     eval_limit: int | None = None
     seed: int = 0
     qat: bool = False  # add a QAT column: fine-tune from the PTQ ranges, evaluate its INT8 model
@@ -93,9 +97,13 @@ class ModelRow:
     top1_drop: float | None = None
     top1_agreement: float | None = None  # percent of val images where FP32 and INT8 agree
     sqnr_db: float | None = None  # INT8 logits vs FP32 logits
-    fp32_ms: float | None = None  # p50 latency at bench_batch
+    fp32_ms: float | None = None  # median latency at bench_batch
     int8_ms: float | None = None
     speedup: float | None = None  # fp32_ms / int8_ms
+    fp32_ms_ci: list | None = None  # bootstrap 95 % interval of the median [low, high]
+    int8_ms_ci: list | None = None
+    speedup_ci: list | None = None  # 95 % interval of the speed-up over interleaved rounds
+    latency_noisy: bool | None = None  # an interval above is wider than +-5 %
     qat_top1: float | None = None  # INT8 top-1 after QAT (with --qat)
     qat_drop: float | None = None
     eval_images: int | None = None  # how many images the accuracies above were measured on
@@ -159,6 +167,7 @@ def run_pipeline(
     duration: float = DEFAULT_DURATION_S,
     iterations: int = DEFAULT_ITERATIONS,
     eval_limit: int | None = None,
+    max_duration: float = DEFAULT_MAX_DURATION_S,
     qat: bool = False,
     qat_epochs: int = 2,
     train_data: str | None = None,
@@ -203,7 +212,8 @@ def run_pipeline(
     settings = PipelineSettings(
         data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
-        duration=duration, iterations=iterations, eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs,
+        duration=duration, iterations=iterations, max_duration=max_duration, eval_limit=eval_limit, qat=qat,
+        qat_epochs=qat_epochs,
         train_data=train_data, allow_mismatch=allow_mismatch, fallback_float=fallback_float,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
     )
@@ -467,24 +477,29 @@ def _engine_verdicts(state: dict, fp32_logits, int8_logits, images: int = 64) ->
 
 
 def _benchmark(s: PipelineSettings, row: ModelRow, state: dict) -> None:
-    from .bench import bench
+    """FP32 and INT8 in interleaved rounds (bench.bench_interleaved): medians with their
+    intervals, and the speed-up as a ratio with its own interval; noisy ones are flagged."""
+    from .bench import bench_interleaved
 
-    results = {}
-    for label in ("fp32", "int8"):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            r = bench(state[f"{label}_runner"], batch=s.bench_batch, warmup=s.warmup, duration=s.duration,
-                      iterations=s.iterations, seed=s.seed)
-        for w in caught:
-            status(f"  warning: {w.message}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results, speedup = bench_interleaved(
+            [state["fp32_runner"], state["int8_runner"]], batch=s.bench_batch, warmup=s.warmup,
+            duration=s.duration, iterations=s.iterations, max_duration=s.max_duration, seed=s.seed)
+    for w in caught:
+        status(f"  warning: {w.message}")
+    for label, r in zip(("fp32", "int8"), results):
         record = r.to_dict()
         record.pop("environment")  # once per report, not per row
         record["precision"] = label
         row.bench.append(record)
-        results[label] = r
-    row.fp32_ms = results["fp32"].stats.p50_ms
-    row.int8_ms = results["int8"].stats.p50_ms
-    row.speedup = row.fp32_ms / row.int8_ms if row.int8_ms > 0 else None
+    fp32, int8 = (r.stats for r in results)
+    row.fp32_ms, row.int8_ms = fp32.median_ms, int8.median_ms
+    row.fp32_ms_ci = [fp32.median_ci_low_ms, fp32.median_ci_high_ms]
+    row.int8_ms_ci = [int8.median_ci_low_ms, int8.median_ci_high_ms]
+    row.speedup = speedup.ratio if row.int8_ms > 0 else None
+    row.speedup_ci = [speedup.ci_low, speedup.ci_high]
+    row.latency_noisy = bool(fp32.noisy or int8.noisy or speedup.noisy)
 
 
 def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict, load_kwargs: dict) -> None:
@@ -528,6 +543,11 @@ def _gate(row: ModelRow, s: PipelineSettings) -> None:
     row.parity = parity_cell(row.verdicts, allowed=s.allow_mismatch)
     row.warnings = sanity_warnings(fp32_top1=row.fp32_top1, num_classes=row.num_classes, eval_images=row.eval_images,
                                    calib_on_eval=bool((row.calibration or {}).get("on_eval_data")))
+    if row.latency_noisy:
+        lo, hi = row.speedup_ci or (None, None)
+        interval = f" (speed-up 95 % interval {lo:.2f}-{hi:.2f}x)" if lo is not None else ""
+        row.warnings.append(warning("noisy", f"latency is noisy: an interval is wider than +-5 % of its median after "
+                                    f"the --max-duration cap{interval}; close other programs or run longer"))
     mismatches = failed(row.verdicts)
     row.status = "PASSED"
     if mismatches:

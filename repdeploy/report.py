@@ -73,6 +73,9 @@ def cell(record: dict, key: str, fmt: str) -> str:
     value = notes(record) if key == "notes" else record.get(key)
     if value == "":
         return "-"
+    ci = record.get("speedup_ci")
+    if key == "speedup" and _is_number(value) and ci and all(_is_number(v) for v in ci):
+        return f"{value:.2f}x [{ci[0]:.2f}-{ci[1]:.2f}]"  # the ratio and its 95 % interval
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "inf" if value == math.inf else "-"
     try:

@@ -12,7 +12,7 @@ from repdeploy.checkpoints import load_fused, save_fused
 from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, run_pipeline
 from repdeploy.zoo import builtin_zoo
 
-FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3)
+FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0)
 RUN_FILES = {"manifest.json", "fused.pt", "model_fp32.onnx", "model_int8_ort.onnx", "calib.json", "report.json"}
 ROW_FIELDS = ("fp32_top1", "fp32_top5", "int8_top1", "int8_top5", "top1_drop", "top1_agreement", "sqnr_db",
               "fp32_ms", "int8_ms", "speedup")
@@ -130,7 +130,7 @@ def test_cli_gate_fails_exit_3_after_writing_everything(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "repdeploy", "pipeline", str(model), "-o", str(out), "--max-drop", "1",
                         "--calib-method", "max", "--calib-samples", "32", "--eval-limit", "120", "--warmup", "0",
-                        "--duration", "0", "--iterations", "3"], capture_output=True, text=True)
+                        "--duration", "0", "--iterations", "3", "--max-duration", "0"], capture_output=True, text=True)
     assert r.returncode == 3, r.stderr
     assert "accuracy gate failed for outlier" in r.stderr
     row = json.loads((out / "report.json").read_text())["models"][0]

@@ -13,7 +13,7 @@ from repdeploy.zoo import builtin_zoo
 
 ZOO = {e.name: e.file for e in builtin_zoo()}
 FAST_PIPELINE = ["--calib-samples", "32", "--eval-limit", "120", "--warmup", "0", "--duration", "0",
-                 "--iterations", "3"]
+                 "--iterations", "3", "--max-duration", "0"]
 
 
 def test_compare_logits_judges_relative_difference_and_agreement():

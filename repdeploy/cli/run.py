@@ -80,10 +80,11 @@ def _bench_text(r: dict) -> str:
     lines = [
         f"{r['model']}  engine {r['engine']}  batch {r['batch']}  input {tuple(r['input_shape'])}  "
         f"threads {r['runner'].get('intra_op_threads') or r['runner'].get('threads') or '-'}",
+        f"  median {s['median_ms']:.3f} ms, 95 % interval {s['median_ci_low_ms']:.3f}-{s['median_ci_high_ms']:.3f} "
+        f"(+-{s['ci_halfwidth']:.1%}){'  NOISY' if s['noisy'] else ''}  IQR {s['iqr_ms']:.3f} ms",
         f"  latency ms: min {s['min_ms']:.3f}  mean {s['mean_ms']:.3f}  p50 {s['p50_ms']:.3f}  "
         f"p90 {s['p90_ms']:.3f}  p95 {s['p95_ms']:.3f}  p99 {s['p99_ms']:.3f}  max {s['max_ms']:.3f}",
-        f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}{'  (HIGH: unstable timing)' if r['high_variance'] else ''}"
-        f"  iterations {s['count']}  over {r['measured_s']:.2f} s",
+        f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}  iterations {s['count']}  over {r['measured_s']:.2f} s",
         f"  throughput {r['throughput_ips']:.1f} img/s",
     ]
     return "\n".join(lines)
@@ -97,16 +98,20 @@ def _bench_text(r: dict) -> str:
 @click.option("--warmup", type=float, default=0.5, show_default=True, help="Warm-up seconds.")
 @click.option("--duration", type=float, default=2.0, show_default=True, help="Minimum measured seconds.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Minimum measured iterations.")
+@click.option("--max-duration", type=float, default=None,
+              help="Keep running, up to this many seconds, while the median's 95 % interval is wider than +-5 %.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch engine: run through torch.compile.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write all results to this JSON file.")
 @checkpoint_options
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_compile, json_out, load_kwargs):
+def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_duration, use_compile, json_out,
+              load_kwargs):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
-    Reports min/mean/p50/p90/p95/p99/max ms, std, coefficient of variation (warns when high),
-    throughput and the environment, then a PASSED/FAILED line like trtexec.
+    Reports the median with its bootstrap 95 % interval (NOISY when wider than +-5 %), IQR,
+    min/mean/p50/p90/p95/p99/max ms, throughput and the environment, then a PASSED/FAILED line
+    like trtexec.
 
     \b
     Examples:
@@ -138,7 +143,8 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
                     status(f"bench {model} ({engine}, batch {size})")
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        result = bench(runner, batch=size, warmup=warmup, duration=duration, iterations=iterations)
+                        result = bench(runner, batch=size, warmup=warmup, duration=duration, iterations=iterations,
+                                       max_duration=max_duration)
                     for w in caught:
                         click.echo(f"warning: {w.message}", err=True)
                     record = result.to_dict()
@@ -179,6 +185,9 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
 @click.option("--warmup", type=float, default=None, help="Warm-up seconds per benchmark (default 0.3).")
 @click.option("--duration", type=float, default=None, help="Minimum measured seconds per benchmark (default 1.0).")
 @click.option("--iterations", type=int, default=None, help="Minimum measured iterations per benchmark (default 30).")
+@click.option("--max-duration", type=float, default=None,
+              help="Seconds per model that latency runs may extend to while their 95 % interval is wider than "
+                   "+-5 % (default 6; 0: no extension).")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", default=2, show_default=True)
@@ -194,8 +203,8 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
-                 bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
-                 fallback_float, allow_mismatch, prep, load_kwargs, as_json):
+                 bench_batch, threads, warmup, duration, iterations, max_duration, eval_limit, qat, qat_epochs,
+                 train_data, fallback_float, allow_mismatch, prep, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -214,7 +223,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
     """
     import warnings
 
-    from ..pipeline import DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_WARMUP_S, run_pipeline
+    from ..pipeline import DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_MAX_DURATION_S, DEFAULT_WARMUP_S, run_pipeline
     from ..progress import status
     from ..report import print_table
 
@@ -226,6 +235,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
             duration=DEFAULT_DURATION_S if duration is None else duration,
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+            max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
             load_kwargs={k: v for k, v in load_kwargs.items() if v},
             fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
