@@ -212,6 +212,17 @@ def calibration_sample(dataset: ImageDataset, n: int, seed: int = 0) -> ImageDat
     return dataset.subset(positions)
 
 
+def holdout_split(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """Seeded (rest, holdout) with `n` images held out: at most a quarter of the set, at least one,
+    so the rest still calibrates. The two never share an image."""
+    total = len(dataset)
+    if total < 2:
+        raise DataError(f"data {dataset.source}: {total} image(s) are too few to hold some out; give more images")
+    k = max(1, min(int(n), total // 4))
+    perm = np.random.default_rng(seed + 1).permutation(total)  # another stream than calibration_sample's
+    return dataset.subset(np.sort(perm[k:])), dataset.subset(np.sort(perm[:k]))
+
+
 def split_dataset(dataset: ImageDataset, val_fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
     """Seeded (train, val) split of one dataset, for sources that come without a val split."""
     n = len(dataset)
@@ -436,6 +447,6 @@ def _open_folder(path: Path, split: str, image_size: int, channels: int, mean, s
 
 
 __all__ = [
-    "ImageDataset", "open_dataset", "same_images", "open_train_val", "calibration_sample", "split_dataset", "builtin_path",
+    "ImageDataset", "open_dataset", "same_images", "holdout_split", "open_train_val", "calibration_sample", "split_dataset", "builtin_path",
     "IMAGENET_MEAN", "IMAGENET_STD", "DIGITS_MEAN", "DIGITS_STD", "SPLITS",
 ]

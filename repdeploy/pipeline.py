@@ -463,7 +463,7 @@ def _engine_verdicts(state: dict, fp32_logits, int8_logits, images: int = 64) ->
     import numpy as np
 
     from .export.onnx import ort_session
-    from .verify import TRT_MIN_AGREEMENT, TRT_REL_TOL, compare_logits
+    from .verify import TRT_MIN_AGREEMENT, TRT_MIN_SQNR_DB, compare_logits
 
     x = np.concatenate([b.numpy() for b, _ in state["val"].batches(32, limit=images)])
     out = []
@@ -471,7 +471,7 @@ def _engine_verdicts(state: dict, fp32_logits, int8_logits, images: int = 64) ->
         session = ort_session(path)
         ref = session.run(None, {session.get_inputs()[0].name: x})[0]
         out.append(compare_logits(f"trt_{label}", ref, logits[: len(ref)], reference_name=f"ORT {label.upper()}",
-                                  candidate_name=f"TensorRT {label.upper()}", tolerance=TRT_REL_TOL,
+                                  candidate_name=f"TensorRT {label.upper()}", min_sqnr_db=TRT_MIN_SQNR_DB,
                                   min_agreement=TRT_MIN_AGREEMENT).to_dict())
     return out
 

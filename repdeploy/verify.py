@@ -20,11 +20,16 @@ import numpy as np
 #: relative tolerances, as a fraction of the largest |logit| of the reference model
 FUSION_REL_TOL = 1e-4  # fuse.py's own check; fp32 fusion error is 1e-8 .. 5e-5 upstream
 FP32_ORT_REL_TOL = 1e-4  # the same function in the same precision: only summation order differs
-# INT8 ORT kernels requantize with integer rounding where torch fake-quant rounds in float, so
-# a logit may move by a few quantization steps; the class picked must almost never change.
-INT8_ORT_REL_TOL = 0.05
+# INT8: ORT's integer kernels requantize with integer rounding where torch fake-quant rounds in
+# float, so now and then an activation lands one step off and that flip can move a logit by a few
+# percent of the largest (measured: 4.7 % on a fragile model whose other logits agree to 3e-6).
+# A max-based figure is ruled by such single flips, as a latency std is by single spikes; the
+# judged figure is the SQNR of the candidate against the reference (noise power below 1/1000 of
+# the signal), with the class picked almost never changing. A wrong scale, a missing or extra
+# Q/DQ or a layer quantized on one side only lands far below (0-20 dB).
+INT8_ORT_MIN_SQNR_DB = 30.0
 INT8_ORT_MIN_AGREEMENT = 0.99
-TRT_REL_TOL = 0.05  # TensorRT picks its own kernels (and may fuse differently) for the same graph
+TRT_MIN_SQNR_DB = 30.0  # TensorRT picks its own kernels (and may fuse differently) for the same graph
 TRT_MIN_AGREEMENT = 0.99
 #: fewer evaluation images than this and a top-1 figure moves by more than a point per image
 MIN_EVAL_IMAGES = 100
@@ -39,21 +44,30 @@ class Verdict:
     candidate: str
     max_abs_diff: float
     max_rel_diff: float
-    tolerance: float
+    tolerance: float | None  # on max_rel_diff; None: reported, not judged
     passed: bool
     top1_agreement: float | None = None  # fraction 0-1
     min_agreement: float | None = None
     images: int | None = None
+    sqnr_db: float | None = None  # candidate vs reference; None when identical (infinite)
+    min_sqnr_db: float | None = None
 
     def line(self) -> str:
-        """One readable line, e.g. 'ort_int8 (ORT INT8 vs torch fake-quant): max rel diff 3.1e-01 > 5e-02: FAILED'."""
-        rel = f"max rel diff {self.max_rel_diff:.1e} {'<=' if self.max_rel_diff <= self.tolerance else '>'} {self.tolerance:.0e}"
-        agree = ""
+        """One readable line, e.g. 'ort_int8 (ORT INT8 vs torch fake-quant): SQNR 12.0 dB < 30 dB, ...: FAILED'."""
+        parts = []
+        if self.tolerance is not None:
+            sign = "<=" if self.max_rel_diff <= self.tolerance else ">"
+            parts.append(f"max rel diff {self.max_rel_diff:.1e} {sign} {self.tolerance:.0e}")
+        if self.min_sqnr_db is not None:
+            sq = math.inf if self.sqnr_db is None else self.sqnr_db
+            parts.append(f"SQNR {sq:.1f} dB {'>=' if sq >= self.min_sqnr_db else '<'} {self.min_sqnr_db:g} dB")
         if self.top1_agreement is not None and self.min_agreement is not None:
             sign = ">=" if self.top1_agreement >= self.min_agreement else "<"
-            agree = f", top-1 agreement {self.top1_agreement:.1%} {sign} {self.min_agreement:.0%}"
-        return (f"{self.check} ({self.candidate} vs {self.reference}): {rel}{agree}: "
-                f"{'passed' if self.passed else 'FAILED'}")
+            parts.append(f"top-1 agreement {self.top1_agreement:.1%} {sign} {self.min_agreement:.0%}")
+        if self.tolerance is None:
+            parts.append(f"max rel diff {self.max_rel_diff:.1e}")
+        return f"{self.check} ({self.candidate} vs {self.reference}): {', '.join(parts)}: " + (
+            "passed" if self.passed else "FAILED")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,8 +76,10 @@ class Verdict:
 
 
 def compare_logits(check: str, reference: np.ndarray, candidate: np.ndarray, *, reference_name: str,
-                   candidate_name: str, tolerance: float, min_agreement: float | None = None) -> Verdict:
-    """Judge `candidate` logits against `reference` logits (same inputs, same order)."""
+                   candidate_name: str, tolerance: float | None = None, min_agreement: float | None = None,
+                   min_sqnr_db: float | None = None) -> Verdict:
+    """Judge `candidate` logits against `reference` logits (same inputs, same order) on the
+    figures given a bound: max relative difference, SQNR, top-1 agreement."""
     ref = np.asarray(reference, dtype=np.float64)
     cand = np.asarray(candidate, dtype=np.float64)
     if ref.shape != cand.shape:
@@ -72,9 +88,13 @@ def compare_logits(check: str, reference: np.ndarray, candidate: np.ndarray, *, 
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     rel = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
     agreement = float((ref.argmax(1) == cand.argmax(1)).mean()) if ref.ndim == 2 and len(ref) else None
-    passed = rel <= tolerance and (min_agreement is None or agreement is None or agreement >= min_agreement)
+    noise, signal = float(np.sum((ref - cand) ** 2)), float(np.sum(ref**2))
+    sqnr = None if noise == 0 else (10.0 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    passed = ((tolerance is None or rel <= tolerance)
+              and (min_sqnr_db is None or sqnr is None or sqnr >= min_sqnr_db)
+              and (min_agreement is None or agreement is None or agreement >= min_agreement))
     return Verdict(check, reference_name, candidate_name, diff, rel, tolerance, passed, agreement,
-                   min_agreement, int(ref.shape[0]) if ref.ndim else None)
+                   min_agreement, int(ref.shape[0]) if ref.ndim else None, sqnr, min_sqnr_db)
 
 
 def fusion_verdict(equivalence: dict | None) -> Verdict | None:
@@ -85,13 +105,6 @@ def fusion_verdict(equivalence: dict | None) -> Verdict | None:
     return Verdict("fusion", "trained form", "fused PlainNet", float(equivalence["max_abs_diff"]), rel, tol,
                    bool(equivalence.get("passed", rel <= tol)),
                    images=(equivalence.get("input_shape") or [None])[0])
-
-
-def int8_parity_verdict(parity: dict) -> Verdict:
-    """ptq's `ort_parity` record (ORT INT8 vs torch fake-quant) as a verdict."""
-    return Verdict("ort_int8", "torch fake-quant", "ORT INT8", float(parity["max_abs_diff"]),
-                   float(parity["max_rel_diff"]), INT8_ORT_REL_TOL, bool(parity["passed"]),
-                   float(parity["top1_agreement"]), INT8_ORT_MIN_AGREEMENT, parity.get("images"))
 
 
 def failed(verdicts: Sequence[Verdict | dict]) -> list[str]:

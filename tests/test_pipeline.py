@@ -166,3 +166,19 @@ def test_calibration_never_silently_uses_the_evaluation_images(tmp_path):
     for data, on_eval in cases.items():
         assert _calibration_source(PipelineSettings(data=data)) == (data, on_eval), data
     assert _calibration_source(PipelineSettings(data=str(tmp_path / "flat"), calib_data="calib/")) == ("calib/", False)
+
+
+def test_pipeline_fallback_float_chooses_on_a_calibration_holdout(tmp_path):
+    model = outlier_model(tmp_path / "outlier.pt")
+    result = run_pipeline([model], output_dir=tmp_path / "out", max_drop=1.0, fallback_float=True,
+                          calib_method="max", command="test", **FAST)
+    row = result.rows[0]
+    fb = row.calibration["fallback"]
+    assert (fb["holdout_source"], fb["holdout_split"], fb["holdout_images"]) == ("builtin", "train", 256)
+    assert fb["float_layers"] and row.diagnostics["float_layers"] == fb["float_layers"]
+    assert fb["int8_top1_before"] < fb["fp32_top1"] - 1  # without float layers the drop is over the gate
+    # the table's figures are measured after the choice, on the eval images (120 here)
+    assert row.eval_images == 120 and row.top1_drop is not None
+    assert row.status == ("PASSED" if row.top1_drop <= 1.0 else "FAILED"), row.error
+    with pytest.raises(Exception, match="--fallback-float needs --max-drop"):
+        run_pipeline([model], output_dir=tmp_path / "x", fallback_float=True, **FAST)

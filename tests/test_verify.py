@@ -25,6 +25,14 @@ def test_compare_logits_judges_relative_difference_and_agreement():
     bad = verify.compare_logits("x", ref, flipped, reference_name="a", candidate_name="b", tolerance=0.5,
                                 min_agreement=0.99)
     assert not bad.passed and bad.top1_agreement == 0.5 and "50.0% < 99%" in bad.line() and "FAILED" in bad.line()
+    # one flipped value among many exact ones: the max rules a max-based figure, not the SQNR
+    big = np.tile(ref, (500, 1))
+    one_flip = big.copy()
+    one_flip[7, 1] += 0.2
+    sq = verify.compare_logits("x", big, one_flip, reference_name="a", candidate_name="b", min_sqnr_db=30.0)
+    assert sq.passed and sq.max_rel_diff == pytest.approx(0.05) and sq.sqnr_db > 50
+    scaled = verify.compare_logits("x", big, 1.5 * big, reference_name="a", candidate_name="b", min_sqnr_db=30.0)
+    assert not scaled.passed and scaled.sqnr_db == pytest.approx(20 * np.log10(2), abs=1e-6)  # a wrong scale
     assert verify.parity_cell([same.to_dict(), bad.to_dict()]) == "MISMATCH (x)"
     assert verify.parity_cell([same.to_dict()]) == "ok" and verify.parity_cell([]) == "-"
     assert verify.parity_cell([bad.to_dict()], allowed=True) == "MISMATCH (x) allowed"
@@ -40,9 +48,9 @@ def test_sanity_warnings():
 
 @pytest.fixture
 def strict_int8_parity(monkeypatch):
-    """Tolerance 0 on ORT INT8 vs torch fake-quant: the real, small rounding differences between
-    ORT's integer kernels and torch's float fake-quant then fail the check, as a broken export would."""
-    monkeypatch.setattr(verify, "INT8_ORT_REL_TOL", 0.0)
+    """An unreachable SQNR bound on ORT INT8 vs torch fake-quant: the real, small rounding differences
+    between ORT's integer kernels and torch's float fake-quant then fail the check, as a broken export would."""
+    monkeypatch.setattr(verify, "INT8_ORT_MIN_SQNR_DB", 200.0)
 
 
 def test_quantize_mismatch_exits_1_after_writing_everything(strict_int8_parity, tmp_path):

@@ -34,6 +34,7 @@ from ..zoo import is_zoo_path
 VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
 BATCH = 32
+FALLBACK_HOLDOUT = 256  # labelled calibration-source images the float layers are chosen on
 
 
 def images_for(input_size: int, count: int, floor: int) -> int:
@@ -127,7 +128,9 @@ def quantize(
     (labelled), FP32 and INT8 top-1/top-5 are measured on ONNX Runtime; with `max_drop` too, a
     larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written; with
     `fallback` as well, the most sensitive layers are first returned to float (listed in the
-    report under `fallback`) until the drop of the fake-quant model on the eval images fits.
+    report under `fallback`) until the drop of the fake-quant model fits on a holdout of the
+    calibration source's labelled images, disjoint from the calibration sample and never the
+    eval set; the eval accuracy is then measured after that choice.
     `mean`/`std` override the preprocessing statistics (ImageNet for files and arrays, the
     digits' own for the built-in set) of both calibration and evaluation data, and `resize` the
     shorter side before the centre crop. The preprocessing record (preprocess.Preprocessing) is
@@ -145,7 +148,7 @@ def quantize(
     (0.4, 'model_int8_ort.onnx')
     """
     from ..checkpoints import save_fused
-    from ..data import calibration_sample, open_dataset, same_images
+    from ..data import calibration_sample, holdout_split, open_dataset, same_images
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..preprocess import Preprocessing, preprocessing_of
@@ -184,8 +187,22 @@ def quantize(
     eval_set = image_set(eval_data, "val") if eval_data is not None else None
     if preprocessing is None and eval_set is not None:
         preprocessing = eval_set.preprocessing
-    calib_set = None
-    if cache_in is None:
+    calib_set = holdout = None
+    if fallback and max_drop is not None:
+        if calib_data is None:
+            raise DataError("--fallback-float with --calib-cache needs --calib-data too: the layers to leave in "
+                            "float are chosen on a labelled holdout of the calibration images, never the eval set")
+        pool, holdout = holdout_split(image_set(calib_data, "train"), FALLBACK_HOLDOUT, seed)
+        if not holdout.has_labels:
+            raise DataError(f"--fallback-float needs labelled calibration images ({calib_data} has no labels): the "
+                            "layers are chosen on a holdout of them; use class folders or labels in the .npz")
+        if eval_set is not None and same_images(holdout, eval_set):
+            raise DataError(f"--fallback-float: the calibration data {calib_data} is the eval data {eval_data}; "
+                            "give calibration images of their own (a train split) so layers are not chosen on the "
+                            "images they are judged on")
+        if cache_in is None:
+            calib_set = calibration_sample(pool, calib_samples, seed)
+    elif cache_in is None:
         calib_set = calibration_sample(image_set(calib_data, "train"), calib_samples, seed)
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_data} has no labels; give a class-folder layout or labels in the .npz")
@@ -203,12 +220,15 @@ def quantize(
     timings["calibration_s"] = time.perf_counter() - t0
 
     fallback_record = None
-    if fallback and max_drop is not None and eval_set is not None:
+    if holdout is not None:
         from .sensitivity import restore_sensitive_layers
 
         t0 = time.perf_counter()
-        xs, ys = zip(*eval_set.batches(BATCH, limit=eval_limit))
+        xs, ys = zip(*holdout.batches(BATCH))
         fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
+        fallback_record.holdout_source = holdout.source
+        fallback_record.holdout_split = holdout.split
+        fallback_record.holdout_images = len(holdout)
         timings["fallback_s"] = time.perf_counter() - t0
         if fallback_record.float_layers:
             status(f"quantize: left in float to meet --max-drop {max_drop}: {', '.join(fallback_record.float_layers)}")
@@ -327,17 +347,18 @@ def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
             target: str) -> dict:
     """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model."""
     from ..evaluate import sqnr_db, top1_agreement
-    from ..verify import FP32_ORT_REL_TOL, INT8_ORT_MIN_AGREEMENT, INT8_ORT_REL_TOL, compare_logits
+    from .. import verify
 
     # Batched: a whole verification set at 224 px through one forward would need gigabytes.
     ref = np.concatenate([plain(chunk).numpy() for chunk in x.split(BATCH)])
     fake = np.concatenate([qnet(chunk).numpy() for chunk in x.split(BATCH)])
     fp32 = _run_ort(fp32_onnx, x)
     int8 = _run_ort(int8_onnx, x)
-    fp32_verdict = compare_logits("ort_fp32", ref, fp32, reference_name="torch FP32", candidate_name="ORT FP32",
-                                  tolerance=FP32_ORT_REL_TOL)
-    int8_verdict = compare_logits("ort_int8", fake, int8, reference_name="torch fake-quant", candidate_name="ORT INT8",
-                                  tolerance=INT8_ORT_REL_TOL, min_agreement=INT8_ORT_MIN_AGREEMENT)
+    fp32_verdict = verify.compare_logits("ort_fp32", ref, fp32, reference_name="torch FP32", candidate_name="ORT FP32",
+                                         tolerance=verify.FP32_ORT_REL_TOL)
+    int8_verdict = verify.compare_logits("ort_int8", fake, int8, reference_name="torch fake-quant",
+                                         candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
+                                         min_agreement=verify.INT8_ORT_MIN_AGREEMENT)
     parity = {"max_abs_diff": int8_verdict.max_abs_diff, "max_rel_diff": int8_verdict.max_rel_diff,
               "top1_agreement": int8_verdict.top1_agreement, "images": int(x.shape[0]), "passed": int8_verdict.passed}
     record = {
