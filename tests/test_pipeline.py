@@ -85,7 +85,7 @@ def test_report_files_and_html(result):
     page = Page()
     page.feed(result.report.html.read_text())
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
-    assert len(page.images) == 3  # drop vs speed-up, and per-layer diagnostics for each good model
+    assert len(page.images) == 4  # drop vs speed-up, latency, and per-layer diagnostics for each good model
     assert "repoptvgg_mini" in page.cells and "ERROR" in page.cells
 
 
