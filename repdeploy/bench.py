@@ -210,7 +210,7 @@ def _warn_if_noisy(name: str, engine: str, batch: int, stats: LatencyStats, capp
         warnings.warn(
             f"{name} ({engine}, batch {batch}): latency is noisy, the 95 % interval of the median reaches "
             f"{stats.ci_halfwidth:.1%} from it (> {NOISE_TOL:.0%})"
-            + ("even at the --max-duration cap" if capped else "") + "; close other programs or run longer",
+            + (" even at the --max-duration cap" if capped else "") + "; close other programs or run longer",
             stacklevel=3,
         )
 

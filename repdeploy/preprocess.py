@@ -152,15 +152,13 @@ def preprocess(images, record: Preprocessing | dict) -> np.ndarray:
     >>> preprocess(np.zeros((8, 8), np.uint8), record).shape              # doctest: +SKIP
     (1, 3, 32, 32)
     """
-    import torch
-
     if isinstance(record, dict):
         record = Preprocessing.from_dict(record)
     if hasattr(images, "convert") or (isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert")):
         pil = [images] if hasattr(images, "convert") else list(images)
         mode = "L" if record.channel_order == "L" else "RGB"
         arrays = [np.asarray(im.convert(mode), dtype=np.float32) for im in pil]
-        batch = [_to_nchw(a[None] if a.ndim == 2 else a[None], record) for a in arrays]
+        batch = [_to_nchw(a[None], record) for a in arrays]
         return np.concatenate([transform(b, record).numpy() for b in batch])
     a = np.asarray(images)
     if a.dtype.kind not in "uif":

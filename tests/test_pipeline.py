@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from repdeploy.checkpoints import load_fused, save_fused
+from repdeploy.preprocess import preprocessing_of
 from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, run_pipeline
 from repdeploy.zoo import builtin_zoo
 
@@ -51,6 +52,14 @@ def test_every_artifact_and_field_for_the_good_models(result):
         assert record["speedup"] == pytest.approx(record["fp32_ms"] / record["int8_ms"])
         assert [b["precision"] for b in record["bench"]] == ["fp32", "int8"] and record["bench"][0]["stats"]["count"] >= 3
         assert record["diagnostics"]["layers"] and "sqnr_db" in record["diagnostics"]["layers"][0]
+        # one preprocessing record in every artifact, the one the model was calibrated and evaluated with
+        records = {f: preprocessing_of(run / f) for f in ("fused.pt", "calib.json", "report.json", "model_fp32.onnx",
+                                                          "model_int8_ort.onnx")}
+        assert len(set(records.values())) == 1 and records["fused.pt"].mean == pytest.approx((0.3058,) * 3)
+        assert record["parity"] == "ok" and record["eval_images"] == 120 and record["latency_noisy"] in (True, False)
+        assert [v["check"] for v in record["verdicts"]] == ["fusion", "ort_fp32", "ort_int8"]
+        lo, hi = record["speedup_ci"]
+        assert lo <= record["speedup"] <= hi
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["command"] == "test" and len(manifest["input"]["sha256"]) == 64
         assert manifest["detected"]["variant"] == arch and manifest["settings"]["max_drop"] == 100.0

@@ -292,10 +292,10 @@ def quantize(
             gate = {"max_drop": max_drop, "passed": report["top1_drop"] <= max_drop}
         elif max_drop is not None:
             gate = {"max_drop": max_drop, "passed": None, "note": "no --eval-data: drop not measured"}
-        status_ = "FAILED" if (mismatches and not allow_mismatch) or (gate and gate["passed"] is False) else "PASSED"
+        verdict = "FAILED" if (mismatches and not allow_mismatch) or (gate and gate["passed"] is False) else "PASSED"
         report = {
             "tool": f"repdeploy {__version__}",
-            "status": status_,
+            "status": verdict,
             "failures": mismatches + ([f"top-1 drop {report['top1_drop']:.2f} points > --max-drop {max_drop:g}"]
                                       if gate and gate["passed"] is False else []),
             "allow_mismatch": allow_mismatch,

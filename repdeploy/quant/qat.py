@@ -385,7 +385,7 @@ def qat(
 
     # Fed as it was calibrated: the given record, else the model file's or the cache's; fields
     # given as mean/std/resize override it (preprocess.py).
-    from ..preprocess import Preprocessing, preprocessing_of
+    from ..preprocess import preprocessing_of
 
     if preprocessing is None:
         preprocessing = preprocessing_of(model)
