@@ -552,7 +552,7 @@ def _gate(row: ModelRow, s: PipelineSettings) -> None:
     row.status = "PASSED"
     if mismatches:
         if not s.allow_mismatch:
-            row.status, row.exit_code = "FAILED", 1
+            row.status, row.exit_code, row.failed_stage = "FAILED", 1, "verification"
             row.error = "verification failed: " + "; ".join(mismatches)
             return
         row.warnings.append(warning("MISMATCH allowed", "verification FAILED but kept by --allow-mismatch: "

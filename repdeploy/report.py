@@ -406,7 +406,7 @@ def render_markdown(doc: dict) -> str:
     if checked:
         lines += ["## Verification", "",
                   "Every numeric hand-off against its tolerance (max difference relative to the largest |logit| of "
-                  "the reference).", ""]
+                  "the reference, SQNR in dB, top-1 agreement).", ""]
         lines += [f"- **{r['name']}**: {line}" for r in checked for line in verdict_lines(r)] + [""]
     if env:
         lines += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]
@@ -431,7 +431,7 @@ def readable_settings(settings: dict) -> list[tuple[str, str]]:
                 "calib_method": "the family's PTQ default", "threads": "runtime default",
                 "mean": "the model's record, else the data's own", "std": "the model's record, else the data's own",
                 "resize": "the model's record, else the data's own"}
-    units = {"max_drop": " points", "warmup": " s", "duration": " s", "max_duration": " s"}
+    units = {"max_drop": " pts", "warmup": " s", "duration": " s", "max_duration": " s"}
     out = []
     for key in list(SETTING_LABELS) + [k for k in s if k not in SETTING_LABELS]:
         if key not in s:
@@ -512,7 +512,8 @@ def render_html(doc: dict, *, title: str = "repdeploy report") -> str:
     checked = [r for r in records if r.get("verdicts")]
     if checked:
         parts.append("<h2>Verification</h2><p>Every numeric hand-off against its tolerance (max difference "
-                     "relative to the largest |logit| of the reference).</p><ul class='verdicts'>" + "".join(
+                     "relative to the largest |logit| of the reference, SQNR in dB, top-1 agreement).</p>"
+                     "<ul class='verdicts'>" + "".join(
                          f"<li class='{'ok' if v.get('passed') else 'FAILED'}'><b>{esc(str(r.get('name')))}</b>: "
                          f"{esc(str(v.get('line')))}</li>" for r in checked for v in r["verdicts"]) + "</ul>")
     scatter = plot_drop_vs_speedup(records, s.get("max_drop"))

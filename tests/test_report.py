@@ -70,7 +70,7 @@ def test_all_four_files_written_and_consistent(tmp_path):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     text = "".join(page.text)
     assert "broken.pth is not a checkpoint <b>" in text  # escaped, so it is text, not a tag
-    assert "max top-1 drop2 points" in text and "None" not in text  # readable settings, no raw dump
+    assert "max top-1 drop2 pts" in text and "None" not in text  # readable settings, no raw dump
 
 
 def test_readable_settings_and_shared_layer_scales():
