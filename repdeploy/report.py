@@ -118,6 +118,11 @@ def print_table(records: Sequence[dict], *, tty: bool | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    console = Console()
+    text = plain_table(records)
+    if console.width < max(len(line) for line in text.splitlines()[:2]) + 3 * len(columns(records)):
+        print(text)  # a boxed table this wide would squeeze every number into '…'
+        return
     headers, rows = table_rows(records)
     table = Table(title="repdeploy pipeline")
     for i, h in enumerate(headers):
@@ -125,11 +130,16 @@ def print_table(records: Sequence[dict], *, tty: bool | None = None) -> None:
         table.add_column(h, justify="left" if i < 3 else "right", no_wrap=i < 3,
                          min_width=max([len(h)] + [len(r[i]) for r in rows]) if i < 3 else None)
     style = {"PASSED": "green", "FAILED": "red", "ERROR": "red"}
+    keys = [k for k, _, _ in columns(records)]
     for r, cells in zip(records, rows):
         cells = [escape(c) for c in cells]
         cells[2] = f"[{style.get(r.get('status'), 'white')}]{cells[2]}[/]"
+        for i, key in enumerate(keys):  # a mismatch in red, warnings and noisy figures in yellow
+            if key == "parity" and cells[i].startswith("MISMATCH"):
+                cells[i] = f"[red]{cells[i]}[/]"
+            elif (key == "notes" and cells[i] != "-") or (key == "speedup" and r.get("latency_noisy")):
+                cells[i] = f"[yellow]{cells[i]}[/]"
         table.add_row(*cells)
-    console = Console()
     console.print(table)
     for r in records:
         if r.get("error"):
