@@ -520,7 +520,10 @@ def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: d
     try:
         result = qat(str(path), train_data=train_source, val_data=s.data, output_dir=scratch, epochs=s.qat_epochs,
                      calib_cache=run_dir / "calib.json", target=s.target, distill=True, grad_mult=grad_mult,
-                     seed=s.seed, load_kwargs=load_kwargs, preprocessing=state["val"].preprocessing)
+                     seed=s.seed, load_kwargs=load_kwargs, preprocessing=state["val"].preprocessing,
+                     allow_mismatch=True)  # its verdicts join the row's, which _gate judges
+        row.verdicts += [{**v, "check": f"qat_{v['check']}", "line": f"qat {v['line']}"}
+                         for v in result.report.get("verdicts") or []]
         onnx_path = run_dir / f"qat_int8_{s.target}.onnx"
         result.int8_onnx.replace(onnx_path)
         (scratch / "report.json").replace(run_dir / "qat_report.json")

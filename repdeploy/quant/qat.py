@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..errors import DataError, InputError
+from ..errors import DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
 from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
@@ -333,6 +333,7 @@ def qat(
     std: tuple[float, ...] | None = None,
     resize: int | None = None,
     preprocessing=None,
+    allow_mismatch: bool = False,
 ) -> QATResult:
     """Fine-tune a checkpoint's fused model with fake quantization and export its INT8 ONNX.
 
@@ -541,6 +542,12 @@ def qat(
             import onnx
 
             report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
+        # The same verdicts as PTQ (verify.py): the exported graphs must compute what was trained.
+        report["verdicts"] = _verdicts(tuned, qnet, stage / names["fp32"], stage / names["int8"],
+                                       val_set if val_set is not None else train_set, spec.input_size)
+        mismatches = [v["line"] for v in report["verdicts"] if not v["passed"]]
+        report["status"] = "FAILED" if mismatches and not allow_mismatch else "PASSED"
+        report["allow_mismatch"] = allow_mismatch
         report["files"] = dict(names)
         report["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(stage / names["report"], report)
@@ -548,4 +555,28 @@ def qat(
             os.replace(stage / names[key], out / names[key])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    if mismatches and not allow_mismatch:
+        raise VerificationError(f"{loaded.variant} after QAT: {mismatches[0]}; see {out / names['report']} "
+                                "verdicts; pass --allow-mismatch to keep it anyway")
     return QATResult(out, out / names["int8"], report, qnet)
+
+
+@torch.no_grad()
+def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, dataset,
+              input_size: int) -> list[dict]:
+    """ORT FP32 vs the tuned torch model and ORT INT8 vs its fake-quant model, as ptq judges them."""
+    from .. import verify
+    from .ptq import VERIFY_IMAGES, _run_ort, images_for
+
+    n = images_for(input_size, VERIFY_IMAGES, 32)
+    x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])
+    qnet.eval()
+    ref = torch.cat([tuned(c) for c in x.split(BATCH)]).numpy()
+    fake = torch.cat([qnet(c) for c in x.split(BATCH)]).numpy()
+    return [
+        verify.compare_logits("ort_fp32", ref, _run_ort(fp32_onnx, x), reference_name="torch FP32 (QAT-tuned)",
+                              candidate_name="ORT FP32", tolerance=verify.FP32_ORT_REL_TOL).to_dict(),
+        verify.compare_logits("ort_int8", fake, _run_ort(int8_onnx, x), reference_name="torch fake-quant (QAT)",
+                              candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
+                              min_agreement=verify.INT8_ORT_MIN_AGREEMENT).to_dict(),
+    ]
