@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["fuse_latency", "train_throughput", "ptq_latency", "ptq_accuracy", "qat", "ort_latency", "bench_overhead",
-           "demo_stability"]
+SCRIPTS = ["fuse_latency", "train_throughput", "ptq_latency", "calib_cost", "ptq_accuracy", "qat", "ort_latency",
+           "bench_overhead", "demo_stability"]
 
 
 def main() -> int:

@@ -215,6 +215,12 @@ def _warn_if_noisy(name: str, engine: str, batch: int, stats: LatencyStats, capp
         )
 
 
+def _check_max_duration(max_duration: float | None) -> None:
+    from .validate import MAX_SECONDS, number
+
+    number("--max-duration", max_duration, low=0.0, high=MAX_SECONDS, allow_none=True)  # NaN would never end
+
+
 def bench(
     runner: Runner,
     *,
@@ -234,8 +240,10 @@ def bench(
     >>> with open_runner("model.onnx", "ort", threads=2) as r:      # doctest: +SKIP
     ...     print(bench(r, batch=8).stats.median_ms)
     """
-    if batch < 1 or iterations < 1 or duration < 0 or warmup < 0:
-        raise InputError("batch and iterations must be >= 1, warm-up and duration >= 0")
+    from .validate import bench_options
+
+    bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)  # NaN would never end
+    _check_max_duration(max_duration)
     shape, x = _input_for(runner, batch, image_size, seed)
     _warm_up(runner, x, warmup)
 
@@ -286,10 +294,12 @@ def bench_interleaved(
     >>> (fp32, int8), speedup = bench_interleaved([fp32_runner, int8_runner])   # doctest: +SKIP
     >>> speedup.ratio, speedup.ci_low, speedup.ci_high, speedup.noisy             # doctest: +SKIP
     """
+    from .validate import bench_options
+
     if not runners:
         raise InputError("bench_interleaved needs at least one runner")
-    if batch < 1 or iterations < 1 or duration < 0 or warmup < 0:
-        raise InputError("batch and iterations must be >= 1, warm-up and duration >= 0")
+    bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)
+    _check_max_duration(max_duration)
     inputs = [_input_for(r, batch, image_size, seed) for r in runners]
     for r, (_, x) in zip(runners, inputs):
         _warm_up(r, x, warmup)

@@ -39,6 +39,16 @@ def status(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """A warning about numbers that may be wrong: printed once, even with --quiet (it is not progress)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def _stderr_console():
     from rich.console import Console
 

@@ -89,7 +89,12 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
     from ..io import ensure_writable_file
     from ..models import PlainNet
 
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import number
+
+    number("--tolerance", tolerance, low=0.0, low_open=True, high=1.0, allow_none=False)
     ensure_writable_file(output)
+    refuse_overwriting_inputs([checkpoint], files=[output])
     loaded = load(checkpoint, **load_kwargs)
     if loaded.model is None:
         raise click.UsageError(f"{checkpoint} is a scales file with no weights; {loaded.deploy_steps}")
@@ -99,6 +104,11 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
         plain = loaded.model
         size = check_size(plain.spec)
         eq = compare(plain, plain, (2, plain.spec.in_channels, size, size), tolerance=tolerance)
+        if not eq.passed:  # NaN/Inf logits (--allow-nonfinite): never print PASSED for them
+            from ..errors import FusionError
+
+            raise FusionError(f"{checkpoint}: the model's logits are not finite (max |logit| {eq.logit_scale:.3g}); "
+                              "it cannot be deployed")
     else:
         result = fuse(loaded.model, tolerance=tolerance)
         plain, eq = result.plain, result.equivalence
@@ -148,9 +158,16 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
     from ..export.onnx import export_onnx, ort_parity
     from ..io import ensure_writable_file
 
+    from ..export.onnx import check_opset
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import input_size as check_input_size
+
+    check_input_size("--input-size", input_size)
+    check_opset(opset)
     ensure_writable_file(output)
+    refuse_overwriting_inputs([checkpoint], files=[output])
     plain, loaded, eq = load_fused(checkpoint, **load_kwargs)
-    size = input_size or plain.spec.input_size
+    size = input_size if input_size is not None else plain.spec.input_size
     if fmt == "trt":
         from ..export.tensorrt import build_engine_from_model
 
@@ -159,20 +176,29 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
         return
     if precision != "fp32":
         raise InputError("--precision fp16 applies to TensorRT engines; ONNX export is FP32 (use --format trt)")
+    from ..errors import ExportError
+    from ..io import atomic_path
     # A fused.pt from quantize/pipeline carries its preprocessing record: keep it in the ONNX.
     from ..preprocess import Preprocessing
 
-    record = loaded.extra.get("preprocessing") if isinstance(loaded.extra, dict) else None
-    record = Preprocessing.from_dict(record, f"{checkpoint} extra.preprocessing") if isinstance(record, dict) else None
-    if record is not None and record.input_size != size:
-        record = None  # exported at another size: the recorded crop no longer applies
-    export_onnx(plain, output, input_size=size, in_channels=plain.spec.in_channels, opset=opset, preprocessing=record)
+    prep = loaded.extra.get("preprocessing") if isinstance(loaded.extra, dict) else None
+    prep = Preprocessing.from_dict(prep, f"{checkpoint} extra.preprocessing") if isinstance(prep, dict) else None
+    if prep is not None and prep.input_size != size:
+        prep = None  # exported at another size: the recorded crop no longer applies
+
     x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
-    parity = ort_parity(plain, output, x)
+    # The file appears under its name only once ORT has run it and agreed with torch.
+    with atomic_path(output) as staged:
+        export_onnx(plain, staged, input_size=size, in_channels=plain.spec.in_channels, opset=opset,
+                    preprocessing=prep)
+        parity = ort_parity(plain, staged, x)
+        if not parity.passed:
+            raise ExportError(f"{checkpoint}: ONNX Runtime disagrees with torch by {parity.max_rel_diff:.3g} of the "
+                              f"logit scale at opset {opset}; nothing was written; try the default --opset")
     record = {
         "input": str(checkpoint), "variant": loaded.variant, "output": str(output), "opset": opset,
         "input_size": size, "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),
-        "preprocessing": record.to_dict() if record is not None else None,
+        "preprocessing": prep.to_dict() if prep is not None else None,
     }
     emit(record, as_json, lambda r: (
         f"exported {r['variant']} -> {r['output']} (opset {r['opset']}, dynamic batch, {size}x{size})\n"

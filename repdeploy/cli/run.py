@@ -60,6 +60,11 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, prep, load_kwargs,
     from ..evaluate import evaluate, open_eval_data
     from ..preprocess import preprocessing_of
     from ..runtime import model_kind, open_runner
+    from ..validate import integer, threads as check_threads
+
+    integer("--batch-size", batch_size, low=1, high=65536, allow_none=False)
+    integer("--limit", limit, low=1)
+    check_threads("--threads", threads)
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
@@ -127,9 +132,15 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
     from ..progress import status
     from ..runtime import model_kind, open_runner
 
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import bench_options
+
     sizes = _batches(batch)
+    for size in sizes:  # every knob checked before the first model loads: NaN would never end
+        bench_options(batch=size, warmup=warmup, duration=duration, iterations=iterations, threads_=threads)
     if json_out:
         ensure_writable_file(json_out)
+        refuse_overwriting_inputs(models, files=[json_out])
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -197,6 +208,8 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
                    "holdout of the calibration images (never --data).")
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) models whose verification failed; the report marks them.")
+@click.option("--force", is_flag=True,
+              help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @preprocessing_options
 @checkpoint_options
 @json_option
@@ -204,7 +217,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, eval_limit, qat, qat_epochs,
-                 train_data, fallback_float, allow_mismatch, prep, load_kwargs, as_json):
+                 train_data, fallback_float, allow_mismatch, force, prep, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -237,7 +250,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
             max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
-            load_kwargs={k: v for k, v in load_kwargs.items() if v},
+            load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force,
             fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
         )
     for w in caught:
