@@ -7,6 +7,7 @@ The Python API mirrors the command line:
 >>> result = repdeploy.fuse(loaded.model)                  # doctest: +SKIP
 >>> repdeploy.export_onnx(result.plain, "model.onnx", input_size=224)   # doctest: +SKIP
 >>> repdeploy.quantize("ckpt.pth", calib_data="calib/", output_dir="out/")  # doctest: +SKIP
+>>> repdeploy.compare("out/model_fp32.onnx", "out/model_int8_ort.onnx", atol=1, rtol=1)  # doctest: +SKIP
 """
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 # `evaluate`, `bench`), and a lazy lookup would hand back the submodule once it was imported.
 from .bench import bench  # noqa: E402
 from .checkpoints import load, load_fused, save_fused  # noqa: E402
+from .compare import compare  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .export.onnx import export_onnx  # noqa: E402
 from .fuse import fuse  # noqa: E402
@@ -25,5 +27,5 @@ from .quant.qat import qat  # noqa: E402
 
 __all__ = [
     "__version__", "load", "load_fused", "save_fused", "fuse", "export_onnx", "quantize", "qat",
-    "evaluate", "bench", "run_pipeline", "preprocess", "preprocessing_of", "Preprocessing",
+    "evaluate", "bench", "run_pipeline", "compare", "preprocess", "preprocessing_of", "Preprocessing",
 ]

@@ -69,6 +69,7 @@ class PipelineSettings:
     mean: tuple[float, ...] | None = None  # preprocessing overrides (None: the model's record or the data's)
     std: tuple[float, ...] | None = None
     resize: int | None = None
+    device: str = "auto"  # where torch steps (calibration, verification, QAT) run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +182,7 @@ def run_pipeline(
     std: Sequence[float] | None = None,
     resize: int | None = None,
     force: bool = False,
+    device: str = "auto",
 ) -> PipelineResult:
     """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
 
@@ -230,8 +232,8 @@ def run_pipeline(
         data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
         duration=duration, iterations=iterations, max_duration=max_duration, eval_limit=eval_limit, qat=qat,
-        qat_epochs=qat_epochs,
-        train_data=train_data, allow_mismatch=allow_mismatch, fallback_float=fallback_float,
+        qat_epochs=qat_epochs, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
+        fallback_float=fallback_float,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
     )
     if checkpoints:
@@ -467,7 +469,7 @@ def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) ->
     scratch = make_scratch_dir(run_dir, "pipeline", "quantize")  # unique per process: runs never collide
     # quantize() judges its own hand-offs; the pipeline turns those verdicts into the row's status.
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
-                              "target": s.target, "seed": s.seed, "allow_mismatch": True,
+                              "target": s.target, "seed": s.seed, "device": s.device, "allow_mismatch": True,
                               "preprocessing": state["val"].preprocessing}
     if s.fallback_float:  # layers are chosen on a holdout of the calibration source, never on --data
         kwargs.update(fallback=True, max_drop=s.max_drop)
@@ -576,7 +578,8 @@ def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: d
     try:
         result = qat(str(path), train_data=train_source, val_data=s.data, output_dir=scratch, epochs=s.qat_epochs,
                      calib_cache=run_dir / "calib.json", target=s.target, distill=True, grad_mult=grad_mult,
-                     seed=s.seed, load_kwargs=load_kwargs, preprocessing=state["val"].preprocessing,
+                     seed=s.seed, load_kwargs=load_kwargs, device=s.device,
+                     preprocessing=state["val"].preprocessing,
                      allow_mismatch=True)  # its verdicts join the row's, which _gate judges
         row.verdicts += [{**v, "check": f"qat_{v['check']}", "line": f"qat {v['line']}"}
                          for v in result.report.get("verdicts") or []]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, preprocessing_options, quiet_option
+from .common import (amp_option, checkpoint_options, device_option, emit, handle_errors, json_option,
+                     preprocessing_options, quiet_option)
 
 
 def _text(r: dict) -> str:
@@ -52,14 +53,16 @@ def _text(r: dict) -> str:
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a QAT model whose verification failed; the report records it.")
 @preprocessing_options
+@device_option
+@amp_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, learnable_ranges, resume, checkpoint_every, seed, allow_mismatch, prep, load_kwargs,
-            as_json):
+            train_samples, learnable_ranges, resume, checkpoint_every, seed, allow_mismatch, prep, device, amp,
+            load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains with frozen activation ranges,
@@ -72,6 +75,7 @@ def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size
       repdeploy qat repvgg.pth --train-data train/ --val-data val/ --distill --grad-mult bn -o qat/
       repdeploy qat repopt.pth --train-data train/ --grad-mult repopt:scales.pth --optimizer adamw -o qat/
       torchrun --nproc_per_node=2 -m repdeploy qat repvgg.pth --train-data train/ -o qat/   # data-parallel
+      repdeploy qat repvgg.pth --train-data train/ --device cuda --amp bf16 -o qat/   # on the GPU
       repdeploy qat repvgg.pth --train-data train/ -o qat/ --resume   # continue an interrupted run
     """
     from ..quant.qat import qat
@@ -82,7 +86,8 @@ def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
         learnable_ranges=learnable_ranges, resume=resume,
-        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch, **prep,
+        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch,
+        device=device, amp=amp, **prep,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return

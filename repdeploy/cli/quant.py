@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, preprocessing_options, quiet_option
+from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
+                     quiet_option)
 
 
 def _text(r: dict) -> str:
@@ -78,13 +79,14 @@ def _text(r: dict) -> str:
 @preprocessing_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
+@device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, prep, seed, output_dir, load_kwargs,
-                 as_json):
+                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, prep, seed, output_dir, device,
+                 load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -105,7 +107,7 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
     common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
                   eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
-                  allow_mismatch=allow_mismatch, **prep)
+                  allow_mismatch=allow_mismatch, device=device, **prep)
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
     records, failed, mismatched = [], [], []

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, preprocessing_options, quiet_option
+from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
+                     quiet_option)
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -41,11 +42,12 @@ def _eval_text(r: dict) -> str:
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
 @preprocessing_options
+@device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, data, engine, batch_size, limit, threads, prep, load_kwargs, as_json):
+def eval_cmd(model, data, engine, batch_size, limit, threads, prep, device, load_kwargs, as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
 
     Images are fed with the preprocessing record the model carries (ONNX metadata, fused.pt),
@@ -56,6 +58,7 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, prep, load_kwargs,
     Examples:
       repdeploy eval runs/demo/RepVGG-mini/model_int8_ort.onnx
       repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --json
+      repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --device cuda
     """
     from ..evaluate import evaluate, open_eval_data
     from ..preprocess import preprocessing_of
@@ -69,7 +72,7 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, prep, load_kwargs,
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
     record = preprocessing_of(model)
-    with open_runner(model, engine, threads=threads, **kwargs) as runner:
+    with open_runner(model, engine, threads=threads, device=device, **kwargs) as runner:
         dataset = open_eval_data(runner, data, preprocessing=record, **prep)
         acc = evaluate(runner, dataset, batch_size=batch_size, limit=limit)
     out = acc.to_dict()
@@ -106,11 +109,12 @@ def _bench_text(r: dict) -> str:
 @click.option("--max-duration", type=float, default=None,
               help="Keep running, up to this many seconds, while the median's 95 % interval is wider than +-5 %.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch engine: run through torch.compile.")
+@device_option
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write all results to this JSON file.")
 @checkpoint_options
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_duration, use_compile, json_out,
+def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_duration, use_compile, device, json_out,
               load_kwargs):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
@@ -122,6 +126,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
     Examples:
       repdeploy bench runs/demo/RepVGG-mini/model_fp32.onnx runs/demo/RepVGG-mini/model_int8_ort.onnx --batch 1,8 --threads 2
       repdeploy bench fused.pt --engine torch --duration 5 --json bench.json
+      repdeploy bench fused.pt --engine torch --device cuda --batch 1,64
     """
     import warnings
 
@@ -149,7 +154,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
     for model in models:
         try:
             kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
-            with open_runner(model, engine, threads=threads, compile=use_compile, **kwargs) as runner:
+            with open_runner(model, engine, threads=threads, compile=use_compile, device=device, **kwargs) as runner:
                 for size in sizes:
                     status(f"bench {model} ({engine}, batch {size})")
                     with warnings.catch_warnings(record=True) as caught:
@@ -211,13 +216,14 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @preprocessing_options
+@device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, eval_limit, qat, qat_epochs,
-                 train_data, fallback_float, allow_mismatch, force, prep, load_kwargs, as_json):
+                 train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -250,7 +256,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
             max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
-            load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force,
+            load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
             fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
         )
     for w in caught:

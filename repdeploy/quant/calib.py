@@ -76,7 +76,7 @@ class StreamingHistogram:
         elif top > self.range:
             self._grow(math.ceil(math.log2(top / self.range)))
         counts = torch.histc(a, bins=self.bins, min=0.0, max=self.range)
-        self.counts += counts.double().numpy()
+        self.counts += counts.double().cpu().numpy()
 
     def _grow(self, doublings: int) -> None:
         factor = 2 ** doublings
@@ -505,8 +505,12 @@ def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
     reading data, in the forward pass, waiting for collection, collecting (overlapped) and in the
     threshold search.
     """
+    from ..devices import to_device
+    from ..train import module_device
+
     calibrator = make_calibrator(method, percentile=percentile, bins=bins)
     qnet.eval()
+    device = module_device(qnet)  # calibration runs where the model is; ranges leave as floats
     was_enabled = [(q, q.enabled) for q in qnet.quantizers()]
     qnet.disable()
     collector = BackgroundCollector(calibrator)
@@ -519,6 +523,7 @@ def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
         for x in track(batches, f"calibrating ({method})", total=total_batches):
             t0 = time.perf_counter()
             data_s += t0 - started  # reading and preprocessing the batch (the iterator's work)
+            x = to_device(x, device)
             if not torch.isfinite(x).all():
                 raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
             b_lo, b_hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))
