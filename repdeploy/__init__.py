@@ -21,10 +21,11 @@ from .evaluate import evaluate  # noqa: E402
 from .export.onnx import export_onnx  # noqa: E402
 from .fuse import fuse  # noqa: E402
 from .pipeline import run_pipeline  # noqa: E402
+from .preprocess import Preprocessing, preprocess, preprocessing_of  # noqa: E402
 from .quant.ptq import quantize  # noqa: E402
 from .quant.qat import qat  # noqa: E402
 
 __all__ = [
     "__version__", "load", "load_fused", "save_fused", "fuse", "export_onnx", "quantize", "qat",
-    "evaluate", "bench", "run_pipeline", "compare",
+    "evaluate", "bench", "run_pipeline", "compare", "preprocess", "preprocessing_of", "Preprocessing",
 ]

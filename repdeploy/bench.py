@@ -1,17 +1,26 @@
 """Latency harness, trtexec-style: warm up, then run until both a minimum duration and a minimum
 iteration count are met; report percentiles, spread and throughput with the environment.
 
+Latency figures are robust statistics: the median with a bootstrap 95 % interval, the IQR and
+p90/p99. A std-based figure (the coefficient of variation) is kept in the record but no longer
+judged: one 40 ms spike among 0.03 ms runs makes it 900 % while the median does not move. A
+figure whose interval is wider than +-5 % of the median is `noisy`; with `max_duration` the run
+extends until it is not, or the cap is reached. `bench_interleaved` runs several models in
+alternating rounds (FP32, INT8, INT8, FP32, ...) so a change in machine load hits both alike, and
+gives their speed-up as a ratio with its own interval.
+
 The timing loop does nothing but call the runner and append its own timing, so its overhead
 over a bare `InferenceSession.run` loop stays small (benchmarks/bench_overhead.py measures it).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -19,9 +28,11 @@ import numpy as np
 from .errors import InputError
 from .runtime.base import Runner
 
-#: CPU latencies on a shared machine vary; above this coefficient of variation the figures are
-#: flagged (trtexec warns for GPU compute time at a much tighter bound, CPUs are noisier).
-CV_WARN = 0.10
+#: a median (or a speed-up) whose 95 % interval reaches further than this fraction from it is noisy
+NOISE_TOL = 0.05
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+MIN_ROUNDS = 5  # interleaved rounds before the speed-up interval is judged
 
 DEFAULT_WARMUP_S = 0.5
 DEFAULT_DURATION_S = 2.0
@@ -41,10 +52,49 @@ class LatencyStats:
     p99_ms: float
     max_ms: float
     std_ms: float
-    cv: float  # std / mean (population std)
+    cv: float  # std / mean (population std); kept for reference, not judged (spikes dominate it)
+    median_ms: float = math.nan  # == p50_ms
+    median_ci_low_ms: float = math.nan  # bootstrap 95 % interval of the median
+    median_ci_high_ms: float = math.nan
+    iqr_ms: float = math.nan  # p75 - p25
+    noisy: bool = False  # the interval reaches further than NOISE_TOL from the median
+
+    @property
+    def ci_halfwidth(self) -> float:
+        """The interval's larger distance from the median, as a fraction of it."""
+        if not self.median_ms > 0:
+            return math.inf
+        return max(self.median_ms - self.median_ci_low_ms, self.median_ci_high_ms - self.median_ms) / self.median_ms
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["ci_halfwidth"] = self.ci_halfwidth
+        return d
+
+
+def bootstrap_median_ci(values: Sequence[float], *, confidence: float = CONFIDENCE,
+                        resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of `values`.
+
+    Drawn without materialising resamples: the median of n draws with replacement from the
+    sorted values is the value at index floor(n U), U the m-th smallest of n uniforms, which is
+    Beta(m, n - m + 1) distributed (m = ceil(n / 2), the lower median). So each resample costs
+    one Beta draw, not n, and a 50,000-run figure is judged in microseconds.
+
+    >>> lo, hi = bootstrap_median_ci([1.0] * 50 + [2.0] * 50)
+    """
+    srt = np.sort(np.asarray(values, dtype=np.float64))
+    n = srt.size
+    if n == 0:
+        raise InputError("no values to bootstrap")
+    if n == 1:
+        return float(srt[0]), float(srt[0])
+    m = (n + 1) // 2
+    u = np.random.default_rng(seed).beta(m, n - m + 1, size=resamples)
+    medians = srt[np.minimum((u * n).astype(np.int64), n - 1)]
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = np.percentile(medians, [tail, 100 - tail])
+    return float(lo), float(hi)
 
 
 def latency_stats(times_s: Sequence[float]) -> LatencyStats:
@@ -61,14 +111,17 @@ def latency_stats(times_s: Sequence[float]) -> LatencyStats:
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
     if not np.all(np.isfinite(ms)) or np.any(ms < 0):
         raise InputError("timings must be finite and non-negative")
-    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
+    p25, p50, p75, p90, p95, p99 = np.percentile(ms, [25, 50, 75, 90, 95, 99])
     mean = float(ms.mean())
     std = float(ms.std())
-    return LatencyStats(
+    lo, hi = bootstrap_median_ci(ms)
+    stats = LatencyStats(
         count=int(ms.size), min_ms=float(ms.min()), mean_ms=mean, p50_ms=float(p50), p90_ms=float(p90),
         p95_ms=float(p95), p99_ms=float(p99), max_ms=float(ms.max()), std_ms=std,
-        cv=std / mean if mean > 0 else 0.0,
+        cv=std / mean if mean > 0 else 0.0, median_ms=float(p50), median_ci_low_ms=lo, median_ci_high_ms=hi,
+        iqr_ms=float(p75 - p25),
     )
+    return replace(stats, noisy=not stats.ci_halfwidth <= NOISE_TOL)
 
 
 @dataclass
@@ -85,15 +138,87 @@ class BenchResult:
     measured_s: float  # wall time of the measured loop
     stats: LatencyStats
     throughput_ips: float  # images per second over the measured loop
-    high_variance: bool
+    high_variance: bool  # == stats.noisy: the median's interval is wider than +-NOISE_TOL
     runner: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
+    max_duration_s: float | None = None  # the cap runs may extend to while noisy
+    rounds: int | None = None  # interleaved rounds (bench_interleaved)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["stats"] = self.stats.to_dict()
         d["input_shape"] = list(self.input_shape)
         return d
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """reference median / candidate median, with a bootstrap 95 % interval over interleaved rounds."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    rounds: int
+    noisy: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def speedup_interval(reference_round_ms: Sequence[float], candidate_round_ms: Sequence[float], *,
+                     ratio: float | None = None, confidence: float = CONFIDENCE,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Speedup:
+    """Speed-up of `candidate` over `reference` from per-round medians measured in the same rounds.
+
+    Rounds are resampled as pairs (a round's load hits both models), and the ratio of the medians
+    of the resampled round medians gives the interval. `ratio` is the point figure (default: the
+    same statistic on all rounds; the pipeline passes the ratio of the pooled medians).
+    """
+    ref = np.asarray(reference_round_ms, dtype=np.float64)
+    cand = np.asarray(candidate_round_ms, dtype=np.float64)
+    if ref.shape != cand.shape or ref.size == 0:
+        raise InputError("speed-up needs the same, non-zero number of rounds for both models")
+    point = float(np.median(ref) / np.median(cand)) if ratio is None else float(ratio)
+    idx = np.random.default_rng(seed).integers(0, ref.size, size=(resamples, ref.size))
+    ratios = np.median(ref[idx], axis=1) / np.median(cand[idx], axis=1)
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    lo, hi = min(lo, point), max(hi, point)
+    noisy = ref.size < MIN_ROUNDS or not max(point - lo, hi - point) <= NOISE_TOL * point
+    return Speedup(point, lo, hi, int(ref.size), noisy)
+
+
+def _input_for(runner: Runner, batch: int, image_size: int | None, seed: int) -> tuple[tuple[int, ...], np.ndarray]:
+    meta = runner.get_input_metadata()
+    size = meta.image_size or image_size
+    if size is None:
+        raise InputError(f"{runner.name}: input size unknown (shape {meta.shape}); pass image_size")
+    shape = (batch, meta.channels or 3, size, size)
+    return shape, np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _warm_up(runner: Runner, x: np.ndarray, seconds: float) -> None:
+    # At least one call, so lazy allocation or compilation never lands in the figures.
+    end = time.perf_counter() + seconds
+    runner.infer(x)
+    while time.perf_counter() < end:
+        runner.infer(x)
+
+
+def _warn_if_noisy(name: str, engine: str, batch: int, stats: LatencyStats, capped: bool) -> None:
+    if stats.noisy:
+        warnings.warn(
+            f"{name} ({engine}, batch {batch}): latency is noisy, the 95 % interval of the median reaches "
+            f"{stats.ci_halfwidth:.1%} from it (> {NOISE_TOL:.0%})"
+            + (" even at the --max-duration cap" if capped else "") + "; close other programs or run longer",
+            stacklevel=3,
+        )
+
+
+def _check_max_duration(max_duration: float | None) -> None:
+    from .validate import MAX_SECONDS, number
+
+    number("--max-duration", max_duration, low=0.0, high=MAX_SECONDS, allow_none=True)  # NaN would never end
 
 
 def bench(
@@ -105,53 +230,130 @@ def bench(
     iterations: int = DEFAULT_ITERATIONS,
     image_size: int | None = None,
     seed: int = 0,
+    max_duration: float | None = None,
 ) -> BenchResult:
     """Benchmark an active runner on a fixed random batch.
 
+    Runs until both `duration` and `iterations` are met; with `max_duration`, it then keeps
+    going while the median's interval is wider than +-NOISE_TOL, up to that many seconds.
+
     >>> with open_runner("model.onnx", "ort", threads=2) as r:      # doctest: +SKIP
-    ...     print(bench(r, batch=8).stats.p50_ms)
+    ...     print(bench(r, batch=8).stats.median_ms)
     """
     from .validate import bench_options
 
     bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)  # NaN would never end
-    meta = runner.get_input_metadata()
-    size = meta.image_size or image_size
-    if size is None:
-        raise InputError(f"{runner.name}: input size unknown (shape {meta.shape}); pass image_size")
-    shape = (batch, meta.channels or 3, size, size)
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-    # Warm-up: at least one call, so lazy allocation or compilation never lands in the figures.
-    end_warmup = time.perf_counter() + warmup
-    runner.infer(x)
-    while time.perf_counter() < end_warmup:
-        runner.infer(x)
+    _check_max_duration(max_duration)
+    shape, x = _input_for(runner, batch, image_size, seed)
+    _warm_up(runner, x, warmup)
 
     times: list[float] = []
     infer, last = runner.infer, runner.last_inference_time
     start = time.perf_counter()
     deadline = start + duration
+    cap = start + max(duration, max_duration or 0.0)
     while True:
         infer(x)
         times.append(last())
         if len(times) >= iterations and time.perf_counter() >= deadline:
-            break
+            # judge the interval now and then, not per call: every doubling of the runs
+            if time.perf_counter() >= cap or not latency_stats(times).noisy:
+                break
+            deadline = time.perf_counter() + max(0.05, time.perf_counter() - start)
     measured = time.perf_counter() - start
 
     stats = latency_stats(times)
-    high = stats.cv > CV_WARN
-    if high:
-        warnings.warn(
-            f"{runner.name} ({runner.engine}, batch {batch}): latency is unstable, coefficient of variation "
-            f"{stats.cv:.1%} > {CV_WARN:.0%}; close other programs or run longer (--duration)",
-            stacklevel=2,
-        )
+    _warn_if_noisy(runner.name, runner.engine, batch, stats, capped=max_duration is not None)
     return BenchResult(
         model=runner.name, engine=runner.engine, batch=batch, input_shape=shape, warmup_s=warmup,
         min_duration_s=duration, min_iterations=iterations, measured_s=measured, stats=stats,
-        throughput_ips=batch * len(times) / measured if measured > 0 else float("nan"), high_variance=high,
-        runner=runner.describe(), environment=environment(),
+        throughput_ips=batch * len(times) / measured if measured > 0 else float("nan"), high_variance=stats.noisy,
+        runner=runner.describe(), environment=environment(), max_duration_s=max_duration,
     )
+
+
+def bench_interleaved(
+    runners: Sequence[Runner],
+    *,
+    batch: int = 1,
+    warmup: float = DEFAULT_WARMUP_S,
+    duration: float = DEFAULT_DURATION_S,
+    iterations: int = DEFAULT_ITERATIONS,
+    max_duration: float | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> tuple[list[BenchResult], Speedup | None]:
+    """Benchmark active runners in alternating rounds; the speed-up of runners[1] over runners[0].
+
+    Each round runs every model for a slice of time (order reversed every other round, so
+    neither always follows the other). It stops once every model has `duration` seconds and
+    `iterations` runs and MIN_ROUNDS rounds are done, and then, with `max_duration`, keeps
+    adding rounds while a median or the speed-up is noisy, up to `max_duration` seconds per
+    model. Per-round medians give the speed-up's interval (speedup_interval).
+
+    >>> (fp32, int8), speedup = bench_interleaved([fp32_runner, int8_runner])   # doctest: +SKIP
+    >>> speedup.ratio, speedup.ci_low, speedup.ci_high, speedup.noisy             # doctest: +SKIP
+    """
+    from .validate import bench_options
+
+    if not runners:
+        raise InputError("bench_interleaved needs at least one runner")
+    bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)
+    _check_max_duration(max_duration)
+    inputs = [_input_for(r, batch, image_size, seed) for r in runners]
+    for r, (_, x) in zip(runners, inputs):
+        _warm_up(r, x, warmup)
+    slice_s = max(0.02, duration / 10)
+    times: list[list[float]] = [[] for _ in runners]
+    round_medians: list[list[float]] = [[] for _ in runners]
+    spent = [0.0 for _ in runners]
+    cap = max(duration, max_duration or 0.0)
+    rounds = 0
+
+    def settled() -> bool:
+        if any(latency_stats(t).noisy for t in times):
+            return False
+        if len(runners) > 1:
+            return not speedup_interval(round_medians[0], round_medians[1]).noisy
+        return True
+
+    while True:
+        order = range(len(runners)) if rounds % 2 == 0 else reversed(range(len(runners)))
+        for i in order:
+            r, (_, x) = runners[i], inputs[i]
+            infer, last = r.infer, r.last_inference_time
+            mine: list[float] = []
+            start = time.perf_counter()
+            end = start + slice_s
+            while True:
+                infer(x)
+                mine.append(last())
+                if time.perf_counter() >= end:
+                    break
+            spent[i] += time.perf_counter() - start
+            times[i] += mine
+            round_medians[i].append(float(np.median(mine)) * 1e3)
+        rounds += 1
+        if rounds < MIN_ROUNDS or min(spent) < duration or min(len(t) for t in times) < iterations:
+            continue
+        # judge after every doubling of the rounds, so the check stays cheap next to the runs
+        if max(spent) >= cap or ((rounds & (rounds - 1)) == 0 or rounds % 16 == 0) and settled():
+            break
+
+    results = []
+    for r, (shape, _), t, s_ in zip(runners, inputs, times, spent):
+        stats = latency_stats(t)
+        _warn_if_noisy(r.name, r.engine, batch, stats, capped=max_duration is not None)
+        results.append(BenchResult(
+            model=r.name, engine=r.engine, batch=batch, input_shape=shape, warmup_s=warmup, min_duration_s=duration,
+            min_iterations=iterations, measured_s=s_, stats=stats,
+            throughput_ips=batch * len(t) / s_ if s_ > 0 else float("nan"), high_variance=stats.noisy,
+            runner=r.describe(), environment=environment(), max_duration_s=max_duration, rounds=rounds))
+    speedup = None
+    if len(runners) > 1:
+        ratio = results[0].stats.median_ms / results[1].stats.median_ms if results[1].stats.median_ms > 0 else math.nan
+        speedup = speedup_interval(round_medians[0], round_medians[1], ratio=ratio)
+    return results, speedup
 
 
 def cpu_model() -> str:

@@ -9,10 +9,15 @@ Sources:
   ("train", "val"), that sub-folder is used;
 - a `.npy` / `.npz` file of images (N,H,W), (N,H,W,C) or (N,C,H,W), with optional labels.
 
-Preprocessing is ImageNet style with Pillow and numpy only (no torchvision): for image files the
-shorter side is resized to image_size / 0.875, then centre-cropped to image_size, scaled to [0, 1]
-and normalised with mean/std. Arrays are resized straight to image_size. Float arrays are taken as
-already-preprocessed model inputs and used as they are (only resized when their size differs).
+Preprocessing is one record (preprocess.Preprocessing: input size, resize and crop, mean, std,
+channel order, value range), readable as `dataset.preprocessing` and written beside every model.
+Defaults, ImageNet style with Pillow and numpy only (no torchvision): for image files the shorter
+side is resized to image_size / 0.875, then centre-cropped to image_size; arrays are resized
+straight to image_size; pixels are scaled to [0, 1] and normalised with mean/std: the digits'
+own for the built-in set, the `mean`/`std` arrays an .npz carries (the shipped digits.npz does),
+else ImageNet's. A `preprocessing` record (the model's own) or explicit mean/std/resize override
+those defaults. Float arrays are taken as already-preprocessed model inputs and used as they are
+(only resized when their size differs).
 
 Folders stream from disk one image at a time; nothing decodes the whole folder up front.
 """
@@ -27,9 +32,9 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import DataError
+from .preprocess import Preprocessing, transform
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,6 +75,15 @@ class ImageDataset:
     labels: np.ndarray  # int64, one per underlying item, -1 when unknown
     _load: BatchLoader = field(repr=False)
     indices: np.ndarray = field(default=None)  # type: ignore[assignment]  # view into the items
+    resize: int | None = None  # shorter side before the centre crop (None: image_size)
+    split: str | None = None  # the split actually read; None when the source has no splits
+    value_range: tuple[float, float] = (0.0, 255.0)  # raw pixel values mapped to [0, 1] (uint16: 65535)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The record of how these images become model inputs (written beside the model)."""
+        return Preprocessing(self.image_size, self.resize or self.image_size, tuple(self.mean), tuple(self.std),
+                             "L" if self.channels == 1 else "RGB", value_range=tuple(self.value_range))
 
     def __post_init__(self) -> None:
         if self.indices is None:
@@ -97,7 +111,8 @@ class ImageDataset:
         """A view on some positions of this dataset (no data is copied or decoded)."""
         pos = np.asarray(positions, dtype=np.int64)
         return ImageDataset(self.source, self.image_size, self.channels, self.mean, self.std,
-                            self.classes, self.labels, self._load, self.indices[pos])
+                            self.classes, self.labels, self._load, self.indices[pos], self.resize, self.split,
+                            self.value_range)
 
     def batches(self, batch_size: int, *, limit: int | None = None, shuffle: bool = False,
                 seed: int = 0, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -125,16 +140,30 @@ class ImageDataset:
         """A manifest record: where the data came from and how it was preprocessed."""
         return {"source": self.source, "images": len(self), "classes": len(self.classes),
                 "has_labels": self.has_labels, "image_size": self.image_size,
-                "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+                "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+                "split": self.split, "preprocessing": self.preprocessing.to_dict()}
+
+
+def same_images(a: ImageDataset, b: ImageDataset) -> bool:
+    """Whether two datasets draw on the same images (one source without separate splits, or the
+    same split of it): calibrating on `a` then evaluating on `b` would flatter the INT8 accuracy."""
+    if a.source != b.source:
+        return False
+    if a.split is not None and b.split is not None and a.split != b.split:
+        return False
+    return bool(np.intersect1d(a.indices, b.indices).size)
 
 
 def open_dataset(source: str | os.PathLike | None, *, split: str = "val", image_size: int,
                  channels: int = 3, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> ImageDataset:
+                 std: Sequence[float] | None = None, resize: int | None = None,
+                 preprocessing: Preprocessing | None = None) -> ImageDataset:
     """Open a dataset for a model taking `channels` x `image_size` x `image_size` inputs.
 
-    mean/std default to the built-in digits' statistics for the built-in set and to the
-    ImageNet ones otherwise.
+    `preprocessing` (the model's own record, e.g. preprocess.preprocessing_of(model_file)) feeds
+    the images as the model was calibrated; `mean`/`std`/`resize` override single fields. Without
+    either, mean/std default to the built-in digits' statistics for the built-in set, to the
+    `mean`/`std` arrays of an .npz that carries them, and to the ImageNet ones otherwise.
 
     >>> ds = open_dataset("builtin", split="val", image_size=32)
     >>> len(ds), ds[0][0].shape
@@ -144,20 +173,32 @@ def open_dataset(source: str | os.PathLike | None, *, split: str = "val", image_
         raise DataError(f"image size must be positive, got {image_size}")
     if channels not in (1, 3):
         raise DataError(f"{channels} input channels not supported; models take 1 or 3")
+    if preprocessing is not None:
+        if preprocessing.channels != channels:
+            raise DataError(f"the model's preprocessing record says {preprocessing.channel_order} input but the "
+                            f"model takes {channels} channels; re-export the model")
+        mean = preprocessing.mean if mean is None else mean
+        std = preprocessing.std if std is None else std
+        if resize is None:  # the record's resize ratio, at this input size
+            resize = int(round(preprocessing.resize * image_size / preprocessing.input_size))
+    if resize is not None and resize < image_size:
+        raise DataError(f"--resize {resize} is smaller than the input size {image_size}; the centre crop needs "
+                        f"resize >= {image_size}")
     if source is None or str(source).lower() in BUILTIN_NAMES:
         m, s = _stats(mean, std, DIGITS_MEAN, DIGITS_STD, channels)
-        return _open_npz(builtin_path(), split, image_size, channels, m, s, name="builtin", upsample_only=True)
+        return _open_npz(builtin_path(), split, image_size, channels, m, s, name="builtin", resize=resize)
     path = Path(source)
-    m, s = _stats(mean, std, IMAGENET_MEAN, IMAGENET_STD, channels)
     if not path.exists():
         raise DataError(f"data {path} does not exist; give an image folder, a .npy/.npz file, or 'builtin'")
     if path.is_dir():
-        return _open_folder(path, split, image_size, channels, m, s)
+        m, s = _stats(mean, std, IMAGENET_MEAN, IMAGENET_STD, channels)
+        return _open_folder(path, split, image_size, channels, m, s, resize)
     if path.suffix == ".npz":
-        return _open_npz(path, split, image_size, channels, m, s, name=str(path))
+        return _open_npz(path, split, image_size, channels, mean, std, name=str(path), resize=resize)
     if path.suffix == ".npy":
+        m, s = _stats(mean, std, IMAGENET_MEAN, IMAGENET_STD, channels)
         images = _load_array(path, lambda: np.load(path, mmap_mode="r", allow_pickle=False))
-        return _from_arrays(str(path), images, None, None, image_size, channels, m, s)
+        return _from_arrays(str(path), images, None, None, image_size, channels, m, s, resize=resize)
     raise DataError(f"data {path}: unsupported file type {path.suffix!r}; use a folder, .npy or .npz")
 
 
@@ -175,6 +216,17 @@ def calibration_sample(dataset: ImageDataset, n: int, seed: int = 0) -> ImageDat
     return dataset.subset(positions)
 
 
+def holdout_split(dataset: ImageDataset, n: int, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """Seeded (rest, holdout) with `n` images held out: at most a quarter of the set, at least one,
+    so the rest still calibrates. The two never share an image."""
+    total = len(dataset)
+    if total < 2:
+        raise DataError(f"data {dataset.source}: {total} image(s) are too few to hold some out; give more images")
+    k = max(1, min(int(n), total // 4))
+    perm = np.random.default_rng(seed + 1).permutation(total)  # another stream than calibration_sample's
+    return dataset.subset(np.sort(perm[k:])), dataset.subset(np.sort(perm[:k]))
+
+
 def split_dataset(dataset: ImageDataset, val_fraction: float, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
     """Seeded (train, val) split of one dataset, for sources that come without a val split."""
     n = len(dataset)
@@ -187,18 +239,19 @@ def split_dataset(dataset: ImageDataset, val_fraction: float, seed: int = 0) -> 
 
 def open_train_val(source: str | os.PathLike | None, *, image_size: int, channels: int = 3,
                    val_source: str | os.PathLike | None = None, val_fraction: float = 0.1,
-                   seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+                   seed: int = 0, **preprocessing) -> tuple[ImageDataset, ImageDataset]:
     """Training and validation sets from one source (or two).
 
     The built-in set, `.npz` files with train_/val_ arrays and folders with train/ and val/
     sub-folders bring their own split; otherwise `val_fraction` of the training images is held
-    out (seeded). `val_source` overrides the validation set.
+    out (seeded). `val_source` overrides the validation set. `preprocessing` keywords (mean,
+    std, resize, preprocessing) go to both `open_dataset` calls.
     """
-    train = open_dataset(source, split="train", image_size=image_size, channels=channels)
+    train = open_dataset(source, split="train", image_size=image_size, channels=channels, **preprocessing)
     if val_source is not None:
-        val = open_dataset(val_source, split="val", image_size=image_size, channels=channels)
+        val = open_dataset(val_source, split="val", image_size=image_size, channels=channels, **preprocessing)
     elif _has_own_val_split(source):
-        val = open_dataset(source, split="val", image_size=image_size, channels=channels)
+        val = open_dataset(source, split="val", image_size=image_size, channels=channels, **preprocessing)
     else:
         train, val = split_dataset(train, val_fraction, seed)
     if val.has_labels and train.classes and val.classes != train.classes:
@@ -248,7 +301,7 @@ def _load_array(path: Path, load: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def _open_npz(path: Path, split: str, image_size: int, channels: int, mean, std, *, name: str,
-              upsample_only: bool = False) -> ImageDataset:
+              resize: int | None = None) -> ImageDataset:
     try:
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
@@ -262,9 +315,17 @@ def _open_npz(path: Path, split: str, image_size: int, channels: int, mean, std,
         images = archive[image_key]
         labels = archive[label_key] if label_key else None
         classes = [str(c) for c in archive["classes"]] if "classes" in keys else None
+        # An archive may carry its producer's normalisation (the shipped digits.npz does), so
+        # the same arrays given as a file are fed as the built-in set is.
+        own_mean = [float(v) for v in np.ravel(archive["mean"])] if "mean" in keys else None
+        own_std = [float(v) for v in np.ravel(archive["std"])] if "std" in keys else None
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"data {path}: array {image_key!r} cannot be read ({exc})") from exc
-    return _from_arrays(name, images, labels, classes, image_size, channels, mean, std, upsample_only=upsample_only)
+    mean, std = _stats(mean if mean is not None else own_mean, std if std is not None else own_std,
+                       IMAGENET_MEAN, IMAGENET_STD, channels)
+    read_split = split if image_key in (f"{split}_images", f"x_{split}") else None
+    return _from_arrays(name, images, labels, classes, image_size, channels, mean, std, resize=resize,
+                        split=read_split)
 
 
 def _array_layout(name: str, images: np.ndarray) -> str:
@@ -312,7 +373,8 @@ def _pixel_scale(name: str, images: np.ndarray) -> float:
 
 
 def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, classes: list[str] | None,
-                 image_size: int, channels: int, mean, std, upsample_only: bool = False) -> ImageDataset:
+                 image_size: int, channels: int, mean, std, resize: int | None = None,
+                 split: str | None = None) -> ImageDataset:
     from .validate import MAX_CLASSES
 
     if images.ndim == 0:
@@ -348,8 +410,8 @@ def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, class
         raise DataError(f"data {name}: label {int(labels.max())} outside the {len(classes)} classes")
     is_float = images.dtype.kind == "f"
     pixel_scale = 1.0 if is_float else _pixel_scale(name, images)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    record = Preprocessing(image_size, resize or image_size, tuple(mean), tuple(std), "L" if channels == 1 else "RGB",
+                           value_range=(0.0, pixel_scale))
 
     def load(items: np.ndarray) -> torch.Tensor:
         batch = np.asarray(images[items])  # fancy indexing reads only these rows of a memmap
@@ -359,17 +421,11 @@ def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, class
         elif layout == "NHWC":
             x = x.permute(0, 3, 1, 2)
         x = _match_channels(name, x, channels)
-        if x.shape[-2:] != (image_size, image_size):
-            if upsample_only:
-                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-            else:
-                x = _resize_center_crop(x, image_size, ratio=1.0)
-        if is_float:
-            return x.contiguous()  # already model inputs: their producer normalised them
-        x = x / pixel_scale
-        return ((x - mean_t) / std_t).contiguous()
+        # float arrays are model inputs already: their producer normalised them
+        return transform(x, record, already_scaled=is_float)
 
-    return ImageDataset(name, image_size, channels, tuple(mean), tuple(std), classes, labels, load)
+    return ImageDataset(name, image_size, channels, tuple(mean), tuple(std), classes, labels, load,
+                        resize=record.resize, split=split, value_range=record.value_range)
 
 
 def _match_channels(name: str, x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -387,23 +443,14 @@ def _match_channels(name: str, x: torch.Tensor, channels: int) -> torch.Tensor:
     raise DataError(f"data {name}: {c}-channel images cannot feed a {channels}-channel model")
 
 
-def _resize_center_crop(x: torch.Tensor, size: int, ratio: float) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    short = max(size, int(round(size / ratio)))
-    scale = short / min(h, w)
-    nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
-    if (nh, nw) != (h, w):
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return x[..., top : top + size, left : left + size]
-
-
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
 
 
-def _open_folder(path: Path, split: str, image_size: int, channels: int, mean, std) -> ImageDataset:
-    root = path / split if (path / split).is_dir() else path
+def _open_folder(path: Path, split: str, image_size: int, channels: int, mean, std,
+                 resize: int | None = None) -> ImageDataset:
+    has_split = (path / split).is_dir()
+    root = path / split if has_split else path
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     files: list[Path] = []
     labels: list[int] = []
@@ -423,7 +470,7 @@ def _open_folder(path: Path, split: str, image_size: int, channels: int, mean, s
     mean_a = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
     std_a = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
     mode = "RGB" if channels == 3 else "L"
-    resize_to = max(image_size, int(round(image_size / CROP_RATIO)))
+    resize_to = resize or max(image_size, int(round(image_size / CROP_RATIO)))
 
     def load_one(p: Path) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
@@ -461,10 +508,10 @@ def _open_folder(path: Path, split: str, image_size: int, channels: int, mean, s
         return torch.from_numpy(np.stack([load_one(files[int(i)]) for i in items]).astype(np.float32))
 
     return ImageDataset(str(root), image_size, channels, tuple(mean), tuple(std), classes,
-                        np.asarray(labels, dtype=np.int64), load)
+                        np.asarray(labels, dtype=np.int64), load, resize=resize_to, split=split if has_split else None)
 
 
 __all__ = [
-    "ImageDataset", "open_dataset", "open_train_val", "calibration_sample", "split_dataset", "builtin_path",
+    "ImageDataset", "open_dataset", "same_images", "holdout_split", "open_train_val", "calibration_sample", "split_dataset", "builtin_path",
     "IMAGENET_MEAN", "IMAGENET_STD", "DIGITS_MEAN", "DIGITS_STD", "SPLITS",
 ]

@@ -53,6 +53,12 @@ class ExportError(RepDeployError):
     """Export to ONNX (or an engine) failed its checks."""
 
 
+class VerificationError(RepDeployError):
+    """A numeric hand-off (fusion, ORT vs torch, INT8 vs fake-quant, TensorRT vs ORT) is outside its
+    tolerance: the deployed model does not compute what was measured. Raised after every output is
+    written, so the report shows what failed; `--allow-mismatch` records it instead."""
+
+
 class AccuracyGateError(RepDeployError):
     """The quantized model lost more accuracy than the user allowed."""
 

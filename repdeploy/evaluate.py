@@ -36,14 +36,20 @@ class Accuracy:
         return d
 
 
-def open_eval_data(runner: Runner, source, *, split: str = "val"):
-    """Open `source` (path, 'builtin' or None) preprocessed for the runner's input size."""
+def open_eval_data(runner: Runner, source, *, split: str = "val", preprocessing=None, mean=None, std=None,
+                   resize: int | None = None):
+    """Open `source` (path, 'builtin' or None) preprocessed for the runner's input size.
+
+    `preprocessing` is the model's own record (preprocess.preprocessing_of(model_file)), so the
+    images are fed as the model was calibrated; mean/std/resize override single fields.
+    """
     from .data import open_dataset
 
     meta = runner.get_input_metadata()
     if meta.image_size is None:
         raise DataError(f"{runner.name}: cannot tell its input size from shape {meta.shape}")
-    return open_dataset(source, split=split, image_size=meta.image_size, channels=meta.channels or 3)
+    return open_dataset(source, split=split, image_size=meta.image_size, channels=meta.channels or 3,
+                        preprocessing=preprocessing, mean=mean, std=std, resize=resize)
 
 
 def collect_logits(runner: Runner, dataset, *, batch_size: int = 64, limit: int | None = None,

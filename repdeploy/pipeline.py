@@ -8,8 +8,11 @@ Each model gets its own run directory (shared/design.md):
     <out>/report.{json,csv,md,html}
 
 A model that fails a stage is recorded as ERROR with the stage and the message, and the next
-model still runs. With `max_drop`, a model whose INT8 top-1 drop exceeds it is FAILED; the
-caller turns that into exit code 3 after everything is written.
+model still runs. Every numeric hand-off has a verdict (repdeploy/verify.py: fusion, ORT FP32 vs
+torch, ORT INT8 vs torch fake-quant, TensorRT vs ORT); a failed one makes the model FAILED with
+the reason and exit code 1, unless `allow_mismatch`, which the row then records. With
+`max_drop`, a model whose INT8 top-1 drop exceeds it is FAILED with exit code 3. The caller
+exits with that code after everything is written.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ BUILTIN_DATA = "builtin"
 DEFAULT_WARMUP_S = 0.3
 DEFAULT_DURATION_S = 1.0
 DEFAULT_ITERATIONS = 30
+# Runs extend while a median or the speed-up is noisy (95 % interval wider than +-5 %), up to
+# this many seconds per model; still noisy then, the report says so.
+DEFAULT_MAX_DURATION_S = 6.0
 
 
 @dataclass
@@ -52,11 +58,17 @@ class PipelineSettings:
     warmup: float = DEFAULT_WARMUP_S
     duration: float = DEFAULT_DURATION_S
     iterations: int = DEFAULT_ITERATIONS
+    max_duration: float = DEFAULT_MAX_DURATION_S
     eval_limit: int | None = None
     seed: int = 0
     qat: bool = False  # add a QAT column: fine-tune from the PTQ ranges, evaluate its INT8 model
     qat_epochs: int = 2
     train_data: str | None = None  # QAT training images; default: the train split of --data
+    allow_mismatch: bool = False  # keep models whose verification failed (recorded per row)
+    fallback_float: bool = False  # with max_drop: leave the most sensitive layers in float
+    mean: tuple[float, ...] | None = None  # preprocessing overrides (None: the model's record or the data's)
+    std: tuple[float, ...] | None = None
+    resize: int | None = None
     device: str = "auto"  # where torch steps (calibration, verification, QAT) run
 
     def to_dict(self) -> dict:
@@ -70,12 +82,13 @@ class ModelRow:
     name: str
     checkpoint: str
     run_dir: str
-    status: str = "ERROR"  # PASSED | FAILED (accuracy gate) | ERROR (a stage raised)
+    status: str = "ERROR"  # PASSED | FAILED (a verdict or the accuracy gate) | ERROR (a stage raised)
     failed_stage: str | None = None
     error: str | None = None
     exit_code: int = 0
     arch: str | None = None
     family: str | None = None
+    num_classes: int | None = None
     engine: str = "ort"
     target: str = "ort"
     bench_batch: int = 1
@@ -87,11 +100,21 @@ class ModelRow:
     top1_drop: float | None = None
     top1_agreement: float | None = None  # percent of val images where FP32 and INT8 agree
     sqnr_db: float | None = None  # INT8 logits vs FP32 logits
-    fp32_ms: float | None = None  # p50 latency at bench_batch
+    fp32_ms: float | None = None  # median latency at bench_batch
     int8_ms: float | None = None
     speedup: float | None = None  # fp32_ms / int8_ms
+    fp32_ms_ci: list | None = None  # bootstrap 95 % interval of the median [low, high]
+    int8_ms_ci: list | None = None
+    speedup_ci: list | None = None  # 95 % interval of the speed-up over interleaved rounds
+    latency_noisy: bool | None = None  # an interval above is wider than +-5 %
     qat_top1: float | None = None  # INT8 top-1 after QAT (with --qat)
     qat_drop: float | None = None
+    eval_images: int | None = None  # how many images the accuracies above were measured on
+    parity: str | None = None  # ok | MISMATCH (checks) [allowed]: the verdicts in one cell
+    verdicts: list = field(default_factory=list)  # verify.Verdict records, one per numeric hand-off
+    warnings: list = field(default_factory=list)  # sanity warnings shown beside the figures
+    allow_mismatch: bool = False
+    preprocessing: dict | None = None  # the record the model is fed with (preprocess.Preprocessing)
     fusion: dict | None = None
     calibration: dict | None = None
     diagnostics: dict | None = None
@@ -112,9 +135,11 @@ class PipelineResult:
 
     @property
     def exit_code(self) -> int:
-        """3 when a model is over the accuracy gate, else the first stage error's code, else 0."""
-        if any(r.status == "FAILED" for r in self.rows):
-            return 3
+        """1 when a model failed verification, else 3 when one is over the accuracy gate, else the
+        first stage error's code, else 0."""
+        failed = {r.exit_code for r in self.rows if r.status == "FAILED"}
+        if failed:
+            return 1 if 1 in failed else 3
         return next((r.exit_code for r in self.rows if r.status == "ERROR"), 0)
 
     def to_dict(self) -> dict:
@@ -145,11 +170,17 @@ def run_pipeline(
     duration: float = DEFAULT_DURATION_S,
     iterations: int = DEFAULT_ITERATIONS,
     eval_limit: int | None = None,
+    max_duration: float = DEFAULT_MAX_DURATION_S,
     qat: bool = False,
     qat_epochs: int = 2,
     train_data: str | None = None,
     load_kwargs: dict | None = None,
     command: str | None = None,
+    allow_mismatch: bool = False,
+    fallback_float: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    resize: int | None = None,
     force: bool = False,
     device: str = "auto",
 ) -> PipelineResult:
@@ -181,9 +212,13 @@ def run_pipeline(
     validate.max_drop("--max-drop", max_drop)
     validate.bench_options(batch=bench_batch, warmup=warmup, duration=duration, iterations=iterations,
                            threads_=threads)
+    validate.number("--max-duration", max_duration, low=0.0, high=validate.MAX_SECONDS, allow_none=False)
     validate.integer("--calib-samples", calib_samples, low=1, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)
     validate.integer("--qat-epochs", qat_epochs, low=1, allow_none=False)
+    validate.integer("--resize", resize, low=1)
+    if fallback_float and max_drop is None:
+        raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
     if engine == "trt":
         from .export.tensorrt import import_tensorrt
 
@@ -196,8 +231,10 @@ def run_pipeline(
     settings = PipelineSettings(
         data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
-        duration=duration, iterations=iterations, eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs,
-        train_data=train_data, device=device,
+        duration=duration, iterations=iterations, max_duration=max_duration, eval_limit=eval_limit, qat=qat,
+        qat_epochs=qat_epochs, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
+        fallback_float=fallback_float,
+        mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
     )
     if checkpoints:
         jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]
@@ -276,7 +313,7 @@ def _run_staged(path: Path, name: str, final_dir: Path, run_dir: Path, s: Pipeli
     from .io import sha256_file, write_json_atomic
 
     row = ModelRow(name=name, checkpoint=str(path), run_dir=str(final_dir), engine=s.engine, target=s.target,
-                   bench_batch=s.bench_batch, threads=s.threads)
+                   bench_batch=s.bench_batch, threads=s.threads, allow_mismatch=s.allow_mismatch)
     manifest: dict[str, Any] = {"tool": "repdeploy", "command": command, "input": {"path": str(path)},
                                 "settings": s.to_dict()}
     from . import __version__
@@ -352,20 +389,24 @@ def _load(path: Path, run_dir: Path, s: PipelineSettings, load_kwargs: dict, inp
           row: ModelRow, state: dict, manifest: dict) -> None:
     from .checkpoints import load_fused, save_fused
     from .data import open_dataset
+    from .preprocess import preprocessing_of
 
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist; check the path")
     plain, loaded, equivalence = load_fused(path, **load_kwargs)
     spec = plain.spec
     size = input_size or spec.input_size
-    row.arch, row.family = loaded.variant, loaded.family
+    row.arch, row.family, row.num_classes = loaded.variant, loaded.family, spec.num_classes
     state["source_form"] = loaded.form
     row.fusion = equivalence.to_dict() if equivalence is not None else {"already_plain": True}
     manifest["detected"] = loaded.to_dict()
     manifest["input_size"] = size
+    # A fused.pt written by repdeploy carries the preprocessing it was calibrated with: feed it so.
+    val = open_dataset(s.data, split="val", image_size=size, channels=spec.in_channels, mean=s.mean, std=s.std,
+                       resize=s.resize, preprocessing=preprocessing_of(path))
+    row.preprocessing = val.preprocessing.to_dict()
     save_fused(plain, run_dir / "fused.pt", extra={"source": str(path), "source_sha256": manifest["input"].get("sha256"),
-                                                   "equivalence": row.fusion})
-    val = open_dataset(s.data, split="val", image_size=size, channels=spec.in_channels)
+                                                   "equivalence": row.fusion, "preprocessing": row.preprocessing})
     if not val.has_labels:
         raise DataError(f"data {s.data} has no labels; the pipeline needs labelled validation images (class folders)")
     if s.data == BUILTIN_DATA and spec.num_classes != val.num_classes:
@@ -381,7 +422,8 @@ def _export(run_dir: Path, row: ModelRow, state: dict) -> None:
     from .export.onnx import export_onnx
 
     state["fp32_onnx"] = export_onnx(state["plain"], run_dir / "model_fp32.onnx", input_size=state["input_size"],
-                                     in_channels=state["spec"].in_channels)
+                                     in_channels=state["spec"].in_channels,
+                                     preprocessing=state["val"].preprocessing)
 
 
 def _has_train_split(source: str) -> bool:
@@ -425,8 +467,12 @@ def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) ->
     # the first two and owns report.json, so it runs in a scratch directory and only the INT8
     # model and the calibration cache are moved into the run directory.
     scratch = make_scratch_dir(run_dir, "pipeline", "quantize")  # unique per process: runs never collide
+    # quantize() judges its own hand-offs; the pipeline turns those verdicts into the row's status.
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
-                              "target": s.target, "seed": s.seed, "device": s.device}
+                              "target": s.target, "seed": s.seed, "device": s.device, "allow_mismatch": True,
+                              "preprocessing": state["val"].preprocessing}
+    if s.fallback_float:  # layers are chosen on a holdout of the calibration source, never on --data
+        kwargs.update(fallback=True, max_drop=s.max_drop)
     if s.calib_method:
         kwargs["calib_method"] = s.calib_method
     try:
@@ -440,6 +486,9 @@ def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) ->
     state["int8_onnx"], state["ptq_report"] = int8, report
     row.calibration = {"source": str(source), "on_eval_data": on_eval_data,
                        "method": report.get("calib_method"), "samples": report.get("calib_samples")}
+    row.verdicts = list(report.get("verdicts") or [])
+    if report.get("fallback"):
+        row.calibration["fallback"] = report["fallback"]
     row.diagnostics = {"summary": report.get("layers_summary"), "layers": report.get("layers") or [],
                        "float_layers": report.get("float_layers")}
 
@@ -460,30 +509,56 @@ def _evaluate(s: PipelineSettings, row: ModelRow, state: dict) -> None:
     a = evaluate(fp32, state["val"], limit=s.eval_limit, keep_logits=True)
     b = evaluate(int8, state["val"], limit=s.eval_limit, keep_logits=True)
     row.fp32_top1, row.fp32_top5, row.int8_top1, row.int8_top5 = a.top1, a.top5, b.top1, b.top5
+    row.eval_images = a.images
+    if s.engine != "ort":
+        row.verdicts += _engine_verdicts(state, a.logits, b.logits)
     row.top1_drop = a.top1 - b.top1
     row.top1_agreement = 100.0 * top1_agreement(a.logits, b.logits)
     row.sqnr_db = sqnr_db(a.logits, b.logits)
 
 
-def _benchmark(s: PipelineSettings, row: ModelRow, state: dict) -> None:
-    from .bench import bench
+def _engine_verdicts(state: dict, fp32_logits, int8_logits, images: int = 64) -> list[dict]:
+    """TensorRT vs ONNX Runtime on the first evaluation images, FP32 and INT8 graphs alike."""
+    import numpy as np
 
-    results = {}
-    for label in ("fp32", "int8"):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            r = bench(state[f"{label}_runner"], batch=s.bench_batch, warmup=s.warmup, duration=s.duration,
-                      iterations=s.iterations, seed=s.seed)
-        for w in caught:
-            status(f"  warning: {w.message}")
+    from .export.onnx import ort_session
+    from .verify import TRT_MIN_AGREEMENT, TRT_MIN_SQNR_DB, compare_logits
+
+    x = np.concatenate([b.numpy() for b, _ in state["val"].batches(32, limit=images)])
+    out = []
+    for label, path, logits in (("fp32", state["fp32_onnx"], fp32_logits), ("int8", state["int8_onnx"], int8_logits)):
+        session = ort_session(path)
+        ref = session.run(None, {session.get_inputs()[0].name: x})[0]
+        out.append(compare_logits(f"trt_{label}", ref, logits[: len(ref)], reference_name=f"ORT {label.upper()}",
+                                  candidate_name=f"TensorRT {label.upper()}", min_sqnr_db=TRT_MIN_SQNR_DB,
+                                  min_agreement=TRT_MIN_AGREEMENT).to_dict())
+    return out
+
+
+def _benchmark(s: PipelineSettings, row: ModelRow, state: dict) -> None:
+    """FP32 and INT8 in interleaved rounds (bench.bench_interleaved): medians with their
+    intervals, and the speed-up as a ratio with its own interval; noisy ones are flagged."""
+    from .bench import bench_interleaved
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results, speedup = bench_interleaved(
+            [state["fp32_runner"], state["int8_runner"]], batch=s.bench_batch, warmup=s.warmup,
+            duration=s.duration, iterations=s.iterations, max_duration=s.max_duration, seed=s.seed)
+    for w in caught:
+        status(f"  warning: {w.message}")
+    for label, r in zip(("fp32", "int8"), results):
         record = r.to_dict()
         record.pop("environment")  # once per report, not per row
         record["precision"] = label
         row.bench.append(record)
-        results[label] = r
-    row.fp32_ms = results["fp32"].stats.p50_ms
-    row.int8_ms = results["int8"].stats.p50_ms
-    row.speedup = row.fp32_ms / row.int8_ms if row.int8_ms > 0 else None
+    fp32, int8 = (r.stats for r in results)
+    row.fp32_ms, row.int8_ms = fp32.median_ms, int8.median_ms
+    row.fp32_ms_ci = [fp32.median_ci_low_ms, fp32.median_ci_high_ms]
+    row.int8_ms_ci = [int8.median_ci_low_ms, int8.median_ci_high_ms]
+    row.speedup = speedup.ratio if row.int8_ms > 0 else None
+    row.speedup_ci = [speedup.ci_low, speedup.ci_high]
+    row.latency_noisy = bool(fp32.noisy or int8.noisy or speedup.noisy)
 
 
 def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict, load_kwargs: dict) -> None:
@@ -503,7 +578,11 @@ def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: d
     try:
         result = qat(str(path), train_data=train_source, val_data=s.data, output_dir=scratch, epochs=s.qat_epochs,
                      calib_cache=run_dir / "calib.json", target=s.target, distill=True, grad_mult=grad_mult,
-                     seed=s.seed, load_kwargs=load_kwargs, device=s.device)
+                     seed=s.seed, load_kwargs=load_kwargs, device=s.device,
+                     preprocessing=state["val"].preprocessing,
+                     allow_mismatch=True)  # its verdicts join the row's, which _gate judges
+        row.verdicts += [{**v, "check": f"qat_{v['check']}", "line": f"qat {v['line']}"}
+                         for v in result.report.get("verdicts") or []]
         onnx_path = run_dir / f"qat_int8_{s.target}.onnx"
         result.int8_onnx.replace(onnx_path)
         (scratch / "report.json").replace(run_dir / "qat_report.json")
@@ -516,7 +595,30 @@ def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: d
 
 
 def _gate(row: ModelRow, s: PipelineSettings) -> None:
+    """The row's verdict: FAILED (exit 1) on a failed hand-off unless --allow-mismatch, FAILED
+    (exit 3) over --max-drop, else PASSED; sanity warnings and the parity cell either way."""
+    from .verify import failed, fusion_verdict, parity_cell, sanity_warnings, warning
+
+    fusion = fusion_verdict(row.fusion)
+    if fusion is not None and not any(v.get("check") == "fusion" for v in row.verdicts):
+        row.verdicts.insert(0, fusion.to_dict())
+    row.parity = parity_cell(row.verdicts, allowed=s.allow_mismatch)
+    row.warnings = sanity_warnings(fp32_top1=row.fp32_top1, num_classes=row.num_classes, eval_images=row.eval_images,
+                                   calib_on_eval=bool((row.calibration or {}).get("on_eval_data")))
+    if row.latency_noisy:
+        lo, hi = row.speedup_ci or (None, None)
+        interval = f" (speed-up 95 % interval {lo:.2f}-{hi:.2f}x)" if lo is not None else ""
+        row.warnings.append(warning("noisy", f"latency is noisy: an interval is wider than +-5 % of its median after "
+                                    f"the --max-duration cap{interval}; close other programs or run longer"))
+    mismatches = failed(row.verdicts)
     row.status = "PASSED"
+    if mismatches:
+        if not s.allow_mismatch:
+            row.status, row.exit_code, row.failed_stage = "FAILED", 1, "verification"
+            row.error = "verification failed: " + "; ".join(mismatches)
+            return
+        row.warnings.append(warning("MISMATCH allowed", "verification FAILED but kept by --allow-mismatch: "
+                                    + "; ".join(mismatches)))
     # With --qat the user deploys whichever INT8 model is better, so the gate judges that one.
     drops = [d for d in (row.top1_drop, row.qat_drop) if d is not None]
     drop = min(drops) if drops else None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import trained_like
-from repdeploy.bench import CV_WARN, bench, environment, latency_stats
+from repdeploy.bench import NOISE_TOL, bench, bootstrap_median_ci, environment, latency_stats, speedup_interval
 from repdeploy.errors import InputError
 from repdeploy.fuse import fuse
 from repdeploy.runtime import InputMetadata, Runner, open_runner
@@ -50,7 +50,7 @@ def ort_runner():
         yield runner
 
 
-@pytest.mark.filterwarnings("ignore:.*coefficient of variation")
+@pytest.mark.filterwarnings("ignore:.*latency is noisy")
 def test_harness_meets_both_minimums(ort_runner):
     few = bench(ort_runner, batch=2, warmup=0, duration=0, iterations=7)
     assert few.stats.count == 7 and few.input_shape == (2, 3, 32, 32)
@@ -81,13 +81,75 @@ class Alternating(Runner):
         return InputMetadata("x", (None, 3, 8, 8))
 
 
-def test_high_coefficient_of_variation_warns():
+def test_alternating_latency_is_noisy_and_extends_to_the_cap():
     with Alternating("alternating") as r, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = bench(r, warmup=0, duration=0, iterations=10)
-    assert result.stats.cv > CV_WARN and result.high_variance
-    assert any("coefficient of variation" in str(w.message) for w in caught)
-    assert 1.0 <= result.stats.min_ms < 5 and result.stats.max_ms >= 12.0
+        short = bench(r, warmup=0, duration=0, iterations=10)
+        assert short.stats.count == 10  # no cap given: no extension
+        capped = bench(r, warmup=0, duration=0, iterations=10, max_duration=0.4)
+    # half the runs at 1 ms, half at 12 ms: the median is anywhere in between, however long it runs
+    assert short.stats.noisy and short.high_variance and capped.stats.noisy
+    assert capped.measured_s >= 0.4 and capped.stats.count > 10
+    assert any("latency is noisy" in str(w.message) and "cap" in str(w.message) for w in caught)
+    assert 1.0 <= short.stats.min_ms < 5 and short.stats.max_ms >= 12.0
+
+
+def spiky(n, seed=0, median=1.0, spikes=0.01):
+    """Timings in seconds: a tight log-normal around `median` ms plus rare 40x spikes, as a
+    shared machine gives them."""
+    rng = np.random.default_rng(seed)
+    ms = median * np.exp(rng.normal(0.0, 0.02, n))
+    hit = rng.random(n) < spikes
+    ms[hit] *= 40.0
+    return ms / 1e3
+
+
+def test_spikes_inflate_the_cv_but_not_the_median_interval():
+    s = latency_stats(spiky(2000))
+    assert s.cv > 1.0  # the old std-based warning would have cried wolf
+    assert not s.noisy and s.ci_halfwidth < 0.01
+    assert s.median_ci_low_ms <= s.median_ms <= s.median_ci_high_ms
+    assert s.median_ci_low_ms == pytest.approx(1.0, rel=0.01) and s.median_ci_high_ms == pytest.approx(1.0, rel=0.01)
+    assert s.max_ms > 30 and s.iqr_ms < 0.05  # the spikes are still there, in the tail
+
+
+def test_median_interval_covers_the_true_median_at_its_nominal_rate():
+    # Log-normal with median exactly 1 ms: a 95 % interval must cover 1.0 in about 95 % of runs.
+    covered = 0
+    for seed in range(200):
+        ms = np.exp(np.random.default_rng(seed).normal(0.0, 0.3, 201))
+        lo, hi = bootstrap_median_ci(ms, seed=seed)
+        covered += lo <= 1.0 <= hi
+    assert 0.90 <= covered / 200 <= 0.99
+
+
+def test_beta_draw_matches_an_explicit_bootstrap():
+    ms = np.exp(np.random.default_rng(1).normal(0.0, 0.3, 301))
+    idx = np.random.default_rng(2).integers(0, ms.size, size=(4000, ms.size))
+    explicit = np.percentile(np.median(ms[idx], axis=1), [2.5, 97.5])
+    fast = bootstrap_median_ci(ms, resamples=4000)
+    width = explicit[1] - explicit[0]
+    assert abs(fast[0] - explicit[0]) < 0.1 * width and abs(fast[1] - explicit[1]) < 0.1 * width
+
+
+def test_noisy_flag_is_raised_on_few_runs_and_cleared_by_more():
+    rng = np.random.default_rng(0)
+    few = latency_stats(rng.uniform(1e-3, 2e-3, 12))
+    many = latency_stats(rng.uniform(1e-3, 2e-3, 20000))
+    assert few.noisy and few.ci_halfwidth > NOISE_TOL
+    assert not many.noisy and many.ci_halfwidth < NOISE_TOL
+
+
+def test_speedup_interval_over_rounds():
+    rng = np.random.default_rng(0)
+    load = 1.0 + 0.5 * rng.random(40)  # machine load drifts, and hits both models of a round alike
+    steady = speedup_interval(2.0 * load, 1.0 * load)
+    assert steady.ratio == pytest.approx(2.0) and steady.ci_low == pytest.approx(2.0) and not steady.noisy
+    independent = speedup_interval(2.0 * load, rng.permutation(load))
+    assert independent.noisy and independent.ci_low < 2.0 < independent.ci_high
+    assert speedup_interval([2.0] * 3, [1.0] * 3).noisy  # too few rounds to judge
+    with pytest.raises(InputError):
+        speedup_interval([1.0, 2.0], [1.0])
 
 
 def test_environment_names_the_machine():

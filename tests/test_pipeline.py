@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from repdeploy.checkpoints import load_fused, save_fused
+from repdeploy.preprocess import preprocessing_of
 from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, run_pipeline
 from repdeploy.zoo import builtin_zoo
 
-FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3)
+FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0)
 RUN_FILES = {"manifest.json", "fused.pt", "model_fp32.onnx", "model_int8_ort.onnx", "calib.json", "report.json"}
 ROW_FIELDS = ("fp32_top1", "fp32_top5", "int8_top1", "int8_top5", "top1_drop", "top1_agreement", "sqnr_db",
               "fp32_ms", "int8_ms", "speedup")
@@ -51,6 +52,14 @@ def test_every_artifact_and_field_for_the_good_models(result):
         assert record["speedup"] == pytest.approx(record["fp32_ms"] / record["int8_ms"])
         assert [b["precision"] for b in record["bench"]] == ["fp32", "int8"] and record["bench"][0]["stats"]["count"] >= 3
         assert record["diagnostics"]["layers"] and "sqnr_db" in record["diagnostics"]["layers"][0]
+        # one preprocessing record in every artifact, the one the model was calibrated and evaluated with
+        records = {f: preprocessing_of(run / f) for f in ("fused.pt", "calib.json", "report.json", "model_fp32.onnx",
+                                                          "model_int8_ort.onnx")}
+        assert len(set(records.values())) == 1 and records["fused.pt"].mean == pytest.approx((0.3058,) * 3)
+        assert record["parity"] == "ok" and record["eval_images"] == 120 and record["latency_noisy"] in (True, False)
+        assert [v["check"] for v in record["verdicts"]] == ["fusion", "ort_fp32", "ort_int8"]
+        lo, hi = record["speedup_ci"]
+        assert lo <= record["speedup"] <= hi
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["command"] == "test" and len(manifest["input"]["sha256"]) == 64
         assert manifest["detected"]["variant"] == arch and manifest["settings"]["max_drop"] == 100.0
@@ -85,7 +94,7 @@ def test_report_files_and_html(result):
     page = Page()
     page.feed(result.report.html.read_text())
     assert all(src.startswith("data:image/png;base64,") for src in page.images)
-    assert len(page.images) == 3  # drop vs speed-up, and per-layer diagnostics for each good model
+    assert len(page.images) == 4  # drop vs speed-up, latency, and per-layer diagnostics for each good model
     assert "repoptvgg_mini" in page.cells and "ERROR" in page.cells
 
 
@@ -130,7 +139,7 @@ def test_cli_gate_fails_exit_3_after_writing_everything(tmp_path):
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "repdeploy", "pipeline", str(model), "-o", str(out), "--max-drop", "1",
                         "--calib-method", "max", "--calib-samples", "32", "--eval-limit", "120", "--warmup", "0",
-                        "--duration", "0", "--iterations", "3"], capture_output=True, text=True)
+                        "--duration", "0", "--iterations", "3", "--max-duration", "0"], capture_output=True, text=True)
     assert r.returncode == 3, r.stderr
     assert "accuracy gate failed for outlier" in r.stderr
     row = json.loads((out / "report.json").read_text())["models"][0]
@@ -166,3 +175,19 @@ def test_calibration_never_silently_uses_the_evaluation_images(tmp_path):
     for data, on_eval in cases.items():
         assert _calibration_source(PipelineSettings(data=data)) == (data, on_eval), data
     assert _calibration_source(PipelineSettings(data=str(tmp_path / "flat"), calib_data="calib/")) == ("calib/", False)
+
+
+def test_pipeline_fallback_float_chooses_on_a_calibration_holdout(tmp_path):
+    model = outlier_model(tmp_path / "outlier.pt")
+    result = run_pipeline([model], output_dir=tmp_path / "out", max_drop=1.0, fallback_float=True,
+                          calib_method="max", command="test", **FAST)
+    row = result.rows[0]
+    fb = row.calibration["fallback"]
+    assert (fb["holdout_source"], fb["holdout_split"], fb["holdout_images"]) == ("builtin", "train", 256)
+    assert fb["float_layers"] and row.diagnostics["float_layers"] == fb["float_layers"]
+    assert fb["int8_top1_before"] < fb["fp32_top1"] - 1  # without float layers the drop is over the gate
+    # the table's figures are measured after the choice, on the eval images (120 here)
+    assert row.eval_images == 120 and row.top1_drop is not None
+    assert row.status == ("PASSED" if row.top1_drop <= 1.0 else "FAILED"), row.error
+    with pytest.raises(Exception, match="--fallback-float needs --max-drop"):
+        run_pipeline([model], output_dir=tmp_path / "x", fallback_float=True, **FAST)

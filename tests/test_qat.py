@@ -178,9 +178,12 @@ def test_pipeline_qat_column(tmp_path):
     from repdeploy.report import plain_table
 
     result = run_pipeline([ZOO_REPVGG], output_dir=tmp_path, qat=True, qat_epochs=1, calib_samples=64,
-                          eval_limit=200, duration=0.05, iterations=5, warmup=0.0)
+                          eval_limit=200, duration=0.05, iterations=5, warmup=0.0, max_duration=0.0)
     row = result.rows[0]
     assert row.status == "PASSED", row.error
+    # the QAT graphs are verified like the PTQ ones, and judged with them
+    qat_checks = {v["check"]: v["passed"] for v in row.verdicts if v["check"].startswith("qat_")}
+    assert qat_checks == {"qat_ort_fp32": True, "qat_ort_int8": True}
     assert row.qat_top1 is not None and row.qat_drop == pytest.approx(row.fp32_top1 - row.qat_top1)
     run_dir = Path(row.run_dir)
     assert (run_dir / "qat_int8_ort.onnx").exists() and (run_dir / "qat_report.json").exists()

@@ -56,20 +56,36 @@ def test_all_four_files_written_and_consistent(tmp_path):
     assert rows[0]["int8_top1"] == "94.25" and rows[2]["failed_stage"] == "load" and rows[2]["fp32_top1"] == ""
 
     md = paths.md.read_text()
-    assert "| repopt | RepOpt-VGG-mini | FAILED | 96.00 | 90.00 | +6.00 |" in md
+    assert "| repopt | RepOpt-VGG-mini | FAILED | - | - | 96.00 | 90.00 | +6.00 |" in md
     assert "broken.pth is not a checkpoint" in md
 
     page = PageParser()
     page.feed(paths.html.read_text())
     page.close()
     assert page.rows == 1 + 3  # header + one row per model
-    # the scatter plot and one diagnostics plot (only repvgg has diagnostics), all embedded
-    assert len(page.images) == 2
+    # the scatter plot, the latency plot and one diagnostics plot (only repvgg has diagnostics), all embedded
+    assert len(page.images) == 3
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     text = "".join(page.text)
     assert "broken.pth is not a checkpoint <b>" in text  # escaped, so it is text, not a tag
+    assert "max top-1 drop2 pts" in text and "None" not in text  # readable settings, no raw dump
+
+
+def test_readable_settings_and_shared_layer_scales():
+    from repdeploy.report import readable_settings, sensitive_layers, shared_layer_limits
+
+    rows = dict(readable_settings({"data": "builtin", "calib_data": None, "max_drop": None, "allow_mismatch": False,
+                                   "duration": 1.0, "mean": [0.5, 0.5, 0.5], "qat": False, "qat_epochs": 2}))
+    assert rows == {"evaluation data": "builtin", "calibration data": "train split of the evaluation data",
+                    "allow mismatch": "no", "min. duration per model": "1 s", "mean": "0.5, 0.5, 0.5", "QAT": "no"}
+    other = {"name": "repopt", "diagnostics": {"summary": {"most_sensitive_layers": ["stage1.0"]},
+                                               "layers": [{"layer": "stage0", "sqnr_db": 40.0, "weight_std": 0.01}]}}
+    limits = shared_layer_limits([RECORDS[0], other])
+    lo, hi = limits["SQNR (dB)"]
+    assert lo < 25.0 and hi > 40.0  # one axis spans both models' values
+    assert sensitive_layers(other) == ["stage1.0"] and sensitive_layers(RECORDS[2]) == []
 
 
 def test_no_plots_without_numbers(tmp_path):

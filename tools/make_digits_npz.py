@@ -30,6 +30,10 @@ def main(csv_gz: str, out: str = "repdeploy/assets/digits.npz") -> None:
         train_images=images[~val_mask], train_labels=labels[~val_mask],
         val_images=images[val_mask], val_labels=labels[val_mask],
         classes=np.array([str(c) for c in range(10)]),
+        # the train split's grey-level statistics (pixels in [0, 1]), rounded as data.DIGITS_MEAN/STD:
+        # repdeploy normalises this file with them whether it is named 'builtin' or given by path
+        mean=np.array([round(float((images[~val_mask] / 255.0).mean()), 4)]),
+        std=np.array([round(float((images[~val_mask] / 255.0).std()), 4)]),
     )
     print(f"wrote {out}: {int((~val_mask).sum())} train, {int(val_mask.sum())} val")
 

@@ -154,3 +154,32 @@ def amp_option(fn: Callable) -> Callable:
 
     return click.option("--amp", type=click.Choice(AMP_CHOICES), default="none", show_default=True,
                         help="Mixed precision for training: bf16 or fp16 autocast (fp16 needs CUDA).")(fn)
+def _floats(option: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
+
+
+def preprocessing_options(fn: Callable) -> Callable:
+    """--mean/--std/--resize, passed on as `prep` (dict of mean, std, resize; None = the record's or the data's)."""
+    options = [
+        click.option("--mean", "prep_mean", default=None,
+                     help="Preprocessing mean per channel, e.g. 0.485,0.456,0.406 (default: the model's record, "
+                          "else the data's own: builtin digits, an .npz's mean array, else ImageNet)."),
+        click.option("--std", "prep_std", default=None, help="Preprocessing std per channel, e.g. 0.229,0.224,0.225."),
+        click.option("--resize", "prep_resize", type=int, default=None,
+                     help="Shorter side before the centre crop to the input size (default: the model's record, "
+                          "else input/0.875 for image files, the input size for arrays)."),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, prep_mean, prep_std, prep_resize, **kwargs: Any) -> Any:
+        kwargs["prep"] = dict(mean=_floats("--mean", prep_mean), std=_floats("--std", prep_std), resize=prep_resize)
+        return fn(*args, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

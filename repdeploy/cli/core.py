@@ -218,13 +218,20 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
 
     plain, loaded, eq = load_fused(checkpoint, **load_kwargs)
     size = input_size or plain.spec.input_size
+    # A fused.pt from quantize/pipeline carries its preprocessing record: keep it in the ONNX.
+    from ..preprocess import Preprocessing
+
+    prep = loaded.extra.get("preprocessing") if isinstance(loaded.extra, dict) else None
+    prep = Preprocessing.from_dict(prep, f"{checkpoint} extra.preprocessing") if isinstance(prep, dict) else None
+    if prep is not None and prep.input_size != size:
+        prep = None  # exported at another size: the recorded crop no longer applies
     x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     # fp16 rounds every activation to 11 significant bits: its gate is looser, and stated.
     tolerance = 1e-2 if precision == "fp16" else PARITY_TOLERANCE
     # The file appears under its name only once ORT has run it and agreed with torch.
     with atomic_path(output) as staged:
         export_onnx(plain, staged, input_size=size, in_channels=plain.spec.in_channels, opset=opset,
-                    precision=precision)
+                    precision=precision, preprocessing=prep)
         parity = ort_parity(plain, staged, x)
         passed = parity.max_rel_diff <= tolerance
         if not passed:
@@ -235,6 +242,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
         "precision": precision, "input_size": size, "dynamic_axes": ["batch", "height", "width"],
         "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),
         "ort_parity_tolerance": tolerance, "ort_parity_passed": passed,
+        "preprocessing": prep.to_dict() if prep is not None else None,
     }
     emit(record, as_json, lambda r: (
         f"exported {r['variant']} -> {r['output']} ({precision}, opset {r['opset']}, dynamic batch and HxW, "

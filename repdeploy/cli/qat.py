@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import amp_option, checkpoint_options, device_option, emit, handle_errors, json_option, quiet_option
+from .common import (amp_option, checkpoint_options, device_option, emit, handle_errors, json_option,
+                     preprocessing_options, quiet_option)
 
 
 def _text(r: dict) -> str:
@@ -16,6 +17,8 @@ def _text(r: dict) -> str:
     if r.get("qat_drop") is not None:
         lines.append(f"  drop   PTQ {r['ptq_drop']:+.2f}   QAT {r['qat_drop']:+.2f} points")
     lines.append(f"  INT8 ONNX ({r['target']}): {r['int8_onnx']}")
+    for v in r.get("verdicts") or []:
+        lines.append(f"  verify {v['line']}")
     return "\n".join(lines)
 
 
@@ -47,6 +50,9 @@ def _text(r: dict) -> str:
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Steps between training-state checkpoints (0: every epoch).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--allow-mismatch", is_flag=True,
+              help="Keep (exit 0) a QAT model whose verification failed; the report records it.")
+@preprocessing_options
 @device_option
 @amp_option
 @checkpoint_options
@@ -55,7 +61,8 @@ def _text(r: dict) -> str:
 @handle_errors
 def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, learnable_ranges, resume, checkpoint_every, seed, device, amp, load_kwargs, as_json):
+            train_samples, learnable_ranges, resume, checkpoint_every, seed, allow_mismatch, prep, device, amp,
+            load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains with frozen activation ranges,
@@ -79,7 +86,8 @@ def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
         learnable_ranges=learnable_ranges, resume=resume,
-        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, device=device, amp=amp,
+        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch,
+        device=device, amp=amp, **prep,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return

@@ -6,17 +6,25 @@ from pathlib import Path
 
 import click
 
-from .common import checkpoint_options, device_option, emit, handle_errors, json_option, quiet_option
+from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
+                     quiet_option)
 
 
 def _text(r: dict) -> str:
     lines = [f"{r['model']} -> {r['output_dir']}  ({r['target']} INT8, {r['calib_method']} on {r['calib_samples']} images)"]
+    if r.get("preprocessing"):
+        from ..preprocess import Preprocessing
+
+        lines.append(f"  input       {Preprocessing.from_dict(r['preprocessing']).summary()}")
     sq = r.get("sqnr_db")
     lines.append(f"  fidelity    SQNR {sq:.1f} dB, top-1 agreement with FP32 {r['top1_agreement']:.1%}"
                  if sq is not None else f"  fidelity    identical to FP32, top-1 agreement {r['top1_agreement']:.1%}")
     p = r["ort_parity"]
-    lines.append(f"  parity      ORT vs torch fake-quant: max |diff| {p['max_abs_diff']:.2e}, "
-                 f"top-1 {p['top1_agreement']:.1%} ({'ok' if p['passed'] else 'MISMATCH'})")
+    for v in r.get("verdicts") or []:
+        lines.append(f"  verify      {v['line']}")
+    if not r.get("verdicts"):
+        lines.append(f"  parity      ORT vs torch fake-quant: max |diff| {p['max_abs_diff']:.2e}, "
+                     f"top-1 {p['top1_agreement']:.1%} ({'ok' if p['passed'] else 'MISMATCH'})")
     lines.append(f"  ORT kernels {r['ort_integer_nodes']} integer nodes after graph optimisation")
     if "fp32_top1" in r:
         top5 = f", top-5 {r['fp32_top5']:.2f} -> {r['int8_top5']:.2f}" if r.get("fp32_top5") is not None else ""
@@ -33,6 +41,15 @@ def _text(r: dict) -> str:
     gate = r.get("accuracy_gate")
     if gate and gate.get("passed") is not None:
         lines.append(f"  gate        max drop {gate['max_drop']}: {'PASSED' if gate['passed'] else 'FAILED'}")
+    fb = r.get("fallback")
+    if fb and fb.get("holdout_images"):
+        lines.append(f"  fallback    layers chosen on a calibration holdout of {fb['holdout_images']} images "
+                     f"({fb.get('holdout_source')}); accuracy above measured after the choice")
+    for w in r.get("warnings") or []:
+        lines.append(f"  warning     {w['message']}")
+    if r.get("allow_mismatch") and any(not v.get("passed") for v in r.get("verdicts") or []):
+        lines.append("  note        a verification FAILED and --allow-mismatch kept the model anyway")
+    lines.append(f"  status      {r.get('status', '-')}" + (f": {'; '.join(r['failures'])}" if r.get("failures") else ""))
     return "\n".join(lines)
 
 
@@ -57,8 +74,9 @@ def _text(r: dict) -> str:
               help="Fail with exit code 3 if INT8 top-1 drops more than this many points (needs --eval-data).")
 @click.option("--fallback-float", "fallback", is_flag=True,
               help="With --max-drop: leave the most sensitive layers in float until the drop fits.")
-@click.option("--mean", default=None, help="Preprocessing mean, e.g. 0.485,0.456,0.406 (default: ImageNet; builtin: its own).")
-@click.option("--std", default=None, help="Preprocessing std, e.g. 0.229,0.224,0.225.")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Keep (exit 0) a model whose verification failed; the report records that it was allowed.")
+@preprocessing_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @device_option
@@ -67,7 +85,8 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, fallback, mean, std, seed, output_dir, device, load_kwargs, as_json):
+                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, prep, seed, output_dir, device,
+                 load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -81,31 +100,23 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
       repdeploy quantize --int8 --eval-data builtin --max-drop 1.0 -o runs/zoo
       repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ --max-drop 1 --fallback-float -o out/
     """
-    from ..errors import AccuracyGateError
+    from ..errors import AccuracyGateError, VerificationError
     from ..quant.ptq import quantize
     from ..zoo import builtin_zoo
-
-    def floats(option: str, text: str | None) -> tuple[float, ...] | None:
-        if text is None:
-            return None
-        try:
-            return tuple(float(v) for v in text.split(","))
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from None
 
     common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
                   eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
-                  mean=floats("--mean", mean), std=floats("--std", std), device=device)
+                  allow_mismatch=allow_mismatch, device=device, **prep)
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
-    records, failed = [], []
+    records, failed, mismatched = [], [], []
     for path, out in jobs:
         try:
             result = quantize(path, output_dir=out, **common)
             report = result.report
-        except AccuracyGateError as exc:
-            failed.append(str(exc))
+        except (AccuracyGateError, VerificationError) as exc:  # raised after every output was written
+            (mismatched if isinstance(exc, VerificationError) else failed).append(str(exc))
             report = __import__("json").loads((Path(out) / "report.json").read_text())
         records.append({**report, "output_dir": str(out)})
     if as_json:
@@ -113,6 +124,9 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
     else:
         for r in records:
             click.echo(_text(r))
+    if mismatched:  # a model that does not compute what was measured outranks an accuracy gate
+        raise VerificationError(mismatched[0] if len(mismatched) == 1 else
+                                f"{len(mismatched)} models failed verification: {mismatched[0]}")
     if failed:
         raise AccuracyGateError(failed[0] if len(failed) == 1 else f"{len(failed)} models failed the gate: {failed[0]}")
 

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .common import checkpoint_options, device_option, emit, handle_errors, json_option, quiet_option
+from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
+                     quiet_option)
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -23,7 +24,11 @@ def _batches(value: str) -> list[int]:
 
 def _eval_text(r: dict) -> str:
     top5 = "n/a (fewer than 5 classes)" if r["top5"] is None else f"{r['top5']:.2f} %"
+    from ..preprocess import Preprocessing
+
+    prep = Preprocessing.from_dict(r["preprocessing"]).summary()
     return (f"{r['model']} on {r['data']} ({r['images']} images, {r['engine']})\n"
+            f"  input  {prep} ({r['preprocessing_from']})\n"
             f"  top-1  {r['top1']:.2f} %\n  top-5  {top5}")
 
 
@@ -36,13 +41,18 @@ def _eval_text(r: dict) -> str:
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
+@preprocessing_options
 @device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, data, engine, batch_size, limit, threads, device, load_kwargs, as_json):
+def eval_cmd(model, data, engine, batch_size, limit, threads, prep, device, load_kwargs, as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
+
+    Images are fed with the preprocessing record the model carries (ONNX metadata, fused.pt),
+    as it was calibrated; --mean/--std/--resize override it, and a model without one gets the
+    data's own (the built-in digits', an .npz's mean/std arrays, else ImageNet's).
 
     \b
     Examples:
@@ -51,6 +61,7 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, device, load_kwarg
       repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --device cuda
     """
     from ..evaluate import evaluate, open_eval_data
+    from ..preprocess import preprocessing_of
     from ..runtime import model_kind, open_runner
     from ..validate import integer, threads as check_threads
 
@@ -60,9 +71,16 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, device, load_kwarg
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
+    record = preprocessing_of(model)
     with open_runner(model, engine, threads=threads, device=device, **kwargs) as runner:
-        acc = evaluate(runner, open_eval_data(runner, data), batch_size=batch_size, limit=limit)
-    emit(acc.to_dict(), as_json, _eval_text)
+        dataset = open_eval_data(runner, data, preprocessing=record, **prep)
+        acc = evaluate(runner, dataset, batch_size=batch_size, limit=limit)
+    out = acc.to_dict()
+    out["preprocessing"] = dataset.preprocessing.to_dict()
+    given = [f"--{k}" for k, v in prep.items() if v is not None]
+    out["preprocessing_from"] = ("the model's record" if record is not None else "the data's defaults") + (
+        f", with {' '.join(given)}" if given else "")
+    emit(out, as_json, _eval_text)
 
 
 def _bench_text(r: dict) -> str:
@@ -70,10 +88,11 @@ def _bench_text(r: dict) -> str:
     lines = [
         f"{r['model']}  engine {r['engine']}  batch {r['batch']}  input {tuple(r['input_shape'])}  "
         f"threads {r['runner'].get('intra_op_threads') or r['runner'].get('threads') or '-'}",
+        f"  median {s['median_ms']:.3f} ms, 95 % interval {s['median_ci_low_ms']:.3f}-{s['median_ci_high_ms']:.3f} "
+        f"(+-{s['ci_halfwidth']:.1%}){'  NOISY' if s['noisy'] else ''}  IQR {s['iqr_ms']:.3f} ms",
         f"  latency ms: min {s['min_ms']:.3f}  mean {s['mean_ms']:.3f}  p50 {s['p50_ms']:.3f}  "
         f"p90 {s['p90_ms']:.3f}  p95 {s['p95_ms']:.3f}  p99 {s['p99_ms']:.3f}  max {s['max_ms']:.3f}",
-        f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}{'  (HIGH: unstable timing)' if r['high_variance'] else ''}"
-        f"  iterations {s['count']}  over {r['measured_s']:.2f} s",
+        f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}  iterations {s['count']}  over {r['measured_s']:.2f} s",
         f"  throughput {r['throughput_ips']:.1f} img/s",
     ]
     return "\n".join(lines)
@@ -87,18 +106,21 @@ def _bench_text(r: dict) -> str:
 @click.option("--warmup", type=float, default=0.5, show_default=True, help="Warm-up seconds.")
 @click.option("--duration", type=float, default=2.0, show_default=True, help="Minimum measured seconds.")
 @click.option("--iterations", type=int, default=20, show_default=True, help="Minimum measured iterations.")
+@click.option("--max-duration", type=float, default=None,
+              help="Keep running, up to this many seconds, while the median's 95 % interval is wider than +-5 %.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch engine: run through torch.compile.")
 @device_option
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also write all results to this JSON file.")
 @checkpoint_options
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_compile, device, json_out,
+def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_duration, use_compile, device, json_out,
               load_kwargs):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
-    Reports min/mean/p50/p90/p95/p99/max ms, std, coefficient of variation (warns when high),
-    throughput and the environment, then a PASSED/FAILED line like trtexec.
+    Reports the median with its bootstrap 95 % interval (NOISY when wider than +-5 %), IQR,
+    min/mean/p50/p90/p95/p99/max ms, throughput and the environment, then a PASSED/FAILED line
+    like trtexec.
 
     \b
     Examples:
@@ -111,6 +133,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
     from ..bench import bench
     from ..errors import RepDeployError
     from ..io import ensure_writable_file, write_json_atomic
+    from ..preprocess import preprocessing_of
     from ..progress import status
     from ..runtime import model_kind, open_runner
 
@@ -136,11 +159,14 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
                     status(f"bench {model} ({engine}, batch {size})")
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        result = bench(runner, batch=size, warmup=warmup, duration=duration, iterations=iterations)
+                        result = bench(runner, batch=size, warmup=warmup, duration=duration, iterations=iterations,
+                                       max_duration=max_duration)
                     for w in caught:
                         click.echo(f"warning: {w.message}", err=True)
                     record = result.to_dict()
                     record["path"] = str(model)
+                    prep = preprocessing_of(model)  # recorded with the figures: what input the model expects
+                    record["preprocessing"] = prep.to_dict() if prep is not None else None
                     env = record.pop("environment")
                     results.append(record)
                     click.echo(_bench_text(record))
@@ -175,26 +201,37 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
 @click.option("--warmup", type=float, default=None, help="Warm-up seconds per benchmark (default 0.3).")
 @click.option("--duration", type=float, default=None, help="Minimum measured seconds per benchmark (default 1.0).")
 @click.option("--iterations", type=int, default=None, help="Minimum measured iterations per benchmark (default 30).")
+@click.option("--max-duration", type=float, default=None,
+              help="Seconds per model that latency runs may extend to while their 95 % interval is wider than "
+                   "+-5 % (default 6; 0: no extension).")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", default=2, show_default=True)
 @click.option("--train-data", default=None, help="QAT training images; default: the train split of --data.")
+@click.option("--fallback-float", is_flag=True,
+              help="With --max-drop: leave the most sensitive layers in float until the drop fits, chosen on a "
+                   "holdout of the calibration images (never --data).")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Keep (exit 0) models whose verification failed; the report marks them.")
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
+@preprocessing_options
 @device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
-                 bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
-                 force, device, load_kwargs, as_json):
+                 bench_batch, threads, warmup, duration, iterations, max_duration, eval_limit, qat, qat_epochs,
+                 train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
     table. With no CHECKPOINTS it runs the built-in zoo on the built-in digits (`make demo`).
     A model that fails a stage is reported as ERROR and the others still run.
-    Exit codes: 0 all passed, 3 a model is over --max-drop, else the first failed model's code.
+    Every numeric hand-off is verified (fusion, ORT vs torch, INT8 vs fake-quant, TensorRT vs ORT).
+    Exit codes: 0 all passed, 1 a model failed verification (unless --allow-mismatch), 3 a model
+    is over --max-drop, else the first failed model's code.
 
     \b
     Examples:
@@ -205,7 +242,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
     """
     import warnings
 
-    from ..pipeline import DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_WARMUP_S, run_pipeline
+    from ..pipeline import DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_MAX_DURATION_S, DEFAULT_WARMUP_S, run_pipeline
     from ..progress import status
     from ..report import print_table
 
@@ -217,8 +254,10 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
             duration=DEFAULT_DURATION_S if duration is None else duration,
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+            max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
+            fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
         )
     for w in caught:
         status(f"warning: {w.message}")
@@ -229,7 +268,11 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
         print_table(records)
         click.echo(f"report: {result.report.html}")
     code = result.exit_code
-    if code == 3:
+    if code == 1 and any(r.status == "FAILED" and r.exit_code == 1 for r in result.rows):
+        failed = [r.name for r in result.rows if r.status == "FAILED" and r.exit_code == 1]
+        click.echo(f"error: verification failed for {', '.join(failed)} (see the parity column; "
+                   "--allow-mismatch keeps such models)", err=True)
+    elif code == 3:
         failed = [r.name for r in result.rows if r.status == "FAILED"]
         click.echo(f"error: accuracy gate failed for {', '.join(failed)} (top-1 drop > {max_drop:g} points)", err=True)
     sys.exit(code)

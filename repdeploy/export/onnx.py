@@ -51,6 +51,7 @@ def export_onnx(
     dynamic_batch: bool = True,
     dynamic_spatial: bool = True,
     precision: str = "fp32",
+    preprocessing=None,
 ) -> Path:
     """Export `model` (eval mode) to one self-contained ONNX file, checked with onnx.checker.
 
@@ -59,7 +60,9 @@ def export_onnx(
     are floored by the strided convs as in torch). `input_size` is the nominal size, recorded
     in the metadata (`repdeploy.input_size`) for calibration and benchmarks. `precision`
     "fp16" exports fp16 weights, activations, input and logits (ONNX Runtime runs it on the CPU;
-    TensorRT builds it strongly typed).
+    TensorRT builds it strongly typed). `preprocessing` (a preprocess.Preprocessing) is stored in
+    the metadata too (`repdeploy.preprocessing`), so whoever runs the ONNX feeds it as it was
+    calibrated; the INT8 graphs derived from this file inherit it.
 
     >>> export_onnx(plain, "model.onnx", input_size=224)   # doctest: +SKIP
     """
@@ -95,6 +98,10 @@ def export_onnx(
             for key, value in ((META_INPUT_SIZE, str(input_size)), (META_PRECISION, precision)):
                 entry = graph.metadata_props.add()
                 entry.key, entry.value = key, value
+            if preprocessing is not None:
+                from ..preprocess import set_onnx_metadata
+
+                set_onnx_metadata(graph, preprocessing)
             onnx.checker.check_model(graph, full_check=True)
             onnx.save(graph, str(tmp))
         except (ExportError, OSError, MemoryError):

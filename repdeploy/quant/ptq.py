@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import AccuracyGateError, CheckpointError, DataError, InputError
+from ..errors import AccuracyGateError, CheckpointError, DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..models.plain import PlainNet
@@ -35,6 +35,7 @@ from ..zoo import is_zoo_path
 VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
 BATCH = 32
+FALLBACK_HOLDOUT = 256  # labelled calibration-source images the float layers are chosen on
 
 
 def images_for(input_size: int, count: int, floor: int) -> int:
@@ -84,13 +85,15 @@ def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
 
 
 def _check_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
-                     max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0) -> None:
+                     max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0,
+                     fallback: bool = False, resize: int | None = None) -> None:
     from .. import validate
 
     validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
     validate.number("--percentile", percentile, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)
     validate.seed("--seed", seed)
+    validate.integer("--resize", resize, low=1)
     if calib_method not in METHODS:
         raise InputError(f"unknown calibration method {calib_method!r}; use one of {', '.join(METHODS)}")
     if target not in TARGETS:
@@ -100,8 +103,9 @@ def _check_arguments(calib_method: str, target: str, calib_samples: int, percent
     if not 0.0 < percentile <= 100.0:
         raise InputError(f"--percentile must be in (0, 100], got {percentile}")
     validate.max_drop("--max-drop", max_drop)
-    if max_drop is not None and eval_data is None:
+    if max_drop is not None and eval_data is None and not fallback:
         # Without eval data the drop is never measured: the gate would silently pass everything.
+        # (With fallback, max_drop is the budget the holdout choice meets; the pipeline gates after.)
         raise InputError(f"--max-drop {max_drop:g} needs --eval-data (labelled images) to measure the top-1 drop")
 
 
@@ -123,6 +127,9 @@ def quantize(
     load_kwargs: dict | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    allow_mismatch: bool = False,
+    resize: int | None = None,
+    preprocessing=None,
     device: str | torch.device | None = "auto",
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
@@ -134,12 +141,23 @@ def quantize(
     (labelled), FP32 and INT8 top-1/top-5 are measured on ONNX Runtime; with `max_drop` too, a
     larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written; with
     `fallback` as well, the most sensitive layers are first returned to float (listed in the
-    report under `fallback`) until the drop of the fake-quant model on the eval images fits.
+    report under `fallback`) until the drop of the fake-quant model fits on a holdout of the
+    calibration source's labelled images, disjoint from the calibration sample and never the
+    eval set; the eval accuracy is then measured after that choice.
     `mean`/`std` override the preprocessing statistics (ImageNet for files and arrays, the
-    digits' own for the built-in set) of both calibration and evaluation data.
+    digits' own for the built-in set) of both calibration and evaluation data, and `resize` the
+    shorter side before the centre crop. The preprocessing record (preprocess.Preprocessing) is
+    taken from `preprocessing`, else the one the model file or `calib_cache` carries, so a model
+    is fed as it was calibrated; the record used is written into every output (fused.pt extra,
+    both ONNX metadata_props, calib.json, report.json).
     `device` ("auto", "cpu", "cuda[:N]") is where calibration and the torch side of the
     verification run; export, diagnostics and files are computed on the CPU from the same
     ranges, so the outputs do not depend on it beyond float tolerance.
+
+    Every numeric hand-off gets a verdict (report `verdicts`, see repdeploy/verify.py): fusion,
+    ORT FP32 vs torch FP32, ORT INT8 vs torch fake-quant. A failed one makes the report FAILED
+    and raises VerificationError (exit 1) after the outputs are written, unless `allow_mismatch`,
+    which the report then records.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
     >>> r.report["top1_drop"], r.int8_onnx.name
@@ -147,7 +165,8 @@ def quantize(
     """
     from ..devices import resolve_device
 
-    _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed)
+    _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed,
+                     fallback, resize)
     where = resolve_device(device)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
@@ -160,7 +179,8 @@ def quantize(
     out = ensure_writable_dir(output_dir)
     try:
         return _quantize(model, out, names, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                         eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std, where)
+                         eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std, where,
+                         allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -170,12 +190,15 @@ def quantize(
 
 def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, calib_method: str, percentile: float,
               calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
-              seed: int, load_kwargs: dict | None, mean, std, where) -> QuantizeResult:
+              seed: int, load_kwargs: dict | None, mean, std, where, *, allow_mismatch: bool = False,
+              resize: int | None = None, preprocessing=None) -> QuantizeResult:
     from ..checkpoints import save_fused
-    from ..data import calibration_sample, open_dataset
+    from ..data import calibration_sample, holdout_split, open_dataset, same_images
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
+    from ..preprocess import Preprocessing, preprocessing_of
     from ..progress import status
+    from ..verify import failed, fusion_verdict, sanity_warnings
 
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
@@ -184,24 +207,47 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
     spec = plain.spec
     status(f"quantize: {info['variant']} from {info['source']} -> {target} INT8")
 
-    def image_set(source, split: str):
-        return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels,
-                            mean=mean, std=std)
-
     # Everything that can reject the input is checked before any expensive step.
     cache_in = None
     if calib_cache is not None:
         cache_in = CalibrationCache.load(calib_cache)
         cache_in.check_model(plain, source=str(calib_cache))
+    if preprocessing is None and isinstance(model, (str, os.PathLike)):
+        preprocessing = preprocessing_of(model)
+    if preprocessing is None and cache_in is not None and isinstance(cache_in.data.get("preprocessing"), dict):
+        preprocessing = Preprocessing.from_dict(cache_in.data["preprocessing"], f"{calib_cache} data.preprocessing")
+
+    def image_set(source, split: str):
+        return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels,
+                            mean=mean, std=std, resize=resize, preprocessing=preprocessing)
+
     if calib_data is None and cache_in is None:
         if not info.get("zoo"):
             raise DataError("no calibration data: pass --calib-data (image folder, .npy/.npz, or 'builtin' "
                             "for the built-in digits) or --calib-cache FILE")
         calib_data = "builtin"
-    calib_set = None
-    if cache_in is None:
-        calib_set = calibration_sample(image_set(calib_data, "train"), calib_samples, seed)
+    # One record feeds calibration and evaluation alike: the given one, the model's or the
+    # cache's, else the evaluation data's defaults (where a wrong one shows in the accuracy).
     eval_set = image_set(eval_data, "val") if eval_data is not None else None
+    if preprocessing is None and eval_set is not None:
+        preprocessing = eval_set.preprocessing
+    calib_set = holdout = None
+    if fallback and max_drop is not None:
+        if calib_data is None:
+            raise DataError("--fallback-float with --calib-cache needs --calib-data too: the layers to leave in "
+                            "float are chosen on a labelled holdout of the calibration images, never the eval set")
+        pool, holdout = holdout_split(image_set(calib_data, "train"), FALLBACK_HOLDOUT, seed)
+        if not holdout.has_labels:
+            raise DataError(f"--fallback-float needs labelled calibration images ({calib_data} has no labels): the "
+                            "layers are chosen on a holdout of them; use class folders or labels in the .npz")
+        if eval_set is not None and same_images(holdout, eval_set):
+            raise DataError(f"--fallback-float: the calibration data {calib_data} is the eval data {eval_data}; "
+                            "give calibration images of their own (a train split) so layers are not chosen on the "
+                            "images they are judged on")
+        if cache_in is None:
+            calib_set = calibration_sample(pool, calib_samples, seed)
+    elif cache_in is None:
+        calib_set = calibration_sample(image_set(calib_data, "train"), calib_samples, seed)
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_data} has no labels; give a class-folder layout or labels in the .npz")
 
@@ -220,12 +266,15 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
     timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
 
     fallback_record = None
-    if fallback and max_drop is not None and eval_set is not None:
+    if holdout is not None:
         from .sensitivity import restore_sensitive_layers
 
         t0 = time.perf_counter()
-        xs, ys = zip(*eval_set.batches(BATCH, limit=eval_limit))
+        xs, ys = zip(*holdout.batches(BATCH))
         fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
+        fallback_record.holdout_source = holdout.source
+        fallback_record.holdout_split = holdout.split
+        fallback_record.holdout_images = len(holdout)
         timings["fallback_s"] = time.perf_counter() - t0
         if fallback_record.float_layers:
             status(f"quantize: left in float to meet --max-drop {max_drop}: {', '.join(fallback_record.float_layers)}")
@@ -238,18 +287,24 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
     if eval_limit is not None:
         n_verify = max(1, min(n_verify, eval_limit))
     x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=n_verify)])
+    # The record the model is fed with from now on: what calibration (or the evaluation) used.
+    record = next(d for d in (calib_set, eval_set, verify_source) if d is not None).preprocessing
 
     stage = make_scratch_dir(out, "set", "quantize")
     try:
         t0 = time.perf_counter()
-        save_fused(plain, stage / names["fused"], extra={"source": info["source"]})
-        export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels)
+        save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record.to_dict()})
+        export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
+                    preprocessing=record)
         export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
         cache.save(stage / names["calib"])
         timings["export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
+        fusion = fusion_verdict(info.get("fusion"))
+        if fusion is not None:
+            report["verdicts"].insert(0, fusion.to_dict())
         report["verify_data"] = verify_source.source
         import onnx
 
@@ -272,18 +327,28 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
         timings["diagnostics_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
 
+        mismatches = failed(report["verdicts"])
+        report["warnings"] = sanity_warnings(
+            fp32_top1=report.get("fp32_top1"), num_classes=spec.num_classes, eval_images=report.get("eval_images"),
+            calib_on_eval=eval_set is not None and calib_set is not None and same_images(calib_set, eval_set))
         gate = None
         if max_drop is not None and "top1_drop" in report:
             gate = {"max_drop": max_drop, "passed": report["top1_drop"] <= max_drop}
         elif max_drop is not None:
             gate = {"max_drop": max_drop, "passed": None, "note": "no --eval-data: drop not measured"}
+        verdict = "FAILED" if (mismatches and not allow_mismatch) or (gate and gate["passed"] is False) else "PASSED"
         report = {
             "tool": f"repdeploy {__version__}",
+            "status": verdict,
+            "failures": mismatches + ([f"top-1 drop {report['top1_drop']:.2f} points > --max-drop {max_drop:g}"]
+                                      if gate and gate["passed"] is False else []),
+            "allow_mismatch": allow_mismatch,
             "model": info["variant"], "source": info["source"], "arch": spec.to_dict(),
             "fusion": info.get("fusion"),
             "calib_method": cache.method, "calib_samples": cache.samples,
             "calib_percentile": cache.percentile, "calib_cache_used": str(calib_cache) if calib_cache else None,
             "calib_data": cache.data, "target": target, "device": str(where),
+            "preprocessing": record.to_dict(),
             **report,
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
@@ -301,6 +366,9 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
 
     result = QuantizeResult(out, out / names["fused"], out / names["fp32"], out / names["int8"],
                             out / names["calib"], out / names["report"], report, qnet)
+    if mismatches and not allow_mismatch:
+        raise VerificationError(f"{info['variant']}: {mismatches[0]}; the INT8 model does not compute what was "
+                                f"measured (see {result.report_path} verdicts); pass --allow-mismatch to keep it anyway")
     if gate is not None and gate["passed"] is False:
         raise AccuracyGateError(
             f"{info['variant']}: INT8 top-1 dropped {report['top1_drop']:.2f} points > --max-drop {max_drop}; "
@@ -325,6 +393,7 @@ def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
     The torch models run on `device` and are back on the CPU afterwards.
     """
     from ..evaluate import sqnr_db, top1_agreement
+    from .. import verify
 
     def logits(model) -> np.ndarray:
         # Batched: a whole verification set at 224 px through one forward would need gigabytes.
@@ -338,11 +407,13 @@ def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
     fake = logits(qnet)
     fp32 = _run_ort(fp32_onnx, x)
     int8 = _run_ort(int8_onnx, x)
-    scale = float(np.abs(fake).max()) or 1.0
-    diff = float(np.abs(int8 - fake).max())
-    parity = {"max_abs_diff": diff, "max_rel_diff": diff / scale, "top1_agreement": top1_agreement(fake, int8),
-              "images": int(x.shape[0])}
-    parity["passed"] = parity["top1_agreement"] >= 0.99 and parity["max_rel_diff"] <= 0.05
+    fp32_verdict = verify.compare_logits("ort_fp32", ref, fp32, reference_name="torch FP32", candidate_name="ORT FP32",
+                                         tolerance=verify.FP32_ORT_REL_TOL)
+    int8_verdict = verify.compare_logits("ort_int8", fake, int8, reference_name="torch fake-quant",
+                                         candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
+                                         min_agreement=verify.INT8_ORT_MIN_AGREEMENT)
+    parity = {"max_abs_diff": int8_verdict.max_abs_diff, "max_rel_diff": int8_verdict.max_rel_diff,
+              "top1_agreement": int8_verdict.top1_agreement, "images": int(x.shape[0]), "passed": int8_verdict.passed}
     record = {
         "verify_images": int(x.shape[0]),
         "sqnr_db": _json_float(sqnr_db(fp32, int8)),
@@ -350,7 +421,8 @@ def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
         "torch_sqnr_db": _json_float(sqnr_db(ref, fake)),
         "torch_top1_agreement": top1_agreement(ref, fake),
         "ort_parity": parity,
-        "fp32_ort_parity_max_abs_diff": float(np.abs(fp32 - ref).max()),
+        "fp32_ort_parity_max_abs_diff": fp32_verdict.max_abs_diff,
+        "verdicts": [fp32_verdict.to_dict(), int8_verdict.to_dict()],
     }
     if target == "tensorrt":
         record["note"] = ("tensorrt layout: ONNX Runtime runs it unfused (in float) only to verify it; "

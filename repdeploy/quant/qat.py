@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..errors import DataError, InputError
+from ..errors import DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
 from ..rundir import commit_files, make_scratch_dir, refuse_overwriting_inputs
@@ -347,6 +347,11 @@ def qat(
     stop_after_steps: int | None = None,
     seed: int = 0,
     load_kwargs: dict | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    resize: int | None = None,
+    preprocessing=None,
+    allow_mismatch: bool = False,
     device: str | torch.device | None = "auto",
     amp: str | None = None,
 ) -> QATResult:
@@ -420,8 +425,20 @@ def qat(
         plain, equivalence = fused.plain, fused.equivalence
     spec = plain.spec
 
+    # Fed as it was calibrated: the given record, else the model file's or the cache's; fields
+    # given as mean/std/resize override it (preprocess.py).
+    from ..preprocess import preprocessing_of
+
+    if preprocessing is None:
+        preprocessing = preprocessing_of(model)
+    if preprocessing is None and calib_cache is not None:
+        preprocessing = preprocessing_of(calib_cache)
+    if preprocessing is None:  # one record for training, validation and calibration: the training data's
+        preprocessing = open_dataset(train_data, split="train", image_size=spec.input_size, channels=spec.in_channels,
+                                     mean=mean, std=std, resize=resize).preprocessing
+    prep = dict(mean=mean, std=std, resize=resize, preprocessing=preprocessing)
     train_set, val_set = open_train_val(train_data, image_size=spec.input_size, channels=spec.in_channels,
-                                        val_source=val_data, seed=seed)
+                                        val_source=val_data, seed=seed, **prep)
     if train_samples is not None:
         # A seeded subset: a quick QAT on a large set, and the fast path the tests take.
         train_set = calibration_sample(train_set, train_samples, seed)
@@ -439,7 +456,7 @@ def qat(
     else:
         source = calib_data if calib_data is not None else train_data
         calib_set = calibration_sample(
-            open_dataset(source, split="train", image_size=spec.input_size, channels=spec.in_channels),
+            open_dataset(source, split="train", image_size=spec.input_size, channels=spec.in_channels, **prep),
             calib_samples, seed)
         cache = calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=calib_method,
                           percentile=percentile, total_batches=calib_set.num_batches(BATCH),
@@ -546,8 +563,11 @@ def qat(
     tuned = qnet.float_model()
     stage = make_scratch_dir(out, "set", "qat")
     try:
-        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True})
-        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels)
+        record = train_set.preprocessing
+        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True,
+                                                        "preprocessing": record.to_dict()})
+        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
+                    preprocessing=record)
         export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
         # The cache now describes the tuned weights (ranges unchanged), so it stays reusable.
         from .calib import weights_fingerprint
@@ -559,6 +579,7 @@ def qat(
         report: dict[str, Any] = {
             "tool": f"repdeploy {__version__}", "model": loaded.variant, "source": str(model),
             "target": target, "fusion": equivalence.to_dict() if equivalence else None,
+            "preprocessing": record.to_dict(),
             "calib_method": cache.method, "calib_samples": cache.samples,
             "optimizer": optimizer, "lr": step_lr, "epochs": epochs, "batch_size": batch_size,
             "grad_mult": grad_mult, "distill": distill, "learnable_ranges": learnable_ranges,
@@ -578,10 +599,40 @@ def qat(
             import onnx
 
             report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
+        # The same verdicts as PTQ (verify.py): the exported graphs must compute what was trained.
+        report["verdicts"] = _verdicts(tuned, qnet, stage / names["fp32"], stage / names["int8"],
+                                       val_set if val_set is not None else train_set, spec.input_size)
+        mismatches = [v["line"] for v in report["verdicts"] if not v["passed"]]
+        report["status"] = "FAILED" if mismatches and not allow_mismatch else "PASSED"
+        report["allow_mismatch"] = allow_mismatch
         report["files"] = dict(names)
         report["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(stage / names["report"], report)
         commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    if mismatches and not allow_mismatch:
+        raise VerificationError(f"{loaded.variant} after QAT: {mismatches[0]}; see {out / names['report']} "
+                                "verdicts; pass --allow-mismatch to keep it anyway")
     return QATResult(out, out / names["int8"], report, qnet)
+
+
+@torch.no_grad()
+def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, dataset,
+              input_size: int) -> list[dict]:
+    """ORT FP32 vs the tuned torch model and ORT INT8 vs its fake-quant model, as ptq judges them."""
+    from .. import verify
+    from .ptq import VERIFY_IMAGES, _run_ort, images_for
+
+    n = images_for(input_size, VERIFY_IMAGES, 32)
+    x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])
+    qnet.eval()
+    ref = torch.cat([tuned(c) for c in x.split(BATCH)]).numpy()
+    fake = torch.cat([qnet(c) for c in x.split(BATCH)]).numpy()
+    return [
+        verify.compare_logits("ort_fp32", ref, _run_ort(fp32_onnx, x), reference_name="torch FP32 (QAT-tuned)",
+                              candidate_name="ORT FP32", tolerance=verify.FP32_ORT_REL_TOL).to_dict(),
+        verify.compare_logits("ort_int8", fake, _run_ort(int8_onnx, x), reference_name="torch fake-quant (QAT)",
+                              candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
+                              min_agreement=verify.INT8_ORT_MIN_AGREEMENT).to_dict(),
+    ]

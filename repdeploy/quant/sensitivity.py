@@ -27,7 +27,8 @@ class FallbackStep:
 
 @dataclass
 class FallbackResult:
-    """Outcome of `restore_sensitive_layers`; accuracies in percent on the given images."""
+    """Outcome of `restore_sensitive_layers`; accuracies in percent on the given images (a
+    calibration holdout, so the eval accuracy measured afterwards is not chosen on itself)."""
 
     max_drop: float
     fp32_top1: float
@@ -35,6 +36,10 @@ class FallbackResult:
     int8_top1_after: float
     float_layers: list[str] = field(default_factory=list)
     steps: list[FallbackStep] = field(default_factory=list)
+    # what the accuracies above were measured on: a holdout of the calibration source (ptq.py)
+    holdout_source: str | None = None
+    holdout_split: str | None = None
+    holdout_images: int | None = None
 
     @property
     def met(self) -> bool:

@@ -1,0 +1,255 @@
+"""Preprocessing as data: the one record of how images become model inputs.
+
+A model is only right when it is fed as it was calibrated and evaluated, so the record travels
+with it: fused.pt (`extra["preprocessing"]`), calib.json (`data.preprocessing`), report.json and
+the ONNX `metadata_props` (key `repdeploy.preprocessing`, JSON). eval, bench, quantize, qat and
+pipeline read it back and use it unless the user overrides a field with --mean/--std/--resize.
+
+The transform, for pixel arrays and image files alike:
+  1. grey or RGB as `channel_order` says (grey is replicated when the model takes 3 channels);
+  2. resize so the shorter side is `resize` (bilinear), then centre-crop `input_size` square
+     (resize == input_size: a plain resize of square images, no crop);
+  3. scale `value_range` to [0, 1], subtract `mean`, divide by `std` per channel; NCHW float32.
+
+Services call `preprocess(images, record)`:
+
+>>> record = preprocessing_of("runs/demo/repvgg_mini/model_fp32.onnx")   # doctest: +SKIP
+>>> x = preprocess(uint8_images, record)                                 # doctest: +SKIP
+>>> session.run(None, {"input": x})                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import DataError, InputError
+
+ONNX_METADATA_KEY = "repdeploy.preprocessing"
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw images become the model's NCHW float32 input (see the module docstring)."""
+
+    input_size: int
+    resize: int  # shorter side before the centre crop; == input_size for a plain resize
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_order: str = "RGB"  # "RGB" or "L" (grey)
+    value_range: tuple[float, float] = (0.0, 255.0)  # raw pixel values mapped to [0, 1]
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 1 or self.resize < self.input_size:
+            raise InputError(f"preprocessing: resize {self.resize} must be >= the input size {self.input_size} "
+                             "(the centre crop is input_size); fix --resize")
+        if self.channel_order not in ("RGB", "L"):
+            raise InputError(f"preprocessing: channel order {self.channel_order!r}: use RGB or L")
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise InputError(f"preprocessing: mean {self.mean} and std {self.std} need one value per channel "
+                             "and positive std; fix --mean/--std")
+        lo, hi = self.value_range
+        if not hi > lo:
+            raise InputError(f"preprocessing: value range {self.value_range} is empty")
+
+    @property
+    def crop(self) -> int:
+        return self.input_size
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.channel_order == "L" else 3
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(version=RECORD_VERSION, crop=self.crop, mean=list(self.mean), std=list(self.std),
+                 value_range=list(self.value_range), layout="NCHW", dtype="float32")
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "preprocessing record") -> "Preprocessing":
+        try:
+            return cls(input_size=int(d["input_size"]), resize=int(d["resize"]),
+                       mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                       channel_order=str(d.get("channel_order", "RGB")),
+                       value_range=tuple(float(v) for v in d.get("value_range", (0.0, 255.0))),  # type: ignore[arg-type]
+                       interpolation=str(d.get("interpolation", "bilinear")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{source} is not a repdeploy preprocessing record ({exc}); re-export the model") from exc
+
+    def override(self, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 resize: int | None = None) -> "Preprocessing":
+        """This record with the fields a user gave on the command line replaced."""
+        changes: dict[str, Any] = {}
+        if mean is not None:
+            changes["mean"] = _per_channel(mean, len(self.mean), "--mean")
+        if std is not None:
+            changes["std"] = _per_channel(std, len(self.std), "--std")
+        if resize is not None:
+            changes["resize"] = int(resize)
+        return replace(self, **changes) if changes else self
+
+    def summary(self) -> str:
+        """One readable line for reports and logs."""
+        crop = f"resize {self.resize}, centre crop {self.crop}" if self.resize != self.crop else f"resize {self.crop}"
+        fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+        return (f"{self.channel_order} {crop}, [{self.value_range[0]:g}, {self.value_range[1]:g}] -> [0, 1], "
+                f"mean {fmt(self.mean)}, std {fmt(self.std)}")
+
+
+def _per_channel(values: Sequence[float], channels: int, option: str) -> tuple[float, ...]:
+    v = tuple(float(x) for x in values)
+    if len(v) == 1:
+        v = v * channels
+    if len(v) != channels:
+        raise InputError(f"{option} needs 1 or {channels} values, got {len(v)}")
+    return v
+
+
+# -- the transform ------------------------------------------------------------------------------
+
+
+def transform(x, record: Preprocessing, *, already_scaled: bool = False):
+    """Resize/crop and normalise a float torch batch (N, C, H, W) of raw pixel values.
+
+    The one implementation behind `preprocess` and the array sources of data.py, so a service
+    and the evaluation feed a model identically.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    size = record.input_size
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size) or record.resize != size:
+        scale = record.resize / min(h, w)
+        nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+        if (nh, nw) != (h, w):
+            # antialias only matters when shrinking; bilinear upsampling is the same either way
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[..., top : top + size, left : left + size]
+    if already_scaled:
+        return x.contiguous()
+    lo, hi = record.value_range
+    x = (x - lo) / (hi - lo)
+    mean = torch.tensor(record.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(record.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def preprocess(images, record: Preprocessing | dict) -> np.ndarray:
+    """Raw images -> the model's float32 NCHW input, exactly as repdeploy fed it.
+
+    `images`: one PIL image, a list of them, or a numpy array (H,W), (H,W,C), (N,H,W) or
+    (N,H,W,C) of raw pixel values (uint8 0-255 by default; see `record.value_range`).
+
+    >>> preprocess(np.zeros((8, 8), np.uint8), record).shape              # doctest: +SKIP
+    (1, 3, 32, 32)
+    """
+    if isinstance(record, dict):
+        record = Preprocessing.from_dict(record)
+    if hasattr(images, "convert") or (isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert")):
+        pil = [images] if hasattr(images, "convert") else list(images)
+        mode = "L" if record.channel_order == "L" else "RGB"
+        arrays = [np.asarray(im.convert(mode), dtype=np.float32) for im in pil]
+        batch = [_to_nchw(a[None], record) for a in arrays]
+        return np.concatenate([transform(b, record).numpy() for b in batch])
+    a = np.asarray(images)
+    if a.dtype.kind not in "uif":
+        raise DataError(f"preprocess: images of dtype {a.dtype} are not pixel values")
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3, 4)):
+        a = a[None]  # one image: (H, W) or (H, W, C)
+    if a.ndim not in (3, 4):
+        raise DataError(f"preprocess: array of shape {a.shape} is not (H,W), (H,W,C), (N,H,W) or (N,H,W,C)")
+    x = _to_nchw(a, record)
+    return transform(x, record).numpy().astype(np.float32, copy=False)
+
+
+def _to_nchw(a: np.ndarray, record: Preprocessing):
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(a)).float()
+    if x.ndim == 3:
+        x = x.unsqueeze(1)  # (N, H, W) grey
+    elif x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    c = x.shape[1]
+    if c == 4:
+        x, c = x[:, :3], 3
+    if record.channels == 3 and c == 1:
+        x = x.expand(-1, 3, -1, -1)
+    elif record.channels == 1 and c == 3:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma, as Pillow's "L"
+        x = (x * w).sum(1, keepdim=True)
+    return x
+
+
+# -- where the record lives ----------------------------------------------------------------------
+
+
+def write_onnx_metadata(path: str | Path, record: Preprocessing) -> None:
+    """Set the record in an ONNX file's metadata_props (rewrites the file in place, atomically)."""
+    import onnx
+
+    from .io import atomic_path
+
+    model = onnx.load(str(path))
+    set_onnx_metadata(model, record)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def set_onnx_metadata(model, record: Preprocessing) -> None:
+    """Set the record on an in-memory onnx.ModelProto."""
+    for prop in list(model.metadata_props):
+        if prop.key == ONNX_METADATA_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(record.to_dict(), sort_keys=True)
+
+
+def preprocessing_of(path: str | Path) -> Preprocessing | None:
+    """The record a model file carries: ONNX metadata_props, a fused.pt's extra, a calib.json,
+    or a report.json; None for files that carry none (a plain checkpoint)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    suffix = p.suffix.lower()
+    if suffix == ".onnx":
+        import onnx
+
+        try:
+            model = onnx.load(str(p), load_external_data=False)
+        except Exception:  # noqa: BLE001 - an unreadable ONNX is reported by whoever opens it
+            return None
+        for prop in model.metadata_props:
+            if prop.key == ONNX_METADATA_KEY:
+                return Preprocessing.from_dict(json.loads(prop.value), f"{p} metadata {ONNX_METADATA_KEY}")
+        return None
+    if suffix == ".json":
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        rec = doc.get("preprocessing") or (doc.get("data") or {}).get("preprocessing")
+        return Preprocessing.from_dict(rec, str(p)) if isinstance(rec, dict) else None
+    if suffix in (".pt", ".pth"):
+        import torch
+
+        try:
+            raw = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - not a repdeploy file (or not loadable safely): no record
+            return None
+        rec = (raw.get("extra") or {}).get("preprocessing") if isinstance(raw, dict) else None
+        return Preprocessing.from_dict(rec, f"{p} extra.preprocessing") if isinstance(rec, dict) else None
+    return None
+
+
+__all__ = ["Preprocessing", "preprocess", "preprocessing_of", "transform", "set_onnx_metadata",
+           "write_onnx_metadata", "ONNX_METADATA_KEY"]
