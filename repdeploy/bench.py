@@ -15,13 +15,14 @@ over a bare `InferenceSession.run` loop stays small (benchmarks/bench_overhead.p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -160,9 +161,13 @@ class Speedup:
     ci_high: float
     rounds: int
     noisy: bool
+    sessions: int = 1  # independent runtime sessions the interval spans (bench_sessions)
+    session_ratios: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["session_ratios"] = list(self.session_ratios)
+        return d
 
 
 def speedup_interval(reference_round_ms: Sequence[float], candidate_round_ms: Sequence[float], *,
@@ -186,6 +191,47 @@ def speedup_interval(reference_round_ms: Sequence[float], candidate_round_ms: Se
     lo, hi = min(lo, point), max(hi, point)
     noisy = ref.size < MIN_ROUNDS or not max(point - lo, hi - point) <= NOISE_TOL * point
     return Speedup(point, lo, hi, int(ref.size), noisy)
+
+
+def speedup_over_sessions(session_rounds: Sequence[tuple[Sequence[float], Sequence[float]]], *,
+                          ratio: float | None = None, confidence: float = CONFIDENCE,
+                          resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Speedup:
+    """Speed-up from several independent sessions, each a (reference, candidate) pair of per-round
+    medians measured in the same rounds.
+
+    A session's level can differ from the next one's by more than its own rounds vary (on a
+    shared 2-core machine, repeated runs of the same pair of tiny models gave 0.88x-1.11x while
+    each run's interval was +-2 %), so an interval over one session's rounds promises an
+    agreement that a rerun does not keep. The bootstrap here is two-level: sessions are drawn
+    with replacement, then rounds (as pairs) within each drawn session, and the ratio of the
+    medians of the pooled round medians gives the interval. Sessions that disagree widen it, so
+    they are flagged noisy instead of reported as a precise speed-up.
+    """
+    sessions = [(np.asarray(r, dtype=np.float64), np.asarray(c, dtype=np.float64)) for r, c in session_rounds]
+    if not sessions or any(r.shape != c.shape or r.size == 0 for r, c in sessions):
+        raise InputError("speed-up needs, per session, the same non-zero number of rounds for both models")
+    if len(sessions) == 1:
+        return speedup_interval(*sessions[0], ratio=ratio, confidence=confidence, resamples=resamples, seed=seed)
+    all_ref = np.concatenate([r for r, _ in sessions])
+    all_cand = np.concatenate([c for _, c in sessions])
+    point = float(np.median(all_ref) / np.median(all_cand)) if ratio is None else float(ratio)
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    for b in range(resamples):
+        picked = rng.integers(0, len(sessions), size=len(sessions))
+        ref_parts, cand_parts = [], []
+        for j in picked:
+            r, c = sessions[j]
+            idx = rng.integers(0, r.size, size=r.size)
+            ref_parts.append(r[idx])
+            cand_parts.append(c[idx])
+        ratios[b] = np.median(np.concatenate(ref_parts)) / np.median(np.concatenate(cand_parts))
+    tail = (1.0 - confidence) / 2 * 100
+    lo, hi = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
+    lo, hi = min(lo, point), max(hi, point)
+    per_session = tuple(float(np.median(r) / np.median(c)) for r, c in sessions)
+    noisy = all_ref.size < MIN_ROUNDS or not max(point - lo, hi - point) <= NOISE_TOL * point
+    return Speedup(point, lo, hi, int(all_ref.size), noisy, sessions=len(sessions), session_ratios=per_session)
 
 
 def _input_for(runner: Runner, batch: int, image_size: int | None, seed: int) -> tuple[tuple[int, ...], np.ndarray]:
@@ -294,6 +340,64 @@ def bench_interleaved(
     >>> (fp32, int8), speedup = bench_interleaved([fp32_runner, int8_runner])   # doctest: +SKIP
     >>> speedup.ratio, speedup.ci_low, speedup.ci_high, speedup.noisy             # doctest: +SKIP
     """
+    session = _interleaved_rounds(runners, batch=batch, warmup=warmup, duration=duration, iterations=iterations,
+                                  max_duration=max_duration, image_size=image_size, seed=seed)
+    return _results(runners, [session], batch=batch, warmup=warmup, duration=duration, iterations=iterations,
+                    max_duration=max_duration)
+
+
+def bench_sessions(
+    open_runners: Callable[[], Sequence[Runner]],
+    *,
+    sessions: int = 3,
+    batch: int = 1,
+    warmup: float = DEFAULT_WARMUP_S,
+    duration: float = DEFAULT_DURATION_S,
+    iterations: int = DEFAULT_ITERATIONS,
+    max_duration: float | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> tuple[list[BenchResult], Speedup | None]:
+    """bench_interleaved over `sessions` independent runtime sessions, opened one after another.
+
+    `open_runners()` returns fresh, not yet active runners (e.g. `[open_runner(fp32), open_runner(int8)]`);
+    each session is activated, measured for its share (1/sessions) of `duration`, `iterations`
+    and `max_duration`, then closed. Medians pool every session's runs; the speed-up's interval
+    spans the sessions as well as the rounds (speedup_over_sessions), so a level that a fresh
+    session does not reproduce shows as noise, not as a precise figure.
+
+    >>> results, speedup = bench_sessions(lambda: [open_runner(a, "ort"), open_runner(b, "ort")])  # doctest: +SKIP
+    """
+    from .validate import integer
+
+    integer("sessions", sessions, low=1, high=100, allow_none=False)
+    measured, runners = [], []
+    for k in range(sessions):
+        with contextlib.ExitStack() as stack:
+            runners = [stack.enter_context(r) for r in open_runners()]
+            measured.append(_interleaved_rounds(
+                runners, batch=batch, warmup=warmup, duration=duration / sessions,
+                iterations=max(1, math.ceil(iterations / sessions)),
+                max_duration=None if max_duration is None else max_duration / sessions,
+                image_size=image_size, seed=seed))
+    return _results(runners, measured, batch=batch, warmup=warmup, duration=duration, iterations=iterations,
+                    max_duration=max_duration)
+
+
+@dataclass
+class _Session:
+    """What one interleaved session measured, per runner."""
+
+    shapes: list[tuple[int, ...]]
+    times: list[list[float]]  # every run's seconds
+    round_medians: list[list[float]]  # ms
+    spent: list[float]
+    rounds: int
+    descriptions: list[dict]
+
+
+def _interleaved_rounds(runners: Sequence[Runner], *, batch: int, warmup: float, duration: float, iterations: int,
+                        max_duration: float | None, image_size: int | None, seed: int) -> _Session:
     from .validate import bench_options
 
     if not runners:
@@ -339,20 +443,29 @@ def bench_interleaved(
         # judge after every doubling of the rounds, so the check stays cheap next to the runs
         if max(spent) >= cap or ((rounds & (rounds - 1)) == 0 or rounds % 16 == 0) and settled():
             break
+    return _Session([shape for shape, _ in inputs], times, round_medians, spent, rounds,
+                    [r.describe() for r in runners])
 
+
+def _results(runners: Sequence[Runner], sessions: Sequence[_Session], *, batch: int, warmup: float, duration: float,
+             iterations: int, max_duration: float | None) -> tuple[list[BenchResult], Speedup | None]:
     results = []
-    for r, (shape, _), t, s_ in zip(runners, inputs, times, spent):
+    rounds = sum(s.rounds for s in sessions)
+    for i, r in enumerate(runners):
+        t = [v for s in sessions for v in s.times[i]]
+        spent = sum(s.spent[i] for s in sessions)
         stats = latency_stats(t)
         _warn_if_noisy(r.name, r.engine, batch, stats, capped=max_duration is not None)
         results.append(BenchResult(
-            model=r.name, engine=r.engine, batch=batch, input_shape=shape, warmup_s=warmup, min_duration_s=duration,
-            min_iterations=iterations, measured_s=s_, stats=stats,
-            throughput_ips=batch * len(t) / s_ if s_ > 0 else float("nan"), high_variance=stats.noisy,
-            runner=r.describe(), environment=environment(), max_duration_s=max_duration, rounds=rounds))
+            model=r.name, engine=r.engine, batch=batch, input_shape=sessions[-1].shapes[i], warmup_s=warmup,
+            min_duration_s=duration, min_iterations=iterations, measured_s=spent, stats=stats,
+            throughput_ips=batch * len(t) / spent if spent > 0 else float("nan"), high_variance=stats.noisy,
+            runner=sessions[-1].descriptions[i], environment=environment(), max_duration_s=max_duration,
+            rounds=rounds))
     speedup = None
     if len(runners) > 1:
         ratio = results[0].stats.median_ms / results[1].stats.median_ms if results[1].stats.median_ms > 0 else math.nan
-        speedup = speedup_interval(round_medians[0], round_medians[1], ratio=ratio)
+        speedup = speedup_over_sessions([(s.round_medians[0], s.round_medians[1]) for s in sessions], ratio=ratio)
     return results, speedup
 
 

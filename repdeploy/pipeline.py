@@ -42,6 +42,10 @@ DEFAULT_ITERATIONS = 30
 # Runs extend while a median or the speed-up is noisy (95 % interval wider than +-5 %), up to
 # this many seconds per model; still noisy then, the report says so.
 DEFAULT_MAX_DURATION_S = 6.0
+# Latency is measured over this many fresh runtime sessions per model: on a shared machine a
+# session's level can differ from the next one's by more than its own runs vary, and only an
+# interval across sessions predicts what a rerun will show.
+DEFAULT_BENCH_SESSIONS = 3
 
 
 @dataclass
@@ -59,6 +63,7 @@ class PipelineSettings:
     duration: float = DEFAULT_DURATION_S
     iterations: int = DEFAULT_ITERATIONS
     max_duration: float = DEFAULT_MAX_DURATION_S
+    bench_sessions: int = DEFAULT_BENCH_SESSIONS
     eval_limit: int | None = None
     seed: int = 0
     qat: bool = False  # add a QAT column: fine-tune from the PTQ ranges, evaluate its INT8 model
@@ -105,7 +110,8 @@ class ModelRow:
     speedup: float | None = None  # fp32_ms / int8_ms
     fp32_ms_ci: list | None = None  # bootstrap 95 % interval of the median [low, high]
     int8_ms_ci: list | None = None
-    speedup_ci: list | None = None  # 95 % interval of the speed-up over interleaved rounds
+    speedup_ci: list | None = None  # 95 % interval of the speed-up over sessions and interleaved rounds
+    speedup_sessions: list | None = None  # the speed-up of each fresh session on its own
     latency_noisy: bool | None = None  # an interval above is wider than +-5 %
     qat_top1: float | None = None  # INT8 top-1 after QAT (with --qat)
     qat_drop: float | None = None
@@ -171,6 +177,7 @@ def run_pipeline(
     iterations: int = DEFAULT_ITERATIONS,
     eval_limit: int | None = None,
     max_duration: float = DEFAULT_MAX_DURATION_S,
+    bench_sessions: int = DEFAULT_BENCH_SESSIONS,
     qat: bool = False,
     qat_epochs: int = 2,
     train_data: str | None = None,
@@ -213,6 +220,7 @@ def run_pipeline(
     validate.bench_options(batch=bench_batch, warmup=warmup, duration=duration, iterations=iterations,
                            threads_=threads)
     validate.number("--max-duration", max_duration, low=0.0, high=validate.MAX_SECONDS, allow_none=False)
+    validate.integer("--sessions", bench_sessions, low=1, high=100, allow_none=False)
     validate.integer("--calib-samples", calib_samples, low=1, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)
     validate.integer("--qat-epochs", qat_epochs, low=1, allow_none=False)
@@ -231,7 +239,8 @@ def run_pipeline(
     settings = PipelineSettings(
         data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
-        duration=duration, iterations=iterations, max_duration=max_duration, eval_limit=eval_limit, qat=qat,
+        duration=duration, iterations=iterations, max_duration=max_duration, bench_sessions=bench_sessions,
+        eval_limit=eval_limit, qat=qat,
         qat_epochs=qat_epochs, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
         fallback_float=fallback_float,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
@@ -536,14 +545,21 @@ def _engine_verdicts(state: dict, fp32_logits, int8_logits, images: int = 64) ->
 
 
 def _benchmark(s: PipelineSettings, row: ModelRow, state: dict) -> None:
-    """FP32 and INT8 in interleaved rounds (bench.bench_interleaved): medians with their
-    intervals, and the speed-up as a ratio with its own interval; noisy ones are flagged."""
-    from .bench import bench_interleaved
+    """FP32 and INT8 in interleaved rounds over fresh runtime sessions (bench.bench_sessions):
+    medians with their intervals, and the speed-up as a ratio with an interval across sessions
+    and rounds; noisy ones are flagged."""
+    from .bench import bench_sessions
+    from .runtime import open_runner
+
+    def fresh_pair():
+        return [open_runner(state[key], s.engine, threads=s.threads, workdir=Path(state[key]).parent,
+                            name=f"{row.name} {label}")
+                for key, label in (("fp32_onnx", "fp32"), ("int8_onnx", "int8"))]
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results, speedup = bench_interleaved(
-            [state["fp32_runner"], state["int8_runner"]], batch=s.bench_batch, warmup=s.warmup,
+        results, speedup = bench_sessions(
+            fresh_pair, sessions=s.bench_sessions, batch=s.bench_batch, warmup=s.warmup,
             duration=s.duration, iterations=s.iterations, max_duration=s.max_duration, seed=s.seed)
     for w in caught:
         status(f"  warning: {w.message}")
@@ -558,6 +574,7 @@ def _benchmark(s: PipelineSettings, row: ModelRow, state: dict) -> None:
     row.int8_ms_ci = [int8.median_ci_low_ms, int8.median_ci_high_ms]
     row.speedup = speedup.ratio if row.int8_ms > 0 else None
     row.speedup_ci = [speedup.ci_low, speedup.ci_high]
+    row.speedup_sessions = list(speedup.session_ratios)
     row.latency_noisy = bool(fp32.noisy or int8.noisy or speedup.noisy)
 
 

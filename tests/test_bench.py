@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import trained_like
-from repdeploy.bench import NOISE_TOL, bench, bootstrap_median_ci, environment, latency_stats, speedup_interval
+from repdeploy.bench import (NOISE_TOL, bench, bench_sessions, bootstrap_median_ci, environment, latency_stats,
+                             speedup_interval, speedup_over_sessions)
 from repdeploy.errors import InputError
 from repdeploy.fuse import fuse
 from repdeploy.runtime import InputMetadata, Runner, open_runner
@@ -150,6 +151,70 @@ def test_speedup_interval_over_rounds():
     assert speedup_interval([2.0] * 3, [1.0] * 3).noisy  # too few rounds to judge
     with pytest.raises(InputError):
         speedup_interval([1.0, 2.0], [1.0])
+
+
+def test_speedup_over_sessions_widens_when_sessions_disagree():
+    rng = np.random.default_rng(1)
+
+    def session(level):  # 20 rounds whose ratio sits tightly at `level`
+        ref = 1.0 + 0.1 * rng.random(20)
+        return ref * level, ref * (1.0 + 0.002 * rng.standard_normal(20))
+
+    agreeing = speedup_over_sessions([session(1.30), session(1.31), session(1.30)])
+    assert not agreeing.noisy and agreeing.sessions == 3 and agreeing.ci_low <= 1.30 <= agreeing.ci_high
+    assert agreeing.session_ratios == pytest.approx((1.30, 1.31, 1.30), abs=0.01)
+    # each session alone is precise (+-1 %), but their levels are 0.88x .. 1.11x apart, as seen
+    # between repeated demo runs: the figure must not claim a +-1 % agreement
+    levels = [0.88, 1.0, 1.11]
+    for r, c in (session(v) for v in levels):
+        assert not speedup_interval(r, c).noisy
+    disagreeing = speedup_over_sessions([session(v) for v in levels])
+    assert disagreeing.noisy and disagreeing.ci_low < 0.95 and disagreeing.ci_high > 1.05
+    one = speedup_over_sessions([session(1.2)])
+    assert one.sessions == 1 and not one.noisy
+    with pytest.raises(InputError):
+        speedup_over_sessions([([1.0, 2.0], [1.0])])
+
+
+class Sleeper(Runner):
+    """Sleeps a fixed time per call: the latency level is a property of the session."""
+
+    engine = "sleep"
+
+    def __init__(self, name, seconds):
+        super().__init__(name)
+        self.seconds = seconds
+
+    def activate_impl(self):
+        pass
+
+    def infer_impl(self, x):
+        time.sleep(self.seconds)
+        return np.zeros((len(x), 10), np.float32)
+
+    def get_input_metadata_impl(self):
+        return InputMetadata("x", (None, 3, 8, 8))
+
+
+def test_bench_sessions_opens_fresh_runners_and_flags_a_level_that_moves():
+    opened = []
+
+    def pair(levels):
+        def open_pair():
+            k = len(opened) // 2
+            runners = [Sleeper("fp32", 0.002), Sleeper("int8", levels[k])]
+            opened.extend(runners)
+            return runners
+        return open_pair
+
+    kwargs = dict(sessions=3, warmup=0.0, duration=0.3, iterations=6, max_duration=0.3)
+    (a, b), steady = bench_sessions(pair([0.001] * 3), **kwargs)
+    assert len(opened) == 6 and not any(r.is_active for r in opened)  # each session closed after use
+    assert steady.sessions == 3 and 1.6 < steady.ratio < 2.4 and len(steady.session_ratios) == 3
+    assert a.stats.count + b.stats.count > 0 and a.rounds == b.rounds >= 15
+    opened.clear()
+    _, moving = bench_sessions(pair([0.001, 0.002, 0.004]), **kwargs)  # 2x, 1x, 0.5x
+    assert moving.noisy and moving.ci_low < 1.0 < moving.ci_high
 
 
 def test_environment_names_the_machine():

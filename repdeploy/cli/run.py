@@ -204,6 +204,9 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
 @click.option("--max-duration", type=float, default=None,
               help="Seconds per model that latency runs may extend to while their 95 % interval is wider than "
                    "+-5 % (default 6; 0: no extension).")
+@click.option("--sessions", "bench_sessions", type=int, default=None,
+              help="Fresh runtime sessions per model that share the latency run; the speed-up's interval spans "
+                   "them (default 3).")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", default=2, show_default=True)
@@ -222,8 +225,8 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
-                 bench_batch, threads, warmup, duration, iterations, max_duration, eval_limit, qat, qat_epochs,
-                 train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs, as_json):
+                 bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
+                 qat_epochs, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -242,7 +245,8 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
     """
     import warnings
 
-    from ..pipeline import DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_MAX_DURATION_S, DEFAULT_WARMUP_S, run_pipeline
+    from ..pipeline import (DEFAULT_BENCH_SESSIONS, DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_MAX_DURATION_S,
+                            DEFAULT_WARMUP_S, run_pipeline)
     from ..progress import status
     from ..report import print_table
 
@@ -255,6 +259,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
             duration=DEFAULT_DURATION_S if duration is None else duration,
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
             max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
+            bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
             fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
