@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import defaults
 from .errors import InputError
 from .runtime.base import Runner
 
@@ -23,9 +24,9 @@ from .runtime.base import Runner
 #: flagged (trtexec warns for GPU compute time at a much tighter bound, CPUs are noisier).
 CV_WARN = 0.10
 
-DEFAULT_WARMUP_S = 0.5
-DEFAULT_DURATION_S = 2.0
-DEFAULT_ITERATIONS = 20
+DEFAULT_WARMUP_S = defaults.BENCH_WARMUP_S
+DEFAULT_DURATION_S = defaults.BENCH_DURATION_S
+DEFAULT_ITERATIONS = defaults.BENCH_ITERATIONS
 
 
 @dataclass(frozen=True)
@@ -113,19 +114,72 @@ def bench(
     """
     if batch < 1 or iterations < 1 or duration < 0 or warmup < 0:
         raise InputError("batch and iterations must be >= 1, warm-up and duration >= 0")
+    x = _input_batch(runner, batch, image_size, seed)
+    _warm_up(runner, x, warmup)
+    times, measured = _timed_loop(runner, x, duration, iterations)
+    return _result(runner, x.shape, times, measured, warmup, duration, iterations)
+
+
+def bench_interleaved(
+    runners: Sequence[Runner],
+    *,
+    batch: int = 1,
+    warmup: float = DEFAULT_WARMUP_S,
+    duration: float = DEFAULT_DURATION_S,
+    iterations: int = DEFAULT_ITERATIONS,
+    rounds: int = 4,
+    image_size: int | None = None,
+    seed: int = 0,
+) -> list[BenchResult]:
+    """Benchmark several active runners in one run, alternating between them.
+
+    Each runner is timed in `rounds` slices of duration/rounds (and iterations/rounds), taken in
+    turn, so a change of load on a shared machine falls on every model alike and the ratios
+    between them hold even when the absolute figures drift. One result per runner, in order.
+
+    >>> results = bench_interleaved([fp32_runner, int8_runner], batch=8)      # doctest: +SKIP
+    >>> results[1].stats.p50_ms / results[0].stats.p50_ms                     # doctest: +SKIP
+    0.31
+    """
+    if batch < 1 or iterations < 1 or duration < 0 or warmup < 0 or rounds < 1:
+        raise InputError("batch, iterations and rounds must be >= 1, warm-up and duration >= 0")
+    if len(runners) == 1:
+        return [bench(runners[0], batch=batch, warmup=warmup, duration=duration, iterations=iterations,
+                      image_size=image_size, seed=seed)]
+    inputs = [_input_batch(r, batch, image_size, seed) for r in runners]
+    for r, x in zip(runners, inputs):
+        _warm_up(r, x, warmup)
+    times: list[list[float]] = [[] for _ in runners]
+    measured = [0.0] * len(runners)
+    slice_iterations = max(1, -(-iterations // rounds))  # ceil: the total meets the minimum
+    for _ in range(rounds):
+        for i, (r, x) in enumerate(zip(runners, inputs)):
+            t, m = _timed_loop(r, x, duration / rounds, slice_iterations)
+            times[i] += t
+            measured[i] += m
+    return [_result(r, x.shape, t, m, warmup, duration, iterations)
+            for r, x, t, m in zip(runners, inputs, times, measured)]
+
+
+def _input_batch(runner: Runner, batch: int, image_size: int | None, seed: int) -> np.ndarray:
     meta = runner.get_input_metadata()
     size = meta.image_size or image_size
     if size is None:
         raise InputError(f"{runner.name}: input size unknown (shape {meta.shape}); pass image_size")
     shape = (batch, meta.channels or 3, size, size)
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
-    # Warm-up: at least one call, so lazy allocation or compilation never lands in the figures.
+
+def _warm_up(runner: Runner, x: np.ndarray, warmup: float) -> None:
+    # At least one call, so lazy allocation or compilation never lands in the figures.
     end_warmup = time.perf_counter() + warmup
     runner.infer(x)
     while time.perf_counter() < end_warmup:
         runner.infer(x)
 
+
+def _timed_loop(runner: Runner, x: np.ndarray, duration: float, iterations: int) -> tuple[list[float], float]:
+    """Per-iteration times (s) of a loop that stops once both minimums are met, and its wall time."""
     times: list[float] = []
     infer, last = runner.infer, runner.last_inference_time
     start = time.perf_counter()
@@ -135,22 +189,72 @@ def bench(
         times.append(last())
         if len(times) >= iterations and time.perf_counter() >= deadline:
             break
-    measured = time.perf_counter() - start
+    return times, time.perf_counter() - start
 
+
+def _result(runner: Runner, shape: tuple[int, ...], times: list[float], measured: float, warmup: float,
+            duration: float, iterations: int) -> BenchResult:
+    batch = int(shape[0])
     stats = latency_stats(times)
     high = stats.cv > CV_WARN
     if high:
         warnings.warn(
             f"{runner.name} ({runner.engine}, batch {batch}): latency is unstable, coefficient of variation "
             f"{stats.cv:.1%} > {CV_WARN:.0%}; close other programs or run longer (--duration)",
-            stacklevel=2,
+            stacklevel=3,
         )
     return BenchResult(
-        model=runner.name, engine=runner.engine, batch=batch, input_shape=shape, warmup_s=warmup,
+        model=runner.name, engine=runner.engine, batch=batch, input_shape=tuple(shape), warmup_s=warmup,
         min_duration_s=duration, min_iterations=iterations, measured_s=measured, stats=stats,
         throughput_ips=batch * len(times) / measured if measured > 0 else float("nan"), high_variance=high,
         runner=runner.describe(), environment=environment(),
     )
+
+
+def unique_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short row labels for model files: the file name, plus as many parent folders as it takes
+    to tell files with the same name apart (run directories: `a/model_int8_ort.onnx`).
+
+    >>> unique_labels(["runs/a/model.onnx", "runs/b/model.onnx", "x.onnx"])
+    ['a/model.onnx', 'b/model.onnx', 'x.onnx']
+    """
+    from pathlib import PurePath
+
+    parts = [PurePath(os.fspath(p)).parts for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = {lab for lab in labels if labels.count(lab) > 1}
+        grow = [i for i, lab in enumerate(labels) if lab in clash and depth[i] < len(parts[i])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    # The same file named twice (or paths equal up to the root) stays ambiguous: number them.
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if labels.count(lab) == 1 else f"{lab} #{seen[lab]}")
+    return out
+
+
+def physical_cores() -> int | None:
+    """Physical cores (ONNX Runtime's default intra-op thread count), from /proc/cpuinfo on Linux."""
+    try:
+        cores = set()
+        physical = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    cores.add((physical, value.strip()))
+        return len(cores) or None
+    except OSError:
+        return None
 
 
 def cpu_model() -> str:
@@ -178,6 +282,7 @@ def environment() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "physical_cores": physical_cores(),
         "torch_threads": torch.get_num_threads(),
         # other work on the machine is the commonest reason for noisy figures; record it
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

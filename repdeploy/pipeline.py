@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import defaults
 from .errors import DataError, InputError, RepDeployError
 from .progress import status
 from .zoo import builtin_zoo
@@ -31,16 +32,16 @@ BUILTIN_DATA = "builtin"
 
 # Short defaults: `make demo` runs 2-4 small models end to end in a few minutes on 2 cores.
 # Serious latency numbers come from `repdeploy bench` with longer --duration.
-DEFAULT_WARMUP_S = 0.3
-DEFAULT_DURATION_S = 1.0
-DEFAULT_ITERATIONS = 30
+DEFAULT_WARMUP_S = defaults.BENCH_WARMUP_S
+DEFAULT_DURATION_S = defaults.BENCH_DURATION_S
+DEFAULT_ITERATIONS = defaults.BENCH_ITERATIONS
 
 
 @dataclass
 class PipelineSettings:
     data: str = BUILTIN_DATA
     calib_data: str | None = None
-    calib_samples: int = 256
+    calib_samples: int = defaults.CALIB_SAMPLES
     calib_method: str | None = None  # None: the PTQ default for the family
     engine: str = "ort"
     target: str = "ort"
@@ -134,7 +135,7 @@ def run_pipeline(
     engine: str = "ort",
     target: str | None = None,
     max_drop: float | None = None,
-    calib_samples: int = 256,
+    calib_samples: int = defaults.CALIB_SAMPLES,
     calib_method: str | None = None,
     bench_batch: int = 1,
     threads: int | None = None,

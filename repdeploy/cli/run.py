@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+from .. import defaults
+from .common import checkpoint_options, deprecated_alias, emit, handle_errors, json_option, quiet_option
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -29,24 +30,26 @@ def _eval_text(r: dict) -> str:
 
 @click.command("eval")
 @click.argument("model", type=click.Path())
-@click.option("--data", default="builtin", show_default=True,
+@click.option("--eval-data", default="builtin", show_default=True,
               help="Labelled images: class-folder directory, .npz with labels, or 'builtin' (digits val split).")
 @click.option("--engine", type=ENGINE_CHOICE, default=None,
               help="Runtime; default: ort for .onnx and checkpoints, trt for engines.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
+@click.option("--batch-size", type=int, default=defaults.EVAL_BATCH_SIZE, show_default=True)
+@click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
+@deprecated_alias("--data", "--eval-data")
+@deprecated_alias("--limit", "--eval-limit")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, data, engine, batch_size, limit, threads, load_kwargs, as_json):
+def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, load_kwargs, as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
 
     \b
     Examples:
-      repdeploy eval runs/demo/RepVGG-mini/model_int8_ort.onnx
-      repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --json
+      repdeploy eval runs/demo/repvgg_mini/model_int8_ort.onnx
+      repdeploy eval runs/demo/repvgg_mini/fused.pt --eval-data builtin --engine torch --json
     """
     from ..evaluate import evaluate, open_eval_data
     from ..runtime import model_kind, open_runner
@@ -54,99 +57,182 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, load_kwargs, as_js
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
     with open_runner(model, engine, threads=threads, **kwargs) as runner:
-        acc = evaluate(runner, open_eval_data(runner, data), batch_size=batch_size, limit=limit)
+        acc = evaluate(runner, open_eval_data(runner, eval_data), batch_size=batch_size, limit=eval_limit)
     emit(acc.to_dict(), as_json, _eval_text)
 
 
-def _bench_text(r: dict) -> str:
-    s = r["stats"]
-    lines = [
-        f"{r['model']}  engine {r['engine']}  batch {r['batch']}  input {tuple(r['input_shape'])}  "
-        f"threads {r['runner'].get('intra_op_threads') or r['runner'].get('threads') or '-'}",
-        f"  latency ms: min {s['min_ms']:.3f}  mean {s['mean_ms']:.3f}  p50 {s['p50_ms']:.3f}  "
-        f"p90 {s['p90_ms']:.3f}  p95 {s['p95_ms']:.3f}  p99 {s['p99_ms']:.3f}  max {s['max_ms']:.3f}",
-        f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}{'  (HIGH: unstable timing)' if r['high_variance'] else ''}"
-        f"  iterations {s['count']}  over {r['measured_s']:.2f} s",
-        f"  throughput {r['throughput_ips']:.1f} img/s",
-    ]
+def _threads(r: dict, env: dict) -> str:
+    """The thread count a row ran with; ORT's default (0) means one per physical core."""
+    runner = r["runner"]
+    if runner.get("threads"):
+        return str(runner["threads"])
+    if runner.get("intra_op_threads"):
+        return str(runner["intra_op_threads"])
+    if r["engine"] == "ort":
+        cores = env.get("physical_cores")
+        return f"ORT default ({cores} physical cores)" if cores else "ORT default"
+    return "-"
+
+
+def _bench_text(doc: dict) -> str:
+    env = doc["environment"] or {}
+    lines = []
+    for r in doc["results"]:
+        s = r["stats"]
+        ratio = f"  {r['ratio_vs_first']:.3f}x {doc['baseline']}" if r.get("ratio_vs_first") is not None else ""
+        lines += [
+            f"{r['label']}  engine {r['engine']}  batch {r['batch']}  input {tuple(r['input_shape'])}  "
+            f"threads {_threads(r, env)}",
+            f"  latency ms: min {s['min_ms']:.3f}  mean {s['mean_ms']:.3f}  p50 {s['p50_ms']:.3f}  "
+            f"p90 {s['p90_ms']:.3f}  p95 {s['p95_ms']:.3f}  p99 {s['p99_ms']:.3f}  max {s['max_ms']:.3f}",
+            f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}{'  (HIGH: unstable timing)' if r['high_variance'] else ''}"
+            f"  iterations {s['count']}  over {r['measured_s']:.2f} s",
+            f"  throughput {r['throughput_ips']:.1f} img/s{ratio}",
+        ]
+    if len({r["label"] for r in doc["results"]}) > 1:
+        lines.append("")
+        lines.append(f"{'model':<40} {'batch':>5} {'p50 ms':>9} {'ratio':>7}  (p50 vs {doc['baseline']}, same run, interleaved)")
+        for r in doc["results"]:
+            ratio = "-" if r.get("ratio_vs_first") is None else f"{r['ratio_vs_first']:.3f}x"
+            lines.append(f"{r['label']:<40} {r['batch']:>5} {r['stats']['p50_ms']:>9.3f} {ratio:>7}")
+    if env:
+        lines.append("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    lines.append(f"&&&& {doc['verdict']} repdeploy bench # {doc['command']}")
     return "\n".join(lines)
 
 
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path())
 @click.option("--engine", type=ENGINE_CHOICE, default="ort", show_default=True)
-@click.option("--batch", "batch", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8.")
+@click.option("--batches", default=str(defaults.BENCH_BATCH_SIZE), show_default=True,
+              help="Comma-separated batch sizes, e.g. 1,8.")
 @click.option("--threads", type=int, default=None, help="CPU threads (ORT intra-op / torch).")
-@click.option("--warmup", type=float, default=0.5, show_default=True, help="Warm-up seconds.")
-@click.option("--duration", type=float, default=2.0, show_default=True, help="Minimum measured seconds.")
-@click.option("--iterations", type=int, default=20, show_default=True, help="Minimum measured iterations.")
+@click.option("--warmup", type=float, default=defaults.BENCH_WARMUP_S, show_default=True, help="Warm-up seconds.")
+@click.option("--duration", type=float, default=defaults.BENCH_DURATION_S, show_default=True,
+              help="Minimum measured seconds per model and batch size.")
+@click.option("--iterations", type=int, default=defaults.BENCH_ITERATIONS, show_default=True,
+              help="Minimum measured iterations per model and batch size.")
+@click.option("--rounds", type=int, default=4, show_default=True,
+              help="With several models: time them in this many alternating slices (fair ratios on a busy machine).")
 @click.option("--compile", "use_compile", is_flag=True, help="torch engine: run through torch.compile.")
-@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write all results to this JSON file.")
+@click.option("--json", "as_json", is_flag=False, flag_value="", default=None, metavar="",
+              help="Print one JSON object on stdout instead of text.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result to this file.")
+@deprecated_alias("--batch", "--batches")
 @checkpoint_options
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_compile, json_out, load_kwargs):
+def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, rounds, use_compile, as_json, json_out,
+              load_kwargs):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
     Reports min/mean/p50/p90/p95/p99/max ms, std, coefficient of variation (warns when high),
-    throughput and the environment, then a PASSED/FAILED line like trtexec.
+    throughput, the p50 ratio of every model to the first one (timed interleaved, in one run),
+    the threads and the environment, then a PASSED/FAILED line like trtexec.
 
     \b
     Examples:
-      repdeploy bench runs/demo/RepVGG-mini/model_fp32.onnx runs/demo/RepVGG-mini/model_int8_ort.onnx --batch 1,8 --threads 2
-      repdeploy bench fused.pt --engine torch --duration 5 --json bench.json
+      repdeploy bench runs/demo/repvgg_mini/model_fp32.onnx runs/demo/repvgg_mini/model_int8_ort.onnx --batches 1,8 --threads 2
+      repdeploy bench runs/demo/repvgg_mini/fused.pt --engine torch --duration 5 --json-out bench.json
     """
-    import warnings
+    import contextlib
 
-    from ..bench import bench
+    from ..bench import bench_interleaved, unique_labels
     from ..errors import RepDeployError
-    from ..io import ensure_writable_file, write_json_atomic
+    from ..io import ensure_writable_file
     from ..progress import status
     from ..runtime import model_kind, open_runner
 
-    sizes = _batches(batch)
+    models, as_json, json_out = _old_bench_json(list(models), as_json, json_out)
+    click.get_current_context().meta["repdeploy.json_out"] = json_out
+    sizes = _batches(batches)
     if json_out:
         ensure_writable_file(json_out)
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
         import_tensorrt()
+    labels = dict(zip(models, unique_labels(models)))
     results, failures, env = [], [], None
-    for model in models:
-        try:
-            kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
-            with open_runner(model, engine, threads=threads, compile=use_compile, **kwargs) as runner:
-                for size in sizes:
-                    status(f"bench {model} ({engine}, batch {size})")
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always")
-                        result = bench(runner, batch=size, warmup=warmup, duration=duration, iterations=iterations)
-                    for w in caught:
-                        click.echo(f"warning: {w.message}", err=True)
-                    record = result.to_dict()
-                    record["path"] = str(model)
-                    env = record.pop("environment")
-                    results.append(record)
-                    click.echo(_bench_text(record))
-        except RepDeployError as exc:
-            failures.append({"path": str(model), "error": str(exc), "exit_code": exc.exit_code})
-            click.echo(f"error: {model}: {exc}", err=True)
-    if env:
-        click.echo("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    if json_out:
-        write_json_atomic(json_out, {"results": results, "failures": failures, "environment": env})
-    verdict = "FAILED" if failures else "PASSED"
-    click.echo(f"&&&& {verdict} repdeploy bench # {' '.join(sys.argv[1:])}")
+    with contextlib.ExitStack() as stack:
+        runners = []
+        for model in models:
+            try:
+                kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
+                runner = stack.enter_context(open_runner(model, engine, threads=threads, compile=use_compile,
+                                                         name=labels[model], **kwargs))
+                _warn_layout(model, engine)
+                runners.append((model, runner))
+            except RepDeployError as exc:
+                failures.append({"path": str(model), "label": labels[model], "error": str(exc),
+                                 "exit_code": exc.exit_code})
+                click.echo(f"error: {model}: {exc}", err=True)
+        for size in sizes:
+            if not runners:
+                break
+            status(f"bench {len(runners)} model(s) ({engine}, batch {size})")
+            try:
+                measured = bench_interleaved([r for _, r in runners], batch=size, warmup=warmup, duration=duration,
+                                             iterations=iterations, rounds=rounds)
+            except RepDeployError as exc:
+                failures.append({"path": ", ".join(str(m) for m, _ in runners), "error": str(exc),
+                                 "exit_code": exc.exit_code})
+                click.echo(f"error: {exc}", err=True)
+                continue
+            first = measured[0].stats.p50_ms
+            for (model, _), result in zip(runners, measured):
+                record = result.to_dict()
+                record["path"] = str(model)
+                record["label"] = labels[model]
+                record["ratio_vs_first"] = record["stats"]["p50_ms"] / first if first > 0 else None
+                env = record.pop("environment")
+                results.append(record)
+    doc = {"results": results, "failures": failures, "environment": env,
+           "baseline": labels[runners[0][0]] if runners else None,
+           "ratio": "p50 latency of each model / p50 of the first model at the same batch size, timed interleaved",
+           "verdict": "FAILED" if failures else "PASSED", "command": " ".join(sys.argv[1:])}
+    emit(doc, as_json, _bench_text)
     if failures:
         sys.exit(max(f["exit_code"] for f in failures))
+
+
+def _old_bench_json(models: list[str], as_json: str | None, json_out: str | None) -> tuple[list[str], bool, str | None]:
+    """bench's --json used to take a file name. `--json FILE.json` still writes it (with a note);
+    any other word after --json is a model, so `bench --json a.onnx` means what it says now."""
+    if as_json is None:
+        return models, False, json_out
+    if as_json == "":
+        return models, True, json_out
+    if as_json.endswith(".json"):
+        if json_out is not None:
+            raise click.UsageError("--json FILE is the old spelling of --json-out FILE; give only --json-out")
+        from .common import log_warning, ALIAS_REMOVAL
+
+        log_warning(f"note: bench --json FILE is deprecated and goes in repdeploy {ALIAS_REMOVAL}; "
+                    "use --json-out FILE (--json alone prints the JSON on stdout)")
+        return models, False, as_json
+    return [as_json, *models], True, json_out
+
+
+def _warn_layout(model: str, engine: str) -> None:
+    """Timing a TensorRT-layout INT8 graph on ONNX Runtime measures its float fallback: say so."""
+    if engine != "ort" or not str(model).endswith(".onnx"):
+        return
+    import onnx
+
+    from ..export.qdq import TENSORRT_ON_ORT_WARNING, qdq_layout
+
+    if qdq_layout(onnx.load(str(model), load_external_data=False)) == "tensorrt":
+        log_warning(f"{model}: {TENSORRT_ON_ORT_WARNING}")
 
 
 @click.command("pipeline")
 @click.argument("checkpoints", nargs=-1, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (one run directory per model).")
-@click.option("--data", default=None, help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
-@click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --data.")
-@click.option("--calib-samples", default=256, show_default=True)
+@click.option("--eval-data", default=None,
+              help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
+@click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --eval-data.")
+@click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
 @click.option("--calib-method", default=None, type=click.Choice(["max", "percentile", "entropy", "mse"]),
               help="Calibration method; default: the PTQ default.")
 @click.option("--engine", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="Runtime for eval and bench.")
@@ -154,20 +240,26 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, use_
               help="INT8 graph layout; default: ort for --engine ort, tensorrt for --engine trt.")
 @click.option("--max-drop", type=float, default=None,
               help="Accuracy gate: max top-1 drop in absolute points; models over it are FAILED and the exit code is 3.")
-@click.option("--batch", "bench_batch", default=1, show_default=True, help="Batch size for the latency figures.")
+@click.option("--batch-size", "bench_batch", type=int, default=defaults.BENCH_BATCH_SIZE, show_default=True,
+              help="Batch size for the latency figures.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ORT (default: ORT's choice).")
-@click.option("--warmup", type=float, default=None, help="Warm-up seconds per benchmark (default 0.3).")
-@click.option("--duration", type=float, default=None, help="Minimum measured seconds per benchmark (default 1.0).")
-@click.option("--iterations", type=int, default=None, help="Minimum measured iterations per benchmark (default 30).")
+@click.option("--warmup", type=float, default=defaults.BENCH_WARMUP_S, show_default=True,
+              help="Warm-up seconds per benchmark.")
+@click.option("--duration", type=float, default=defaults.BENCH_DURATION_S, show_default=True,
+              help="Minimum measured seconds per benchmark.")
+@click.option("--iterations", type=int, default=defaults.BENCH_ITERATIONS, show_default=True,
+              help="Minimum measured iterations per benchmark.")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
-@click.option("--qat-epochs", default=2, show_default=True)
-@click.option("--train-data", default=None, help="QAT training images; default: the train split of --data.")
+@click.option("--qat-epochs", type=int, default=2, show_default=True)
+@click.option("--train-data", default=None, help="QAT training images; default: the train split of --eval-data.")
+@deprecated_alias("--data", "--eval-data")
+@deprecated_alias("--batch", "--batch-size")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
+def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
                  load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
@@ -181,34 +273,25 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
     Examples:
       repdeploy pipeline -o runs/demo
       repdeploy pipeline --qat -o runs/demo-qat                # PTQ and QAT side by side
-      repdeploy pipeline a.pth b.pth --data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
-      repdeploy pipeline a.pth --data val/ --engine trt --target tensorrt -o runs/gpu
+      repdeploy pipeline a.pth b.pth --eval-data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
+      repdeploy pipeline a.pth --eval-data val/ --engine trt --target tensorrt -o runs/gpu
     """
-    import warnings
-
-    from ..pipeline import DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_WARMUP_S, run_pipeline
-    from ..progress import status
+    from ..pipeline import run_pipeline
     from ..report import print_table
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = run_pipeline(
-            list(checkpoints), output_dir=output, data=data, calib_data=calib_data, engine=engine, target=target,
-            max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
-            threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
-            duration=DEFAULT_DURATION_S if duration is None else duration,
-            iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
-            eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
-            load_kwargs={k: v for k, v in load_kwargs.items() if v},
-        )
-    for w in caught:
-        status(f"warning: {w.message}")
-    records = [r.to_dict() for r in result.rows]
-    if as_json:
-        emit(result.to_dict(), True)
-    else:
-        print_table(records)
-        click.echo(f"report: {result.report.html}")
+    result = run_pipeline(
+        list(checkpoints), output_dir=output, data=eval_data, calib_data=calib_data, engine=engine, target=target,
+        max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
+        threads=threads, warmup=warmup, duration=duration, iterations=iterations,
+        eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
+        load_kwargs={k: v for k, v in load_kwargs.items() if v},
+    )
+
+    def text(_: dict) -> str:
+        print_table([r.to_dict() for r in result.rows])
+        return f"report: {result.report.html}"
+
+    emit(result.to_dict(), as_json, text)
     code = result.exit_code
     if code == 3:
         failed = [r.name for r in result.rows if r.status == "FAILED"]

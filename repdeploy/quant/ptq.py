@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, defaults
 from ..errors import AccuracyGateError, CheckpointError, DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
@@ -101,11 +101,11 @@ def quantize(
     *,
     output_dir: str | os.PathLike,
     calib_data: str | os.PathLike | None = None,
-    calib_samples: int = 512,
-    calib_method: str = "entropy",
+    calib_samples: int = defaults.CALIB_SAMPLES,
+    calib_method: str = defaults.CALIB_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     calib_cache: str | os.PathLike | None = None,
-    target: str = "ort",
+    target: str = defaults.TARGET,
     eval_data: str | os.PathLike | None = None,
     eval_limit: int | None = None,
     max_drop: float | None = None,

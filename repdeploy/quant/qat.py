@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .. import __version__, defaults
 from ..errors import DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
@@ -308,9 +308,9 @@ def qat(
     train_data: str | os.PathLike | None,
     output_dir: str | os.PathLike,
     val_data: str | os.PathLike | None = None,
-    epochs: int = 3,
+    epochs: int = defaults.QAT_EPOCHS,
     lr: float | None = None,
-    batch_size: int = 64,
+    batch_size: int = defaults.QAT_BATCH_SIZE,
     weight_decay: float = 0.0,
     optimizer: str = "sgd",
     grad_mult: str = "none",
@@ -318,10 +318,10 @@ def qat(
     temperature: float = 4.0,
     calib_cache: str | os.PathLike | None = None,
     calib_data: str | os.PathLike | None = None,
-    calib_method: str = "entropy",
-    calib_samples: int = 512,
+    calib_method: str = defaults.CALIB_METHOD,
+    calib_samples: int = defaults.CALIB_SAMPLES,
     percentile: float = DEFAULT_PERCENTILE,
-    target: str = "ort",
+    target: str = defaults.TARGET,
     train_samples: int | None = None,
     learnable_ranges: bool = False,
     resume: bool = False,
