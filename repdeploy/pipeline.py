@@ -178,7 +178,8 @@ def run_pipeline(
                       stacklevel=2)
 
     settings = PipelineSettings(
-        data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
+        data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples,
+        calib_method=calib_method or defaults.CALIB_METHOD,  # the report names the method used, never None
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
         duration=duration, iterations=iterations, eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs,
         train_data=train_data,

@@ -25,12 +25,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from ..errors import CalibrationError, DataError
+from ..errors import CalibrationError, DataError, InputError
 from ..io import write_json_atomic
 from ..models.plain import PlainNet
 from ..models.specs import ArchSpec
@@ -390,41 +390,68 @@ class CalibrationCache:
 
 
 @torch.no_grad()
-def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
-              percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS,
-              total_batches: int | None = None, data: dict | None = None) -> CalibrationCache:
-    """Run float inference over `batches`, compute activation ranges, load them into `qnet`.
+def calibrate(qnet, batches: Iterable[torch.Tensor] | None = None, *, forward_loop: Callable | None = None,
+              method: str = "entropy", percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS,
+              total_batches: int | None = None, data: dict | None = None,
+              keep_inputs: list[torch.Tensor] | None = None, keep_limit: int = 0) -> CalibrationCache:
+    """Run float inference, compute activation ranges, load them into `qnet`; return the cache.
 
     `qnet` is a QuantPlainNet; every activation quantizer (for both targets) is calibrated, so
-    the cache serves either export flavour.
+    the cache serves either export flavour. The images come from `batches` (NCHW tensors) or
+    from `forward_loop(qnet)`, a callable that runs the model over the user's data itself, as
+    ModelOpt's `forward_loop` does. With `keep_inputs`, the first `keep_limit` images seen are
+    appended to it (the caller verifies the INT8 model on them).
+
+    >>> cache = calibrate(qnet, forward_loop=lambda m: [m(x) for x, _ in loader])  # doctest: +SKIP
     """
+    if (batches is None) == (forward_loop is None):
+        raise InputError("calibrate needs exactly one of `batches` or `forward_loop`")
     calibrator = make_calibrator(method, percentile=percentile, bins=bins)
     qnet.eval()
+    qnet.set_weight_ranges()
     was_enabled = [(q, q.enabled) for q in qnet.quantizers()]
     qnet.disable()
     qnet.observe(calibrator.collect)
-    images = 0
-    lo = hi = None  # per-channel input extremes: constant images calibrate nothing
+    seen = {"images": 0, "kept": 0, "lo": None, "hi": None}  # per-channel extremes: flat images calibrate nothing
+
+    def check_input(module, args) -> None:
+        x = args[0]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise DataError(f"calibration input must be an NCHW float tensor, got "
+                            f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+        if not torch.isfinite(x).all():
+            raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
+        b_lo, b_hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))
+        seen["lo"] = b_lo if seen["lo"] is None else torch.minimum(seen["lo"], b_lo)
+        seen["hi"] = b_hi if seen["hi"] is None else torch.maximum(seen["hi"], b_hi)
+        seen["images"] += int(x.shape[0])
+        if keep_inputs is not None and seen["kept"] < keep_limit:
+            part = x[: keep_limit - seen["kept"]].detach().clone()
+            keep_inputs.append(part)
+            seen["kept"] += int(part.shape[0])
+
+    hook = qnet.register_forward_pre_hook(check_input)
     try:
-        for x in track(batches, f"calibrating ({method})", total=total_batches):
-            if not torch.isfinite(x).all():
-                raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
-            b_lo, b_hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))
-            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
-            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
-            qnet(x)
-            images += int(x.shape[0])
+        if forward_loop is not None:
+            forward_loop(qnet)
+        else:
+            for x in track(batches, f"calibrating ({method})", total=total_batches):
+                qnet(x)
     finally:
+        hook.remove()
         qnet.observe(None)
         for q, on in was_enabled:
             q.enabled = on
-    if images == 0:
-        raise DataError("no calibration images were read; give --calib-data with at least one image")
+    lo, hi = seen["lo"], seen["hi"]
+    if seen["images"] == 0:
+        raise DataError("no calibration images were read; give calibration data with at least one image"
+                        + (" (forward_loop never called the model)" if forward_loop is not None else ""))
     if bool((hi == lo).all()):
         raise DataError(
             "calibration images are all identical and flat (e.g. all zero): they have no range to "
             "calibrate; use real images"
         )
+    images = seen["images"]
     unsigned = {q.name: 255 if q.unsigned else 127 for q in qnet.quantizers() if not q.per_channel}
     unsigned.setdefault("features", 255)
     amax = calibrator.compute(unsigned)
