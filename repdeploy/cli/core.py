@@ -105,7 +105,7 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
     \b
     Examples:
       repdeploy fuse RepVGG-B1g4-train.pth -o b1g4_fused.pt
-      repdeploy fuse repoptvgg_b1.pth -o fused.pt --json
+      repdeploy fuse ckpt.pth -o fused.pt --json
     """
     from ..checkpoints import load, save_fused
     from ..fuse import fuse
@@ -162,7 +162,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
     Examples:
       repdeploy export RepVGG-A0-train.pth -o a0.onnx
       repdeploy export fused.pt -o a0.onnx --input-size 256 --json
-      repdeploy export fused.pt -o a0.engine --format trt --precision fp16   # needs TensorRT + GPU
+      repdeploy export fused.pt -o a0.engine --format trt   # needs TensorRT + GPU
     """
     import torch
 
@@ -172,12 +172,27 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
     from ..io import ensure_writable_file
 
     ensure_writable_file(output)
+    if fmt == "trt":
+        from ..export.tensorrt import import_tensorrt
+
+        import_tensorrt()  # exit 4 before any work when TensorRT or the GPU is missing
+        if precision != "fp32":
+            # TensorRT 10+ networks are strongly typed: an FP16 engine needs an FP16 ONNX, which
+            # repdeploy does not write yet.
+            raise InputError("--precision fp16: strongly typed TensorRT engines take their precision from the "
+                             "ONNX, and repdeploy exports FP32 ONNX; build an FP32 engine (drop --precision)")
     plain, loaded, eq = load_fused(checkpoint, **load_kwargs)
     size = input_size or plain.spec.input_size
     if fmt == "trt":
-        from ..export.tensorrt import build_engine_from_model
+        import tempfile
+        from pathlib import Path
 
-        path = build_engine_from_model(plain, output, input_size=size, precision=precision)
+        from ..export.tensorrt import build_engine
+
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = export_onnx(plain, Path(tmp) / "model_fp32.onnx", input_size=size,
+                                    in_channels=plain.spec.in_channels, opset=opset)
+            path = build_engine(onnx_path, output)
         emit({"input": str(checkpoint), "output": str(path), "format": "trt", "precision": precision}, as_json)
         return
     if precision != "fp32":

@@ -7,7 +7,8 @@ import sys
 import click
 
 from .. import defaults
-from .common import checkpoint_options, deprecated_alias, emit, handle_errors, json_option, quiet_option
+from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, emit, handle_errors, json_option, log_warning,
+                     quiet_option)
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -77,9 +78,11 @@ def _threads(r: dict, env: dict) -> str:
 def _bench_text(doc: dict) -> str:
     env = doc["environment"] or {}
     lines = []
+    several = len({r["label"] for r in doc["results"]}) > 1
     for r in doc["results"]:
         s = r["stats"]
-        ratio = f"  {r['ratio_vs_first']:.3f}x {doc['baseline']}" if r.get("ratio_vs_first") is not None else ""
+        ratio = (f"  p50 {r['ratio_vs_first']:.3f}x {doc['baseline']}"
+                 if several and r.get("ratio_vs_first") is not None else "")
         lines += [
             f"{r['label']}  engine {r['engine']}  batch {r['batch']}  input {tuple(r['input_shape'])}  "
             f"threads {_threads(r, env)}",
@@ -89,7 +92,7 @@ def _bench_text(doc: dict) -> str:
             f"  iterations {s['count']}  over {r['measured_s']:.2f} s",
             f"  throughput {r['throughput_ips']:.1f} img/s{ratio}",
         ]
-    if len({r["label"] for r in doc["results"]}) > 1:
+    if several:
         lines.append("")
         lines.append(f"{'model':<40} {'batch':>5} {'p50 ms':>9} {'ratio':>7}  (p50 vs {doc['baseline']}, same run, interleaved)")
         for r in doc["results"]:
@@ -102,7 +105,7 @@ def _bench_text(doc: dict) -> str:
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.argument("models", nargs=-1, type=click.Path())
 @click.option("--engine", type=ENGINE_CHOICE, default="ort", show_default=True)
 @click.option("--batches", default=str(defaults.BENCH_BATCH_SIZE), show_default=True,
               help="Comma-separated batch sizes, e.g. 1,8.")
@@ -133,7 +136,7 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ro
     \b
     Examples:
       repdeploy bench runs/demo/repvgg_mini/model_fp32.onnx runs/demo/repvgg_mini/model_int8_ort.onnx --batches 1,8 --threads 2
-      repdeploy bench runs/demo/repvgg_mini/fused.pt --engine torch --duration 5 --json-out bench.json
+      repdeploy bench runs/demo/repvgg_mini/fused.pt --engine torch --duration 2 --json-out bench.json
     """
     import contextlib
 
@@ -144,6 +147,8 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ro
     from ..runtime import model_kind, open_runner
 
     models, as_json, json_out = _old_bench_json(list(models), as_json, json_out)
+    if not models:
+        raise click.UsageError("give at least one MODEL (checkpoint, fused .pt, .onnx or engine)")
     click.get_current_context().meta["repdeploy.json_out"] = json_out
     sizes = _batches(batches)
     if json_out:
@@ -206,8 +211,6 @@ def _old_bench_json(models: list[str], as_json: str | None, json_out: str | None
     if as_json.endswith(".json"):
         if json_out is not None:
             raise click.UsageError("--json FILE is the old spelling of --json-out FILE; give only --json-out")
-        from .common import log_warning, ALIAS_REMOVAL
-
         log_warning(f"note: bench --json FILE is deprecated and goes in repdeploy {ALIAS_REMOVAL}; "
                     "use --json-out FILE (--json alone prints the JSON on stdout)")
         return models, False, as_json
