@@ -30,7 +30,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for area in ("core", "train", "quant", "run", "qat"):
+    for area in ("core", "train", "quant", "run", "qat", "doctor"):
         try:
             module = importlib.import_module(f"{__name__}.{area}")
         except ModuleNotFoundError as exc:
