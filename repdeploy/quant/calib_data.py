@@ -104,3 +104,26 @@ def _stream(batches: Iterable, name: str, samples: int, image_size: int, channel
         yield item
         if taken >= samples:
             return
+
+
+def labelled_arrays(eval_data: Any) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
+    """(images, labels) from an (images, labels) pair, or from an iterable of (images, labels)
+    batches such as a torch DataLoader (read once, into memory)."""
+    def is_array(v: Any) -> bool:
+        return isinstance(v, (torch.Tensor, np.ndarray))
+
+    if isinstance(eval_data, (tuple, list)) and len(eval_data) == 2 and all(is_array(v) for v in eval_data):
+        return eval_data[0], eval_data[1]
+    if isinstance(eval_data, Iterable) and not isinstance(eval_data, (str, bytes, dict)):
+        xs, ys = [], []
+        for i, item in enumerate(eval_data):
+            if not (isinstance(item, (tuple, list)) and len(item) >= 2 and is_array(item[0])):
+                raise DataError(f"eval_data batch {i} is a {type(item).__name__}; evaluation needs "
+                                "(images, labels) batches")
+            xs.append(torch.as_tensor(item[0]))
+            ys.append(torch.as_tensor(item[1]).reshape(-1))
+        if not xs:
+            raise DataError("eval_data yielded no batches")
+        return torch.cat(xs), torch.cat(ys)
+    raise InputError(f"eval_data of type {type(eval_data).__name__}: give a path or 'builtin', an (images, labels) "
+                     "pair of arrays or tensors, or a DataLoader of (images, labels) batches")

@@ -168,8 +168,8 @@ def quantize(
     >>> r = quantize(plain, calib_data=torch_loader, output_dir="out/")                    # doctest: +SKIP
     """
     from ..checkpoints import save_fused
-    from ..data import from_arrays, open_dataset
-    from .calib_data import open_calibration_data
+    from ..data import ImageDataset, from_arrays, open_dataset
+    from .calib_data import labelled_arrays, open_calibration_data
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..progress import status
@@ -183,12 +183,12 @@ def quantize(
     status(f"quantize: {info['variant']} from {info['source']} -> {target} INT8")
 
     def image_set(source, split: str):
-        if isinstance(source, (tuple, list)) and len(source) == 2:  # (images, labels) in memory
-            return from_arrays(source[0], source[1], image_size=spec.input_size, channels=spec.in_channels,
-                               mean=mean, std=std, name="eval_data (in memory)")
+        if isinstance(source, ImageDataset):
+            return source
         if not isinstance(source, (str, os.PathLike)):
-            raise InputError(f"eval_data of type {type(source).__name__}: give a path, 'builtin', or an "
-                             "(images, labels) pair of arrays or tensors")
+            images, labels = labelled_arrays(source)
+            return from_arrays(images, labels, image_size=spec.input_size, channels=spec.in_channels,
+                               mean=mean, std=std, name=f"eval_data {type(source).__name__} (in memory)")
         return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels,
                             mean=mean, std=std)
 
