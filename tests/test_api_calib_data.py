@@ -36,7 +36,6 @@ def test_every_calib_data_form_gives_the_same_max_ranges(plain, images, tmp_path
     common = dict(calib_method="max", calib_samples=len(x))  # max is order-free: every form must agree
     by_form = {
         "tensor": repdeploy.quantize(plain, calib_data=x, output_dir=tmp_path / "t", **common),
-        "array": repdeploy.quantize(plain, calib_data=x.numpy(), output_dir=tmp_path / "a", **common),
         "list": repdeploy.quantize(plain, calib_data=list(x.split(10)), output_dir=tmp_path / "l", **common),
         "loader": repdeploy.quantize(
             plain, output_dir=tmp_path / "d", **common,

@@ -112,12 +112,21 @@ def test_bench_old_json_file_form_still_writes_the_file(int8_onnx, tmp_path, mon
 
 def test_quiet_silences_stage_lines_and_warnings_but_not_errors(int8_onnx, tmp_path):
     runner = CliRunner()
-    loud = runner.invoke(main, ["quantize", str(zoo_entry("repvgg").file), "--calib-data", "builtin",
-                                "--calib-samples", "16", "-o", str(tmp_path / "a")])
-    quiet = runner.invoke(main, ["quantize", str(zoo_entry("repvgg").file), "--calib-data", "builtin",
-                                 "--calib-samples", "16", "-o", str(tmp_path / "b"), "-q"])
+    args = ["bench", str(int8_onnx), "--warmup", "0", "--duration", "0", "--iterations", "3", "--batch", "1"]
+    loud, quiet = runner.invoke(main, args), runner.invoke(main, [*args, "-q"])
     assert loud.exit_code == quiet.exit_code == 0
-    assert "quantize: RepVGG-mini" in loud.stderr and quiet.stderr == ""
-    assert quiet.stdout == loud.stdout.replace(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert "bench 1 model(s)" in loud.stderr and "--batch is deprecated" in loud.stderr and quiet.stderr == ""
+    assert "&&&& PASSED" in quiet.stdout and "p99" in quiet.stdout  # results stay
     bad = runner.invoke(main, ["eval", str(tmp_path / "missing.onnx"), "-q"])
     assert bad.exit_code == 2 and bad.stderr.startswith("error: ")
+
+
+def test_pipeline_report_names_the_calibration_method_it_defaults_to(tmp_path):
+    """report.json/.md/.html said `calib_method: None` when the default (entropy) was used."""
+    from repdeploy.pipeline import run_pipeline
+
+    result = run_pipeline([str(tmp_path / "missing.pth")], output_dir=tmp_path / "run")  # fails fast, still reports
+    assert result.rows[0].status == "ERROR"
+    doc = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert doc["settings"]["calib_method"] == defaults.CALIB_METHOD
+    assert doc["settings"]["calib_samples"] == defaults.CALIB_SAMPLES
