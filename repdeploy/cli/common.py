@@ -28,15 +28,12 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    # Library warnings (unstable timing, a layout on the wrong runtime) are shown
-                    # once, as warnings; --quiet hides them with every other message.
-                    for w in caught:
-                        log_warning(str(w.message))
+            with warnings.catch_warnings():
+                # Library warnings (unstable timing, a layout on the wrong runtime) are shown as
+                # they happen, as one `warning:` line; --quiet hides them with every other message.
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except RepDeployError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -47,14 +44,15 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    log_warning(str(message))
+
+
 # ------------------------------------------------------------------------------ logging
 
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time (click's test runner swaps it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @property  # type: ignore[override]
     def stream(self):
