@@ -279,6 +279,23 @@ class QATResult:
     report: dict
     qnet: QuantPlainNet = field(repr=False)
 
+    # Typed views of the headline figures in `report` (None where not measured, or on rank > 0).
+    @property
+    def fp32_top1(self) -> float | None:
+        return self.report.get("fp32_top1")
+
+    @property
+    def ptq_top1(self) -> float | None:
+        return self.report.get("ptq_top1")
+
+    @property
+    def qat_top1(self) -> float | None:
+        return self.report.get("qat_top1")
+
+    @property
+    def qat_drop(self) -> float | None:
+        return self.report.get("qat_drop")
+
     def to_dict(self) -> dict:
         return {"output_dir": str(self.output_dir), "int8_onnx": str(self.int8_onnx) if self.int8_onnx else None,
                 **{k: self.report.get(k) for k in ("fp32_top1", "ptq_top1", "qat_top1", "ptq_drop", "qat_drop")}}
