@@ -20,8 +20,8 @@ def _text(r: dict) -> str:
         f"not found   {missing or '-'}",
         f"torch       {t['build']}; CUDA available: {'yes' if t['cuda_available'] else 'no'}"
         + (f" ({', '.join(t['gpus'])})" if t["gpus"] else ""),
-        f"onnxruntime " + (f"providers {', '.join(o['providers'])}" if "providers" in o else o["error"]),
-        f"tensorrt    " + (f"usable, {trt['version']}" if trt["usable"] else f"not usable: {trt['reason']}"),
+        "onnxruntime " + (f"providers {', '.join(o['providers'])}" if "providers" in o else o["error"]),
+        "tensorrt    " + (f"usable, {trt['version']}" if trt["usable"] else f"not usable: {trt['reason']}"),
         f"threads     {th['logical_cpus']} logical CPUs, {th['usable_cpus']} usable, "
         f"{th['physical_cores']} physical cores; torch {t['threads']} intra-op / {t['interop_threads']} inter-op; "
         f"ORT default {th['onnxruntime_default_intra_op']}",
