@@ -153,7 +153,8 @@ def quantize(
     iterable of batches such as a torch DataLoader (its first `calib_samples` images); or instead
     `forward_loop`, a callable that runs the model it is given over your data (as in ModelOpt).
     In-memory images are model inputs, preprocessed as for training. Zoo models default to the
-    built-in set. `eval_data` is a path or an (images, labels) pair of arrays/tensors. `calib_cache` skips
+    built-in set. `eval_data` is a path, an (images, labels) pair of arrays/tensors, or a DataLoader
+    of (images, labels) batches. `calib_cache` skips
     calibration and uses the ranges of a calib.json made for the same model. With `eval_data`
     (labelled), FP32 and INT8 top-1/top-5 are measured on ONNX Runtime; with `max_drop` too, a
     larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written; with
