@@ -34,6 +34,11 @@ def enable_bars() -> None:
     _bars = True
 
 
+def disable_bars() -> None:
+    global _bars
+    _bars = False
+
+
 def is_quiet() -> bool:
     return _quiet
 

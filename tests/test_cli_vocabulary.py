@@ -130,3 +130,18 @@ def test_pipeline_report_names_the_calibration_method_it_defaults_to(tmp_path):
     doc = json.loads((tmp_path / "run" / "report.json").read_text())
     assert doc["settings"]["calib_method"] == defaults.CALIB_METHOD
     assert doc["settings"]["calib_samples"] == defaults.CALIB_SAMPLES
+
+
+def test_json_out_to_a_bad_place_is_one_line_and_the_cli_leaves_no_handler(int8_onnx, tmp_path, capsys):
+    import logging
+
+    from repdeploy.progress import status
+
+    (tmp_path / "file").write_text("x")
+    r = CliRunner().invoke(main, ["inspect", str(int8_onnx), "--json-out", str(tmp_path / "file" / "out.json")])
+    assert r.exit_code == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.output
+    # After a command ran in-process, library messages are a library's again: logged, not printed.
+    capsys.readouterr()
+    status("a library stage line")
+    assert capsys.readouterr().err == ""
+    assert logging.getLogger("repdeploy").handlers == []

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import RepDeployError
-from ..progress import LOGGER_NAME, enable_bars, set_quiet
+from ..progress import LOGGER_NAME, disable_bars, enable_bars, set_quiet
 
 #: The release in which the deprecated spellings stop being accepted.
 ALIAS_REMOVAL = "0.3"
@@ -28,6 +28,12 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            ctx = click.get_current_context(silent=True)
+            json_out = ctx.meta.get(_JSON_OUT_KEY) if ctx is not None else None
+            if json_out:
+                from ..io import ensure_writable_file
+
+                ensure_writable_file(json_out)  # before the work, not after it
             with warnings.catch_warnings():
                 # Library warnings (unstable timing, a layout on the wrong runtime) are shown as
                 # they happen, as one `warning:` line; --quiet hides them with every other message.
@@ -40,6 +46,10 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             click.echo("error: interrupted; no partial output was left behind", err=True)
             sys.exit(130)
+        finally:
+            # A command run in-process (click's test runner, main() called from Python) must not
+            # leave the CLI's handler behind: library calls after it would print again.
+            reset_logging()
 
     return wrapper
 
@@ -85,6 +95,16 @@ def configure_logging(quiet: bool) -> None:
     enable_bars()
 
 
+def reset_logging() -> None:
+    """Remove the CLI's handler and settings, leaving the `repdeploy` logger as a library's."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if _handler is not None and _handler in logger.handlers:
+        logger.removeHandler(_handler)
+    set_quiet(False)
+    logger.setLevel(logging.NOTSET)
+    disable_bars()
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -119,11 +139,7 @@ def json_option(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, json_out: str | None, **kwargs: Any) -> Any:
-        if json_out is not None:
-            from ..io import ensure_writable_file
-
-            ensure_writable_file(json_out)  # before the work, not after it
-        click.get_current_context().meta[_JSON_OUT_KEY] = json_out
+        click.get_current_context().meta[_JSON_OUT_KEY] = json_out  # handle_errors checks it first
         return fn(*args, **kwargs)
 
     wrapper = click.option("--json-out", "json_out", type=click.Path(dir_okay=False), default=None,
