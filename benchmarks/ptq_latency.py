@@ -1,29 +1,32 @@
-"""INT8 PTQ speed on ONNX Runtime CPU, and calibration cost (issue 4).
+"""INT8 PTQ latency on ONNX Runtime CPU against FP32 and onnxruntime's own quantize_static (issue 12).
 
-On fused RepVGG-A0 at 224 (random weights, trained-like BN statistics), batch 1, measured in ONE
-run with the sessions interleaved so machine drift hits all alike:
-Each round measures every session twice, in ABCD then DCBA order; ratios are medians of
-per-round ratios, robust to other processes' load bursts on a shared machine.
-- ORT FP32 latency, our INT8 `ort` QDQ latency, and the INT8 latency of onnxruntime's own
-  `quantize_static` (QDQ, uint8 activations, per-channel int8 weights, MinMax) on the same FP32
-  model. Targets: ours / fp32 <= 0.32, ours / quantize_static <= 1.05.
-- our `tensorrt` layout on ORT CPU, for information only: that layout is NOT meant for ORT.
-- calibration time of N images (default 512) and peak RSS for the entropy and max methods, each
-  in a fresh process, at N and at N/4 images (streamed histograms: memory must not grow with N).
+For each architecture (fused, random weights, trained-like BN statistics, 224 px), batch and
+thread count, measured in ONE run with the sessions interleaved so machine drift hits all alike:
+- our INT8 `ort` QDQ model (`export_qdq`), run with the session options repdeploy records
+  (`repdeploy.runtime.ort.session_options`);
+- onnxruntime's `quantize_static` INT8 of the same FP32 ONNX (QDQ, uint8 activations,
+  per-channel int8 weights, MinMax on the same 32 images), run the way its users run it: a plain
+  `SessionOptions` with the thread count set;
+- the FP32 ONNX (plain options too), with `--fp32` or for A0 (its ratio target is A0 b1 t2).
+Each round times every session in A..Z then Z..A order; a figure is the median of per-round
+ratios with a bootstrap 90 % interval over the rounds. Targets: ours / quantize_static <= 0.95,
+ours / FP32 <= 0.29 (A0, batch 1, 2 threads). Also printed: the node types ORT runs for each
+INT8 model and, with `--profile`, ORT's per-node kernel times (median over runs).
 
-Prints one JSON line per figure.
+Calibration cost is measured by benchmarks/calib_cost.py.
 
-    .venv/bin/python benchmarks/ptq_latency.py [--threads 2] [--rounds 5] [--calib-images 512]
+Prints one JSON line per figure; exits 1 when a target is missed.
+
+    .venv/bin/python benchmarks/ptq_latency.py [--archs RepVGG-A0,RepVGG-B1] [--batches 1,8] [--threads 1,2]
+        [--rounds 7] [--seconds 0.3] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import resource
+import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,13 +41,15 @@ from repdeploy.models import build, get_spec
 from repdeploy.models.layers import randomize_batchnorm
 from repdeploy.quant.calib import calibrate
 from repdeploy.quant.quantizer import QuantPlainNet
+from repdeploy.runtime.ort import session_options
 
-ARCH, SIZE = "RepVGG-A0", 224
+SIZE = 224
+TARGET_PEER, TARGET_FP32 = 0.95, 0.29
 
 
-def fused_a0():
+def fused_model(arch: str):
     torch.manual_seed(0)
-    return fuse(randomize_batchnorm(build(get_spec(ARCH), "train"), 0).eval()).plain.eval()
+    return fuse(randomize_batchnorm(build(get_spec(arch), "train"), 0).eval()).plain.eval()
 
 
 def calib_batches(n: int, batch: int = 16, seed: int = 0):
@@ -54,18 +59,23 @@ def calib_batches(n: int, batch: int = 16, seed: int = 0):
         yield torch.randn(min(batch, n - start), 3, SIZE, SIZE, generator=g)
 
 
-def session(path: Path, threads: int):
+def plain_session(path: Path, threads: int):
     import onnxruntime as ort
 
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
-def median_ms(sess, x: np.ndarray, seconds: float, min_iters: int = 20) -> float:
+def our_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def median_ms(sess, x: np.ndarray, seconds: float, min_iters: int) -> float:
     name = sess.get_inputs()[0].name
-    for _ in range(5):
+    for _ in range(2):
         sess.run(None, {name: x})
     times, end = [], time.perf_counter() + seconds
     while len(times) < min_iters or time.perf_counter() < end:
@@ -91,98 +101,109 @@ def ort_quantize_static(fp32: Path, out: Path, n: int) -> None:
                     calibrate_method=CalibrationMethod.MinMax)
 
 
-def latency(args, tmp: Path) -> None:
-    plain = fused_a0()
-    fp32 = export_onnx(plain, tmp / "fp32.onnx", input_size=SIZE)
-    paths = {"fp32": fp32}
-    for target in ("ort", "tensorrt"):
-        q = QuantPlainNet(plain, target)
-        q.set_weight_ranges()
-        calibrate(q, calib_batches(32), method="max")
-        paths[target] = export_qdq(q, fp32, tmp / f"int8_{target}.onnx")
-    ort_own = tmp / "int8_ort_quantize_static.onnx"
-    ort_quantize_static(fp32, ort_own, 32)
-    paths["ort_quantize_static"] = ort_own
-    for key in ("ort", "ort_quantize_static"):
-        counts = count_fused_nodes(paths[key])
-        print(json.dumps({"figure": "ort_fused_nodes", "model": key, "integer_nodes": integer_node_count(counts),
-                          "nodes": counts}), flush=True)
+def bootstrap_interval(values: list[float], level: float = 0.9, draws: int = 2000, seed: int = 0) -> list[float]:
+    """Percentile bootstrap interval of the median of `values`."""
+    rng = np.random.default_rng(seed)
+    v = np.asarray(values)
+    medians = np.median(rng.choice(v, size=(draws, v.size), replace=True), axis=1)
+    return [float(q) for q in np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])]
 
-    sessions = {k: session(p, args.threads) for k, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+
+def kernel_profile(path: Path, threads: int, x: np.ndarray, runs: int = 30) -> dict[str, float]:
+    """ORT's per-node kernel time in us (median over `runs`), in graph order."""
+    import onnxruntime as ort
+
+    o = session_options(threads)
+    o.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        o.profile_file_prefix = str(Path(tmp) / "profile")
+        s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 5):
+            s.run(None, {"input": x})
+        events = json.loads(Path(s.end_profiling()).read_text())
+    per: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per.setdefault(f'{e["args"].get("op_name", "?")} {e["name"][:-12]}', []).append(e["dur"])
+    return {k: float(np.median(v[5:])) for k, v in per.items()}
+
+
+def build_models(arch: str, tmp: Path) -> dict[str, Path]:
+    plain = fused_model(arch)
+    fp32 = export_onnx(plain, tmp / f"{arch}_fp32.onnx", input_size=SIZE)
+    q = QuantPlainNet(plain, "ort")
+    q.set_weight_ranges()
+    calibrate(q, calib_batches(32), method="max")
+    ours = export_qdq(q, fp32, tmp / f"{arch}_int8_ours.onnx")
+    peer = tmp / f"{arch}_int8_quantize_static.onnx"
+    ort_quantize_static(fp32, peer, 32)
+    return {"fp32": fp32, "ours": ours, "quantize_static": peer}
+
+
+def measure(arch: str, paths: dict[str, Path], batch: int, threads: int, args) -> bool:
+    with_fp32 = args.fp32 or arch == "RepVGG-A0"
+    sessions = {"ours": our_session(paths["ours"], threads),
+                "quantize_static": plain_session(paths["quantize_static"], threads)}
+    if with_fp32:
+        sessions["fp32"] = plain_session(paths["fp32"], threads)
+    x = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
+    min_iters = 10 if batch == 1 else 3
     samples: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(args.rounds):
-        # ABCD then DCBA: a load change during the round hits every session alike on average.
-        first = {k: median_ms(s, x, args.seconds) for k, s in sessions.items()}
-        second = {k: median_ms(s, x, args.seconds) for k, s in reversed(list(sessions.items()))}
+        first = {k: median_ms(s, x, args.seconds, min_iters) for k, s in sessions.items()}
+        second = {k: median_ms(s, x, args.seconds, min_iters) for k, s in reversed(list(sessions.items()))}
         for k in sessions:
             samples[k].append((first[k] + second[k]) / 2)
-    # Other processes on a shared machine come in bursts: a ratio taken within one round (a few
-    # seconds) sees one load level, so the ratios are medians of per-round ratios.
-    ms = {k: statistics.median(v) for k, v in samples.items()}
-    best = {k: min(v) for k, v in samples.items()}
-
-    def round_ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
-
-    common = {"model": f"{ARCH} fused", "input": f"1x3x{SIZE}x{SIZE}", "threads": args.threads,
-              "rounds": args.rounds}
+    common = {"model": f"{arch} fused", "input": f"{batch}x3x{SIZE}x{SIZE}", "batch": batch, "threads": threads,
+              "rounds": args.rounds, "load_avg_1m": round(os.getloadavg()[0], 2)}
     print(json.dumps({"figure": "ort_latency_ms", "statistic": "median of round medians", **common,
-                      **{k: round(v, 3) for k, v in ms.items()}}), flush=True)
-    print(json.dumps({"figure": "ort_latency_ms", "statistic": "best round median", **common,
-                      **{k: round(v, 3) for k, v in best.items()}}), flush=True)
-    ratio = round_ratio("ort", "fp32")
-    vs_own = round_ratio("ort", "ort_quantize_static")
-    print(json.dumps({"figure": "int8_over_fp32", **common, "value": round(ratio, 3), "target": 0.32,
-                      "passed": ratio <= 0.32}), flush=True)
-    print(json.dumps({"figure": "ours_over_ort_quantize_static", **common, "value": round(vs_own, 3),
-                      "target": 1.05, "passed": vs_own <= 1.05}), flush=True)
-    print(json.dumps({"figure": "tensorrt_layout_on_ort_over_fp32", **common,
-                      "value": round(round_ratio("tensorrt", "fp32"), 3),
-                      "warning": "the tensorrt QDQ layout is NOT meant for ONNX Runtime: ORT does not fuse it "
-                                 "and runs it in float; benchmark it with TensorRT"}), flush=True)
-    print("WARNING: tensorrt-layout INT8 on ORT CPU is not a meaningful deployment; ORT runs it unfused.",
-          file=sys.stderr)
-
-
-def _calibrate_child(method: str, n: int, queue) -> None:
-    torch.set_num_threads(2)
-    q = QuantPlainNet(fused_a0(), "ort")
-    q.set_weight_ranges()
-    t0 = time.perf_counter()
-    calibrate(q, calib_batches(n), method=method)
-    seconds = time.perf_counter() - t0
-    queue.put({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-
-
-def calibration_cost(args) -> None:
-    ctx = mp.get_context("spawn")
-    for method in ("entropy", "max"):
-        for n in (args.calib_images // 4, args.calib_images):
-            queue = ctx.Queue()
-            p = ctx.Process(target=_calibrate_child, args=(method, n, queue))
-            p.start()
-            r = queue.get()
-            p.join()
-            print(json.dumps({"figure": "calibration", "model": f"{ARCH} fused", "input": f"{SIZE}x{SIZE}",
-                              "method": method, "images": n, "seconds": round(r["seconds"], 2),
-                              "peak_rss_mb": round(r["peak_rss_mb"], 1)}), flush=True)
+                      **{k: round(statistics.median(v), 3) for k, v in samples.items()}}), flush=True)
+    ok = True
+    pairs = [("ours", "quantize_static", TARGET_PEER)]
+    if with_fp32:
+        pairs.append(("ours", "fp32", TARGET_FP32 if (arch, batch, threads) == ("RepVGG-A0", 1, 2) else None))
+    for a, b, target in pairs:
+        ratios = [u / v for u, v in zip(samples[a], samples[b])]
+        value = statistics.median(ratios)
+        record = {"figure": f"{a}_over_{b}", **common, "value": round(value, 3),
+                  "interval_90": [round(v, 3) for v in bootstrap_interval(ratios)],
+                  "round_ratios": [round(r, 3) for r in ratios]}
+        if target is not None:
+            record.update(target=target, passed=value <= target)
+            ok &= value <= target
+        print(json.dumps(record), flush=True)
+    return ok
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--archs", default="RepVGG-A0,RepVGG-B1")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per session per half round")
-    ap.add_argument("--calib-images", type=int, default=512)
-    ap.add_argument("--skip-calibration", action="store_true")
-    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--fp32", action="store_true", help="time FP32 for every architecture (default: A0 only)")
+    ap.add_argument("--profile", action="store_true", help="print ORT's per-node kernel times of both INT8 models")
     args = ap.parse_args()
-    if not args.skip_latency:
-        with tempfile.TemporaryDirectory() as tmp:
-            latency(args, Path(tmp))
-    if not args.skip_calibration:
-        calibration_cost(args)
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.archs.split(","):
+            paths = build_models(arch, Path(tmp))
+            for key in ("ours", "quantize_static"):
+                counts = count_fused_nodes(paths[key])
+                print(json.dumps({"figure": "ort_fused_nodes", "model": f"{arch} {key}",
+                                  "integer_nodes": integer_node_count(counts), "nodes": counts}), flush=True)
+            if args.profile:
+                x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+                for key in ("ours", "quantize_static"):
+                    prof = kernel_profile(paths[key], 2, x)
+                    print(json.dumps({"figure": "ort_kernel_us", "model": f"{arch} {key}", "batch": 1, "threads": 2,
+                                      "total_us": round(sum(prof.values())),
+                                      "nodes": {k: round(v) for k, v in prof.items()}}), flush=True)
+            for batch in (int(b) for b in args.batches.split(",")):
+                for threads in (int(t) for t in args.threads.split(",")):
+                    ok &= measure(arch, paths, batch, threads, args)
+    raise SystemExit(0 if ok else 1)
 
 
 if __name__ == "__main__":

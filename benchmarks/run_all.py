@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["fuse_latency", "train_throughput", "ptq_latency", "ptq_accuracy", "qat", "ort_latency", "bench_overhead"]
+SCRIPTS = ["fuse_latency", "train_throughput", "ptq_latency", "calib_cost", "ptq_accuracy", "qat", "ort_latency", "bench_overhead"]
 
 
 def main() -> int:

@@ -112,8 +112,9 @@ def bench(
     >>> with open_runner("model.onnx", "ort", threads=2) as r:      # doctest: +SKIP
     ...     print(bench(r, batch=8).stats.p50_ms)
     """
-    if batch < 1 or iterations < 1 or duration < 0 or warmup < 0:
-        raise InputError("batch and iterations must be >= 1, warm-up and duration >= 0")
+    from .validate import bench_options
+
+    bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)  # NaN would never end
     x = _input_batch(runner, batch, image_size, seed)
     _warm_up(runner, x, warmup)
     times, measured = _timed_loop(runner, x, duration, iterations)
@@ -141,8 +142,11 @@ def bench_interleaved(
     >>> results[1].stats.p50_ms / results[0].stats.p50_ms                     # doctest: +SKIP
     0.31
     """
-    if batch < 1 or iterations < 1 or duration < 0 or warmup < 0 or rounds < 1:
-        raise InputError("batch, iterations and rounds must be >= 1, warm-up and duration >= 0")
+    from .validate import bench_options
+
+    bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)  # NaN would never end
+    if rounds < 1:
+        raise InputError(f"--rounds must be >= 1, got {rounds}")
     if len(runners) == 1:
         return [bench(runners[0], batch=batch, warmup=warmup, duration=duration, iterations=iterations,
                       image_size=image_size, seed=seed)]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import CheckpointError, NonFiniteWeightsError, UnsafeCheckpointError
+from .errors import CheckpointError, InputError, NonFiniteWeightsError, UnsafeCheckpointError
 from .io import save_torch_atomic
 from .models import ArchSpec, PlainNet, build, get_spec, match_variant
 
@@ -126,20 +126,40 @@ def read_file(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
             f"checkpoint {p} is not a PyTorch or safetensors file (unknown leading bytes); "
             "give a .pth/.pt/.pth.tar/.safetensors checkpoint"
         )
-    if head.startswith(b"PK") and not zipfile.is_zipfile(p):
-        raise CheckpointError(f"checkpoint {p} is truncated or corrupt (broken zip archive); re-download it")
+    if head.startswith(b"PK"):
+        verify_zip(p)
     try:
         return torch.load(p, map_location="cpu", weights_only=not trust_checkpoint)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
-            what = _unsafe_global(str(exc))
+        what = _unsafe_global(str(exc))
+        # Only a pickle that names a class or function is unsafe; any other refusal of the
+        # weights-only unpickler (an unknown opcode, a bad frame) means damaged bytes, and
+        # --trust-checkpoint would not repair those, only run whatever they happen to encode.
+        if what and ("weights_only" in str(exc) or "Weights only load failed" in str(exc)):
             raise UnsafeCheckpointError(
                 f"checkpoint {p} needs arbitrary unpickling{what}, which can run code from the file; "
                 "if you trust its source, pass --trust-checkpoint"
             ) from exc
-        raise CheckpointError(f"checkpoint {p} is truncated or corrupt ({_first_line(exc)}); re-download it") from exc
+        raise CheckpointError(f"checkpoint {p} is damaged: its pickle data is invalid ({_unpickler_reason(exc)}); "
+                              "re-download or re-save it (--trust-checkpoint would not repair it)") from exc
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint {p} is truncated or corrupt ({_first_line(exc)}); re-download it") from exc
+
+
+def verify_zip(p: Path) -> None:
+    """Check every member's CRC-32: torch.load does not, and reads damaged tensor bytes as weights."""
+    try:
+        with zipfile.ZipFile(p) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise CheckpointError(f"checkpoint {p} is truncated or corrupt (broken zip archive: {_first_line(exc)}); "
+                              "re-download or re-save it") from exc
+    except Exception as exc:  # noqa: BLE001 - zlib errors on a damaged deflate stream
+        raise CheckpointError(f"checkpoint {p} is corrupt ({type(exc).__name__}: {_first_line(exc)}); "
+                              "re-download or re-save it") from exc
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {p} is corrupt: member {bad} fails its CRC check (the bytes changed "
+                              "after it was saved); re-download or re-save it")
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -162,6 +182,12 @@ def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
 def _unsafe_global(message: str) -> str:
     m = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
     return f" (it holds a pickled {m.group(1)})" if m else ""
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    # torch prefixes the real reason with paragraphs about the weights_only default.
+    m = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+    return m.group(1).strip()[:160] if m else _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -298,6 +324,8 @@ def infer_spec(sd: Mapping[str, torch.Tensor], form: str, path: Path | str = "ch
         raise CheckpointError(
             f"{path}: missing tensor {exc.args[0]} for the {form} form; the file is incomplete"
         ) from exc
+    if head.dim() != 2 or 0 in head.shape:
+        raise CheckpointError(f"{path}: linear.weight has shape {tuple(head.shape)}, expected (classes, features)")
     for p, k in zip(prefixes, kernels):
         if k.dim() != 4 or tuple(k.shape[2:]) != (3, 3):
             raise CheckpointError(f"{path}: {_kernel_key(form, p)} has shape {tuple(k.shape)}, expected a 3x3 kernel")
@@ -314,7 +342,7 @@ def infer_spec(sd: Mapping[str, torch.Tensor], form: str, path: Path | str = "ch
         if g > 1:
             groups.append((index, g))
         c_in = k.shape[0]
-    spec = ArchSpec(
+    spec = _spec_or_error(path, dict(
         name="custom",
         family=family,
         depths=tuple(depths),  # type: ignore[arg-type]
@@ -323,11 +351,18 @@ def infer_spec(sd: Mapping[str, torch.Tensor], form: str, path: Path | str = "ch
         use_se="stage0.se.down.weight" in sd,
         num_classes=int(head.shape[0]),
         in_channels=int(in_channels),
-    )
+    ))
     known = match_variant(spec)
     if known:
         return get_spec(known, spec.num_classes)
     return spec
+
+
+def _spec_or_error(path: Path | str, fields: dict) -> ArchSpec:
+    try:
+        return ArchSpec(**fields)
+    except InputError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
 
 
 def _to_module_keys(sd: Mapping[str, torch.Tensor], form: str) -> dict[str, torch.Tensor]:
@@ -357,6 +392,15 @@ def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], assumed: str, 
         raise CheckpointError(f"{path} does not match {assumed}: " + "; ".join(problems) + "; pass the right --arch or file")
     merged = {k: sd.get(k, v) for k, v in expected.items()}
     model.load_state_dict(merged, strict=True)
+
+
+def check_dtypes(sd: Mapping[str, torch.Tensor], path: Path | str) -> None:
+    """Refuse non-float weights: int32 kernels would run (at 4.7 % top-1) without a word."""
+    bad = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in sd.items()
+           if not (v.is_floating_point() or k.endswith("num_batches_tracked"))]
+    if bad:
+        raise CheckpointError(f"{path} holds non-floating-point weights ({', '.join(bad[:3])}); a model's weights "
+                              "must be float16/bfloat16/float32/float64; re-save the original float checkpoint")
 
 
 def check_finite(sd: Mapping[str, torch.Tensor], path: Path | str) -> None:
@@ -397,6 +441,7 @@ def load(
         return Loaded(p, None, None, fmt, form, container, "-", len(sd), extra={"scales": sorted(sd)})
     if fmt == FORMAT_TIMM:
         sd = timm_to_official(sd)
+    check_dtypes(sd, p)
     if not allow_nonfinite:
         check_finite(sd, p)
     spec = infer_spec(sd, form, p)
@@ -415,11 +460,21 @@ def load(
 
 
 def _load_repdeploy(raw: Mapping, p: Path, *, arch: str | None, allow_nonfinite: bool) -> Loaded:
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"{p} is a damaged repdeploy fused file ({what}); re-run repdeploy fuse")
+
+    if not isinstance(raw.get("arch"), Mapping):
+        raise damaged(f"'arch' is {type(raw.get('arch')).__name__}, not a record")
     try:
-        spec = ArchSpec.from_dict(raw["arch"])
-        sd = raw["state_dict"]
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{p} is a damaged repdeploy fused file (no {exc}); re-run repdeploy fuse") from exc
+        spec = ArchSpec.from_dict(dict(raw["arch"]))
+    except InputError as exc:
+        raise damaged(str(exc)) from exc
+    sd = raw.get("state_dict")
+    if not _is_state_dict(sd):
+        raise damaged(f"'state_dict' is {type(sd).__name__}, not a mapping of names to tensors")
+    if raw.get("extra") is not None and not isinstance(raw.get("extra"), Mapping):
+        raise damaged(f"'extra' is {type(raw.get('extra')).__name__}, not a record")
+    check_dtypes(sd, p)
     if arch is not None and not get_spec(arch, spec.num_classes).same_architecture(spec):
         raise CheckpointError(f"{p} holds a fused {spec.name}, not {arch}; drop --arch")
     if not allow_nonfinite:

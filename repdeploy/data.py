@@ -41,6 +41,8 @@ DIGITS_STD = (0.3761, 0.3761, 0.3761)
 CROP_RATIO = 0.875
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 BUILTIN_NAMES = ("builtin", "digits")
+#: Pillow modes of 16-bit (and 32-bit integer) greyscale images, e.g. 16-bit PNG scans.
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 SPLITS = ("train", "val")
 
 BatchLoader = Callable[[np.ndarray], torch.Tensor]
@@ -304,8 +306,43 @@ def _array_layout(name: str, images: np.ndarray) -> str:
     raise DataError(f"data {name}: array of shape {tuple(images.shape)} is not (N,H,W), (N,H,W,C) or (N,C,H,W)")
 
 
+def _pixel_scale(name: str, images: np.ndarray) -> float:
+    """What an integer array's pixels are divided by to reach [0, 1]: its dtype's range.
+
+    uint8 is 0..255 and uint16 0..65535 (16-bit scans); wider or signed integer dtypes say
+    nothing about the range, so their values decide (8-bit or 16-bit). A range that looks wrong
+    for the dtype is warned about, since it would give near-black inputs without any error.
+    """
+    from .progress import warn
+
+    kind, dtype = images.dtype.kind, images.dtype
+    sample = np.asarray(images[: min(len(images), 512)])
+    if kind == "u" and dtype.itemsize == 1:
+        return 255.0
+    if kind == "u" and dtype.itemsize == 2:
+        if sample.size and int(sample.max()) <= 255:
+            warn(f"data {name}: uint16 images whose first {len(sample)} only reach {int(sample.max())}: they are "
+                 "scaled by 65535 (16-bit) and will be nearly black; if they are 8-bit values, save them as uint8")
+        return 65535.0
+    low, high = int(np.min(images)), int(np.max(images))
+    if low < 0:
+        raise DataError(f"data {name}: {dtype} images hold negative values ({low}); give pixels as uint8/uint16 "
+                        "or preprocessed floats")
+    if high <= 255:
+        return 255.0
+    if high <= 65535:
+        warn(f"data {name}: {dtype} images reach {high}: taken as 16-bit pixels (scaled by 65535)")
+        return 65535.0
+    raise DataError(f"data {name}: {dtype} images reach {high}, beyond 16-bit pixels; give uint8/uint16 pixels "
+                    "or preprocessed floats")
+
+
 def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, classes: list[str] | None,
                  image_size: int, channels: int, mean, std, upsample_only: bool = False) -> ImageDataset:
+    from .validate import MAX_CLASSES
+
+    if images.ndim == 0:
+        raise DataError(f"data {name} holds a single number, not images; save an (N,H,W) or (N,H,W,C) array")
     if images.size == 0 or len(images) == 0:
         raise DataError(f"data {name} holds no images")
     layout = _array_layout(name, images)
@@ -320,12 +357,23 @@ def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, class
         labels = np.asarray(labels)
         if labels.shape != (n,) or labels.dtype.kind not in "iu":
             raise DataError(f"data {name}: labels must be {n} integers, got shape {labels.shape} dtype {labels.dtype}")
+        if labels.dtype.kind == "u" and labels.size and int(labels.max()) > np.iinfo(np.int64).max:
+            raise DataError(f"data {name}: label {int(labels.max())} is not a class index")
         labels = labels.astype(np.int64)
+        if labels.size and int(labels.min()) < -1:
+            raise DataError(f"data {name}: label {int(labels.min())} is negative; labels are class indices 0..C-1")
+        # A class list is built from the largest label: 2**62 would fill memory before any error.
+        if labels.size and int(labels.max()) >= MAX_CLASSES:
+            raise DataError(f"data {name}: label {int(labels.max())} implies more than {MAX_CLASSES} classes; "
+                            "the labels are damaged or not class indices")
+    if classes is not None and len(classes) > MAX_CLASSES:
+        raise DataError(f"data {name}: {len(classes)} class names, more than {MAX_CLASSES}")
     if classes is None:
         classes = [str(c) for c in range(int(labels.max()) + 1)] if (labels >= 0).any() else []
     if (labels >= len(classes)).any():
         raise DataError(f"data {name}: label {int(labels.max())} outside the {len(classes)} classes")
     is_float = images.dtype.kind == "f"
+    pixel_scale = 1.0 if is_float else _pixel_scale(name, images)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -344,7 +392,7 @@ def _from_arrays(name: str, images: np.ndarray, labels: np.ndarray | None, class
                 x = _resize_center_crop(x, image_size, ratio=1.0)
         if is_float:
             return x.contiguous()  # already model inputs: their producer normalised them
-        x = x / 255.0
+        x = x / pixel_scale
         return ((x - mean_t) / std_t).contiguous()
 
     return ImageDataset(name, image_size, channels, tuple(mean), tuple(std), classes, labels, load)
@@ -408,17 +456,31 @@ def _open_folder(path: Path, split: str, image_size: int, channels: int, mean, s
 
         try:
             with Image.open(p) as im:
-                im = im.convert(mode)
+                high_bit = im.mode in HIGH_BIT_MODES
+                if high_bit:
+                    # convert("RGB") would clip 16-bit values at 255 (a 97 % white image): rescale
+                    # by the 16-bit range and resize in float instead.
+                    im = Image.fromarray(np.asarray(im, dtype=np.float32) / 65535.0)
+                else:
+                    im = im.convert(mode)
                 w, h = im.size
                 scale = resize_to / min(w, h)
                 nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
                 im = im.resize((nw, nh), Image.Resampling.BILINEAR)
                 left, top = (nw - image_size) // 2, (nh - image_size) // 2
                 im = im.crop((left, top, left + image_size, top + image_size))
-                a = np.asarray(im, dtype=np.float32) / 255.0
+                a = np.asarray(im, dtype=np.float32)
+                a = a if high_bit else a / 255.0
+        except Image.DecompressionBombError as exc:
+            raise DataError(f"image {p} is too large to decode safely ({exc.args[0].split(' could')[0]}); "
+                            "it may be a decompression bomb: remove it or shrink it") from exc
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise DataError(f"image {p} cannot be read ({exc}); remove or replace the file") from exc
+        except MemoryError as exc:
+            raise DataError(f"image {p} is too large to decode in memory; remove it or shrink it") from exc
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if a.shape[0] != channels:  # a 16-bit grey image feeding an RGB model
+            a = np.repeat(a, channels, axis=0) if a.shape[0] == 1 else a[:channels]
         return (a - mean_a) / std_a
 
     def load(items: np.ndarray) -> torch.Tensor:

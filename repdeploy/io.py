@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,6 +35,9 @@ def ensure_writable_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         raise OutputError(f"output {p} is a directory; give a file name with -o")
+    if p.exists() and not p.is_file():
+        # The rename would replace a device or FIFO (as root, /dev/null itself) with a plain file.
+        raise OutputError(f"output {p} is not a regular file (a device, FIFO or socket); give a file path")
     ensure_writable_dir(p.parent if str(p.parent) else Path("."))
     return p
 
@@ -44,8 +48,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file is removed and `path` is left untouched.
     """
+    from .rundir import clean_stale_scratch, scratch_prefix
+
     target = ensure_writable_file(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    clean_stale_scratch(target.parent)  # `.part` files of runs that were killed
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=scratch_prefix(target.name, "part"), suffix=".part")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -53,9 +60,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; give the artifact the permissions a plain open() would have.
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # A failed write() names no file; the one-line error should name the output.
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
 
 
@@ -77,10 +87,22 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def save_torch_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    import errno
+
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            # Our own file object: closed here even when the write fails (torch's writer would
+            # keep the descriptor, and the disk space, until it is garbage-collected).
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as exc:
+            # torch's zip writer reports a full disk as a RuntimeError ("file write failed",
+            # "unexpected pos ..."); when the disk is indeed (nearly) full, say so.
+            if shutil.disk_usage(Path(tmp).parent).free >= (16 << 20):
+                raise
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
     return Path(path)
 
 

@@ -14,6 +14,7 @@ caller turns that into exit code 3 after everything is written.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
@@ -25,6 +26,7 @@ from typing import Any, Callable, Sequence
 from . import defaults
 from .errors import DataError, InputError, RepDeployError
 from .progress import status
+from .rundir import OutputSet, check_owned, clean_stale_scratch, make_scratch_dir, refuse_overwriting_inputs
 from .zoo import builtin_zoo
 
 STAGES = ("load", "export", "quantize", "evaluate", "benchmark")
@@ -148,8 +150,12 @@ def run_pipeline(
     train_data: str | None = None,
     load_kwargs: dict | None = None,
     command: str | None = None,
+    force: bool = False,
 ) -> PipelineResult:
     """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
+
+    Each run directory is staged and swapped in whole (rundir.OutputSet); an existing one must be
+    repdeploy's (its manifest lists every file) unless `force`, and no output may be an input.
 
     >>> result = run_pipeline(["a.pth", "b.pth"], data="val/", output_dir="runs/x", max_drop=1.0)  # doctest: +SKIP
     >>> result.exit_code                                                                          # doctest: +SKIP
@@ -166,8 +172,17 @@ def run_pipeline(
     if engine == "trt" and target == "ort":
         raise InputError("--engine trt with --target ort: the ort INT8 layout (uint8 activations) is not a TensorRT "
                          "explicit-quantization graph; use --target tensorrt")
-    if max_drop is not None and max_drop < 0:
-        raise InputError(f"--max-drop {max_drop}: give a non-negative number of top-1 points")
+    from . import validate
+
+    if isinstance(checkpoints, (str, Path)):
+        checkpoints = [checkpoints]  # one path, not a sequence of its characters
+    # Every option is checked before the first model starts, not after four stages.
+    validate.max_drop("--max-drop", max_drop)
+    validate.bench_options(batch=bench_batch, warmup=warmup, duration=duration, iterations=iterations,
+                           threads_=threads)
+    validate.integer("--calib-samples", calib_samples, low=1, allow_none=False)
+    validate.integer("--eval-limit", eval_limit, low=1)
+    validate.integer("--qat-epochs", qat_epochs, low=1, allow_none=False)
     if engine == "trt":
         from .export.tensorrt import import_tensorrt
 
@@ -188,22 +203,42 @@ def run_pipeline(
         jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]
     else:
         jobs = [(e.file, e.arch, e.input_size, e.name) for e in builtin_zoo()]
-    out = ensure_writable_dir(output_dir)
-    command = command or " ".join(["repdeploy", *sys.argv[1:]])
-
-    rows: list[ModelRow] = []
     names = _unique_names([name for *_, name in jobs])
-    for i, ((path, arch, input_size, _), name) in enumerate(zip(jobs, names), 1):
-        status(f"[{i}/{len(jobs)}] {name}")
-        kwargs = dict(load_kwargs or {})
-        if arch and not kwargs.get("arch"):
-            kwargs["arch"] = arch
-        rows.append(_run_one(path, name, out / name, settings, kwargs, input_size, command))
+    out = Path(output_dir)
+    inputs = [path for path, *_ in jobs] + [data, calib_data, train_data]
+    refuse_overwriting_inputs(inputs, files=[out / f"report.{ext}" for ext in REPORT_EXTENSIONS],
+                              directories=[out / name for name in names])
+    for name in names:
+        check_owned(out / name, force=force)
+    created = not out.exists()
+    out = ensure_writable_dir(output_dir)
+    try:
+        clean_stale_scratch(out)
+        _clear_previous_report(out)
+        command = command or " ".join(["repdeploy", *sys.argv[1:]])
 
-    from .bench import environment
+        rows: list[ModelRow] = []
+        for i, ((path, arch, input_size, _), name) in enumerate(zip(jobs, names), 1):
+            status(f"[{i}/{len(jobs)}] {name}")
+            kwargs = dict(load_kwargs or {})
+            if arch and not kwargs.get("arch"):
+                kwargs["arch"] = arch
+            rows.append(_run_one(path, name, out / name, settings, kwargs, input_size, command, force))
 
-    report = write_report([r.to_dict() for r in rows], out, settings=settings.to_dict(), environment=environment(),
-                          title="repdeploy pipeline report")
+        from .bench import environment
+
+        try:
+            report = write_report([r.to_dict() for r in rows], out, settings=settings.to_dict(),
+                                  environment=environment(), title="repdeploy pipeline report")
+        except BaseException:
+            for ext in REPORT_EXTENSIONS:  # half a report set (a full disk) would mislead: none at all
+                (out / f"report.{ext}").unlink(missing_ok=True)
+            raise
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: a run that wrote nothing leaves no directory
+        raise
     return PipelineResult(out, rows, report, settings)
 
 
@@ -220,10 +255,27 @@ def _unique_names(names: list[str]) -> list[str]:
 
 
 def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwargs: dict,
-             input_size: int | None, command: str) -> ModelRow:
-    from .io import ensure_writable_dir, sha256_file, write_json_atomic
+             input_size: int | None, command: str, force: bool = False) -> ModelRow:
+    try:
+        output_set = OutputSet(run_dir, force=force)
+    except RepDeployError as exc:  # the run directory itself could not be made
+        return ModelRow(name=name, checkpoint=str(path), run_dir=str(run_dir), failed_stage="setup", error=str(exc),
+                        exit_code=exc.exit_code)
+    try:
+        row = _run_staged(path, name, run_dir, output_set.staging, s, load_kwargs, input_size, command)
+        output_set.commit()
+    except BaseException:
+        output_set.discard()  # Ctrl-C or a full disk: the previous run directory stays as it was
+        raise
+    return row
 
-    row = ModelRow(name=name, checkpoint=str(path), run_dir=str(run_dir), engine=s.engine, target=s.target,
+
+def _run_staged(path: Path, name: str, final_dir: Path, run_dir: Path, s: PipelineSettings, load_kwargs: dict,
+                input_size: int | None, command: str) -> ModelRow:
+    """One model's run, written into the staging directory `run_dir` (renamed to `final_dir` after)."""
+    from .io import sha256_file, write_json_atomic
+
+    row = ModelRow(name=name, checkpoint=str(path), run_dir=str(final_dir), engine=s.engine, target=s.target,
                    bench_batch=s.bench_batch, threads=s.threads)
     manifest: dict[str, Any] = {"tool": "repdeploy", "command": command, "input": {"path": str(path)},
                                 "settings": s.to_dict()}
@@ -245,8 +297,6 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
             row.timings[label] = round(time.perf_counter() - start, 3)
 
     try:
-        ensure_writable_dir(run_dir)
-        _clear_previous_run(run_dir)
         if path.is_file():
             manifest["input"]["sha256"] = sha256_file(path)
         stage("load", lambda: _load(path, run_dir, s, load_kwargs, input_size, row, state, manifest))
@@ -262,9 +312,6 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
         row.error = str(failure.error)
         row.exit_code = getattr(failure.error, "exit_code", 1)
         status(f"  {name}: ERROR at {failure.stage}: {row.error}")
-    except RepDeployError as exc:  # the run directory itself could not be made
-        row.status, row.failed_stage, row.error, row.exit_code = "ERROR", "setup", str(exc), exc.exit_code
-        return row
     finally:
         for r in state.get("runners", []):
             r.deactivate()
@@ -280,16 +327,25 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
     return row
 
 
-RUN_ARTIFACTS = ("manifest.json", "report.json", "fused.pt", "model_fp32.onnx", "model_int8_*.onnx", "calib.json",
-                 "*.engine", "qat_*.onnx", "qat_*.json")
+REPORT_EXTENSIONS = ("json", "csv", "md", "html")
 
 
-def _clear_previous_run(run_dir: Path) -> None:
-    """Remove what an earlier run into the same directory wrote, so no stale artifact (say, a
-    report.json of a model that now fails to load) sits beside this run's files."""
-    for pattern in RUN_ARTIFACTS:
-        for p in run_dir.glob(pattern):
-            p.unlink()
+def _clear_previous_report(out: Path) -> None:
+    """Remove the previous top-level report set, if repdeploy wrote it, so an interrupted run never
+    leaves an old table beside new run directories. A report.json that is not repdeploy's is kept."""
+    import json
+
+    try:
+        doc = json.loads((out / "report.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return
+    if isinstance(doc, dict) and doc.get("tool") == "repdeploy" and isinstance(doc.get("models"), list):
+        from .rundir import note_removed
+
+        for ext in REPORT_EXTENSIONS:
+            if (out / f"report.{ext}").exists():
+                (out / f"report.{ext}").unlink()
+                note_removed(out / f"report.{ext}")
 
 
 def _load(path: Path, run_dir: Path, s: PipelineSettings, load_kwargs: dict, input_size: int | None,
@@ -368,8 +424,7 @@ def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) ->
     # quantize() writes its own fused.pt/model_fp32.onnx/report.json; the pipeline already wrote
     # the first two and owns report.json, so it runs in a scratch directory and only the INT8
     # model and the calibration cache are moved into the run directory.
-    scratch = run_dir / ".quantize"
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch = make_scratch_dir(run_dir, "pipeline", "quantize")  # unique per process: runs never collide
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
                               "target": s.target, "seed": s.seed}
     if s.calib_method:
@@ -444,8 +499,7 @@ def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: d
     # The structural prior: branch BN scales for a RepVGG train-form checkpoint; none otherwise
     # (a RepOpt-VGG's scales are not in its checkpoint).
     grad_mult = "bn" if row.family == "repvgg" and state.get("source_form") == "train" else "none"
-    scratch = run_dir / ".qat"
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch = make_scratch_dir(run_dir, "pipeline", "qat")
     try:
         result = qat(str(path), train_data=train_source, val_data=s.data, output_dir=scratch, epochs=s.qat_epochs,
                      calib_cache=run_dir / "calib.json", target=s.target, distill=True, grad_mult=grad_mult,

@@ -15,6 +15,9 @@ from typing import Iterable, Iterator, TypeVar
 T = TypeVar("T")
 
 LOGGER_NAME = "repdeploy"
+#: Warnings about results that may be wrong (e.g. an image encoding guessed): --quiet keeps them.
+DATA_WARNING = logging.WARNING + 5
+logging.addLevelName(DATA_WARNING, "WARNING")
 log = logging.getLogger(LOGGER_NAME)
 
 _quiet = False
@@ -25,7 +28,7 @@ def set_quiet(quiet: bool) -> None:
     """Silence (or restore) stage messages and bars: --quiet, and the non-zero ranks of DDP."""
     global _quiet
     _quiet = quiet
-    log.setLevel(logging.ERROR if quiet else logging.NOTSET)
+    log.setLevel(DATA_WARNING if quiet else logging.NOTSET)
 
 
 def enable_bars() -> None:
@@ -60,6 +63,20 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 def status(message: str) -> None:
     """One progress line for a stage, logged at INFO on the `repdeploy` logger."""
     log.info(message)
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """A warning about numbers that may be wrong: logged once, shown even with --quiet (it is not progress).
+
+    Logged at DATA_WARNING, above the level --quiet keeps (errors and these), so the CLI shows it;
+    a library caller sees it through Python's logging like any other warning.
+    """
+    if message not in _warned:
+        _warned.add(message)
+        log.log(DATA_WARNING, f"warning: {message}")
 
 
 def _stderr_console():

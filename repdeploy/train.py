@@ -51,6 +51,19 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
 
     def validate(self) -> None:
+        from . import validate as check
+
+        check.integer("--epochs", self.epochs, low=1, high=1_000_000, allow_none=False)
+        check.integer("--batch-size", self.batch_size, low=1, high=65536, allow_none=False)
+        check.number("--lr", self.lr, low=0.0, allow_none=False)
+        check.number("--weight-decay", self.weight_decay, low=0.0, allow_none=False)
+        check.number("--warmup-epochs", self.warmup_epochs, low=0.0, high=float(self.epochs), allow_none=False)
+        check.number("--label-smoothing", self.label_smoothing, low=0.0, high=0.999, allow_none=False)
+        check.number("--clip-grad", self.clip_grad_norm, low=0.0, low_open=True)
+        check.integer("--checkpoint-every", self.checkpoint_every, low=0, allow_none=False)
+        check.integer("stop_after_steps", self.stop_after_steps, low=1)
+        check.integer("--eval-every", self.eval_every, low=1, allow_none=False)
+        check.seed("--seed", self.seed)
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError(f"epochs and batch size must be >= 1, got {self.epochs} and {self.batch_size}")
         if self.lr < 0 or self.weight_decay < 0 or not 0 <= self.label_smoothing < 1:
@@ -177,6 +190,7 @@ def train(
     resume: bool = False,
     uses_lr_schedule: bool = True,
     description: str = "train",
+    identity: dict | None = None,
 ) -> TrainResult:
     """Train `model` in place and return what happened.
 
@@ -184,7 +198,9 @@ def train(
     and "names"); `multipliers` are filled by the caller (RepOpt) or by `hooks` (SGS). With
     `state_path`, the full training state is written there atomically every
     `config.checkpoint_every` steps (or every epoch) and at the end; `resume=True` continues from
-    it. `uses_lr_schedule=False` leaves group learning rates alone (AGD has none).
+    it. `uses_lr_schedule=False` leaves group learning rates alone (AGD has none). `identity`
+    (plain data: model fingerprint, calibration, target...) is saved with the state, and a resume
+    whose identity differs is refused, so a state is never adopted by another job.
     """
     config = config or TrainConfig()
     config.validate()
@@ -215,7 +231,7 @@ def train(
     if resume:
         if state_path is None or not Path(state_path).exists():
             raise InputError(f"--resume: no training state at {state_path}; start without --resume")
-        step, history, partial = _restore(Path(state_path), model, optimizer, multipliers, config)
+        step, history, partial = _restore(Path(state_path), model, optimizer, multipliers, config, identity)
     resumed_from = step
 
     model.train()
@@ -256,7 +272,8 @@ def train(
             periodic = config.checkpoint_every > 0 and step % config.checkpoint_every == 0
             stop = config.stop_after_steps is not None and step >= config.stop_after_steps
             if state_path is not None and (periodic or stop) and not end_of_epoch:
-                _save(Path(state_path), model, optimizer, multipliers, config, step, history, (loss_sum, loss_n))
+                _save(Path(state_path), model, optimizer, multipliers, config, step, history, (loss_sum, loss_n),
+                      identity)
             if stop and not end_of_epoch:
                 stopped_early = True
                 break
@@ -273,7 +290,7 @@ def train(
         status(f"{description} epoch {epoch + 1}/{config.epochs}: loss {record.train_loss:.4f}"
                + (f", val top-1 {val_top1:.2f}%" if val_top1 is not None else ""))
         if state_path is not None:
-            _save(Path(state_path), model, optimizer, multipliers, config, step, history)
+            _save(Path(state_path), model, optimizer, multipliers, config, step, history, identity=identity)
         if config.stop_after_steps is not None and step >= config.stop_after_steps and step < total_steps:
             stopped_early = True
             break
@@ -295,7 +312,7 @@ _RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "
 
 def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
           config: TrainConfig, step: int, history: list[EpochRecord],
-          partial: tuple[float, int] = (0.0, 0)) -> None:
+          partial: tuple[float, int] = (0.0, 0), identity: dict | None = None) -> None:
     from .io import save_torch_atomic
 
     save_torch_atomic(path, {
@@ -308,11 +325,12 @@ def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multip
         "history": [asdict(r) for r in history],
         "epoch_loss": [float(partial[0]), int(partial[1])],
         "torch_rng": torch.get_rng_state(),
+        "identity": identity or {},
     })
 
 
 def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
-             config: TrainConfig) -> tuple[int, list[EpochRecord], tuple[float, int]]:
+             config: TrainConfig, identity: dict | None = None) -> tuple[int, list[EpochRecord], tuple[float, int]]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -320,6 +338,12 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, mul
                               "delete it to start over") from exc
     if not isinstance(state, dict) or state.get("format") != "repdeploy-train-state":
         raise CheckpointError(f"{path} is not a repdeploy training state; delete it to start over")
+    saved_identity = state.get("identity") or {}
+    wanted = identity or {}
+    different = sorted(k for k in set(saved_identity) | set(wanted) if saved_identity.get(k) != wanted.get(k))
+    if different:
+        raise InputError(f"--resume: {path} belongs to another run (different {', '.join(different)}); "
+                         "resume with the same model and settings, or delete the state to start over")
     saved = state["config"]
     changed = [k for k in _RESUME_KEYS if saved.get(k) != getattr(config, k)]
     if changed:
@@ -403,9 +427,22 @@ def train_architecture(
             return AdamWWithMultipliers(groups, mults, lr=config.lr)
         return AGD([p for g in groups for p in g["params"]], mults, gain=config.lr)
 
+    # A state from another architecture, optimizer, data set or scales file is never adopted.
+    scales_sha = None
+    if scales is not None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for key in sorted(scales):
+            digest.update(key.encode() + scales[key].detach().float().cpu().numpy().tobytes())
+        scales_sha = digest.hexdigest()
+    identity = {"arch": spec.to_dict(), "optimizer": optimizer, "sgs": sgs, "sgs_every": sgs_every,
+                "momentum": momentum, "scales_sha256": scales_sha,
+                # what the data is, not how its path was spelled (./imgs and imgs are one data set)
+                "data": {k: v for k, v in train_data.describe().items() if k != "source"}}
     result = train(model, make, train_data, val_data, config, multipliers=multipliers, hooks=hooks,
                    state_path=state_path, resume=resume, uses_lr_schedule=optimizer != "agd",
-                   description=f"train {spec.name}")
+                   description=f"train {spec.name}", identity=identity)
     return model, result
 
 

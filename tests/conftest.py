@@ -1,8 +1,38 @@
+import os
+
 import pytest
 import torch
 
 from repdeploy.models import build, get_spec
 from repdeploy.models.layers import randomize_batchnorm
+
+
+def _test_threads() -> int:
+    """Threads each test process may use: the cores divided among pytest-xdist workers.
+
+    Without this every worker (and every subprocess it starts) sizes torch's and ONNX Runtime's
+    pools to all cores, so `pytest -n 8` on 16 cores ran 8 x 16 threads and timed out.
+    REPDEPLOY_TEST_THREADS overrides the share.
+    """
+    if os.environ.get("REPDEPLOY_TEST_THREADS"):
+        return max(1, int(os.environ["REPDEPLOY_TEST_THREADS"]))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+TEST_THREADS = _test_threads()
+# Subprocesses (CLI and torchrun tests) inherit these: torch reads OMP_NUM_THREADS at start-up, and
+# repdeploy's ONNX Runtime sessions follow torch's thread count unless given one.
+os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+os.environ["MKL_NUM_THREADS"] = str(TEST_THREADS)
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """Re-apply the share before every test: a test that changes the pool must not leak it."""
+    torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(autouse=True)

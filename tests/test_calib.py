@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_quant import calibrated, fused
+from helpers_quant import batches, calibrated, fused
+from repdeploy.quant.quantizer import QuantPlainNet
 from repdeploy.errors import CalibrationError, DataError
 from repdeploy.quant.calib import (CalibrationCache, EntropyCalibrator, MseCalibrator, StreamingHistogram,
                                    make_calibrator, mse_error, weights_fingerprint)
@@ -192,3 +193,147 @@ def test_model_input_keeps_its_observed_range():
     c = make_calibrator("entropy")
     c.collect("t", x)
     assert c.compute()["t"] < 0.9 * float(x.abs().max())  # what entropy alone would have done
+
+
+# ----------------------------------------------------------------- the vectorised searches
+
+
+def _entropy_bins_by_loop(counts: np.ndarray, levels: int) -> tuple[int, float]:
+    """The search written out candidate by candidate (the slow form it replaced): the oracle."""
+    counts = np.array(counts, dtype=np.float64)
+    counts[0] = counts[1]
+    n = counts.size
+    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])
+    best_kl, best_i = np.inf, n
+    for i in range(levels, n + 1):
+        ref = counts[:i]
+        p = ref.copy()
+        p[-1] += tail[i]
+        group = (np.arange(i) * levels) // i
+        nonzero = ref > 0
+        mass = np.bincount(group, weights=ref, minlength=levels)
+        size = np.bincount(group, weights=nonzero, minlength=levels)
+        q = np.where(nonzero, mass[group] / np.maximum(size[group], 1.0), 0.0)
+        if p.sum() == 0 or q.sum() == 0:
+            continue
+        p, q = p / p.sum(), q / q.sum()
+        q = np.where((q == 0) & (p > 0), 1e-4, q)
+        m = p > 0
+        kl = float(np.sum(p[m] * np.log(p[m] / q[m])))
+        if kl < best_kl - 1e-12:
+            best_kl, best_i = kl, i
+    return best_i, best_kl
+
+
+def _histograms(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    samples = [
+        np.abs(rng.standard_normal(200_000)),
+        np.maximum(rng.standard_normal(100_000) * 2 + 0.3, 0),  # ReLU output
+        np.abs(rng.laplace(size=50_000)),
+        rng.exponential(size=3000),  # sparse: many empty bins
+        np.abs(rng.standard_cauchy(20_000)),  # heavy tail: most mass in the first bins
+        rng.integers(0, 5, size=1000).astype(float),  # a few discrete values: tied candidates
+    ]
+    samples[2][:20] = 50.0
+    for x in samples:
+        yield np.histogram(x, bins=2048, range=(0, x.max() * 1.0001))[0].astype(np.float64)
+
+
+@pytest.mark.parametrize("levels", [128, 256])
+def test_vectorised_entropy_search_matches_the_loop(levels):
+    from repdeploy.quant.calib import _kl_per_candidate, entropy_threshold_bins
+
+    for counts in _histograms():
+        expected, expected_kl = _entropy_bins_by_loop(counts, levels)
+        assert entropy_threshold_bins(counts, levels) == expected
+        flattened = counts.copy()
+        flattened[0] = flattened[1]
+        kl = _kl_per_candidate(flattened, levels)
+        assert kl[expected - levels] == pytest.approx(expected_kl, rel=1e-9, abs=1e-12)
+
+
+def test_entropy_search_on_real_activations_matches_the_loop():
+    # Histograms of a real calibration run (RepVGG-mini on the digits), every tensor.
+    plain = fused("RepVGG-mini")
+    q = QuantPlainNet(plain, "ort")
+    q.set_weight_ranges()
+    c = EntropyCalibrator()
+    q.disable()
+    q.observe(c.collect)
+    with torch.no_grad():
+        for x in batches(128):
+            q(x)
+    q.observe(None)
+    from repdeploy.quant.calib import entropy_threshold_bins
+
+    grid = {qz.name: 256 if qz.unsigned else 128 for qz in q.activation_quantizers().values()}
+    assert len(c.histograms) >= 8
+    for name, h in c.histograms.items():
+        levels = grid.get(name, 256)  # the grid each tensor is calibrated for
+        assert entropy_threshold_bins(h.counts, levels) == _entropy_bins_by_loop(h.counts, levels)[0], name
+
+
+def test_entropy_search_of_an_empty_histogram_keeps_everything():
+    from repdeploy.quant.calib import entropy_threshold_bins
+
+    assert entropy_threshold_bins(np.zeros(2048), 128) == 2048
+
+
+# -------------------------------------------------------------- background collection
+
+
+def _serial_cache(plain, method: str, xs):
+    """Ranges collected in the calling thread, one activation at a time: what the worker must reproduce."""
+    q = QuantPlainNet(plain, "ort")
+    q.set_weight_ranges()
+    c = make_calibrator(method)
+    q.disable()
+    q.observe(c.collect)
+    with torch.no_grad():
+        for x in xs:
+            q(x)
+    q.observe(None)
+    qmax = {qz.name: 255 if qz.unsigned else 127 for qz in q.quantizers() if not qz.per_channel}
+    return c, c.compute(qmax)
+
+
+@pytest.mark.parametrize("method", ["entropy", "mse", "percentile", "max"])
+def test_background_collection_equals_serial_collection(method):
+    import threading
+
+    from repdeploy.quant.calib import MODEL_INPUT, calibrate
+
+    plain = fused("RepVGG-mini")
+    xs = batches(96, batch=32)
+    threads_before = threading.active_count()
+    q = QuantPlainNet(plain, "ort")
+    q.set_weight_ranges()
+    cache = calibrate(q, xs, method=method)
+    assert threading.active_count() == threads_before  # the worker is gone
+    c, serial = _serial_cache(plain, method, xs)
+    for name, amax in serial.items():
+        expected = c.absmax(name) if name == MODEL_INPUT else amax
+        assert cache.amax[name] == expected, name  # bit-identical: same data, same order
+        assert cache.tensors[name].min == c.minimum[name]
+        assert cache.tensors[name].max == c.maximum[name]
+    stages = cache.timings
+    assert set(stages) == {"data_s", "forward_s", "collect_wait_s", "collect_overlapped_s", "search_s"}
+    assert all(v >= 0 for v in stages.values())
+    assert stages["collect_overlapped_s"] > 0
+
+
+def test_nan_inside_the_model_fails_from_the_worker_thread():
+    import threading
+
+    from repdeploy.quant.calib import calibrate
+
+    plain = fused("RepVGG-mini")
+    with torch.no_grad():
+        plain.stage1[0].conv.weight[0, 0, 0, 0] = float("nan")  # finite images, NaN activations after it
+    q = QuantPlainNet(plain, "ort")  # no weight ranges: calibration runs the float model
+    threads_before = threading.active_count()
+    with pytest.raises(DataError, match=r"tensor stage2\.0\.conv\.input holds NaN"):
+        calibrate(q, batches(64), method="entropy")
+    assert threading.active_count() == threads_before
+    assert all(qz.observer is None for qz in q.activation_quantizers().values())

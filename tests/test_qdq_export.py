@@ -61,6 +61,45 @@ def test_ort_layout_runs_as_integer_convs(exported):
         assert "QLinearConv" not in counts and counts.get("FusedConv", 0) + counts.get("Conv", 0) == CONVS_MINI
 
 
+def test_ort_layout_feeds_the_stem_four_channels_exactly(exported, plain, fp32, x_val, tmp_path):
+    import numpy as np
+    from onnx import numpy_helper
+
+    from repdeploy.export.onnx import ort_session
+
+    target, qnet, _, path = exported
+    model = onnx.load(str(path))
+    pads = [n for n in model.graph.node if n.op_type == "Pad"]
+    weights = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if target == "tensorrt":
+        assert not pads  # the TensorRT layout keeps its 3-channel stem
+        assert weights["stage0.conv.weight_quantized"].shape[1] == 3
+        return
+    # Q -> Pad (with the zero point) -> DQ on the image; the stem's int8 weight gets a zero slice.
+    (pad,) = pads
+    assert pad.input[0] == "stage0.conv.input.quantized" and pad.input[2] == "stage0.conv.input.zero_point"
+    w = weights["stage0.conv.weight_quantized"]
+    assert w.shape[1] == 4 and not w[:, 3].any()
+    # Padding changes nothing: the same graph without the pad gives bit-identical logits.
+    unpadded = onnx.load(str(path))
+    for n in unpadded.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] == pad.output[0]:
+            n.input[0] = pad.input[0]
+    keep = [n for n in unpadded.graph.node if n.op_type != "Pad"]
+    del unpadded.graph.node[:]
+    unpadded.graph.node.extend(keep)
+    for t in unpadded.graph.initializer:
+        if t.name == "stage0.conv.weight_quantized":
+            t.CopyFrom(numpy_helper.from_array(w[:, :3].copy(), t.name))
+    other = tmp_path / "unpadded.onnx"
+    onnx.save(unpadded, str(other))
+    x = x_val[:16].numpy()
+    a = ort_session(path).run(None, {"input": x})[0]
+    b = ort_session(other).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(a, b)
+    assert count_fused_nodes(path).get("QLinearConv") == CONVS_MINI
+
+
 def test_tensorrt_rules(exported):
     target, _, _, path = exported
     model = onnx.load(str(path))

@@ -103,3 +103,41 @@ def test_runner_subclass_only_overrides_impl(batch):
         out = r.infer(batch)
         assert r.ready and r.last_inference_time() >= 0
     np.testing.assert_array_equal(out, batch.reshape(5, -1)[:, :4] * 2)
+
+
+def test_ort_sessions_follow_torch_thread_count_unless_told(plain, tmp_path):
+    # One process-wide setting (torch.set_num_threads / OMP_NUM_THREADS) must bound ORT too, or
+    # parallel test workers and users who limit torch still oversubscribe the cores.
+    from repdeploy.export.onnx import export_onnx, ort_session
+    from repdeploy.runtime.ort import session_options
+
+    path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert ort_session(path).get_session_options().intra_op_num_threads == 1
+        with open_runner(path, "ort") as r:
+            assert r.describe()["intra_op_threads"] == 1
+        assert session_options(2).intra_op_num_threads == 2  # an explicit count wins
+        with open_runner(path, "ort", threads=2) as r:
+            assert r.describe()["intra_op_threads"] == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_test_processes_get_their_share_of_the_cores():
+    import os
+
+    from conftest import TEST_THREADS, _test_threads
+
+    assert torch.get_num_threads() == TEST_THREADS == int(os.environ["OMP_NUM_THREADS"])
+    env = dict(os.environ)
+    try:
+        os.environ.pop("REPDEPLOY_TEST_THREADS", None)
+        os.environ["PYTEST_XDIST_WORKER_COUNT"] = str(10**6)  # more workers than cores
+        assert _test_threads() == 1
+        os.environ["REPDEPLOY_TEST_THREADS"] = "3"
+        assert _test_threads() == 3
+    finally:
+        os.environ.clear()
+        os.environ.update(env)

@@ -13,7 +13,8 @@ from .. import __version__
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="repdeploy")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors (for bug reports).")
+def main(debug: bool) -> None:
     """repdeploy: RepVGG-family checkpoints to verified INT8 deployments.
 
     \b
@@ -25,6 +26,10 @@ def main() -> None:
     Exit codes: 0 ok, 1 runtime error, 2 bad input or usage, 3 accuracy gate failed,
     4 backend or hardware missing.
     """
+    if debug:
+        from . import common
+
+        common.DEBUG = True
 
 
 def _register() -> None:

@@ -6,9 +6,11 @@ for one release as hidden aliases (`deprecated_alias`), with a note on stderr.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import os
 import sys
 import warnings
 from typing import Any, Callable
@@ -16,14 +18,63 @@ from typing import Any, Callable
 import click
 
 from ..errors import RepDeployError
-from ..progress import LOGGER_NAME, disable_bars, enable_bars, set_quiet
+from ..progress import DATA_WARNING, LOGGER_NAME, disable_bars, enable_bars, set_quiet
 
 #: The release in which the deprecated spellings stop being accepted.
 ALIAS_REMOVAL = "0.3"
 
 
+#: Set by `repdeploy --debug` (or REPDEPLOY_DEBUG=1): unexpected errors show their traceback.
+DEBUG = bool(os.environ.get("REPDEPLOY_DEBUG"))
+
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def describe_failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code for an error that escaped a command (the error boundary).
+
+    repdeploy's own errors carry both; the rest are mapped by kind: a full disk or a read-only
+    output is the user's to fix, memory exhaustion says what to shrink, anything else is an
+    internal error whose traceback `--debug` shows.
+    """
+    from ..rundir import committed, removed
+
+    if isinstance(exc, RepDeployError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        def listed(paths: list) -> str:
+            return ", ".join(map(str, paths[:5])) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+        done, gone = committed(), removed()
+        kept = f"; finished before it and kept: {listed(done)}" if done else ""
+        stale = f"; removed at the start as it would describe old runs: {listed(gone)}" if gone else ""
+        return ("interrupted; the outputs being written were discarded and the previous ones left as they were"
+                f"{kept}{stale}"), 130
+    if isinstance(exc, MemoryError):
+        return ("out of memory; use a smaller --batch-size, input size or --calib-samples, or a machine with more "
+                "memory"), 1
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"no space left on the device{where}; the unfinished output was removed and earlier results kept; "
+                "free some space or give -o a path on another disk"), 1
+    if isinstance(exc, OSError) and exc.errno in _NO_ACCESS:
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"permission denied{where} ({exc.strerror}); give -o a path you can write, or fix the permissions", 2
+    if isinstance(exc, OSError):
+        where = f" on {exc.filename}" if exc.filename else ""
+        return f"system error{where}: {exc.strerror or exc}; check the path and the disk", 1
+    text = str(exc).strip().splitlines()
+    first = text[0][:200] if text else ""
+    return (f"internal error: {type(exc).__name__}: {first}; rerun with `repdeploy --debug ...` for the traceback "
+            "and report it"), 1
+
+
 def handle_errors(fn: Callable) -> Callable:
-    """Turn repdeploy errors into one clear line on stderr and the documented exit code."""
+    """The error boundary of a command: every failure becomes one line on stderr and an exit code.
+
+    Tracebacks appear only with `repdeploy --debug` (or REPDEPLOY_DEBUG=1).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,12 +91,14 @@ def handle_errors(fn: Callable) -> Callable:
                 warnings.simplefilter("default")
                 warnings.showwarning = _show_warning
                 return fn(*args, **kwargs)
-        except RepDeployError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; no partial output was left behind", err=True)
-            sys.exit(130)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors: click prints them with exit code 2
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - this is the boundary
+            if DEBUG and not isinstance(exc, (KeyboardInterrupt, RepDeployError)):
+                raise  # known errors stay one line; the unexpected ones are what a bug report needs
+            message, code = describe_failure(exc)
+            click.echo(f"error: {message}", err=True)
+            sys.exit(code)
         finally:
             # A command run in-process (click's test runner, main() called from Python) must not
             # leave the CLI's handler behind: library calls after it would print again.
@@ -88,7 +141,7 @@ def configure_logging(quiet: bool) -> None:
         _handler.setFormatter(_Formatter())
     if _handler not in logger.handlers:
         logger.addHandler(_handler)
-    _handler.setLevel(logging.ERROR if quiet else logging.INFO)
+    _handler.setLevel(DATA_WARNING if quiet else logging.INFO)  # quiet: errors and data warnings only
     set_quiet(quiet)
     if not quiet:
         logger.setLevel(logging.INFO)

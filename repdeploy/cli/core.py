@@ -112,7 +112,12 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
     from ..io import ensure_writable_file
     from ..models import PlainNet
 
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import number
+
+    number("--tolerance", tolerance, low=0.0, low_open=True, high=1.0, allow_none=False)
     ensure_writable_file(output)
+    refuse_overwriting_inputs([checkpoint], files=[output])
     loaded = load(checkpoint, **load_kwargs)
     if loaded.model is None:
         raise click.UsageError(f"{checkpoint} is a scales file with no weights; {loaded.deploy_steps}")
@@ -122,6 +127,11 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
         plain = loaded.model
         size = check_size(plain.spec)
         eq = compare(plain, plain, (2, plain.spec.in_channels, size, size), tolerance=tolerance)
+        if not eq.passed:  # NaN/Inf logits (--allow-nonfinite): never print PASSED for them
+            from ..errors import FusionError
+
+            raise FusionError(f"{checkpoint}: the model's logits are not finite (max |logit| {eq.logit_scale:.3g}); "
+                              "it cannot be deployed")
     else:
         result = fuse(loaded.model, tolerance=tolerance)
         plain, eq = result.plain, result.equivalence
@@ -171,7 +181,14 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
     from ..export.onnx import export_onnx, ort_parity
     from ..io import ensure_writable_file
 
+    from ..export.onnx import check_opset
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import input_size as check_input_size
+
+    check_input_size("--input-size", input_size)
+    check_opset(opset)
     ensure_writable_file(output)
+    refuse_overwriting_inputs([checkpoint], files=[output])
     if fmt == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -182,7 +199,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
             raise InputError("--precision fp16: strongly typed TensorRT engines take their precision from the "
                              "ONNX, and repdeploy exports FP32 ONNX; build an FP32 engine (drop --precision)")
     plain, loaded, eq = load_fused(checkpoint, **load_kwargs)
-    size = input_size or plain.spec.input_size
+    size = input_size if input_size is not None else plain.spec.input_size
     if fmt == "trt":
         import tempfile
         from pathlib import Path
@@ -197,9 +214,17 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, load_kwarg
         return
     if precision != "fp32":
         raise InputError("--precision fp16 applies to TensorRT engines; ONNX export is FP32 (use --format trt)")
-    export_onnx(plain, output, input_size=size, in_channels=plain.spec.in_channels, opset=opset)
+    from ..errors import ExportError
+    from ..io import atomic_path
+
     x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
-    parity = ort_parity(plain, output, x)
+    # The file appears under its name only once ORT has run it and agreed with torch.
+    with atomic_path(output) as staged:
+        export_onnx(plain, staged, input_size=size, in_channels=plain.spec.in_channels, opset=opset)
+        parity = ort_parity(plain, staged, x)
+        if not parity.passed:
+            raise ExportError(f"{checkpoint}: ONNX Runtime disagrees with torch by {parity.max_rel_diff:.3g} of the "
+                              f"logit scale at opset {opset}; nothing was written; try the default --opset")
     record = {
         "input": str(checkpoint), "variant": loaded.variant, "output": str(output), "opset": opset,
         "input_size": size, "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),

@@ -54,6 +54,11 @@ def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, load_kwa
     """
     from ..evaluate import evaluate, open_eval_data
     from ..runtime import model_kind, open_runner
+    from ..validate import integer, threads as check_threads
+
+    integer("--batch-size", batch_size, low=1, high=65536, allow_none=False)
+    integer("--eval-limit", eval_limit, low=1)
+    check_threads("--threads", threads)
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
@@ -146,13 +151,19 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ro
     from ..progress import status
     from ..runtime import model_kind, open_runner
 
+    from ..rundir import refuse_overwriting_inputs
+    from ..validate import bench_options
+
     models, as_json, json_out = _old_bench_json(list(models), as_json, json_out)
     if not models:
         raise click.UsageError("give at least one MODEL (checkpoint, fused .pt, .onnx or engine)")
     click.get_current_context().meta["repdeploy.json_out"] = json_out
     sizes = _batches(batches)
+    for size in sizes:  # every knob checked before the first model loads: NaN would never end
+        bench_options(batch=size, warmup=warmup, duration=duration, iterations=iterations, threads_=threads)
     if json_out:
         ensure_writable_file(json_out)
+        refuse_overwriting_inputs(models, files=[json_out])
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -202,19 +213,24 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ro
 
 
 def _old_bench_json(models: list[str], as_json: str | None, json_out: str | None) -> tuple[list[str], bool, str | None]:
-    """bench's --json used to take a file name. `--json FILE.json` still writes it (with a note);
-    any other word after --json is a model, so `bench --json a.onnx` means what it says now."""
+    """bench's --json used to take a file name, and `--json FILE` still writes FILE (with a note).
+
+    --json followed by an option or nothing is the flag. A word after it is always the old
+    file form, never a model, so `bench --json a.onnx` cannot treat a model as a JSON path
+    silently: a.onnx becomes the (refused) output and bench asks for a MODEL.
+    """
     if as_json is None:
         return models, False, json_out
     if as_json == "":
         return models, True, json_out
-    if as_json.endswith(".json"):
-        if json_out is not None:
-            raise click.UsageError("--json FILE is the old spelling of --json-out FILE; give only --json-out")
-        log_warning(f"note: bench --json FILE is deprecated and goes in repdeploy {ALIAS_REMOVAL}; "
-                    "use --json-out FILE (--json alone prints the JSON on stdout)")
-        return models, False, as_json
-    return [as_json, *models], True, json_out
+    if json_out is not None:
+        raise click.UsageError("--json FILE is the old spelling of --json-out FILE; give only --json-out")
+    log_warning(f"note: bench --json FILE is deprecated and goes in repdeploy {ALIAS_REMOVAL}; "
+                "use --json-out FILE (--json alone prints the JSON on stdout)")
+    if not models:
+        raise click.UsageError(f"--json is a flag now: give the MODELS first (`bench MODEL --json`), "
+                               f"or --json-out FILE; {as_json!r} was read as the old --json FILE")
+    return models, False, as_json
 
 
 def _warn_layout(model: str, engine: str) -> None:
@@ -258,13 +274,15 @@ def _warn_layout(model: str, engine: str) -> None:
 @click.option("--train-data", default=None, help="QAT training images; default: the train split of --eval-data.")
 @deprecated_alias("--data", "--eval-data")
 @deprecated_alias("--batch", "--batch-size")
+@click.option("--force", is_flag=True,
+              help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
-                 load_kwargs, as_json):
+                 force, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -287,7 +305,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
         max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
         threads=threads, warmup=warmup, duration=duration, iterations=iterations,
         eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
-        load_kwargs={k: v for k, v in load_kwargs.items() if v},
+        load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force,
     )
 
     def text(_: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -73,8 +74,12 @@ def _prepare(arch: str, data: str, val_data: str | None, image_size: int | None,
     from ..data import open_train_val
     from ..models import get_spec
 
+    from ..validate import input_size, seed as check_seed
+
     base = get_spec(arch)
-    size = image_size or base.input_size
+    input_size("--input-size", image_size)  # 0 is an error, not "the default"
+    check_seed("--seed", seed)
+    size = image_size if image_size is not None else base.input_size
     train_set, val_set = open_train_val(data, image_size=size, channels=base.in_channels, val_source=val_data,
                                         seed=seed)
     return get_spec(arch, num_classes=len(train_set.classes)), train_set, val_set, size
@@ -142,7 +147,12 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
     from ..optim.repopt import load_scales
     from ..train import train_architecture
 
+    from ..rundir import refuse_overwriting_inputs
+
     ensure_writable_file(output)
+    refuse_overwriting_inputs([train_data, eval_data, scales], files=[output, state_path or f"{output}.state"])
+    if state_path is not None and Path(state_path).resolve() == Path(output).resolve():
+        raise click.BadParameter("the training state and the checkpoint must be different files", param_hint="--state")
     family = get_spec(arch).family
     optimizer = optimizer or ("repopt-sgd" if family == "repopt" else "sgd")
     spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
@@ -184,7 +194,10 @@ def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size,
     from ..io import ensure_writable_file
     from ..optim import hypersearch
 
+    from ..rundir import refuse_overwriting_inputs
+
     ensure_writable_file(output)
+    refuse_overwriting_inputs([train_data, eval_data], files=[output, state_path or f"{output}.state"])
     spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
     config = _config("sgd", lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,

@@ -19,6 +19,19 @@ from ..errors import ExportError
 from ..io import atomic_path
 
 OPSET = 17
+#: QDQ with per-channel axes needs opset 13; the TorchScript exporter stops at 20.
+MIN_OPSET, MAX_OPSET = 13, 20
+#: ORT FP32 vs torch, relative to the logit scale; float reordering gives ~1e-6.
+PARITY_TOLERANCE = 1e-3
+
+
+def check_opset(opset: int) -> int:
+    """Refuse an opset the exporter or the QDQ layouts cannot produce, before any work."""
+    from ..errors import InputError
+
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"--opset {opset}: repdeploy exports opset {MIN_OPSET}..{MAX_OPSET} (default {OPSET})")
+    return opset
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -38,6 +51,7 @@ def export_onnx(
     """
     import onnx
 
+    check_opset(opset)
     model = model.eval()
     example = torch.zeros(1, in_channels, input_size, input_size)
     axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
@@ -52,8 +66,8 @@ def export_onnx(
                     do_constant_folding=True,
                 )
             onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
-        except ExportError:
-            raise
+        except (ExportError, OSError, MemoryError):
+            raise  # a full disk or no memory is not an export bug; the error boundary names it
         except Exception as exc:  # the exporter raises many types; all mean the same to a user
             raise ExportError(f"ONNX export of {type(model).__name__} to {path} failed: {exc}") from exc
     return Path(path)
@@ -68,18 +82,22 @@ class Parity:
     top1_agreement: float
     batch: int
 
+    @property
+    def passed(self) -> bool:
+        """Whether ORT computes what torch does (within float reordering error)."""
+        return bool(np.isfinite(self.max_rel_diff)) and self.max_rel_diff <= PARITY_TOLERANCE
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
 
 
 def ort_session(onnx_path: str | Path, threads: int | None = None, optimize: bool = True):
+    """An ONNX Runtime CPU session with repdeploy's session options (threads follow torch's by default)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from ..runtime.ort import session_options
+
+    options = session_options(threads, optimize=optimize)
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 

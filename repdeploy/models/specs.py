@@ -14,6 +14,8 @@ from typing import Iterator
 from ..errors import InputError
 
 FAMILIES = ("repvgg", "repopt")
+MAX_DEPTH = 64  # blocks per stage (upstream's deepest, D2se, has 14)
+MAX_WIDTH = 16384  # channels per layer (upstream's widest has 2560)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,28 @@ class ArchSpec:
             raise InputError(f"unknown family {self.family!r}; use one of {', '.join(FAMILIES)}")
         if len(self.depths) != 4 or len(self.widths) != 5:
             raise InputError(f"ArchSpec {self.name}: needs 4 depths and 5 widths")
+        # A damaged record must fail here with its field named, not deep inside torch (or by
+        # allocating tens of gigabytes for a 20000 px check input).
+        from ..validate import MAX_CLASSES, MAX_INPUT_SIZE
+
+        def bad(what: str) -> InputError:
+            return InputError(f"architecture {self.name}: {what}; the record is damaged or not repdeploy's")
+
+        if any(not 1 <= d <= MAX_DEPTH for d in self.depths):
+            raise bad(f"depths {list(self.depths)} must be 1..{MAX_DEPTH}")
+        if any(not 1 <= w <= MAX_WIDTH for w in self.widths):
+            raise bad(f"widths {list(self.widths)} must be 1..{MAX_WIDTH}")
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise bad(f"num_classes {self.num_classes} must be 1..{MAX_CLASSES}")
+        if not 1 <= self.in_channels <= 4:
+            raise bad(f"in_channels {self.in_channels} must be 1..4")
+        if not 1 <= self.input_size <= MAX_INPUT_SIZE:
+            raise bad(f"input_size {self.input_size} must be 1..{MAX_INPUT_SIZE}")
+        layers = {layer.index: layer for layer in self.layers()}
+        for index, g in self.groups:
+            layer = layers.get(index)
+            if layer is None or g < 1 or layer.in_channels % g or layer.out_channels % g:
+                raise bad(f"groups ({index}, {g}) do not divide layer {index}'s channels")
 
     def layers(self) -> list[LayerSpec]:
         """Expand depths and widths into the list of 3x3 layers, stage0 first."""

@@ -11,10 +11,10 @@ The function signature is the contract the pipeline (issue 5) and the CLI call; 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ import torch
 from .. import __version__, defaults
 from ..errors import AccuracyGateError, CheckpointError, DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
+from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..models.plain import PlainNet
 from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
 from .quantizer import TARGETS, QuantPlainNet
@@ -112,7 +113,13 @@ def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
 
 
 def _check_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
-                     max_drop: float | None) -> None:
+                     max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0) -> None:
+    from .. import validate
+
+    validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
+    validate.number("--percentile", percentile, allow_none=False)
+    validate.integer("--eval-limit", eval_limit, low=1)
+    validate.seed("--seed", seed)
     if calib_method not in METHODS:
         raise InputError(f"unknown calibration method {calib_method!r}; use one of {', '.join(METHODS)}")
     if target not in TARGETS:
@@ -121,8 +128,10 @@ def _check_arguments(calib_method: str, target: str, calib_samples: int, percent
         raise InputError(f"--calib-samples must be >= 1, got {calib_samples}")
     if not 0.0 < percentile <= 100.0:
         raise InputError(f"--percentile must be in (0, 100], got {percentile}")
-    if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
-        raise InputError(f"--max-drop must be a non-negative number of top-1 points, got {max_drop}")
+    validate.max_drop("--max-drop", max_drop)
+    if max_drop is not None and eval_data is None:
+        # Without eval data the drop is never measured: the gate would silently pass everything.
+        raise InputError(f"--max-drop {max_drop:g} needs --eval-data (labelled images) to measure the top-1 drop")
 
 
 def quantize(
@@ -168,6 +177,31 @@ def quantize(
     (0.4, 'model_int8_ort.onnx')
     >>> r = quantize(plain, calib_data=torch_loader, output_dir="out/")                    # doctest: +SKIP
     """
+    _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed)
+    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
+             "calib": "calib.json", "report": "report.json"}
+    source_path = model if isinstance(model, (str, os.PathLike)) else None
+    # (--calib-cache may be OUTDIR/calib.json: it is read before anything is written, and written
+    # back with the same ranges.)
+    paths = [v for v in (source_path, calib_data, eval_data) if isinstance(v, (str, os.PathLike))]  # not in-memory data
+    refuse_overwriting_inputs(paths, files=[Path(output_dir) / n for n in names.values()])
+    refuse_overwriting_inputs([calib_cache], files=[Path(output_dir) / n for k, n in names.items() if k != "calib"])
+    created = not Path(output_dir).exists()
+    out = ensure_writable_dir(output_dir)
+    try:
+        return _quantize(model, out, names, calib_data, forward_loop, calib_samples, calib_method, percentile,
+                         calib_cache, target, eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if still empty: a failed run leaves no new directory behind
+        raise
+
+
+def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_samples: int, calib_method: str,
+              percentile: float,
+              calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
+              seed: int, load_kwargs: dict | None, mean, std) -> QuantizeResult:
     from ..checkpoints import save_fused
     from ..data import ImageDataset, from_arrays, open_dataset
     from .calib_data import labelled_arrays, open_calibration_data
@@ -175,8 +209,7 @@ def quantize(
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..progress import status
 
-    _check_arguments(calib_method, target, calib_samples, percentile, max_drop)
-    out = ensure_writable_dir(output_dir)
+    clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     plain, info = _load_model(model, load_kwargs or {})
@@ -232,6 +265,7 @@ def quantize(
                           data=calib_source.describe() if calib_source is not None else {"source": "forward_loop"},
                           keep_inputs=seen, keep_limit=n_verify)
     timings["calibration_s"] = time.perf_counter() - t0
+    timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
 
     fallback_record = None
     if fallback and max_drop is not None and eval_set is not None:
@@ -262,9 +296,7 @@ def quantize(
         verify_name = verify_set.source
         x_verify = torch.cat([x for x, _ in verify_set.batches(BATCH, limit=n_verify)])
 
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".quantize-"))
-    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
-             "calib": "calib.json", "report": "report.json"}
+    stage = make_scratch_dir(out, "set", "quantize")
     try:
         t0 = time.perf_counter()
         save_fused(plain, stage / names["fused"], extra={"source": info["source"]})
@@ -319,9 +351,8 @@ def quantize(
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
         write_json_atomic(stage / names["report"], report)
-        # report.json goes last: its presence means every other file is complete.
-        for key in ("fused", "fp32", "int8", "calib", "report"):
-            os.replace(stage / names[key], out / names[key])
+        # report.json goes last: its presence means every other file is complete and of this run.
+        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -20,6 +20,8 @@ every step and before export, so the exported INT8 kernel is the one that was tr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -37,6 +39,8 @@ from .. import __version__, defaults
 from ..errors import DataError, InputError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
+from ..rundir import commit_files, make_scratch_dir, refuse_overwriting_inputs
+from ..train import TrainConfig
 from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
 from .quantizer import MIN_AMAX, TARGETS, QuantPlainNet, TensorQuantizer
 
@@ -365,7 +369,7 @@ def qat(
     from ..optim.multipliers import MultiplierMap
     from ..optim.repopt import load_scales
     from ..progress import set_quiet, status
-    from ..train import TrainConfig, train
+    from ..train import train
     from ..zoo import zoo_entry
 
     if optimizer not in OPTIMIZERS:
@@ -373,6 +377,21 @@ def qat(
     if target not in TARGETS:
         raise InputError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)}")
     mult_kind, scales_path = _parse_grad_mult(grad_mult)
+    # Every option is checked before loading or calibrating anything.
+    from .. import validate
+
+    TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr if lr is not None else DEFAULT_LR[optimizer],
+                weight_decay=weight_decay, warmup_epochs=0.0, label_smoothing=0.0, seed=seed, augment="none",
+                checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps).validate()
+    validate.number("--temperature", temperature, low=0.0, low_open=True, high=1000.0, allow_none=False)
+    validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
+    validate.integer("--train-samples", train_samples, low=1)
+    validate.number("--percentile", percentile, low=0.0, low_open=True, high=100.0, allow_none=False)
+    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
+             "calib": "calib.json", "report": "report.json"}
+    refuse_overwriting_inputs([model, train_data, val_data, calib_cache, calib_data, scales_path],
+                              files=[Path(output_dir) / n for n in [*names.values(), STATE_FILE]
+                                     if not (n == STATE_FILE and resume)])
     world = init_world()
     if not world.is_main:
         set_quiet(True)
@@ -484,10 +503,23 @@ def qat(
         if resume and state_path.exists():
             shutil.copyfile(state_path, private / STATE_FILE)
         state_path = private / STATE_FILE
+    # What makes a saved state this run's: a state from another model, calibration or target must
+    # never be adopted (its weights and ranges would be exported under this run's name).
+    from .calib import weights_fingerprint
+
+    identity = {
+        "model": weights_fingerprint(plain), "arch": spec.to_dict(), "target": target,
+        "ranges_sha256": hashlib.sha256(json.dumps(sorted(cache.amax.items())).encode()).hexdigest(),
+        "calibration": {"cache": cache.weights_sha256, "method": cache.method, "samples": cache.samples,
+                        "percentile": cache.percentile},
+        "grad_mult": grad_mult, "distill": distill, "temperature": float(temperature), "optimizer": optimizer,
+        "learnable_ranges": learnable_ranges, "train_samples": train_samples,
+    }
     try:
         result = train(trained, make_optimizer, shard(train_set, world), val_set if world.is_main else None, config,
                        multipliers=multipliers, hooks=hooks, loss_fn=loss_fn, state_path=state_path,
-                       resume=resume, uses_lr_schedule=optimizer != "agd", description=f"qat {spec.name}")
+                       resume=resume, uses_lr_schedule=optimizer != "agd", description=f"qat {spec.name}",
+                       identity=identity)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
@@ -502,9 +534,7 @@ def qat(
 
     qat_top1_torch = _top1(qnet, val_set) if val_set is not None else None
     tuned = qnet.float_model()
-    names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
-             "calib": "calib.json", "report": "report.json"}
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".qat-"))
+    stage = make_scratch_dir(out, "set", "qat")
     try:
         save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True})
         export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels)
@@ -541,8 +571,7 @@ def qat(
         report["files"] = dict(names)
         report["seconds"] = round(time.perf_counter() - started, 2)
         write_json_atomic(stage / names["report"], report)
-        for key in ("fused", "fp32", "int8", "calib", "report"):
-            os.replace(stage / names[key], out / names[key])
+        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return QATResult(out, out / names["int8"], report, qnet)

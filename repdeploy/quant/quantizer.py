@@ -200,7 +200,10 @@ class QuantPlainNet(nn.Module):
         self._wrap(self.net, "linear", "linear", unsigned=ort, ort=ort)
         self.features_quantizer = TensorQuantizer(FEATURES, unsigned=True)
         self.features_quantizer.enabled = ort
-        self.set_weight_ranges()
+        try:
+            self.set_weight_ranges()
+        except CalibrationError:
+            pass  # non-finite weights: left unset here; calibration names the tensor the NaN reaches
 
     def _wrap(self, parent: nn.Module, attr: str, name: str, *, unsigned: bool, ort: bool) -> None:
         layer = getattr(parent, attr)

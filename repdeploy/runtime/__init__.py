@@ -54,6 +54,10 @@ def open_runner(
     """
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    from ..validate import threads as check_threads
+
+    check_threads("--threads", threads)  # 100000 threads ran past 120 s and 12 GB before failing
+    check_threads("inter_op_threads", inter_op_threads)
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 

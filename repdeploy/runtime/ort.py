@@ -10,6 +10,31 @@ from ..errors import InputError
 from .base import InputMetadata, Runner
 
 
+def default_threads() -> int:
+    """The intra-op thread count for ORT sessions not given one: torch's, so one setting rules both.
+
+    ORT on its own sizes every session to all physical cores; a process that limited torch
+    (`torch.set_num_threads`, OMP_NUM_THREADS, a test worker) would still oversubscribe the CPU.
+    """
+    import torch
+
+    return torch.get_num_threads()
+
+
+def session_options(threads: int | None = None, *, inter_op_threads: int | None = None, optimize: bool = True):
+    """The `onnxruntime.SessionOptions` every repdeploy session uses (runners, parity, evaluation)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or default_threads()
+    if inter_op_threads:
+        options.inter_op_num_threads = inter_op_threads
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+    return options
+
+
 class OrtRunner(Runner):
     """Run an ONNX file on ONNX Runtime's CPU execution provider.
 
@@ -35,14 +60,8 @@ class OrtRunner(Runner):
 
         if not self.path.is_file():
             raise InputError(f"ONNX model {self.path} does not exist; export one with `repdeploy export`")
-        options = ort.SessionOptions()
-        if self.intra_op_threads:
-            options.intra_op_num_threads = self.intra_op_threads
-        if self.inter_op_threads:
-            options.inter_op_num_threads = self.inter_op_threads
-        if not self.optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+        options = session_options(self.intra_op_threads, inter_op_threads=self.inter_op_threads,
+                                  optimize=self.optimize)
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean a bad file

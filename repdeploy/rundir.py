@@ -1,0 +1,355 @@
+"""Outputs that never clobber inputs or foreign files, and output sets that appear all at once.
+
+Three rules, shared by every command that writes:
+
+- An output never replaces an input: `refuse_overwriting_inputs` compares resolved paths (and
+  inodes, for hard links) before any work starts.
+- A run directory is owned through its `manifest.json`: only files a repdeploy manifest lists
+  are ever removed; anything else there is an error unless the user passes `--force`, and even
+  then it is kept, not deleted.
+- An output set (a pipeline run directory) is staged in a hidden sibling directory and swapped in
+  with one rename (`renameat2(RENAME_EXCHANGE)` where the kernel has it), so a reader sees the
+  whole old set or the whole new one. Staging left by a killed run (its process is gone) is
+  removed by the next run that writes there.
+
+Scratch names carry host and process id (`scratch_name`), so two runs into one directory never
+collide and a later run can tell whose leftovers are stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from .errors import OutputError
+
+MANIFEST = "manifest.json"
+TOOL = "repdeploy"
+#: Hidden names repdeploy gives its scratch files and directories: `.<name>.<tag>-<host>-<pid>-<random>`.
+SCRATCH_TAGS = ("staging", "old", "quantize", "qat", "part")
+
+#: What the process has committed so far (for the one line an interrupt prints).
+_committed: list[Path] = []
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+
+
+def scratch_prefix(name: str, tag: str) -> str:
+    """`.<name>.<tag>-<host>-<pid>-`: unique per process, and tells a later run whose it was."""
+    return f".{name}.{tag}-{_host()}-{os.getpid()}-"
+
+
+def make_scratch_dir(parent: str | os.PathLike, name: str, tag: str) -> Path:
+    """A fresh hidden scratch directory in `parent` (created with mkdtemp, so never shared)."""
+    return Path(tempfile.mkdtemp(dir=parent, prefix=scratch_prefix(name, tag)))
+
+
+def _owner_alive(entry: str) -> bool:
+    """Whether the process that made scratch `entry` may still be running (True if unsure)."""
+    for tag in SCRATCH_TAGS:
+        marker = f".{tag}-"
+        if marker not in entry:
+            continue
+        rest = entry.rsplit(marker, 1)[1]
+        parts = rest.split("-")
+        if len(parts) < 3 or not parts[1].isdigit():
+            return True
+        host, pid = parts[0], int(parts[1])
+        if host != _host():
+            return True  # another machine's run on a shared filesystem: not ours to judge
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return True
+
+
+def clean_stale_scratch(directory: str | os.PathLike) -> list[Path]:
+    """Remove hidden scratch files and directories that killed repdeploy runs left in `directory`.
+
+    Only names repdeploy makes (see `scratch_prefix`) whose process no longer exists on this host
+    are touched. Returns what was removed.
+    """
+    d = Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(d))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(".") or not any(f".{t}-" in entry.name for t in SCRATCH_TAGS):
+            continue
+        if _owner_alive(entry.name):
+            continue
+        p = Path(entry.path)
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False) and (p / COMMIT_MARKER).is_file():
+                _roll_forward(p, d)  # killed mid-commit: finish it, so the set is whole again
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------- file sets in a shared directory
+
+COMMIT_MARKER = "COMMIT"
+
+
+def commit_files(stage: Path, out: Path, names: list[str]) -> None:
+    """Move the staged files `names` into `out`; the last name (the report) marks the set complete.
+
+    A directory the user shares with other files cannot be swapped whole, so the set is committed
+    with a redo log: the marker written first lists the files, the old report goes before any file
+    is replaced (no report = set incomplete), and the new report goes last. If the process dies in
+    between, the next repdeploy run writing into `out` finishes the moves (`clean_stale_scratch`).
+    """
+    marker = stage / COMMIT_MARKER
+    marker.write_text(json.dumps({"files": names}))
+    (out / names[-1]).unlink(missing_ok=True)
+    _roll_forward(stage, out)
+    note_committed(out / names[-1])
+
+
+def _roll_forward(stage: Path, out: Path) -> None:
+    names = json.loads((stage / COMMIT_MARKER).read_text())["files"]
+    if (stage / names[-1]).exists():
+        (out / names[-1]).unlink(missing_ok=True)
+    for name in names:
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+    (stage / COMMIT_MARKER).unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- inputs vs outputs
+
+
+def _same(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists() and os.path.samefile(a, b):
+            return True
+    return a.resolve() == b.resolve()
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    try:
+        path.resolve().relative_to(directory.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def refuse_overwriting_inputs(inputs: Iterable[str | os.PathLike | None], *,
+                              files: Iterable[str | os.PathLike] = (),
+                              directories: Iterable[str | os.PathLike] = ()) -> None:
+    """Raise OutputError when an output file is an input, or an output directory holds one.
+
+    `files` are paths the command will write; `directories` are ones it replaces as a whole
+    (a pipeline run directory). Call it before any work starts.
+    """
+    ins = [Path(i) for i in inputs if i is not None and str(i) not in ("", "builtin", "digits")]
+    for out in map(Path, files):
+        for inp in ins:
+            if _same(out, inp):
+                raise OutputError(f"output {out} is the input {inp}; writing it would destroy the input; "
+                                  "give -o another path")
+    for d in map(Path, directories):
+        for inp in ins:
+            if _same(d, inp) or _inside(inp, d):
+                raise OutputError(f"output directory {d} contains the input {inp}, and repdeploy replaces that "
+                                  "directory's contents; give -o another directory or move the input out")
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def read_manifest(run_dir: Path) -> dict | None:
+    """The repdeploy manifest of `run_dir`, or None when there is none or it is not repdeploy's."""
+    try:
+        doc = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or doc.get("tool") != TOOL or not isinstance(doc.get("artifacts"), list):
+        return None
+    return doc
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Entries of an existing `run_dir` that no repdeploy manifest there lists (stale scratch aside)."""
+    if not run_dir.exists():
+        return []
+    if not run_dir.is_dir():
+        return [run_dir.name]
+    manifest = read_manifest(run_dir)
+    owned = {str(a) for a in manifest["artifacts"]} | {MANIFEST} if manifest else set()
+    out = []
+    for entry in sorted(os.listdir(run_dir)):
+        if entry in owned:
+            continue
+        if entry.startswith(".") and any(f".{t}-" in entry for t in SCRATCH_TAGS):
+            continue
+        out.append(entry)
+    return out
+
+
+def check_owned(run_dir: str | os.PathLike, *, force: bool = False) -> None:
+    """Refuse to replace a directory holding files repdeploy did not write (unless `force`)."""
+    d = Path(run_dir)
+    if d.exists() and not d.is_dir():
+        raise OutputError(f"run directory {d} is a file; move it away or give -o another directory")
+    foreign = foreign_files(d)
+    if foreign and not force:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise OutputError(f"run directory {d} holds files no repdeploy manifest lists ({shown}); "
+                          "move them away, give -o another directory, or pass --force to keep them and write beside them")
+
+
+# --------------------------------------------------------------------------- atomic sets
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2). False when the system cannot."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+class OutputSet:
+    """Stage a whole directory of outputs and swap it in with one rename.
+
+    >>> with OutputSet("runs/x/a0", inputs=["a0.pth"]) as staging:   # doctest: +SKIP
+    ...     (staging / "report.json").write_text("{}")
+    # runs/x/a0 now holds exactly what was written into staging; nothing else
+
+    On an exception (or Ctrl-C) the staging directory is removed and the old set stays as it was.
+    With `force`, a directory holding foreign files is updated in place: manifest-listed files of
+    the old set are replaced or removed one by one, foreign files are kept (not atomic).
+    """
+
+    def __init__(self, target: str | os.PathLike, *, force: bool = False) -> None:
+        self.target = Path(target)
+        self.force = force
+        check_owned(self.target, force=force)
+        parent = self.target.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"output {parent} cannot be created ({exc.strerror or exc}); give -o another path") from exc
+        clean_stale_scratch(parent)
+        if self.target.is_dir():
+            clean_stale_scratch(self.target)
+        try:
+            self.staging = make_scratch_dir(parent, self.target.name, "staging")
+        except OSError as exc:
+            raise OutputError(f"output {parent} is not writable ({exc.strerror or exc}); give -o another path") from exc
+
+    def __enter__(self) -> Path:
+        return self.staging
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+            return
+        try:
+            self.commit()
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def commit(self) -> Path:
+        """Make the staged set the target's content (one rename when the target is ours alone)."""
+        os.chmod(self.staging, 0o777 & ~_umask())
+        t = self.target
+        if self.force and foreign_files(t):
+            self._merge_in_place()
+        elif not t.exists():
+            os.rename(self.staging, t)
+        elif _exchange(self.staging, t):
+            shutil.rmtree(self.staging, ignore_errors=True)  # now holds the old set
+        else:
+            old = Path(tempfile.mkdtemp(dir=t.parent, prefix=scratch_prefix(t.name, "old")))
+            os.rename(t, old / t.name)
+            os.rename(self.staging, t)
+            shutil.rmtree(old, ignore_errors=True)
+        note_committed(t)
+        return t
+
+    def _merge_in_place(self) -> None:
+        manifest = read_manifest(self.target)
+        for name in (manifest or {}).get("artifacts", []):
+            p = self.target / str(name)
+            if "/" not in str(name) and p.is_file() and not (self.staging / p.name).exists():
+                p.unlink()
+        names = sorted(os.listdir(self.staging), key=lambda n: n == MANIFEST)  # manifest last
+        for name in names:
+            os.replace(self.staging / name, self.target / name)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def note_committed(path: str | os.PathLike) -> None:
+    """Record an output this process finished (reported if the run is interrupted later).
+
+    Sets written into a scratch directory (quantize inside a pipeline run) are not outputs yet.
+    """
+    p = Path(path)
+    if not any(part.startswith(".") and any(f".{t}-" in part for t in SCRATCH_TAGS) for part in p.parts):
+        _committed.append(p)
+
+
+def committed() -> list[Path]:
+    return list(_committed)
+
+
+_removed: list[Path] = []
+
+
+def note_removed(path: str | os.PathLike) -> None:
+    """Record an old output this process removed on purpose (a report that would go stale)."""
+    _removed.append(Path(path))
+
+
+def removed() -> list[Path]:
+    return list(_removed)
