@@ -7,6 +7,7 @@ The Python API mirrors the command line:
 >>> result = repdeploy.fuse(loaded.model)                  # doctest: +SKIP
 >>> repdeploy.export_onnx(result.plain, "model.onnx", input_size=224)   # doctest: +SKIP
 >>> repdeploy.quantize("ckpt.pth", calib_data="calib/", output_dir="out/")  # doctest: +SKIP
+>>> repdeploy.compare("out/model_fp32.onnx", "out/model_int8_ort.onnx", atol=1, rtol=1)  # doctest: +SKIP
 >>> repdeploy.quantize(result.plain, calib_data=my_dataloader, output_dir="out/")  # doctest: +SKIP
 
 docs/api.md has a worked example with data in memory. Library functions log through the
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 # `evaluate`, `bench`), and a lazy lookup would hand back the submodule once it was imported.
 from .bench import bench, bench_interleaved  # noqa: E402
 from .checkpoints import load, load_fused, save_fused  # noqa: E402
+from .compare import compare  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .export.onnx import export_onnx  # noqa: E402
 from .fuse import fuse  # noqa: E402
@@ -29,5 +31,5 @@ from .runtime import open_runner  # noqa: E402
 
 __all__ = [
     "__version__", "load", "load_fused", "save_fused", "fuse", "export_onnx", "quantize", "qat",
-    "QuantizeResult", "evaluate", "bench", "bench_interleaved", "open_runner", "run_pipeline",
+    "QuantizeResult", "evaluate", "bench", "bench_interleaved", "open_runner", "run_pipeline", "compare",
 ]

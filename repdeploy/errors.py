@@ -63,3 +63,7 @@ class BackendMissingError(RepDeployError):
     """An optional runtime (TensorRT) or the hardware it needs (an NVIDIA GPU) is absent."""
 
     exit_code = 4
+
+
+class ToleranceError(AccuracyGateError):
+    """Two models' outputs differ by more than the tolerances the user allowed (`repdeploy compare`)."""

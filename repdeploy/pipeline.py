@@ -58,6 +58,7 @@ class PipelineSettings:
     qat: bool = False  # add a QAT column: fine-tune from the PTQ ranges, evaluate its INT8 model
     qat_epochs: int = 2
     train_data: str | None = None  # QAT training images; default: the train split of --data
+    device: str = "auto"  # where torch steps (calibration, verification, QAT) run
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,6 +152,7 @@ def run_pipeline(
     load_kwargs: dict | None = None,
     command: str | None = None,
     force: bool = False,
+    device: str = "auto",
 ) -> PipelineResult:
     """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
 
@@ -197,7 +199,7 @@ def run_pipeline(
         calib_method=calib_method or defaults.CALIB_METHOD,  # the report names the method used, never None
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
         duration=duration, iterations=iterations, eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs,
-        train_data=train_data,
+        train_data=train_data, device=device,
     )
     if checkpoints:
         jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]
@@ -426,7 +428,7 @@ def _quantize(run_dir: Path, s: PipelineSettings, row: ModelRow, state: dict) ->
     # model and the calibration cache are moved into the run directory.
     scratch = make_scratch_dir(run_dir, "pipeline", "quantize")  # unique per process: runs never collide
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
-                              "target": s.target, "seed": s.seed}
+                              "target": s.target, "seed": s.seed, "device": s.device}
     if s.calib_method:
         kwargs["calib_method"] = s.calib_method
     try:
@@ -503,7 +505,7 @@ def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: d
     try:
         result = qat(str(path), train_data=train_source, val_data=s.data, output_dir=scratch, epochs=s.qat_epochs,
                      calib_cache=run_dir / "calib.json", target=s.target, distill=True, grad_mult=grad_mult,
-                     seed=s.seed, load_kwargs=load_kwargs)
+                     seed=s.seed, load_kwargs=load_kwargs, device=s.device)
         onnx_path = run_dir / f"qat_int8_{s.target}.onnx"
         result.int8_onnx.replace(onnx_path)
         (scratch / "report.json").replace(run_dir / "qat_report.json")

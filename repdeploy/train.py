@@ -27,6 +27,7 @@ from torch import nn
 from .data import ImageDataset
 from .errors import CheckpointError, InputError
 from .optim.multipliers import MultiplierMap
+from .devices import autocast, to_device
 from .progress import status, track
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -162,14 +163,21 @@ def augment_batch(x: torch.Tensor, mode: str, seed: int, step: int) -> torch.Ten
     return out
 
 
+def module_device(model: nn.Module) -> torch.device:
+    """The device a module's parameters live on (the CPU for a module without any)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def top1_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy (%) in eval mode; the model's train/eval mode is restored afterwards."""
+    """Top-1 accuracy (%) in eval mode on the model's device; its train/eval mode is restored."""
     was_training = model.training
     model.eval()
+    device = module_device(model)
     correct = total = 0
     for x, y in dataset.batches(batch_size):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(to_device(x, device)).argmax(1).cpu() == y).sum())
         total += len(y)
     model.train(was_training)
     return 100.0 * correct / max(1, total)
@@ -191,6 +199,8 @@ def train(
     uses_lr_schedule: bool = True,
     description: str = "train",
     identity: dict | None = None,
+    device: torch.device | str | None = None,
+    amp: torch.dtype | None = None,
 ) -> TrainResult:
     """Train `model` in place and return what happened.
 
@@ -201,9 +211,16 @@ def train(
     it. `uses_lr_schedule=False` leaves group learning rates alone (AGD has none). `identity`
     (plain data: model fingerprint, calibration, target...) is saved with the state, and a resume
     whose identity differs is refused, so a state is never adopted by another job.
+    `device` (default: where the model already is) is where the model and every batch go;
+    batches are drawn and augmented on the CPU first, so the data order and augmentation do
+    not depend on the device. `amp` (torch.bfloat16 or torch.float16) runs the forward and
+    loss under autocast; fp16 adds a gradient scaler, whose skipped steps on overflow are
+    the only behaviour that differs from fp32 training.
     """
     config = config or TrainConfig()
     config.validate()
+    device = torch.device(device) if device is not None else module_device(model)
+    model.to(device)
     if loss_fn is None and not train_data.has_labels:
         # A caller's loss (e.g. distillation from a float teacher) may not need labels; ours does.
         raise InputError(f"training data {train_data.source} has no labels; use an ImageFolder layout or labelled arrays")
@@ -218,6 +235,7 @@ def train(
             f"(multipliers from {', '.join(producers)}); drop --clip-grad"
         )
     loss_fn = loss_fn or label_smoothing_loss(config.label_smoothing)
+    multipliers.follow_params()
     torch.manual_seed(config.seed)
     optimizer = make_optimizer(parameter_groups(model, config.weight_decay, decay_rule), multipliers)
     if uses_lr_schedule:
@@ -227,6 +245,7 @@ def train(
     steps_per_epoch = train_data.num_batches(config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
     step, history, partial = 0, [], (0.0, 0)
     if resume:
         if state_path is None or not Path(state_path).exists():
@@ -255,14 +274,24 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * factor
             x = augment_batch(x, config.augment, config.seed, step)
+            x, y = to_device(x, device), to_device(y, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model, x, y)
+            with autocast(device, amp):
+                loss = loss_fn(model, x, y)
             if not torch.isfinite(loss):
                 raise InputError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-            loss.backward()
-            if config.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                if config.clip_grad_norm is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                if config.clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+                optimizer.step()
             step += 1
             images += len(y)
             loss_sum += loss.item() * len(y)
@@ -363,7 +392,7 @@ def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, mul
 
 __all__ = [
     "TrainConfig", "TrainResult", "EpochRecord", "TrainHook", "train", "top1_accuracy",
-    "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss",
+    "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss", "module_device",
 ]
 
 
@@ -386,6 +415,8 @@ def train_architecture(
     momentum: float = 0.9,
     state_path: str | os.PathLike | None = None,
     resume: bool = False,
+    device: torch.device | str | None = None,
+    amp: torch.dtype | None = None,
 ) -> tuple[nn.Module, TrainResult]:
     """Build `spec` in its trainable form and train it with one of the supported optimizers.
 
@@ -442,8 +473,8 @@ def train_architecture(
                 "data": {k: v for k, v in train_data.describe().items() if k != "source"}}
     result = train(model, make, train_data, val_data, config, multipliers=multipliers, hooks=hooks,
                    state_path=state_path, resume=resume, uses_lr_schedule=optimizer != "agd",
-                   description=f"train {spec.name}", identity=identity)
-    return model, result
+                   description=f"train {spec.name}", identity=identity, device=device, amp=amp)
+    return model.cpu(), result
 
 
 __all__ += ["train_architecture", "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY"]

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +35,24 @@ def test_cli_trt_without_tensorrt_exits_4_with_hint(tmp_path):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.skipif(tensorrt_available(), reason="TensorRT is present: the missing-backend path cannot be shown")
+def test_export_format_trt_without_tensorrt_exits_4_not_importerror(tmp_path):
+    from click.testing import CliRunner
+
+    from repdeploy.cli import main
+
+    zoo = str(Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth")
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"unused: the backend check comes first")
+    for source in (zoo, str(onnx_file)):
+        for precision in ("fp32", "fp16", "best"):
+            r = CliRunner().invoke(main, ["export", source, "-o", str(tmp_path / "out" / "m.engine"), "--format",
+                                          "trt", "--precision", precision])
+            assert r.exit_code == 4, (source, precision, r.output)
+            assert "pip install 'repdeploy[trt]'" in r.output and not isinstance(r.exception, ImportError)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.skipif(tensorrt_available(), reason="TensorRT is present")
 def test_builder_and_runner_raise_backend_missing(tmp_path):
     from repdeploy.export.tensorrt import build_engine
@@ -56,7 +75,7 @@ def test_real_engine_matches_onnxruntime(tmp_path):
 
     plain = fuse(trained_like("RepVGG-mini")).plain
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
-    engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 4, 8))
+    engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 4, 8)).engine
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     with open_runner(onnx_path, "ort") as o, open_runner(engine, "trt") as t:
         ref, out = o.infer(x), t.infer(x)
@@ -80,7 +99,7 @@ def test_real_int8_qdq_engine_agrees_with_onnxruntime(tmp_path):
 
     zoo = next(e for e in builtin_zoo() if e.name == "repoptvgg_mini")
     result = quantize(str(zoo.file), output_dir=tmp_path, calib_data="builtin", calib_samples=64, target="tensorrt")
-    engine = build_engine(result.int8_onnx, tmp_path / "int8.engine", batch_sizes=(1, 8, 16))
+    engine = build_engine(result.int8_onnx, tmp_path / "int8.engine", precision="int8", batch_sizes=(1, 8, 16)).engine
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     with open_runner(result.int8_onnx, "ort") as o, open_runner(engine, "trt") as t:
         ref, out = o.infer(x), t.infer(x)

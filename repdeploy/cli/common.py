@@ -293,3 +293,18 @@ def checkpoint_options(fn: Callable) -> Callable:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def device_option(fn: Callable) -> Callable:
+    """--device auto|cpu|cuda[:N] (resolved by repdeploy.devices where the command runs)."""
+    from ..devices import DEVICE_HELP
+
+    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(fn)
+
+
+def amp_option(fn: Callable) -> Callable:
+    """--amp none|bf16|fp16: autocast for the training forward (fp16 on CUDA only)."""
+    from ..devices import AMP_CHOICES
+
+    return click.option("--amp", type=click.Choice(AMP_CHOICES), default="none", show_default=True,
+                        help="Mixed precision for training: bf16 or fp16 autocast (fp16 needs CUDA).")(fn)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from .. import defaults
-from .common import checkpoint_options, deprecated_alias, emit, handle_errors, json_option, quiet_option
+from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
+                     quiet_option)
 
 
 def _text(r: dict) -> str:
@@ -48,6 +49,8 @@ def _text(r: dict) -> str:
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Steps between training-state checkpoints (0: every epoch).")
 @click.option("--seed", type=int, default=defaults.SEED, show_default=True)
+@device_option
+@amp_option
 @deprecated_alias("--val-data", "--eval-data")
 @checkpoint_options
 @json_option
@@ -55,7 +58,7 @@ def _text(r: dict) -> str:
 @handle_errors
 def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, learnable_ranges, resume, checkpoint_every, seed, load_kwargs, as_json):
+            train_samples, learnable_ranges, resume, checkpoint_every, seed, device, amp, load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains with frozen activation ranges,
@@ -68,6 +71,7 @@ def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_siz
       repdeploy qat repvgg.pth --train-data train/ --eval-data val/ --distill --grad-mult bn -o qat/
       repdeploy qat repopt.pth --train-data train/ --grad-mult repopt:scales.pth --optimizer adamw -o qat/
       torchrun --nproc_per_node=2 -m repdeploy qat repvgg.pth --train-data train/ -o qat/   # data-parallel
+      repdeploy qat repvgg.pth --train-data train/ --device cuda --amp bf16 -o qat/   # on the GPU
       repdeploy qat repvgg.pth --train-data train/ -o qat/ --resume   # continue an interrupted run
     """
     from ..quant.qat import qat
@@ -78,7 +82,7 @@ def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_siz
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
         learnable_ranges=learnable_ranges, resume=resume,
-        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs,
+        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, device=device, amp=amp,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import defaults
-from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+from .common import checkpoint_options, device_option, emit, handle_errors, json_option, quiet_option
 
 
 def _text(r: dict) -> str:
@@ -63,12 +63,13 @@ def _text(r: dict) -> str:
 @click.option("--std", default=None, help="Preprocessing std, e.g. 0.229,0.224,0.225.")
 @click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
+@device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, fallback, mean, std, seed, output_dir, load_kwargs, as_json):
+                 eval_data, eval_limit, max_drop, fallback, mean, std, seed, output_dir, device, load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -97,7 +98,7 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
     common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
                   eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
-                  mean=floats("--mean", mean), std=floats("--std", std))
+                  mean=floats("--mean", mean), std=floats("--std", std), device=device)
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
     records, failed = [], []

@@ -7,8 +7,8 @@ import sys
 import click
 
 from .. import defaults
-from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, emit, handle_errors, json_option, log_warning,
-                     quiet_option)
+from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
+                     log_warning, quiet_option)
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -38,19 +38,21 @@ def _eval_text(r: dict) -> str:
 @click.option("--batch-size", type=int, default=defaults.EVAL_BATCH_SIZE, show_default=True)
 @click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
+@device_option
 @deprecated_alias("--data", "--eval-data")
 @deprecated_alias("--limit", "--eval-limit")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, load_kwargs, as_json):
+def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, device, load_kwargs, as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
 
     \b
     Examples:
       repdeploy eval runs/demo/repvgg_mini/model_int8_ort.onnx
       repdeploy eval runs/demo/repvgg_mini/fused.pt --eval-data builtin --engine torch --json
+      repdeploy eval runs/demo/repvgg_mini/fused.pt --engine torch --device cuda   # needs an NVIDIA GPU
     """
     from ..evaluate import evaluate, open_eval_data
     from ..runtime import model_kind, open_runner
@@ -62,7 +64,7 @@ def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, load_kwa
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
-    with open_runner(model, engine, threads=threads, **kwargs) as runner:
+    with open_runner(model, engine, threads=threads, device=device, **kwargs) as runner:
         acc = evaluate(runner, open_eval_data(runner, eval_data), batch_size=batch_size, limit=eval_limit)
     emit(acc.to_dict(), as_json, _eval_text)
 
@@ -123,6 +125,7 @@ def _bench_text(doc: dict) -> str:
 @click.option("--rounds", type=int, default=4, show_default=True,
               help="With several models: time them in this many alternating slices (fair ratios on a busy machine).")
 @click.option("--compile", "use_compile", is_flag=True, help="torch engine: run through torch.compile.")
+@device_option
 @click.option("--json", "as_json", is_flag=False, flag_value="", default=None, metavar="",
               help="Print one JSON object on stdout instead of text.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result to this file.")
@@ -130,7 +133,7 @@ def _bench_text(doc: dict) -> str:
 @checkpoint_options
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, rounds, use_compile, as_json, json_out,
+def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, rounds, use_compile, device, as_json, json_out,
               load_kwargs):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
@@ -142,6 +145,7 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ro
     Examples:
       repdeploy bench runs/demo/repvgg_mini/model_fp32.onnx runs/demo/repvgg_mini/model_int8_ort.onnx --batches 1,8 --threads 2
       repdeploy bench runs/demo/repvgg_mini/fused.pt --engine torch --duration 2 --json-out bench.json
+      repdeploy bench runs/demo/repvgg_mini/fused.pt --engine torch --device cuda --batches 1,64   # needs an NVIDIA GPU
     """
     import contextlib
 
@@ -175,7 +179,7 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ro
         for model in models:
             try:
                 kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
-                runner = stack.enter_context(open_runner(model, engine, threads=threads, compile=use_compile,
+                runner = stack.enter_context(open_runner(model, engine, threads=threads, compile=use_compile, device=device,
                                                          name=labels[model], **kwargs))
                 _warn_layout(model, engine)
                 runners.append((model, runner))
@@ -276,13 +280,14 @@ def _warn_layout(model: str, engine: str) -> None:
 @deprecated_alias("--batch", "--batch-size")
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
+@device_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, eval_limit, qat, qat_epochs, train_data,
-                 force, load_kwargs, as_json):
+                 force, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -305,7 +310,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
         max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
         threads=threads, warmup=warmup, duration=duration, iterations=iterations,
         eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
-        load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force,
+        load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
     )
 
     def text(_: dict) -> str:

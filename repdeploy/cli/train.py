@@ -11,7 +11,7 @@ from typing import Any, Callable
 import click
 
 from .. import defaults
-from .common import deprecated_alias, emit, handle_errors, json_option, quiet_option
+from .common import amp_option, deprecated_alias, device_option, emit, handle_errors, json_option, quiet_option
 
 OPTIMIZER_CHOICES = ["sgd", "adamw", "repopt-sgd", "repopt-adamw", "agd"]
 
@@ -50,6 +50,8 @@ def _loop_options(command: str) -> Callable[[Callable], Callable]:
         click.option("--state", "state_path", default=None, type=click.Path(dir_okay=False),
                      help="Training-state file for --resume (default: OUTPUT.state)."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its training state."),
+        device_option,
+        amp_option,
         deprecated_alias("--data", "--train-data"),
         deprecated_alias("--val-data", "--eval-data"),
         deprecated_alias("--image-size", "--input-size"),
@@ -68,6 +70,13 @@ def _loop_options(command: str) -> Callable[[Callable], Callable]:
         return wrapper
 
     return decorate
+
+
+def _placement(device: str, amp: str):
+    from ..devices import amp_dtype, resolve_device
+
+    where = resolve_device(device)
+    return where, amp_dtype(amp, where)
 
 
 def _prepare(arch: str, data: str, val_data: str | None, image_size: int | None, seed: int):
@@ -125,8 +134,8 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, weight_decay, warmup_epochs,
-              label_smoothing, augment, seed, checkpoint_every, state_path, resume, optimizer, scales, sgs,
-              sgs_every, clip_grad, output, as_json):
+              label_smoothing, augment, seed, checkpoint_every, state_path, resume, device, amp, optimizer, scales,
+              sgs, sgs_every, clip_grad, output, as_json):
     """Train a RepVGG (branch form) or RepOpt-VGG (plain form) model.
 
     The checkpoint is the family's upstream key format as a plain state_dict (RepVGG train form:
@@ -153,6 +162,7 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
     refuse_overwriting_inputs([train_data, eval_data, scales], files=[output, state_path or f"{output}.state"])
     if state_path is not None and Path(state_path).resolve() == Path(output).resolve():
         raise click.BadParameter("the training state and the checkpoint must be different files", param_hint="--state")
+    where, amp_type = _placement(device, amp)
     family = get_spec(arch).family
     optimizer = optimizer or ("repopt-sgd" if family == "repopt" else "sgd")
     spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
@@ -162,13 +172,13 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
                      checkpoint_every=checkpoint_every, clip_grad_norm=clip_grad)
     model, result = train_architecture(
         spec, train_set, val_set, config, optimizer=optimizer, scales=scale_values, sgs=sgs, sgs_every=sgs_every,
-        state_path=state_path or f"{output}.state", resume=resume,
+        state_path=state_path or f"{output}.state", resume=resume, device=where, amp=amp_type,
     )
     save_torch_atomic(output, {k: v.detach().clone() for k, v in model.state_dict().items()})
     record = {
         "arch": spec.name, "family": spec.family, "optimizer": optimizer, "sgs": sgs, "output": str(output),
         "input_size": size, "num_classes": spec.num_classes, "val_images": len(val_set),
-        "command": _command_line(), **result.to_dict(),
+        "device": str(where), "amp": amp, "command": _command_line(), **result.to_dict(),
     }
     emit(record, as_json, _text)
 
@@ -180,7 +190,8 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
 @quiet_option
 @handle_errors
 def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, weight_decay, warmup_epochs,
-                    label_smoothing, augment, seed, checkpoint_every, state_path, resume, output, as_json):
+                    label_smoothing, augment, seed, checkpoint_every, state_path, resume, device, amp, output,
+                    as_json):
     """Train RepOpt-VGG's hyper-search form and write its branch scales (upstream scales format).
 
     The scales file is a plain dict of 1-D tensors (stage0.scale_conv.weight, ...); pass it to
@@ -198,14 +209,15 @@ def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size,
 
     ensure_writable_file(output)
     refuse_overwriting_inputs([train_data, eval_data], files=[output, state_path or f"{output}.state"])
+    where, amp_type = _placement(device, amp)
     spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
     config = _config("sgd", lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,
                      checkpoint_every=checkpoint_every)
     result = hypersearch(spec, train_set, val_set, config, output=output,
-                         state_path=state_path or f"{output}.state", resume=resume)
+                         state_path=state_path or f"{output}.state", resume=resume, device=where, amp=amp_type)
     record = {"arch": spec.name, "output": str(output), "input_size": size, "val_images": len(val_set),
-              "optimizer": "sgd (search form)", "command": _command_line(),
+              "optimizer": "sgd (search form)", "device": str(where), "amp": amp, "command": _command_line(),
               "scales": result.summary(), **result.train.to_dict()}
     emit(record, as_json, lambda r: _text(r) + f"\n  scales      {r['scales']}")
 

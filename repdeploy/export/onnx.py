@@ -23,6 +23,13 @@ OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 20
 #: ORT FP32 vs torch, relative to the logit scale; float reordering gives ~1e-6.
 PARITY_TOLERANCE = 1e-3
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+PRECISIONS = ("fp32", "fp16")
+#: ONNX metadata keys: the nominal input size (calibration, benchmarks) of a graph whose height
+#: and width are dynamic, and the precision it was exported in.
+META_INPUT_SIZE = "repdeploy.input_size"
+META_PRECISION = "repdeploy.precision"
 
 
 def check_opset(opset: int) -> int:
@@ -32,8 +39,6 @@ def check_opset(opset: int) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise InputError(f"--opset {opset}: repdeploy exports opset {MIN_OPSET}..{MAX_OPSET} (default {OPSET})")
     return opset
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 
 
 def export_onnx(
@@ -44,17 +49,38 @@ def export_onnx(
     in_channels: int = 3,
     opset: int = OPSET,
     dynamic_batch: bool = True,
+    dynamic_spatial: bool = True,
+    precision: str = "fp32",
 ) -> Path:
     """Export `model` (eval mode) to one self-contained ONNX file, checked with onnx.checker.
 
+    The graph takes any batch and, with `dynamic_spatial`, any height and width (the model is
+    fully convolutional with a global pool; sizes that are not a multiple of the total stride
+    are floored by the strided convs as in torch). `input_size` is the nominal size, recorded
+    in the metadata (`repdeploy.input_size`) for calibration and benchmarks. `precision`
+    "fp16" exports fp16 weights, activations, input and logits (ONNX Runtime runs it on the CPU;
+    TensorRT builds it strongly typed).
+
     >>> export_onnx(plain, "model.onnx", input_size=224)   # doctest: +SKIP
     """
+    import copy
+
     import onnx
 
     check_opset(opset)
+    if precision not in PRECISIONS:
+        raise ExportError(f"ONNX precision {precision!r}: use one of {', '.join(PRECISIONS)} (INT8 comes from quantize)")
     model = model.eval()
     example = torch.zeros(1, in_channels, input_size, input_size)
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+    if precision == "fp16":
+        # A half copy: the caller's model stays fp32. Every op here (conv, relu, mean, linear)
+        # has a CPU half kernel in torch, so the trace runs on the CPU.
+        model = copy.deepcopy(model).half().eval()
+        example = example.half()
+    input_axes = {0: "batch"} if dynamic_batch else {}
+    if dynamic_spatial:
+        input_axes.update({2: "height", 3: "width"})
+    axes = {INPUT_NAME: input_axes, OUTPUT_NAME: {0: "batch"} if dynamic_batch else {}}
     with atomic_path(path) as tmp:
         try:
             with warnings.catch_warnings(), torch.no_grad():
@@ -65,7 +91,12 @@ def export_onnx(
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
                     do_constant_folding=True,
                 )
-            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+            graph = onnx.load(str(tmp))
+            for key, value in ((META_INPUT_SIZE, str(input_size)), (META_PRECISION, precision)):
+                entry = graph.metadata_props.add()
+                entry.key, entry.value = key, value
+            onnx.checker.check_model(graph, full_check=True)
+            onnx.save(graph, str(tmp))
         except (ExportError, OSError, MemoryError):
             raise  # a full disk or no memory is not an export bug; the error boundary names it
         except Exception as exc:  # the exporter raises many types; all mean the same to a user
@@ -106,7 +137,9 @@ def ort_parity(model: nn.Module, onnx_path: str | Path, x: torch.Tensor) -> Pari
     """Run `x` through the torch module and the ONNX file and compare logits."""
     session = ort_session(onnx_path)
     ref = model.eval()(x).numpy()
-    out = session.run(None, {session.get_inputs()[0].name: x.numpy().astype(np.float32)})[0]
+    meta = session.get_inputs()[0]
+    dtype = np.float16 if meta.type == "tensor(float16)" else np.float32
+    out = session.run(None, {meta.name: x.numpy().astype(dtype)})[0].astype(np.float32)
     diff = float(np.abs(ref - out).max())
     scale = float(np.abs(ref).max()) or 1.0
     agree = float((ref.argmax(1) == out.argmax(1)).mean())
@@ -161,9 +194,11 @@ def describe_onnx(path: str | Path) -> dict:
         "format": "onnx",
         "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
         "inputs": [
-            {"name": i.name, "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]}
+            {"name": i.name, "shape": [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim],
+             "dtype": onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name}
             for i in model.graph.input
         ],
+        "metadata": {p.key: p.value for p in model.metadata_props},
         "ops": dict(sorted(ops.items())),
         "quantized": ops.get("QuantizeLinear", 0) > 0,
     }

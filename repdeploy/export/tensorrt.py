@@ -1,41 +1,84 @@
-"""TensorRT engine builder: ONNX (FP32 or explicit-quantization QDQ INT8) -> engine file on disk.
+"""TensorRT engines through Polygraphy: ONNX (FP32, FP16 or explicit-quantization INT8) -> engine.
 
-Written against TensorRT's documented Python API for 10.x and 11.x. Networks are built strongly
-typed: in 11 that is the only mode, and in 10 it is how an explicit-quantization (Q/DQ) network
-gets INT8 exactly where the Q/DQ nodes put it without the deprecated INT8/FP16 builder flags
-(reference.md §4). No precision BuilderFlag (INT8/FP16) and no calibrator is used: 11.x removed
-them. TensorRT is imported lazily: without it (or without an NVIDIA GPU) callers get
-BackendMissingError (exit 4) naming what to install and where it runs.
+The network, builder config and serialized engine come from Polygraphy's loaders
+(`NetworkFromOnnxPath`, `CreateConfig`, `Profile`, `EngineBytesFromNetwork`), the way NVIDIA's
+own tools build engines, not from a hand-written builder. Precisions:
 
-UNVERIFIED HERE: no NVIDIA GPU is available on the development machine, so this path has never
-run; its tests skip with that reason.
+- `fp32`: the FP32 ONNX, strongly typed where the TensorRT version has the flag (10.x; 11.x is
+  always strongly typed), TF32 off: the engine computes in fp32.
+- `fp16`: from an FP16 ONNX (`export --precision fp16`), strongly typed: fp16 because the graph
+  is. From an FP32 ONNX, weakly typed with the FP16 builder flag (10.x only: 11.x removed it).
+- `int8`: the `tensorrt` QDQ ONNX (`quantize --target tensorrt`), strongly typed: INT8 exactly
+  where the Q/DQ nodes put it (reference.md §4), no calibrator and no INT8 builder flag.
+- `best`: the FP32 ONNX weakly typed with the FP16 and TF32 builder flags, letting TensorRT pick
+  per layer. 11.x removed those flags, so there it is refused with the alternative.
+
+Optimization profiles come from trtexec-style shapes (`input:1x3x224x224`; `parse_shapes`).
+The tactic timing cache and a cache of built engines (keyed by the ONNX bytes, precision,
+profile and TensorRT version) live in a directory the caller owns: the run directory.
+
+TensorRT and Polygraphy are imported lazily: without them (or without an NVIDIA GPU) callers get
+BackendMissingError (exit 4) naming what to install, never an ImportError. The CPU test suite
+runs this module against a test double of the `tensorrt` module (tests/fake_tensorrt); a real
+build runs only where TensorRT and a GPU exist.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import BackendMissingError, ExportError, InputError
 from ..io import atomic_path
 
 INSTALL_HINT = "pip install 'repdeploy[trt]' and run on a machine with an NVIDIA GPU"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+PRECISIONS = ("fp32", "fp16", "int8", "best")
+TIMING_CACHE = "timing.cache"
+ENGINE_CACHE = "engines"
+DEFAULT_BATCHES = (1, 8, 64)  # max covers eval batches of 64
+
+
+def gpu_visible() -> bool:
+    """Whether an NVIDIA GPU is visible (through torch's CUDA runtime)."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def import_tensorrt() -> Any:
-    """Import tensorrt and check an NVIDIA GPU is visible, or raise BackendMissingError."""
+    """Import tensorrt and Polygraphy and check an NVIDIA GPU is visible, or raise BackendMissingError."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendMissingError(f"TensorRT is not installed: {INSTALL_HINT}") from exc
     except Exception as exc:  # a wheel whose CUDA libraries do not load fails with OSError and friends
         raise BackendMissingError(f"TensorRT failed to load ({exc}): {INSTALL_HINT}") from exc
-    import torch
-
-    if not torch.cuda.is_available():
+    try:
+        import polygraphy  # noqa: F401  (builder and runner go through it)
+    except ImportError as exc:
+        raise BackendMissingError(f"Polygraphy is not installed (TensorRT is): {INSTALL_HINT}") from exc
+    if not gpu_visible():
         raise BackendMissingError(f"TensorRT needs an NVIDIA GPU and none is visible to torch: {INSTALL_HINT}")
     return trt
+
+
+@contextlib.contextmanager
+def polygraphy_logging(verbose: bool = False):
+    """Polygraphy's log on stderr (it prints to stdout, which carries our --json), errors only
+    unless `verbose`."""
+    with contextlib.redirect_stdout(sys.stderr):
+        from polygraphy.logger import G_LOGGER
+
+        with G_LOGGER.verbosity(G_LOGGER.VERBOSE if verbose else G_LOGGER.ERROR):
+            yield
 
 
 def tensorrt_available() -> bool:
@@ -46,59 +89,302 @@ def tensorrt_available() -> bool:
     return True
 
 
-def network_flags(trt: Any) -> int:
-    """Strongly typed where the flag exists (10.x needs it; 11.x ignores it, always strongly typed)."""
-    flags = 0
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    if strongly_typed is not None:
-        flags |= 1 << int(strongly_typed)
-    return flags
+# ------------------------------------------------------------------------------ shapes
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """One input's optimization-profile shapes (min <= opt <= max, dimension by dimension)."""
+
+    name: str | None  # None: the model's only input
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_DIMS = re.compile(r"^\d+(x\d+)*$")
+
+
+def _parse_one(text: str, option: str) -> dict[str | None, tuple[int, ...]]:
+    shapes: dict[str | None, tuple[int, ...]] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, dims = item.rpartition(":")
+        if not _DIMS.match(dims):
+            raise InputError(f"{option} {text!r}: give trtexec shapes like input:1x3x224x224 (name optional "
+                             "for a one-input model), several separated by commas")
+        shapes[name or None] = tuple(int(d) for d in dims.split("x"))
+    if not shapes:
+        raise InputError(f"{option} is empty; give e.g. input:1x3x224x224")
+    return shapes
+
+
+def parse_shapes(shapes: str | None = None, *, min_shapes: str | None = None, opt_shapes: str | None = None,
+                 max_shapes: str | None = None) -> list[ShapeRange]:
+    """trtexec's shape syntax -> profile ranges.
+
+    `shapes` alone fixes min = opt = max (trtexec --shapes); the min/opt/max triple gives a
+    dynamic range (trtexec --minShapes/--optShapes/--maxShapes), all three required together.
+
+    >>> parse_shapes(min_shapes="input:1x3x224x224", opt_shapes="input:8x3x224x224", max_shapes="input:64x3x256x256")[0].max
+    (64, 3, 256, 256)
+    """
+    triple = (min_shapes, opt_shapes, max_shapes)
+    if shapes is not None and any(t is not None for t in triple):
+        raise InputError("give either --shapes or --min-shapes/--opt-shapes/--max-shapes, not both")
+    if shapes is not None:
+        fixed = _parse_one(shapes, "--shapes")
+        return [ShapeRange(n, s, s, s) for n, s in fixed.items()]
+    if all(t is None for t in triple):
+        return []
+    if any(t is None for t in triple):
+        raise InputError("--min-shapes, --opt-shapes and --max-shapes go together; give all three")
+    lo, mid, hi = (_parse_one(t, o) for t, o in zip(triple, ("--min-shapes", "--opt-shapes", "--max-shapes")))
+    if not (lo.keys() == mid.keys() == hi.keys()):
+        raise InputError("--min-shapes, --opt-shapes and --max-shapes must name the same inputs")
+    ranges = []
+    for name in lo:
+        a, b, c = lo[name], mid[name], hi[name]
+        if not (len(a) == len(b) == len(c)) or not all(x <= y <= z for x, y, z in zip(a, b, c)):
+            raise InputError(f"shapes of {name or 'the input'}: need min <= opt <= max in every dimension, "
+                             f"got {a}, {b}, {c}")
+        ranges.append(ShapeRange(name, a, b, c))
+    return ranges
+
+
+def default_profile(input_shape: tuple[int | None, ...], batch_sizes: tuple[int, int, int] = DEFAULT_BATCHES,
+                    input_size: int | None = None) -> ShapeRange:
+    """A batch range over an NCHW input whose dynamic spatial axes take the nominal size."""
+    rest = [d if isinstance(d, int) and d > 0 else input_size for d in input_shape[1:]]
+    if any(d is None for d in rest):
+        raise InputError(f"input shape {input_shape} has dynamic spatial axes: give --input-size or --shapes")
+    lo, opt, hi = batch_sizes
+    return ShapeRange(None, (lo, *rest), (opt, *rest), (hi, *rest))
+
+
+# ------------------------------------------------------------------------------ build
+
+
+@dataclass
+class EngineBuild:
+    """What `build_engine` made and how (recorded in reports)."""
+
+    engine: Path
+    onnx: Path
+    precision: str
+    strongly_typed: bool
+    profiles: list[ShapeRange]
+    tensorrt_version: str
+    cached: bool  # the engine came from the engine cache, not a new build
+    timing_cache: Path | None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(engine=str(self.engine), onnx=str(self.onnx),
+                 timing_cache=str(self.timing_cache) if self.timing_cache else None)
+        return d
+
+
+def _onnx_facts(onnx_path: Path) -> dict:
+    import onnx
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise InputError(f"{onnx_path} is not a readable ONNX file ({exc}); export one with `repdeploy export`") from exc
+    ops = {n.op_type for n in model.graph.node}
+    inputs = []
+    for i in model.graph.input:
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim)
+        inputs.append((i.name, dims, i.type.tensor_type.elem_type))
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) or any(
+        e == onnx.TensorProto.FLOAT16 for _, _, e in inputs)
+    from .onnx import META_INPUT_SIZE
+
+    nominal = {p.key: p.value for p in model.metadata_props}.get(META_INPUT_SIZE, "")
+    return {"inputs": inputs, "qdq": "QuantizeLinear" in ops, "fp16": fp16,
+            "nominal_size": int(nominal) if nominal.isdigit() else None}
+
+
+def onnx_precision(onnx_path: str | Path) -> str:
+    """The engine precision an ONNX file builds to as it is: int8 (QDQ), fp16 or fp32."""
+    facts = _onnx_facts(Path(onnx_path))
+    return "int8" if facts["qdq"] else "fp16" if facts["fp16"] else "fp32"
+
+
+def _check_precision(precision: str, facts: dict, onnx_path: Path) -> None:
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and not facts["qdq"]:
+        raise InputError(f"--precision int8 builds from a QDQ ONNX and {onnx_path} has no Q/DQ nodes; "
+                         "make one with `repdeploy quantize --int8 --target tensorrt`")
+    if precision != "int8" and facts["qdq"]:
+        raise InputError(f"{onnx_path} is a QDQ (INT8) graph; build it with --precision int8")
+    if precision in ("fp32", "best") and facts["fp16"]:
+        raise InputError(f"{onnx_path} is an FP16 ONNX; build it with --precision fp16")
+
+
+def _profile_ranges(profiles: list[ShapeRange], facts: dict, batch_sizes: tuple[int, int, int],
+                    input_size: int | None) -> list[ShapeRange]:
+    names = [n for n, _, _ in facts["inputs"]]
+    input_size = input_size or facts["nominal_size"]  # the exporter records the nominal size
+    if not profiles:
+        if len(names) != 1:
+            raise InputError(f"the ONNX has inputs {names}; give --shapes for each")
+        name, dims, _ = facts["inputs"][0]
+        r = default_profile(dims, batch_sizes, input_size)
+        return [ShapeRange(name, r.min, r.opt, r.max)]
+    out = []
+    for r in profiles:
+        name = r.name
+        if name is None:
+            if len(names) != 1:
+                raise InputError(f"the ONNX has inputs {names}; name the input in --shapes (e.g. {names[0]}:1x3x224x224)")
+            name = names[0]
+        if name not in names:
+            raise InputError(f"--shapes names input {name!r}, but the ONNX has {names}")
+        dims = next(d for n, d, _ in facts["inputs"] if n == name)
+        for shape in (r.min, r.opt, r.max):
+            if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
+                raise InputError(f"--shapes {name}:{'x'.join(map(str, shape))} does not fit the ONNX input "
+                                 f"{tuple(d if d is not None else '?' for d in dims)}")
+        out.append(ShapeRange(name, r.min, r.opt, r.max))
+    return out
+
+
+def _cache_key(onnx_path: Path, precision: str, strongly_typed: bool, ranges: list[ShapeRange],
+               workspace_mb: int, version: str) -> str:
+    h = hashlib.sha256(onnx_path.read_bytes())
+    h.update(json.dumps({"precision": precision, "strongly_typed": strongly_typed, "workspace_mb": workspace_mb,
+                         "profiles": [r.to_dict() for r in ranges], "tensorrt": version}, sort_keys=True).encode())
+    return h.hexdigest()[:32]
 
 
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
     *,
-    batch_sizes: tuple[int, int, int] = (1, 8, 64),  # max covers eval batches of 64
+    precision: str = "fp32",
+    profiles: list[ShapeRange] | None = None,
+    batch_sizes: tuple[int, int, int] = DEFAULT_BATCHES,
+    input_size: int | None = None,
+    cache_dir: str | Path | None = None,
     workspace_mb: int = 1024,
     verbose: bool = False,
-) -> Path:
-    """Parse `onnx_path` and write a serialized engine to `engine_path` (atomically).
+) -> EngineBuild:
+    """Build a TensorRT engine from `onnx_path` with Polygraphy and write it to `engine_path` (atomically).
 
-    `batch_sizes` is the (min, opt, max) of the optimization profile for a dynamic batch axis.
+    `profiles` (from `parse_shapes`) are the optimization profile; without them the batch axis
+    spans `batch_sizes` (min, opt, max) and dynamic spatial axes take `input_size`. With
+    `cache_dir`, the tactic timing cache (`timing.cache`) and built engines (`engines/`) are
+    kept there and an identical request reuses the engine.
 
-    >>> build_engine("model_int8_tensorrt.onnx", "model.engine")   # doctest: +SKIP
+    >>> build_engine("model_int8_tensorrt.onnx", "model.engine", precision="int8")   # doctest: +SKIP
     """
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise InputError(f"ONNX model {onnx_path} does not exist; export one with `repdeploy export`")
-    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(network_flags(trt))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT could not parse {onnx_path}: {errors or 'no detail'}")
+    facts = _onnx_facts(onnx_path)
+    _check_precision(precision, facts, onnx_path)
+    ranges = _profile_ranges(list(profiles or []), facts, batch_sizes, input_size)
+    version = str(trt.__version__)
+    has_strong_flag = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
+    # fp16 from an FP32 ONNX, and best, ask TensorRT to lower precision with builder flags on a
+    # weakly typed network; everything else is strongly typed (the ONNX's types decide).
+    flagged = precision == "best" or (precision == "fp16" and not facts["fp16"])
+    if flagged and not hasattr(trt.BuilderFlag, "FP16"):
+        hint = ("export an FP16 ONNX (`repdeploy export --precision fp16`) and build that" if precision == "fp16"
+                else "use --precision fp16 with an FP16 ONNX")
+        raise InputError(f"--precision {precision} from an FP32 ONNX needs TensorRT's FP16 builder flag, which "
+                         f"TensorRT {version} removed (networks are strongly typed); {hint}")
+    # 11.x has no flag because every network is strongly typed; 10.x needs the flag for it.
+    strongly_typed = not flagged and (has_strong_flag or int(version.split(".")[0]) >= 11)
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    profile = builder.create_optimization_profile()
-    dynamic = False
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        shape = tuple(tensor.shape)
-        if shape and shape[0] == -1:
-            dynamic = True
-            rest = shape[1:]
-            lo, opt, hi = batch_sizes
-            profile.set_shape(tensor.name, (lo, *rest), (opt, *rest), (hi, *rest))
-    if dynamic:
-        config.add_optimization_profile(profile)
+    cache = Path(cache_dir) if cache_dir is not None else None
+    cached_engine = None
+    if cache is not None:
+        from ..io import ensure_writable_dir
 
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; rerun with verbose=True for the log")
+        ensure_writable_dir(cache / ENGINE_CACHE)
+        key = _cache_key(onnx_path, precision, strongly_typed, ranges, workspace_mb, version)
+        cached_engine = cache / ENGINE_CACHE / f"{key}.engine"
+        if cached_engine.is_file():
+            with atomic_path(engine_path) as tmp:
+                shutil.copyfile(cached_engine, tmp)
+            return EngineBuild(Path(engine_path), onnx_path, precision, strongly_typed, ranges, version, True,
+                               cache / TIMING_CACHE)
+
+    timing_cache = str(cache / TIMING_CACHE) if cache is not None else None
+    try:
+        with polygraphy_logging(verbose):
+            from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+            profile = Profile()
+            for r in ranges:
+                profile.add(r.name, min=r.min, opt=r.opt, max=r.max)
+            config = CreateConfig(
+                tf32=precision == "best",
+                fp16=flagged,
+                profiles=[profile],
+                memory_pool_limits={trt.MemoryPoolType.WORKSPACE: workspace_mb << 20},
+                load_timing_cache=timing_cache,
+            )
+            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=(strongly_typed and has_strong_flag) or None)
+            serialized = EngineBytesFromNetwork(network, config=config, save_timing_cache=timing_cache)()
+    except Exception as exc:
+        if type(exc).__name__ != "PolygraphyException":
+            raise
+        raise ExportError(f"TensorRT could not build an engine from {onnx_path} ({precision}): "
+                          f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else 'no detail'}; "
+                          "rerun with --verbose for TensorRT's log") from exc
+    if not serialized:
+        raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; rerun with --verbose for the log")
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
-    return Path(engine_path)
+    if cached_engine is not None:
+        with atomic_path(cached_engine) as tmp:
+            shutil.copyfile(engine_path, tmp)
+    return EngineBuild(Path(engine_path), onnx_path, precision, strongly_typed, ranges, version, False,
+                       Path(timing_cache) if timing_cache else None)
+
+
+def build_engine_from_model(
+    plain: Any,
+    engine_path: str | Path,
+    *,
+    input_size: int,
+    precision: str = "fp32",
+    profiles: list[ShapeRange] | None = None,
+    cache_dir: str | Path | None = None,
+    verbose: bool = False,
+) -> EngineBuild:
+    """Export a fused PlainNet to ONNX (FP32, or FP16 for `fp16`) beside the engine and build it.
+
+    The intermediate ONNX is kept next to the engine (`<engine stem>.onnx`), so what the engine
+    was built from can be inspected and compared (`repdeploy compare`).
+    """
+    if precision == "int8":
+        raise InputError("--precision int8 engines build from a calibrated QDQ ONNX: run `repdeploy quantize --int8 "
+                         "--target tensorrt`, then `repdeploy export model_int8_tensorrt.onnx --format trt "
+                         "--precision int8`")
+    import_tensorrt()  # exit 4 before exporting anything
+    from .onnx import export_onnx
+
+    engine_path = Path(engine_path)
+    onnx_path = engine_path.with_suffix(".onnx")
+    export_onnx(plain, onnx_path, input_size=input_size, in_channels=plain.spec.in_channels,
+                precision="fp16" if precision == "fp16" else "fp32")
+    return build_engine(onnx_path, engine_path, precision=precision, profiles=profiles, input_size=input_size,
+                        cache_dir=cache_dir if cache_dir is not None else engine_path.parent / "trt_cache",
+                        verbose=verbose)
+
+
+def profile_summary(ranges: Mapping[str, Any] | list[ShapeRange]) -> str:
+    """`input: 1x3x224x224 .. 64x3x224x224 (opt 8x...)` for messages."""
+    def dims(s):
+        return "x".join(map(str, s))
+
+    return ", ".join(f"{r.name}: {dims(r.min)} .. {dims(r.max)} (opt {dims(r.opt)})" for r in ranges)

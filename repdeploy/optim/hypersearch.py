@@ -35,7 +35,8 @@ class SearchResult:
 
 def hypersearch(spec: ArchSpec, train_data: ImageDataset, val_data: ImageDataset | None = None, config=None, *,
                 momentum: float = 0.9, output: str | os.PathLike | None = None,
-                state_path: str | os.PathLike | None = None, resume: bool = False) -> SearchResult:
+                state_path: str | os.PathLike | None = None, resume: bool = False,
+                device: torch.device | str | None = None, amp: torch.dtype | None = None) -> SearchResult:
     """Train the hyper-search form of `spec` with SGD and return (and optionally save) its scales."""
     from ..train import TrainConfig, train
 
@@ -48,8 +49,9 @@ def hypersearch(spec: ArchSpec, train_data: ImageDataset, val_data: ImageDataset
         model,
         lambda groups, multipliers: SGDWithMultipliers(groups, multipliers, lr=config.lr, momentum=momentum),
         train_data, val_data, config, state_path=state_path, resume=resume, description="hypersearch",
+        device=device, amp=amp,
     )
-    scales = scales_from_search_model(model)
+    scales = {k: v.cpu() for k, v in scales_from_search_model(model).items()}
     validate_scales(scales, spec, source="searched scales")
     if output is not None:
         save_scales(scales, output)

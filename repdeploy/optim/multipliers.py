@@ -53,6 +53,13 @@ class MultiplierMap:
         self._by_producer.setdefault(producer, {})[name] = multiplier.clone()
         self._combined = self._by_id = None
 
+    def follow_params(self) -> None:
+        """Move every multiplier to its parameter's device (after the model moved, e.g. to CUDA)."""
+        for entries in self._by_producer.values():
+            for name, m in entries.items():
+                entries[name] = m.to(self._params[name].device)
+        self._combined = self._by_id = None
+
     def clear(self, producer: str) -> None:
         self._by_producer.pop(producer, None)
         self._combined = self._by_id = None

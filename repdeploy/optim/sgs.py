@@ -113,14 +113,16 @@ def compute_sgs(model: nn.Module, x: torch.Tensor, k: float = BOOST_K) -> dict[s
     was_training = model.training
     try:
         model.eval()
-        model(x)
+        first = next(iter(model.parameters()), None)
+        model(x.to(first.device) if first is not None else x)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     out = {}
     for name, m in convs:
-        matrix = scaling_matrix(captured[name], m.kernel_size, k)
+        # The histograms run on the CPU: same statistics whichever device ran the forward.
+        matrix = scaling_matrix(captured[name].float().cpu(), m.kernel_size, k)
         out[f"{name}.weight" if name else "weight"] = matrix.view(1, 1, *m.kernel_size)
     return out
 

@@ -76,7 +76,7 @@ class StreamingHistogram:
         elif top > self.range:
             self._grow(math.ceil(math.log2(top / self.range)))
         counts = torch.histc(a, bins=self.bins, min=0.0, max=self.range)
-        self.counts += counts.double().numpy()
+        self.counts += counts.double().cpu().numpy()
 
     def _grow(self, doublings: int) -> None:
         factor = 2 ** doublings
@@ -511,10 +511,14 @@ def calibrate(qnet, batches: Iterable[torch.Tensor] | None = None, *, forward_lo
 
     >>> cache = calibrate(qnet, forward_loop=lambda m: [m(x) for x, _ in loader])  # doctest: +SKIP
     """
+    from ..devices import to_device
+    from ..train import module_device
+
     if (batches is None) == (forward_loop is None):
         raise InputError("calibrate needs exactly one of `batches` or `forward_loop`")
     calibrator = make_calibrator(method, percentile=percentile, bins=bins)
     qnet.eval()
+    device = module_device(qnet)  # calibration runs where the model is; ranges leave as floats
     was_enabled = [(q, q.enabled) for q in qnet.quantizers()]
     qnet.disable()
     collector = BackgroundCollector(calibrator)
@@ -534,7 +538,7 @@ def calibrate(qnet, batches: Iterable[torch.Tensor] | None = None, *, forward_lo
         seen["hi"] = b_hi if seen["hi"] is None else torch.maximum(seen["hi"], b_hi)
         seen["images"] += int(x.shape[0])
         if keep_inputs is not None and seen["kept"] < keep_limit:
-            part = x[: keep_limit - seen["kept"]].detach().clone()
+            part = x[: keep_limit - seen["kept"]].detach().to("cpu", copy=True)  # verified on the CPU
             keep_inputs.append(part)
             seen["kept"] += int(part.shape[0])
 
@@ -553,7 +557,7 @@ def calibrate(qnet, batches: Iterable[torch.Tensor] | None = None, *, forward_lo
             for x in track(batches, f"calibrating ({method})", total=total_batches):
                 t0 = time.perf_counter()
                 data_s += t0 - started  # reading and preprocessing the batch (the iterator's work)
-                qnet(x)
+                qnet(to_device(x, device))
                 started = time.perf_counter()
                 loop_s += started - t0
     finally:

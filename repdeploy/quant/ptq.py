@@ -153,6 +153,7 @@ def quantize(
     load_kwargs: dict | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
@@ -171,13 +172,19 @@ def quantize(
     report under `fallback`) until the drop of the fake-quant model on the eval images fits.
     `mean`/`std` override the preprocessing statistics (ImageNet for files and arrays, the
     digits' own for the built-in set) of both calibration and evaluation data.
+    `device` ("auto", "cpu", "cuda[:N]") is where calibration and the torch side of the
+    verification run; export, diagnostics and files are computed on the CPU from the same
+    ranges, so the outputs do not depend on it beyond float tolerance.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
     >>> r.top1_drop, r.int8_onnx.name                                                      # doctest: +SKIP
     (0.4, 'model_int8_ort.onnx')
     >>> r = quantize(plain, calib_data=torch_loader, output_dir="out/")                    # doctest: +SKIP
     """
+    from ..devices import resolve_device
+
     _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed)
+    where = resolve_device(device)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
     source_path = model if isinstance(model, (str, os.PathLike)) else None
@@ -190,7 +197,8 @@ def quantize(
     out = ensure_writable_dir(output_dir)
     try:
         return _quantize(model, out, names, calib_data, forward_loop, calib_samples, calib_method, percentile,
-                         calib_cache, target, eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std)
+                         calib_cache, target, eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std,
+                         where)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -201,7 +209,7 @@ def quantize(
 def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_samples: int, calib_method: str,
               percentile: float,
               calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
-              seed: int, load_kwargs: dict | None, mean, std) -> QuantizeResult:
+              seed: int, load_kwargs: dict | None, mean, std, where) -> QuantizeResult:
     from ..checkpoints import save_fused
     from ..data import ImageDataset, from_arrays, open_dataset
     from .calib_data import labelled_arrays, open_calibration_data
@@ -252,7 +260,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     if eval_limit is not None:
         n_verify = max(1, min(n_verify, eval_limit))
 
-    qnet = QuantPlainNet(plain, target)
+    qnet = QuantPlainNet(plain, target).to(where)
     t0 = time.perf_counter()
     seen: list[torch.Tensor] = []  # the first calibration images, to verify on when there is no eval data
     if cache_in is not None:
@@ -264,6 +272,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
                           total_batches=calib_source.total_batches if calib_source is not None else None,
                           data=calib_source.describe() if calib_source is not None else {"source": "forward_loop"},
                           keep_inputs=seen, keep_limit=n_verify)
+    qnet.cpu()
     timings["calibration_s"] = time.perf_counter() - t0
     timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
 
@@ -306,7 +315,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         timings["export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target)
+        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
         report["verify_data"] = verify_name
         import onnx
 
@@ -340,7 +349,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
             "fusion": info.get("fusion"),
             "calib_method": cache.method, "calib_samples": cache.samples,
             "calib_percentile": cache.percentile, "calib_cache_used": str(calib_cache) if calib_cache else None,
-            "calib_data": cache.data, "target": target,
+            "calib_data": cache.data, "target": target, "device": str(where),
             **report,
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
@@ -381,13 +390,23 @@ def _run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-            target: str) -> dict:
-    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model."""
+            target: str, device: torch.device = torch.device("cpu")) -> dict:
+    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model.
+
+    The torch models run on `device` and are back on the CPU afterwards.
+    """
     from ..evaluate import sqnr_db, top1_agreement
 
-    # Batched: a whole verification set at 224 px through one forward would need gigabytes.
-    ref = np.concatenate([plain(chunk).numpy() for chunk in x.split(BATCH)])
-    fake = np.concatenate([qnet(chunk).numpy() for chunk in x.split(BATCH)])
+    def logits(model) -> np.ndarray:
+        # Batched: a whole verification set at 224 px through one forward would need gigabytes.
+        model.to(device)
+        try:
+            return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in x.split(BATCH)])
+        finally:
+            model.cpu()
+
+    ref = logits(plain)
+    fake = logits(qnet)
     fp32 = _run_ort(fp32_onnx, x)
     int8 = _run_ort(int8_onnx, x)
     scale = float(np.abs(fake).max()) or 1.0

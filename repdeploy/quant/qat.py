@@ -11,7 +11,8 @@ plain fine-tune:
   Gradient Scaling from the float features;
 - optional distillation from the FP32 model (KL on temperature-softened logits);
 - `torchrun --nproc_per_node=N` runs it data-parallel with torch.distributed (gloo on CPU,
-  NCCL on GPU); every rank trains on its shard and rank 0 alone writes the outputs.
+  NCCL with the model and data on `cuda:LOCAL_RANK`); every rank trains on its shard and
+  rank 0 alone writes the outputs.
 
 Activation ranges stay frozen at their calibrated values by default (as the upstream QAT
 recipes do), or train with the weights (`learnable_ranges`) and are frozen before export; weight ranges follow the weights: they are reset to the per-channel max before
@@ -62,6 +63,7 @@ class World:
     rank: int = 0
     size: int = 1
     backend: str | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -72,17 +74,26 @@ class World:
         return self.size > 1
 
 
-def init_world() -> World:
-    """Join the process group torchrun describes in the environment, if any."""
+def init_world(device: str | torch.device | None = "auto") -> World:
+    """Join the process group torchrun describes in the environment, if any.
+
+    The device decides the backend (devices.distributed_placement): NCCL with this rank's
+    model and data on `cuda:LOCAL_RANK`, gloo on the CPU. A single process just resolves
+    `device`.
+    """
+    from ..devices import distributed_placement, resolve_device
+
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
-        return World()
+        return World(device=resolve_device(device))
     import torch.distributed as dist
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    placement = distributed_placement(str(device) if device is not None else "auto")
+    if placement.device.type == "cuda":
+        torch.cuda.set_device(placement.device)  # NCCL binds each rank to the current device
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    return World(dist.get_rank(), dist.get_world_size(), backend)
+        dist.init_process_group(backend=placement.backend)
+    return World(dist.get_rank(), dist.get_world_size(), placement.backend, placement.device)
 
 
 def _barrier(world: World) -> None:
@@ -315,10 +326,13 @@ def _parse_grad_mult(grad_mult: str) -> tuple[str, str | None]:
 
 @torch.no_grad()
 def _top1(model: nn.Module, dataset, limit: int | None = None) -> float:
+    from ..train import module_device
+
     correct = total = 0
     model.eval()
+    device = module_device(model)
     for x, y in dataset.batches(128, limit=limit):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
         total += len(y)
     return 100.0 * correct / max(1, total)
 
@@ -350,12 +364,16 @@ def qat(
     stop_after_steps: int | None = None,
     seed: int = 0,
     load_kwargs: dict | None = None,
+    device: str | torch.device | None = "auto",
+    amp: str | None = None,
 ) -> QATResult:
     """Fine-tune a checkpoint's fused model with fake quantization and export its INT8 ONNX.
 
     Writes into `output_dir` (rank 0 only): fused.pt, model_fp32.onnx (the QAT-tuned float
     weights), model_int8_<target>.onnx, calib.json, qat_state.pt (training state, every epoch)
-    and report.json with FP32, PTQ and QAT top-1 on the validation data.
+    and report.json with FP32, PTQ and QAT top-1 on the validation data. Calibration and
+    training run on `device` (under torchrun: this rank's GPU, see `init_world`), with `amp`
+    ("bf16"/"fp16") autocast in training; export runs on the CPU.
 
     >>> r = qat("repvgg.pth", train_data="train/", val_data="val/", output_dir="qat/")  # doctest: +SKIP
     >>> r.report["ptq_top1"], r.report["qat_top1"]                                       # doctest: +SKIP
@@ -376,6 +394,8 @@ def qat(
         raise InputError(f"unknown --optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     if target not in TARGETS:
         raise InputError(f"unknown --target {target!r}; use one of {', '.join(TARGETS)}")
+    from ..devices import amp_dtype
+
     mult_kind, scales_path = _parse_grad_mult(grad_mult)
     # Every option is checked before loading or calibrating anything.
     from .. import validate
@@ -392,7 +412,9 @@ def qat(
     refuse_overwriting_inputs([model, train_data, val_data, calib_cache, calib_data, scales_path],
                               files=[Path(output_dir) / n for n in [*names.values(), STATE_FILE]
                                      if not (n == STATE_FILE and resume)])
-    world = init_world()
+    world = init_world(device)
+    where = world.device
+    amp_type = amp_dtype(amp, where)
     if not world.is_main:
         set_quiet(True)
     out = ensure_writable_dir(output_dir) if world.is_main else Path(output_dir)
@@ -424,7 +446,8 @@ def qat(
         raise DataError(f"validation data {val_data} has no labels; give a class-folder layout or labelled arrays")
 
     # --- calibration (the PTQ starting point)
-    qnet = QuantPlainNet(plain, target)
+    qnet = QuantPlainNet(plain, target).to(where)
+    plain.to(where)  # the FP32 figure and the distillation teacher run beside the student
     qnet.set_weight_ranges()
     if calib_cache is not None:
         cache = CalibrationCache.load(calib_cache)
@@ -481,7 +504,8 @@ def qat(
             # torch 2.13 deprecates broadcast_buffers but its replacement still syncs at init;
             # the deprecation note itself says to keep broadcast_buffers=False for now.
             warnings.simplefilter("ignore", FutureWarning)
-            trained = nn.parallel.DistributedDataParallel(qnet, broadcast_buffers=False)
+            ids = [where.index] if where.type == "cuda" else None
+            trained = nn.parallel.DistributedDataParallel(qnet, device_ids=ids, broadcast_buffers=False)
 
     def make_optimizer(groups: list[dict], mults) -> torch.optim.Optimizer:
         if optimizer == "sgd":
@@ -519,13 +543,16 @@ def qat(
         result = train(trained, make_optimizer, shard(train_set, world), val_set if world.is_main else None, config,
                        multipliers=multipliers, hooks=hooks, loss_fn=loss_fn, state_path=state_path,
                        resume=resume, uses_lr_schedule=optimizer != "agd", description=f"qat {spec.name}",
-                       identity=identity)
+                       identity=identity, device=where, amp=amp_type)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
     learned = freeze_ranges(qnet)
     qnet.set_weight_ranges()
     qnet.eval()
+    # Export and the figures after training run on the CPU: the files do not depend on the device.
+    qnet.cpu()
+    plain.cpu()
     _barrier(world)
     if result.stopped_early:
         return QATResult(out, None, {"stopped_early": True, "steps": result.steps}, qnet)
@@ -552,7 +579,7 @@ def qat(
             "calib_method": cache.method, "calib_samples": cache.samples,
             "optimizer": optimizer, "lr": step_lr, "epochs": epochs, "batch_size": batch_size,
             "grad_mult": grad_mult, "distill": distill, "learnable_ranges": learnable_ranges,
-            "world_size": world.size,
+            "world_size": world.size, "device": str(where), "amp": amp or "none",
             "fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1_torch": qat_top1_torch,
             "training": result.to_dict(),
         }

@@ -68,7 +68,8 @@ class TensorQuantizer(nn.Module):
         return UINT8_MAX if self.unsigned else INT8_MAX
 
     def set_amax(self, amax: float | torch.Tensor) -> None:
-        value = torch.as_tensor(amax, dtype=torch.float32).detach().clone().reshape(-1)
+        # The range lives where the module lives (a CUDA model keeps CUDA ranges).
+        value = torch.as_tensor(amax, dtype=torch.float32).detach().clone().reshape(-1).to(self.amax.device)
         if not torch.isfinite(value).all() or (value < 0).any():
             raise CalibrationError(f"range of {self.name} must be finite and >= 0, got {value.tolist()[:4]}")
         self.amax = value if self.per_channel else value[:1].reshape(())
@@ -84,11 +85,11 @@ class TensorQuantizer(nn.Module):
             self.observer(self.name, x.detach())
         if not self.enabled or not self.calibrated:
             return x
-        scale = self.scale().to(x.dtype)
+        scale = self.scale().to(x.device, x.dtype)
         if self.per_channel:
-            zero = torch.zeros(scale.numel(), dtype=torch.int32)
+            zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)
             return torch.fake_quantize_per_channel_affine(x, scale, zero, 0, self.qmin, self.qmax)
-        zero = torch.zeros((), dtype=torch.int32)
+        zero = torch.zeros((), dtype=torch.int32, device=x.device)
         return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero, self.qmin, self.qmax)
 
     def extra_repr(self) -> str:

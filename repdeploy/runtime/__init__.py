@@ -41,13 +41,17 @@ def open_runner(
     compile: bool = False,
     name: str | None = None,
     workdir: str | Path | None = None,
+    device: str | None = "cpu",
     **load_kwargs: Any,
 ) -> Runner:
     """Return an inactive runner for `model` on `engine` ("torch", "ort" or "trt").
 
     `model` is an nn.Module or a path. `load_kwargs` go to `checkpoints.load_fused` (arch,
     use_ema, trust_checkpoint, allow_nonfinite). Intermediate ONNX/engine files are written to
-    `workdir`, or to a temporary directory removed with the runner.
+    `workdir`, or to a temporary directory removed with the runner. `device` (cpu by default
+    for library callers; auto, cuda[:N]; the CLI's --device defaults to auto) places the torch
+    engine's module; ORT runs on its CPU provider and TensorRT on
+    the GPU whatever it says.
 
     >>> with open_runner("runs/a0/model_int8_ort.onnx", engine="ort", threads=2) as r:  # doctest: +SKIP
     ...     r.infer(batch).argmax(1)
@@ -89,7 +93,7 @@ def open_runner(
     if engine == "torch":
         from .torch import TorchRunner
 
-        return TorchRunner(model, name=name, threads=threads, compile=compile)
+        return TorchRunner(model, name=name, threads=threads, compile=compile, device=device)
     directory, owner = _workdir(workdir)
     onnx_path = _export(model, directory / "model_fp32.onnx")
     runner = _ort(onnx_path, name, threads, inter_op_threads) if engine == "ort" else _trt_from_onnx(onnx_path, name, directory)
@@ -105,12 +109,15 @@ def _ort(path: Path, name: str, threads: int | None, inter_op_threads: int | Non
 
 
 def _trt_from_onnx(path: Path, name: str, workdir: str | Path | None) -> Runner:
-    from ..export.tensorrt import build_engine
+    from ..export.tensorrt import build_engine, onnx_precision
     from .trt import TrtRunner
 
     directory, owner = _workdir(workdir)
-    engine_path = build_engine(path, directory / (Path(path).stem + ".engine"))
-    runner = TrtRunner(engine_path, name=name)
+    # The ONNX decides the precision (strongly typed); timing and engine caches stay in the
+    # work directory (a pipeline run directory), so a rerun reuses them.
+    build = build_engine(path, directory / (Path(path).stem + ".engine"), precision=onnx_precision(path),
+                         cache_dir=directory / "trt_cache")
+    runner = TrtRunner(build.engine, name=name)
     if owner is not None:
         weakref.finalize(runner, shutil.rmtree, owner, True)
     return runner

@@ -24,12 +24,15 @@ class InputMetadata:
     name: str
     shape: tuple[int | None, ...]
     dtype: str = "float32"
+    nominal_size: int | None = None  # the size to feed when height and width are dynamic
 
     @property
     def image_size(self) -> int | None:
-        """Spatial size of an NCHW image input (None when unknown or not square)."""
-        if len(self.shape) == 4 and self.shape[2] == self.shape[3]:
+        """Spatial size of an NCHW image input: the fixed one, else the nominal one (None if unknown)."""
+        if len(self.shape) == 4 and self.shape[2] is not None and self.shape[2] == self.shape[3]:
             return self.shape[2]
+        if len(self.shape) == 4 and self.shape[2] is None and self.shape[3] is None:
+            return self.nominal_size
         return None
 
     @property

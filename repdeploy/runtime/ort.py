@@ -71,17 +71,24 @@ class OrtRunner(Runner):
         if len(inputs) != 1:
             raise InputError(f"{self.path} has {len(inputs)} inputs; repdeploy runs single-image-input classifiers")
         self._input_name = inputs[0].name
+        self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
 
     def deactivate_impl(self) -> None:
         self._session = None
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        if self._input_dtype is np.float16:  # an FP16 graph: fp16 in, fp16 logits out
+            return self._session.run(None, {self._input_name: x.astype(np.float16)})[0].astype(np.float32)
         return self._session.run(None, {self._input_name: x})[0]
 
     def get_input_metadata_impl(self) -> InputMetadata:
         meta = self._session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
-        return InputMetadata(meta.name, shape, "float32")
+        from ..export.onnx import META_INPUT_SIZE
+
+        nominal = self._session.get_modelmeta().custom_metadata_map.get(META_INPUT_SIZE)
+        dtype = "float16" if self._input_dtype is np.float16 else "float32"
+        return InputMetadata(meta.name, shape, dtype, int(nominal) if nominal and nominal.isdigit() else None)
 
     def describe(self) -> dict:
         threads = self._session.get_session_options().intra_op_num_threads if self._session else None
