@@ -21,7 +21,7 @@ demo: setup
 	$(VENV)/bin/repdeploy pipeline -o runs/demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 bench: setup
 	$(PY) benchmarks/run_all.py

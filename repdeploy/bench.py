@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from . import defaults
 from .errors import InputError
 from .runtime.base import Runner
 
@@ -35,9 +36,9 @@ CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 MIN_ROUNDS = 5  # interleaved rounds before the speed-up interval is judged
 
-DEFAULT_WARMUP_S = 0.5
-DEFAULT_DURATION_S = 2.0
-DEFAULT_ITERATIONS = 20
+DEFAULT_WARMUP_S = defaults.BENCH_WARMUP_S
+DEFAULT_DURATION_S = defaults.BENCH_DURATION_S
+DEFAULT_ITERATIONS = defaults.BENCH_ITERATIONS
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,9 @@ def bench_interleaved(
     >>> (fp32, int8), speedup = bench_interleaved([fp32_runner, int8_runner])   # doctest: +SKIP
     >>> speedup.ratio, speedup.ci_low, speedup.ci_high, speedup.noisy             # doctest: +SKIP
     """
+    if len(runners) == 1:  # nothing to alternate with: the plain harness, which meets the minimums exactly
+        return [bench(runners[0], batch=batch, warmup=warmup, duration=duration, iterations=iterations,
+                      image_size=image_size, seed=seed, max_duration=max_duration)], None
     session = _interleaved_rounds(runners, batch=batch, warmup=warmup, duration=duration, iterations=iterations,
                                   max_duration=max_duration, image_size=image_size, seed=seed)
     return _results(runners, [session], batch=batch, warmup=warmup, duration=duration, iterations=iterations,
@@ -469,6 +473,52 @@ def _results(runners: Sequence[Runner], sessions: Sequence[_Session], *, batch: 
     return results, speedup
 
 
+def unique_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Short row labels for model files: the file name, plus as many parent folders as it takes
+    to tell files with the same name apart (run directories: `a/model_int8_ort.onnx`).
+
+    >>> unique_labels(["runs/a/model.onnx", "runs/b/model.onnx", "x.onnx"])
+    ['a/model.onnx', 'b/model.onnx', 'x.onnx']
+    """
+    from pathlib import PurePath
+
+    parts = [PurePath(os.fspath(p)).parts for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clash = {lab for lab in labels if labels.count(lab) > 1}
+        grow = [i for i, lab in enumerate(labels) if lab in clash and depth[i] < len(parts[i])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    # The same file named twice (or paths equal up to the root) stays ambiguous: number them.
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if labels.count(lab) == 1 else f"{lab} #{seen[lab]}")
+    return out
+
+
+def physical_cores() -> int | None:
+    """Physical cores (ONNX Runtime's default intra-op thread count), from /proc/cpuinfo on Linux."""
+    try:
+        cores = set()
+        physical = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    physical = value.strip()
+                elif key == "core id":
+                    cores.add((physical, value.strip()))
+        return len(cores) or None
+    except OSError:
+        return None
+
+
 def cpu_model() -> str:
     """The CPU's marketing name (Linux /proc/cpuinfo; platform.processor() elsewhere)."""
     try:
@@ -494,6 +544,7 @@ def environment() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "physical_cores": physical_cores(),
         "torch_threads": torch.get_num_threads(),
         # other work on the machine is the commonest reason for noisy figures; record it
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,

@@ -202,6 +202,32 @@ def open_dataset(source: str | os.PathLike | None, *, split: str = "val", image_
     raise DataError(f"data {path}: unsupported file type {path.suffix!r}; use a folder, .npy or .npz")
 
 
+def from_arrays(images, labels=None, *, image_size: int, channels: int = 3, name: str = "array (in memory)",
+                mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> ImageDataset:
+    """A dataset over in-memory images: a numpy array or torch tensor, (N,C,H,W), (N,H,W,C) or (N,H,W).
+
+    Same rules as a .npy file: float arrays are model inputs already (only resized when their
+    size differs), integer arrays are pixels (scaled to [0, 1], normalised with mean/std, ImageNet
+    by default). `labels` (N integers) make it usable for evaluation.
+
+    >>> ds = from_arrays(np.random.rand(8, 3, 32, 32).astype("float32"), image_size=32)
+    >>> len(ds), ds.has_labels
+    (8, False)
+    """
+    images = _as_numpy(name, images)
+    labels = None if labels is None else _as_numpy(f"{name} labels", labels)
+    m, s = _stats(mean, std, IMAGENET_MEAN, IMAGENET_STD, channels)
+    return _from_arrays(name, images, labels, None, image_size, channels, m, s)
+
+
+def _as_numpy(name: str, value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return value
+    raise DataError(f"{name}: expected a numpy array or torch tensor, got {type(value).__name__}")
+
+
 def calibration_sample(dataset: ImageDataset, n: int, seed: int = 0) -> ImageDataset:
     """A seeded random subset of `n` images (all of them when the set is smaller).
 

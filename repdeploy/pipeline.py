@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import defaults
 from .errors import DataError, InputError, RepDeployError
 from .progress import status
 from .rundir import OutputSet, check_owned, clean_stale_scratch, make_scratch_dir, refuse_overwriting_inputs
@@ -36,23 +37,18 @@ BUILTIN_DATA = "builtin"
 
 # Short defaults: `make demo` runs 2-4 small models end to end in a few minutes on 2 cores.
 # Serious latency numbers come from `repdeploy bench` with longer --duration.
-DEFAULT_WARMUP_S = 0.3
-DEFAULT_DURATION_S = 1.0
-DEFAULT_ITERATIONS = 30
-# Runs extend while a median or the speed-up is noisy (95 % interval wider than +-5 %), up to
-# this many seconds per model; still noisy then, the report says so.
-DEFAULT_MAX_DURATION_S = 6.0
-# Latency is measured over this many fresh runtime sessions per model: on a shared machine a
-# session's level can differ from the next one's by more than its own runs vary, and only an
-# interval across sessions predicts what a rerun will show.
-DEFAULT_BENCH_SESSIONS = 3
+DEFAULT_WARMUP_S = defaults.BENCH_WARMUP_S
+DEFAULT_DURATION_S = defaults.BENCH_DURATION_S
+DEFAULT_ITERATIONS = defaults.BENCH_ITERATIONS
+DEFAULT_MAX_DURATION_S = defaults.BENCH_MAX_DURATION_S
+DEFAULT_BENCH_SESSIONS = defaults.BENCH_SESSIONS
 
 
 @dataclass
 class PipelineSettings:
     data: str = BUILTIN_DATA
     calib_data: str | None = None
-    calib_samples: int = 256
+    calib_samples: int = defaults.CALIB_SAMPLES
     calib_method: str | None = None  # None: the PTQ default for the family
     engine: str = "ort"
     target: str = "ort"
@@ -168,7 +164,7 @@ def run_pipeline(
     engine: str = "ort",
     target: str | None = None,
     max_drop: float | None = None,
-    calib_samples: int = 256,
+    calib_samples: int = defaults.CALIB_SAMPLES,
     calib_method: str | None = None,
     bench_batch: int = 1,
     threads: int | None = None,
@@ -237,7 +233,8 @@ def run_pipeline(
                       stacklevel=2)
 
     settings = PipelineSettings(
-        data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
+        data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples,
+        calib_method=calib_method or defaults.CALIB_METHOD,  # the report names the method used, never None
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
         duration=duration, iterations=iterations, max_duration=max_duration, bench_sessions=bench_sessions,
         eval_limit=eval_limit, qat=qat,

@@ -1,18 +1,45 @@
-"""Progress bars on a terminal only: logs, CI and pipes get none (and `--quiet` silences all)."""
+"""Stage messages through `logging`, progress bars on a terminal only.
+
+Library code never prints: stage lines go to the `repdeploy` logger at INFO, and Python's
+logging shows nothing of them until someone installs a handler. The command line installs one
+on stderr (repdeploy/cli/common.py), so --json stdout stays machine-readable and `--quiet`
+leaves errors only. Progress bars appear only under the CLI, on a terminal.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
+LOGGER_NAME = "repdeploy"
+#: Warnings about results that may be wrong (e.g. an image encoding guessed): --quiet keeps them.
+DATA_WARNING = logging.WARNING + 5
+logging.addLevelName(DATA_WARNING, "WARNING")
+log = logging.getLogger(LOGGER_NAME)
+
 _quiet = False
+_bars = False  # set by the CLI: a library caller's terminal gets no bars it did not ask for
 
 
 def set_quiet(quiet: bool) -> None:
+    """Silence (or restore) stage messages and bars: --quiet, and the non-zero ranks of DDP."""
     global _quiet
     _quiet = quiet
+    log.setLevel(DATA_WARNING if quiet else logging.NOTSET)
+
+
+def enable_bars() -> None:
+    """Called by the CLI: progress bars may be drawn (on a terminal, unless quiet)."""
+    global _bars
+    _bars = True
+
+
+def disable_bars() -> None:
+    global _bars
+    _bars = False
 
 
 def is_quiet() -> bool:
@@ -20,11 +47,11 @@ def is_quiet() -> bool:
 
 
 def interactive() -> bool:
-    return not _quiet and sys.stderr.isatty()
+    return _bars and not _quiet and sys.stderr.isatty()
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a rich progress bar on a terminal, plainly otherwise."""
+    """Iterate with a rich progress bar on a terminal under the CLI, plainly otherwise."""
     if not interactive():
         yield from items
         return
@@ -34,19 +61,22 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 def status(message: str) -> None:
-    """One progress line for a stage (stderr, so --json stdout stays machine-readable)."""
-    if not _quiet:
-        print(message, file=sys.stderr, flush=True)
+    """One progress line for a stage, logged at INFO on the `repdeploy` logger."""
+    log.info(message)
 
 
 _warned: set[str] = set()
 
 
 def warn(message: str) -> None:
-    """A warning about numbers that may be wrong: printed once, even with --quiet (it is not progress)."""
+    """A warning about numbers that may be wrong: logged once, shown even with --quiet (it is not progress).
+
+    Logged at DATA_WARNING, above the level --quiet keeps (errors and these), so the CLI shows it;
+    a library caller sees it through Python's logging like any other warning.
+    """
     if message not in _warned:
         _warned.add(message)
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        log.log(DATA_WARNING, f"warning: {message}")
 
 
 def _stderr_console():

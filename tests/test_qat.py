@@ -88,6 +88,7 @@ def test_qat_recovers_accuracy_ptq_lost(tmp_path, inflated_cache):
     print(f"\nFP32 {r['fp32_top1']:.2f}  PTQ {r['ptq_top1']:.2f}  QAT {r['qat_top1']:.2f} (ORT INT8)")
     assert r["ptq_drop"] > 3.0, "the inflated ranges should cost PTQ accuracy"
     assert r["qat_top1"] >= r["ptq_top1"] + 0.5 * r["ptq_drop"], "QAT should win back at least half the loss"
+    assert (result.fp32_top1, result.ptq_top1, result.qat_top1) == (r["fp32_top1"], r["ptq_top1"], r["qat_top1"])
     # The exported ORT model really runs integer convolutions.
     assert integer_node_count(count_fused_nodes(result.int8_onnx)) > 0
     files = sorted(p.name for p in tmp_path.iterdir())

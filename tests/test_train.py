@@ -175,7 +175,7 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path):
     cases = [
         (["--arch", "RepOpt-VGG-mini"], "hypersearch"),  # repopt-sgd by default, no scales
         (["--arch", "RepVGG-mini", "--optimizer", "repopt-sgd", "--scales", str(tmp_path / "x.pth")], "x.pth"),
-        (["--arch", "RepVGG-mini", "--data", str(tmp_path / "missing")], "does not exist"),
+        (["--arch", "RepVGG-mini", "--train-data", str(tmp_path / "missing")], "does not exist"),
         (["--arch", "RepVGG-nano"], "unknown architecture"),
     ]
     for args, message in cases:

@@ -221,9 +221,9 @@ def test_cli_export_bench_and_eval_through_the_double(fake_tensorrt, tmp_path):
     r = runner.invoke(main, ["bench", str(engine), "--engine", "trt", "--batch", "1,8", "--duration", "0.05",
                              "--iterations", "3", "--warmup", "0"])
     assert r.exit_code == 0 and "&&&& PASSED" in r.output, r.output
-    r = runner.invoke(main, ["eval", str(engine), "--json", "--limit", "64"])
+    r = runner.invoke(main, ["eval", str(engine), "--json", "--eval-limit", "64"])
     assert r.exit_code == 0, r.output
-    onnx_acc = runner.invoke(main, ["eval", str(tmp_path / "m.onnx"), "--json", "--limit", "64"])
+    onnx_acc = runner.invoke(main, ["eval", str(tmp_path / "m.onnx"), "--json", "--eval-limit", "64"])
     assert json.loads(r.output)["top1"] == json.loads(onnx_acc.output)["top1"]
     half = runner.invoke(main, ["export", str(ZOO / "repvgg_mini.pth"), "-o", str(tmp_path / "h.engine"),
                                 "--format", "trt", "--precision", "fp16", "--json"])

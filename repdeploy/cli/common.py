@@ -1,18 +1,27 @@
-"""What every command shares: error reporting, --json output, --quiet."""
+"""What every command shares: error reporting, logging, --json/--json-out, --quiet, renamed options.
+
+The vocabulary every command follows is in docs/cli.md. Spellings used before it stay accepted
+for one release as hidden aliases (`deprecated_alias`), with a note on stderr.
+"""
 
 from __future__ import annotations
 
 import errno
 import functools
 import json
+import logging
 import os
 import sys
+import warnings
 from typing import Any, Callable
 
 import click
 
 from ..errors import RepDeployError
-from ..progress import set_quiet
+from ..progress import DATA_WARNING, LOGGER_NAME, disable_bars, enable_bars, set_quiet
+
+#: The release in which the deprecated spellings stop being accepted.
+ALIAS_REMOVAL = "0.3"
 
 
 #: Set by `repdeploy --debug` (or REPDEPLOY_DEBUG=1): unexpected errors show their traceback.
@@ -70,7 +79,18 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            ctx = click.get_current_context(silent=True)
+            json_out = ctx.meta.get(_JSON_OUT_KEY) if ctx is not None else None
+            if json_out:
+                from ..io import ensure_writable_file
+
+                ensure_writable_file(json_out)  # before the work, not after it
+            with warnings.catch_warnings():
+                # Library warnings (unstable timing, a layout on the wrong runtime) are shown as
+                # they happen, as one `warning:` line; --quiet hides them with every other message.
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # usage errors: click prints them with exit code 2
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - this is the boundary
@@ -79,13 +99,81 @@ def handle_errors(fn: Callable) -> Callable:
             message, code = describe_failure(exc)
             click.echo(f"error: {message}", err=True)
             sys.exit(code)
+        finally:
+            # A command run in-process (click's test runner, main() called from Python) must not
+            # leave the CLI's handler behind: library calls after it would print again.
+            reset_logging()
 
     return wrapper
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    log_warning(str(message))
+
+
+# ------------------------------------------------------------------------------ logging
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (click's test runner swaps it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property wins
+        pass
+
+
+_handler: _StderrHandler | None = None
+
+
+def configure_logging(quiet: bool) -> None:
+    """Install the CLI's stderr handler on the `repdeploy` logger (library code only logs).
+
+    Stage lines are INFO, library warnings WARNING; --quiet keeps errors only.
+    """
+    global _handler
+    logger = logging.getLogger(LOGGER_NAME)
+    if _handler is None:
+        _handler = _StderrHandler()
+        _handler.setFormatter(_Formatter())
+    if _handler not in logger.handlers:
+        logger.addHandler(_handler)
+    _handler.setLevel(DATA_WARNING if quiet else logging.INFO)  # quiet: errors and data warnings only
+    set_quiet(quiet)
+    if not quiet:
+        logger.setLevel(logging.INFO)
+    enable_bars()
+
+
+def reset_logging() -> None:
+    """Remove the CLI's handler and settings, leaving the `repdeploy` logger as a library's."""
+    logger = logging.getLogger(LOGGER_NAME)
+    if _handler is not None and _handler in logger.handlers:
+        logger.removeHandler(_handler)
+    set_quiet(False)
+    logger.setLevel(logging.NOTSET)
+    disable_bars()
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING and not message.startswith(("warning:", "note:")):
+            message = f"warning: {message}"
+        return message
+
+
+def log_warning(message: str) -> None:
+    """A warning for the user on stderr (silenced by --quiet)."""
+    logging.getLogger(LOGGER_NAME).warning(message)
+
+
 def quiet_option(fn: Callable) -> Callable:
     def set_it(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-        set_quiet(value)
+        configure_logging(value)
         return value
 
     return click.option(
@@ -94,14 +182,42 @@ def quiet_option(fn: Callable) -> Callable:
     )(fn)
 
 
+# ------------------------------------------------------------------------------ --json / --json-out
+
+_JSON_OUT_KEY = "repdeploy.json_out"
+
+
 def json_option(fn: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")(fn)
+    """--json (print exactly one JSON object on stdout) and --json-out FILE (write it there)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, json_out: str | None, **kwargs: Any) -> Any:
+        click.get_current_context().meta[_JSON_OUT_KEY] = json_out  # handle_errors checks it first
+        return fn(*args, **kwargs)
+
+    wrapper = click.option("--json-out", "json_out", type=click.Path(dir_okay=False), default=None,
+                           help="Also write the JSON result to this file.")(wrapper)
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON object on stdout instead of text.")(wrapper)
+
+
+def to_json(record: Any) -> str:
+    return json.dumps(record, indent=2, default=_default)
 
 
 def emit(record: dict, as_json: bool, text: Callable[[dict], str] | None = None) -> None:
-    """Print a result: one JSON object for machines, or readable lines for people."""
+    """Print a result: one JSON object for machines, or readable lines for people.
+
+    With --json-out the same JSON object is also written (atomically) to that file.
+    """
+    ctx = click.get_current_context(silent=True)
+    json_out = ctx.meta.get(_JSON_OUT_KEY) if ctx is not None else None
+    if json_out:
+        from ..io import write_bytes_atomic
+
+        write_bytes_atomic(json_out, (to_json(record) + "\n").encode())
     if as_json:
-        click.echo(json.dumps(record, indent=2, default=_default))
+        click.echo(to_json(record))
     elif text is not None:
         click.echo(text(record))
     else:
@@ -115,6 +231,44 @@ def _default(o: Any) -> Any:
     if hasattr(o, "to_dict"):
         return o.to_dict()
     return str(o)
+
+
+# ------------------------------------------------------------------------------ renamed options
+
+
+def deprecated_alias(old: str, new: str, *, flag: bool = False) -> Callable[[Callable], Callable]:
+    """Accept the old spelling `old` of option `new` for one more release, hidden from --help.
+
+    The value is converted with the new option's type and handed to the command under the new
+    option's name; a note on stderr names the new spelling. Giving both with different values
+    is a usage error.
+
+    >>> @deprecated_alias("--limit", "--eval-limit")                 # doctest: +SKIP
+    ... @click.option("--eval-limit", type=int)
+    """
+    dest = "deprecated_" + old.lstrip("-").replace("-", "_")
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            value = kwargs.pop(dest)
+            if value is None or (flag and not value):
+                return fn(*args, **kwargs)
+            ctx = click.get_current_context()
+            param = next(p for p in ctx.command.params if new in getattr(p, "opts", ()))
+            value = param.type_cast_value(ctx, value)
+            source = ctx.get_parameter_source(param.name)
+            if source is click.core.ParameterSource.COMMANDLINE and kwargs[param.name] != value:
+                raise click.UsageError(f"{old} is the old spelling of {new}; give only {new}")
+            log_warning(f"note: {old} is deprecated and goes in repdeploy {ALIAS_REMOVAL}; use {new}")
+            kwargs[param.name] = value
+            return fn(*args, **kwargs)
+
+        option = (click.option(old, dest, is_flag=True, hidden=True) if flag
+                  else click.option(old, dest, default=None, hidden=True))
+        return option(wrapper)
+
+    return decorate
 
 
 def checkpoint_options(fn: Callable) -> Callable:

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import checkpoint_options, device_option, emit, handle_errors, json_option, quiet_option
+from .common import checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option, quiet_option
 
 
 def _text(r: dict) -> str:
@@ -33,7 +33,7 @@ def _text(r: dict) -> str:
 @click.option("--engine", "engines", multiple=True, type=click.Choice(["torch", "ort", "trt"]),
               help="Runtime for both models, or give it twice (A then B). Default: trt for engines, ort for "
                    ".onnx, torch for checkpoints.")
-@click.option("--data", default=None,
+@click.option("--eval-data", default=None,
               help="Images to feed (class folders, .npy/.npz or 'builtin'); default: seeded random inputs.")
 @click.option("--samples", default=16, show_default=True, help="How many inputs.")
 @click.option("--batch-size", default=8, show_default=True)
@@ -42,11 +42,12 @@ def _text(r: dict) -> str:
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
 @device_option
+@deprecated_alias("--data", "--eval-data")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def compare_cmd(model_a, model_b, engines, data, samples, batch_size, atol, rtol, seed, threads, device,
+def compare_cmd(model_a, model_b, engines, eval_data, samples, batch_size, atol, rtol, seed, threads, device,
                 load_kwargs, as_json):
     """Run the same inputs through MODEL_A and MODEL_B and compare their logits, like Polygraphy.
 
@@ -57,7 +58,7 @@ def compare_cmd(model_a, model_b, engines, data, samples, batch_size, atol, rtol
     Examples:
       repdeploy compare fused.pt model_fp32.onnx                                  # torch vs ORT
       repdeploy compare model_fp32.onnx model.engine --atol 1e-3 --rtol 1e-3      # ORT vs TensorRT
-      repdeploy compare model_fp32.onnx model_int8_ort.onnx --data val/ --atol 1 --rtol 1
+      repdeploy compare model_fp32.onnx model_int8_ort.onnx --eval-data val/ --atol 1 --rtol 1
       repdeploy compare a0.pth a0.pth --engine torch --engine ort
     """
     from ..compare import compare
@@ -67,7 +68,7 @@ def compare_cmd(model_a, model_b, engines, data, samples, batch_size, atol, rtol
         raise click.BadParameter("give --engine once (both models) or twice (A, then B)", param_hint="--engine")
     engine_a = engines[0] if engines else None
     engine_b = engines[-1] if engines else None
-    result = compare(model_a, model_b, engine_a=engine_a, engine_b=engine_b, data=data, samples=samples,
+    result = compare(model_a, model_b, engine_a=engine_a, engine_b=engine_b, data=eval_data, samples=samples,
                      batch_size=batch_size, atol=atol, rtol=rtol, seed=seed, threads=threads, device=device,
                      load_kwargs=load_kwargs, check=False)
     record = result.to_dict()

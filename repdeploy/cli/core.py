@@ -26,6 +26,29 @@ def _inspect_text(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _onnx_text(r: dict) -> str:
+    inputs = ", ".join(f"{i['name']} {i['shape']}" for i in r["inputs"])
+    lines = [f"{r['path']}", f"  format      ONNX, opset {r['opset']}", f"  inputs      {inputs}",
+             f"  ops         {sum(r['ops'].values())} nodes: " + ", ".join(f"{k} {v}" for k, v in r["ops"].items())]
+    if not r["quantized"]:
+        lines.append("  layout      fp32 (no Q/DQ)")
+        return "\n".join(lines)
+    c = r["layout_check"]
+    lines.append(f"  layout      {r['layout']} INT8 QDQ; checked against: {c['rules']}")
+    if r["layout"] == "ort":
+        n = sum(c["integer_nodes"].values())
+        lines.append(f"  ORT fusion  {n} integer kernels ({', '.join(f'{k} {v}' for k, v in c['integer_nodes'].items())}),"
+                     f" {c['float_weighted_nodes']} conv/gemm left in float: {'PASSED' if c['passed'] else 'FAILED'}")
+    elif r["layout"] == "tensorrt":
+        lines.append("  TensorRT    no rule violations: PASSED")
+        lines.append(f"  note        {c['note']}")
+    else:
+        lines.append(f"  TensorRT    {c['violation_count']} rule violations, e.g. {c['violations'][0]}")
+    if c.get("note") and r["layout"] == "ort":
+        lines.append(f"  note        {c['note']}")
+    return "\n".join(lines)
+
+
 @click.command("inspect")
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=True))
 @checkpoint_options
@@ -59,7 +82,7 @@ def inspect_cmd(checkpoint, load_kwargs, list_arch, as_json):
     if checkpoint.endswith(".onnx"):
         from ..export.onnx import describe_onnx
 
-        emit(describe_onnx(checkpoint), as_json)
+        emit(describe_onnx(checkpoint), as_json, _onnx_text)
         return
     from ..checkpoints import load
 
@@ -82,7 +105,7 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
     \b
     Examples:
       repdeploy fuse RepVGG-B1g4-train.pth -o b1g4_fused.pt
-      repdeploy fuse repoptvgg_b1.pth -o fused.pt --json
+      repdeploy fuse ckpt.pth -o fused.pt --json
     """
     from ..checkpoints import load, save_fused
     from ..fuse import fuse
@@ -161,6 +184,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
     \b
     Examples:
       repdeploy export RepVGG-A0-train.pth -o a0.onnx
+      repdeploy export fused.pt -o a0.onnx --input-size 256 --json
       repdeploy export fused.pt -o a0_fp16.onnx --precision fp16
       repdeploy export fused.pt -o a0.engine --format trt --precision fp16   # needs TensorRT + GPU
       repdeploy export out/model_int8_tensorrt.onnx -o a0_int8.engine --format trt \\

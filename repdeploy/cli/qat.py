@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import (amp_option, checkpoint_options, device_option, emit, handle_errors, json_option,
+from .. import defaults
+from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
                      preprocessing_options, quiet_option)
 
 
@@ -25,11 +26,11 @@ def _text(r: dict) -> str:
 @click.command("qat")
 @click.argument("checkpoint", required=False, type=click.Path())
 @click.option("--train-data", default=None, help="Training images: ImageFolder tree, labelled .npz, or 'builtin'.")
-@click.option("--val-data", default=None, help="Validation images (default: the source's val split or 10% held out).")
+@click.option("--eval-data", default=None, help="Validation images (default: the source's val split or 10% held out).")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
-@click.option("--epochs", default=3, show_default=True)
+@click.option("--epochs", type=int, default=defaults.QAT_EPOCHS, show_default=True)
 @click.option("--lr", type=float, default=None, help="Learning rate (default: sgd 0.01, adamw 1e-4, agd gain 0.05).")
-@click.option("--batch-size", default=64, show_default=True, help="Per process.")
+@click.option("--batch-size", type=int, default=defaults.QAT_BATCH_SIZE, show_default=True, help="Per process.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw", "agd"]), default="sgd", show_default=True)
 @click.option("--grad-mult", default="none", show_default=True,
@@ -39,27 +40,28 @@ def _text(r: dict) -> str:
 @click.option("--temperature", default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--calib-cache", type=click.Path(), default=None, help="Start from these ranges instead of calibrating.")
 @click.option("--calib-data", default=None, help="Calibration images (default: the training data).")
-@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default="entropy",
-              show_default=True)
-@click.option("--calib-samples", default=512, show_default=True)
-@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]),
+              default=defaults.CALIB_METHOD, show_default=True)
+@click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=defaults.TARGET, show_default=True)
 @click.option("--train-samples", type=int, default=None, help="Train on a seeded subset of N images.")
 @click.option("--learnable-ranges", is_flag=True,
               help="Train activation ranges with the weights (frozen again before export).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTDIR/qat_state.pt.")
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Steps between training-state checkpoints (0: every epoch).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True)
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a QAT model whose verification failed; the report records it.")
 @preprocessing_options
 @device_option
 @amp_option
+@deprecated_alias("--val-data", "--eval-data")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
+def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
             train_samples, learnable_ranges, resume, checkpoint_every, seed, allow_mismatch, prep, device, amp,
             load_kwargs, as_json):
@@ -72,7 +74,7 @@ def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size
     \b
     Examples:
       repdeploy qat -o runs/qat                                   # built-in zoo model and data
-      repdeploy qat repvgg.pth --train-data train/ --val-data val/ --distill --grad-mult bn -o qat/
+      repdeploy qat repvgg.pth --train-data train/ --eval-data val/ --distill --grad-mult bn -o qat/
       repdeploy qat repopt.pth --train-data train/ --grad-mult repopt:scales.pth --optimizer adamw -o qat/
       torchrun --nproc_per_node=2 -m repdeploy qat repvgg.pth --train-data train/ -o qat/   # data-parallel
       repdeploy qat repvgg.pth --train-data train/ --device cuda --amp bf16 -o qat/   # on the GPU
@@ -81,7 +83,7 @@ def qat_cmd(checkpoint, train_data, val_data, output_dir, epochs, lr, batch_size
     from ..quant.qat import qat
 
     result = qat(
-        checkpoint, train_data=train_data, val_data=val_data, output_dir=output_dir, epochs=epochs, lr=lr,
+        checkpoint, train_data=train_data, val_data=eval_data, output_dir=output_dir, epochs=epochs, lr=lr,
         batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, grad_mult=grad_mult,
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from .. import defaults
 from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
                      quiet_option)
 
@@ -59,13 +60,14 @@ def _text(r: dict) -> str:
               help="Quantize to INT8 (the only precision; the flag states it explicitly).")
 @click.option("--calib-data", type=click.Path(), default=None,
               help="Calibration images: folder, .npy/.npz, or 'builtin'. Zoo models default to builtin.")
-@click.option("--calib-samples", type=int, default=512, show_default=True, help="Seeded sample size.")
-@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]), default="entropy",
-              show_default=True, help="How activation ranges are chosen.")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --calib-method percentile.")
+@click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True, help="Seeded sample size.")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]),
+              default=defaults.CALIB_METHOD, show_default=True, help="How activation ranges are chosen.")
+@click.option("--percentile", type=float, default=defaults.CALIB_PERCENTILE, show_default=True,
+              help="For --calib-method percentile.")
 @click.option("--calib-cache", type=click.Path(), default=None,
               help="Reuse (or hand-edited) calib.json of the same model; skips calibration.")
-@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True,
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=defaults.TARGET, show_default=True,
               help="QDQ layout: ort (ONNX Runtime CPU integer kernels) or tensorrt (explicit quantization).")
 @click.option("--eval-data", type=click.Path(), default=None,
               help="Labelled data (folder, .npz, 'builtin') to measure FP32 vs INT8 top-1/top-5.")
@@ -77,7 +79,7 @@ def _text(r: dict) -> str:
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a model whose verification failed; the report records that it was allowed.")
 @preprocessing_options
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @device_option
 @checkpoint_options

@@ -6,8 +6,9 @@ import sys
 
 import click
 
-from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
-                     quiet_option)
+from .. import defaults
+from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
+                     log_warning, preprocessing_options, quiet_option)
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -34,20 +35,22 @@ def _eval_text(r: dict) -> str:
 
 @click.command("eval")
 @click.argument("model", type=click.Path())
-@click.option("--data", default="builtin", show_default=True,
+@click.option("--eval-data", default="builtin", show_default=True,
               help="Labelled images: class-folder directory, .npz with labels, or 'builtin' (digits val split).")
 @click.option("--engine", type=ENGINE_CHOICE, default=None,
               help="Runtime; default: ort for .onnx and checkpoints, trt for engines.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--limit", type=int, default=None, help="Evaluate only the first N images.")
+@click.option("--batch-size", type=int, default=defaults.EVAL_BATCH_SIZE, show_default=True)
+@click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
 @preprocessing_options
 @device_option
+@deprecated_alias("--data", "--eval-data")
+@deprecated_alias("--limit", "--eval-limit")
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, data, engine, batch_size, limit, threads, prep, device, load_kwargs, as_json):
+def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, prep, device, load_kwargs, as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
 
     Images are fed with the preprocessing record the model carries (ONNX metadata, fused.pt),
@@ -56,9 +59,9 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, prep, device, load
 
     \b
     Examples:
-      repdeploy eval runs/demo/RepVGG-mini/model_int8_ort.onnx
-      repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --json
-      repdeploy eval RepVGG-A0-train.pth --data val/ --engine torch --device cuda
+      repdeploy eval runs/demo/repvgg_mini/model_int8_ort.onnx
+      repdeploy eval runs/demo/repvgg_mini/fused.pt --eval-data builtin --engine torch --json
+      repdeploy eval runs/demo/repvgg_mini/fused.pt --engine torch --device cuda   # needs an NVIDIA GPU
     """
     from ..evaluate import evaluate, open_eval_data
     from ..preprocess import preprocessing_of
@@ -66,15 +69,15 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, prep, device, load
     from ..validate import integer, threads as check_threads
 
     integer("--batch-size", batch_size, low=1, high=65536, allow_none=False)
-    integer("--limit", limit, low=1)
+    integer("--eval-limit", eval_limit, low=1)
     check_threads("--threads", threads)
 
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
     record = preprocessing_of(model)
     with open_runner(model, engine, threads=threads, device=device, **kwargs) as runner:
-        dataset = open_eval_data(runner, data, preprocessing=record, **prep)
-        acc = evaluate(runner, dataset, batch_size=batch_size, limit=limit)
+        dataset = open_eval_data(runner, eval_data, preprocessing=record, **prep)
+        acc = evaluate(runner, dataset, batch_size=batch_size, limit=eval_limit)
     out = acc.to_dict()
     out["preprocessing"] = dataset.preprocessing.to_dict()
     given = [f"--{k}" for k, v in prep.items() if v is not None]
@@ -83,56 +86,96 @@ def eval_cmd(model, data, engine, batch_size, limit, threads, prep, device, load
     emit(out, as_json, _eval_text)
 
 
-def _bench_text(r: dict) -> str:
-    s = r["stats"]
-    lines = [
-        f"{r['model']}  engine {r['engine']}  batch {r['batch']}  input {tuple(r['input_shape'])}  "
-        f"threads {r['runner'].get('intra_op_threads') or r['runner'].get('threads') or '-'}",
-        f"  median {s['median_ms']:.3f} ms, 95 % interval {s['median_ci_low_ms']:.3f}-{s['median_ci_high_ms']:.3f} "
-        f"(+-{s['ci_halfwidth']:.1%}){'  NOISY' if s['noisy'] else ''}  IQR {s['iqr_ms']:.3f} ms",
-        f"  latency ms: min {s['min_ms']:.3f}  mean {s['mean_ms']:.3f}  p50 {s['p50_ms']:.3f}  "
-        f"p90 {s['p90_ms']:.3f}  p95 {s['p95_ms']:.3f}  p99 {s['p99_ms']:.3f}  max {s['max_ms']:.3f}",
-        f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}  iterations {s['count']}  over {r['measured_s']:.2f} s",
-        f"  throughput {r['throughput_ips']:.1f} img/s",
-    ]
+def _threads(r: dict, env: dict) -> str:
+    """The thread count a row ran with; ORT's default (0) means one per physical core."""
+    runner = r["runner"]
+    if runner.get("threads"):
+        return str(runner["threads"])
+    if runner.get("intra_op_threads"):
+        return str(runner["intra_op_threads"])
+    if r["engine"] == "ort":
+        cores = env.get("physical_cores")
+        return f"ORT default ({cores} physical cores)" if cores else "ORT default"
+    return "-"
+
+
+def _bench_text(doc: dict) -> str:
+    env = doc["environment"] or {}
+    lines = []
+    several = len({r["label"] for r in doc["results"]}) > 1
+    for r in doc["results"]:
+        s = r["stats"]
+        ratio = (f"  p50 {r['ratio_vs_first']:.3f}x {doc['baseline']}"
+                 if several and r.get("ratio_vs_first") is not None else "")
+        lines += [
+            f"{r['label']}  engine {r['engine']}  batch {r['batch']}  input {tuple(r['input_shape'])}  "
+            f"threads {_threads(r, env)}",
+            f"  median {s['median_ms']:.3f} ms, 95 % interval {s['median_ci_low_ms']:.3f}-{s['median_ci_high_ms']:.3f} "
+            f"(+-{s['ci_halfwidth']:.1%}){'  NOISY' if s['noisy'] else ''}  IQR {s['iqr_ms']:.3f} ms",
+            f"  latency ms: min {s['min_ms']:.3f}  mean {s['mean_ms']:.3f}  p50 {s['p50_ms']:.3f}  "
+            f"p90 {s['p90_ms']:.3f}  p95 {s['p95_ms']:.3f}  p99 {s['p99_ms']:.3f}  max {s['max_ms']:.3f}",
+            f"  std {s['std_ms']:.3f} ms  CoV {s['cv']:.1%}"
+            f"  iterations {s['count']}  over {r['measured_s']:.2f} s",
+            f"  throughput {r['throughput_ips']:.1f} img/s{ratio}",
+        ]
+    if several:
+        lines.append("")
+        lines.append(f"{'model':<40} {'batch':>5} {'p50 ms':>9} {'ratio':>7}  (p50 vs {doc['baseline']}, same run, interleaved)")
+        for r in doc["results"]:
+            ratio = "-" if r.get("ratio_vs_first") is None else f"{r['ratio_vs_first']:.3f}x"
+            lines.append(f"{r['label']:<40} {r['batch']:>5} {r['stats']['p50_ms']:>9.3f} {ratio:>7}")
+    for sp in doc.get("speedups") or []:
+        lines.append(f"speed-up of the second model over the first at batch {sp['batch']}: {sp['ratio']:.3f}x, "
+                     f"95 % interval {sp['ci_low']:.3f}-{sp['ci_high']:.3f} over {sp['rounds']} rounds"
+                     + ("  NOISY" if sp["noisy"] else ""))
+    if env:
+        lines.append("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    lines.append(f"&&&& {doc['verdict']} repdeploy bench # {doc['command']}")
     return "\n".join(lines)
 
 
 @click.command("bench")
-@click.argument("models", nargs=-1, required=True, type=click.Path())
+@click.argument("models", nargs=-1, type=click.Path())
 @click.option("--engine", type=ENGINE_CHOICE, default="ort", show_default=True)
-@click.option("--batch", "batch", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8.")
+@click.option("--batches", default=str(defaults.BENCH_BATCH_SIZE), show_default=True,
+              help="Comma-separated batch sizes, e.g. 1,8.")
 @click.option("--threads", type=int, default=None, help="CPU threads (ORT intra-op / torch).")
-@click.option("--warmup", type=float, default=0.5, show_default=True, help="Warm-up seconds.")
-@click.option("--duration", type=float, default=2.0, show_default=True, help="Minimum measured seconds.")
-@click.option("--iterations", type=int, default=20, show_default=True, help="Minimum measured iterations.")
+@click.option("--warmup", type=float, default=defaults.BENCH_WARMUP_S, show_default=True, help="Warm-up seconds.")
+@click.option("--duration", type=float, default=defaults.BENCH_DURATION_S, show_default=True,
+              help="Minimum measured seconds per model and batch size.")
+@click.option("--iterations", type=int, default=defaults.BENCH_ITERATIONS, show_default=True,
+              help="Minimum measured iterations per model and batch size.")
 @click.option("--max-duration", type=float, default=None,
-              help="Keep running, up to this many seconds, while the median's 95 % interval is wider than +-5 %.")
+              help="Keep running, up to this many seconds, while a median's 95 % interval is wider than +-5 %.")
 @click.option("--compile", "use_compile", is_flag=True, help="torch engine: run through torch.compile.")
 @device_option
-@click.option("--json", "json_out", type=click.Path(), default=None, help="Also write all results to this JSON file.")
+@click.option("--json", "as_json", is_flag=False, flag_value="", default=None, metavar="",
+              help="Print one JSON object on stdout instead of text.")
+@click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the JSON result to this file.")
+@deprecated_alias("--batch", "--batches")
 @checkpoint_options
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_duration, use_compile, device, json_out,
-              load_kwargs):
+def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, max_duration, use_compile, device, as_json,
+              json_out, load_kwargs):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
     Reports the median with its bootstrap 95 % interval (NOISY when wider than +-5 %), IQR,
-    min/mean/p50/p90/p95/p99/max ms, throughput and the environment, then a PASSED/FAILED line
-    like trtexec.
+    min/mean/p50/p90/p95/p99/max ms, throughput, the p50 ratio of every model to the first one
+    (timed interleaved, in one run; with two models also the speed-up's interval), the threads
+    and the environment, then a PASSED/FAILED line like trtexec.
 
     \b
     Examples:
-      repdeploy bench runs/demo/RepVGG-mini/model_fp32.onnx runs/demo/RepVGG-mini/model_int8_ort.onnx --batch 1,8 --threads 2
-      repdeploy bench fused.pt --engine torch --duration 5 --json bench.json
-      repdeploy bench fused.pt --engine torch --device cuda --batch 1,64
+      repdeploy bench runs/demo/repvgg_mini/model_fp32.onnx runs/demo/repvgg_mini/model_int8_ort.onnx --batches 1,8 --threads 2
+      repdeploy bench runs/demo/repvgg_mini/fused.pt --engine torch --duration 2 --json-out bench.json
+      repdeploy bench runs/demo/repvgg_mini/fused.pt --engine torch --device cuda --batches 1,64   # needs an NVIDIA GPU
     """
-    import warnings
+    import contextlib
 
-    from ..bench import bench
+    from ..bench import bench_interleaved, unique_labels
     from ..errors import RepDeployError
-    from ..io import ensure_writable_file, write_json_atomic
+    from ..io import ensure_writable_file
     from ..preprocess import preprocessing_of
     from ..progress import status
     from ..runtime import model_kind, open_runner
@@ -140,7 +183,11 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
     from ..rundir import refuse_overwriting_inputs
     from ..validate import bench_options
 
-    sizes = _batches(batch)
+    models, as_json, json_out = _old_bench_json(list(models), as_json, json_out)
+    if not models:
+        raise click.UsageError("give at least one MODEL (checkpoint, fused .pt, .onnx or engine)")
+    click.get_current_context().meta["repdeploy.json_out"] = json_out
+    sizes = _batches(batches)
     for size in sizes:  # every knob checked before the first model loads: NaN would never end
         bench_options(batch=size, warmup=warmup, duration=duration, iterations=iterations, threads_=threads)
     if json_out:
@@ -150,45 +197,96 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
         from ..export.tensorrt import import_tensorrt
 
         import_tensorrt()
+    labels = dict(zip(models, unique_labels(models)))
     results, failures, env = [], [], None
-    for model in models:
-        try:
-            kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
-            with open_runner(model, engine, threads=threads, compile=use_compile, device=device, **kwargs) as runner:
-                for size in sizes:
-                    status(f"bench {model} ({engine}, batch {size})")
-                    with warnings.catch_warnings(record=True) as caught:
-                        warnings.simplefilter("always")
-                        result = bench(runner, batch=size, warmup=warmup, duration=duration, iterations=iterations,
-                                       max_duration=max_duration)
-                    for w in caught:
-                        click.echo(f"warning: {w.message}", err=True)
-                    record = result.to_dict()
-                    record["path"] = str(model)
-                    prep = preprocessing_of(model)  # recorded with the figures: what input the model expects
-                    record["preprocessing"] = prep.to_dict() if prep is not None else None
-                    env = record.pop("environment")
-                    results.append(record)
-                    click.echo(_bench_text(record))
-        except RepDeployError as exc:
-            failures.append({"path": str(model), "error": str(exc), "exit_code": exc.exit_code})
-            click.echo(f"error: {model}: {exc}", err=True)
-    if env:
-        click.echo("environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
-    if json_out:
-        write_json_atomic(json_out, {"results": results, "failures": failures, "environment": env})
-    verdict = "FAILED" if failures else "PASSED"
-    click.echo(f"&&&& {verdict} repdeploy bench # {' '.join(sys.argv[1:])}")
+    speedups: list[dict] = []
+    with contextlib.ExitStack() as stack:
+        runners = []
+        for model in models:
+            try:
+                kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
+                runner = stack.enter_context(open_runner(model, engine, threads=threads, compile=use_compile, device=device,
+                                                         name=labels[model], **kwargs))
+                _warn_layout(model, engine)
+                runners.append((model, runner))
+            except RepDeployError as exc:
+                failures.append({"path": str(model), "label": labels[model], "error": str(exc),
+                                 "exit_code": exc.exit_code})
+                click.echo(f"error: {model}: {exc}", err=True)
+        for size in sizes:
+            if not runners:
+                break
+            status(f"bench {len(runners)} model(s) ({engine}, batch {size})")
+            try:
+                measured, speedup = bench_interleaved([r for _, r in runners], batch=size, warmup=warmup,
+                                                      duration=duration, iterations=iterations,
+                                                      max_duration=max_duration)
+            except RepDeployError as exc:
+                failures.append({"path": ", ".join(str(m) for m, _ in runners), "error": str(exc),
+                                 "exit_code": exc.exit_code})
+                click.echo(f"error: {exc}", err=True)
+                continue
+            first = measured[0].stats.p50_ms
+            for (model, _), result in zip(runners, measured):
+                record = result.to_dict()
+                record["path"] = str(model)
+                record["label"] = labels[model]
+                record["ratio_vs_first"] = record["stats"]["p50_ms"] / first if first > 0 else None
+                prep = preprocessing_of(model)  # recorded with the figures: what input the model expects
+                record["preprocessing"] = prep.to_dict() if prep is not None else None
+                env = record.pop("environment")
+                results.append(record)
+            if speedup is not None and len(runners) == 2:
+                speedups.append({"batch": size, **speedup.to_dict()})
+    doc = {"results": results, "failures": failures, "environment": env,
+           "baseline": labels[runners[0][0]] if runners else None,
+           "ratio": "p50 latency of each model / p50 of the first model at the same batch size, timed interleaved",
+           "speedups": speedups, "verdict": "FAILED" if failures else "PASSED", "command": " ".join(sys.argv[1:])}
+    emit(doc, as_json, _bench_text)
     if failures:
         sys.exit(max(f["exit_code"] for f in failures))
+
+
+def _old_bench_json(models: list[str], as_json: str | None, json_out: str | None) -> tuple[list[str], bool, str | None]:
+    """bench's --json used to take a file name, and `--json FILE` still writes FILE (with a note).
+
+    --json followed by an option or nothing is the flag. A word after it is always the old
+    file form, never a model, so `bench --json a.onnx` cannot treat a model as a JSON path
+    silently: a.onnx becomes the (refused) output and bench asks for a MODEL.
+    """
+    if as_json is None:
+        return models, False, json_out
+    if as_json == "":
+        return models, True, json_out
+    if json_out is not None:
+        raise click.UsageError("--json FILE is the old spelling of --json-out FILE; give only --json-out")
+    log_warning(f"note: bench --json FILE is deprecated and goes in repdeploy {ALIAS_REMOVAL}; "
+                "use --json-out FILE (--json alone prints the JSON on stdout)")
+    if not models:
+        raise click.UsageError(f"--json is a flag now: give the MODELS first (`bench MODEL --json`), "
+                               f"or --json-out FILE; {as_json!r} was read as the old --json FILE")
+    return models, False, as_json
+
+
+def _warn_layout(model: str, engine: str) -> None:
+    """Timing a TensorRT-layout INT8 graph on ONNX Runtime measures its float fallback: say so."""
+    if engine != "ort" or not str(model).endswith(".onnx"):
+        return
+    import onnx
+
+    from ..export.qdq import TENSORRT_ON_ORT_WARNING, qdq_layout
+
+    if qdq_layout(onnx.load(str(model), load_external_data=False)) == "tensorrt":
+        log_warning(f"{model}: {TENSORRT_ON_ORT_WARNING}")
 
 
 @click.command("pipeline")
 @click.argument("checkpoints", nargs=-1, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (one run directory per model).")
-@click.option("--data", default=None, help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
-@click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --data.")
-@click.option("--calib-samples", default=256, show_default=True)
+@click.option("--eval-data", default=None,
+              help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
+@click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --eval-data.")
+@click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
 @click.option("--calib-method", default=None, type=click.Choice(["max", "percentile", "entropy", "mse"]),
               help="Calibration method; default: the PTQ default.")
 @click.option("--engine", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="Runtime for eval and bench.")
@@ -196,26 +294,32 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
               help="INT8 graph layout; default: ort for --engine ort, tensorrt for --engine trt.")
 @click.option("--max-drop", type=float, default=None,
               help="Accuracy gate: max top-1 drop in absolute points; models over it are FAILED and the exit code is 3.")
-@click.option("--batch", "bench_batch", default=1, show_default=True, help="Batch size for the latency figures.")
+@click.option("--batch-size", "bench_batch", type=int, default=defaults.BENCH_BATCH_SIZE, show_default=True,
+              help="Batch size for the latency figures.")
 @click.option("--threads", type=int, default=None, help="CPU threads for ORT (default: ORT's choice).")
-@click.option("--warmup", type=float, default=None, help="Warm-up seconds per benchmark (default 0.3).")
-@click.option("--duration", type=float, default=None, help="Minimum measured seconds per benchmark (default 1.0).")
-@click.option("--iterations", type=int, default=None, help="Minimum measured iterations per benchmark (default 30).")
-@click.option("--max-duration", type=float, default=None,
+@click.option("--warmup", type=float, default=defaults.BENCH_WARMUP_S, show_default=True,
+              help="Warm-up seconds per benchmark session.")
+@click.option("--duration", type=float, default=defaults.BENCH_DURATION_S, show_default=True,
+              help="Minimum measured seconds per model.")
+@click.option("--iterations", type=int, default=defaults.BENCH_ITERATIONS, show_default=True,
+              help="Minimum measured iterations per model.")
+@click.option("--max-duration", type=float, default=defaults.BENCH_MAX_DURATION_S, show_default=True,
               help="Seconds per model that latency runs may extend to while their 95 % interval is wider than "
-                   "+-5 % (default 6; 0: no extension).")
-@click.option("--sessions", "bench_sessions", type=int, default=None,
+                   "+-5 % (0: no extension).")
+@click.option("--sessions", "bench_sessions", type=int, default=defaults.BENCH_SESSIONS, show_default=True,
               help="Fresh runtime sessions per model that share the latency run; the speed-up's interval spans "
-                   "them (default 3).")
+                   "them.")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
-@click.option("--qat-epochs", default=2, show_default=True)
-@click.option("--train-data", default=None, help="QAT training images; default: the train split of --data.")
+@click.option("--qat-epochs", type=int, default=2, show_default=True)
+@click.option("--train-data", default=None, help="QAT training images; default: the train split of --eval-data.")
 @click.option("--fallback-float", is_flag=True,
               help="With --max-drop: leave the most sensitive layers in float until the drop fits, chosen on a "
-                   "holdout of the calibration images (never --data).")
+                   "holdout of the calibration images (never --eval-data).")
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) models whose verification failed; the report marks them.")
+@deprecated_alias("--data", "--eval-data")
+@deprecated_alias("--batch", "--batch-size")
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @preprocessing_options
@@ -224,7 +328,7 @@ def bench_cmd(models, engine, batch, threads, warmup, duration, iterations, max_
 @json_option
 @quiet_option
 @handle_errors
-def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_method, engine, target, max_drop,
+def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
                  qat_epochs, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
@@ -240,8 +344,8 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
     Examples:
       repdeploy pipeline -o runs/demo
       repdeploy pipeline --qat -o runs/demo-qat                # PTQ and QAT side by side
-      repdeploy pipeline a.pth b.pth --data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
-      repdeploy pipeline a.pth --data val/ --engine trt --target tensorrt -o runs/gpu
+      repdeploy pipeline a.pth b.pth --eval-data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
+      repdeploy pipeline a.pth --eval-data val/ --engine trt --target tensorrt -o runs/gpu
     """
     import warnings
 
@@ -253,7 +357,7 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = run_pipeline(
-            list(checkpoints), output_dir=output, data=data, calib_data=calib_data, engine=engine, target=target,
+            list(checkpoints), output_dir=output, data=eval_data, calib_data=calib_data, engine=engine, target=target,
             max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
             threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
             duration=DEFAULT_DURATION_S if duration is None else duration,
@@ -266,12 +370,12 @@ def pipeline_cmd(checkpoints, output, data, calib_data, calib_samples, calib_met
         )
     for w in caught:
         status(f"warning: {w.message}")
-    records = [r.to_dict() for r in result.rows]
-    if as_json:
-        emit(result.to_dict(), True)
-    else:
-        print_table(records)
-        click.echo(f"report: {result.report.html}")
+
+    def text(_: dict) -> str:
+        print_table([r.to_dict() for r in result.rows])
+        return f"report: {result.report.html}"
+
+    emit(result.to_dict(), as_json, text)
     code = result.exit_code
     if code == 1 and any(r.status == "FAILED" and r.exit_code == 1 for r in result.rows):
         failed = [r.name for r in result.rows if r.status == "FAILED" and r.exit_code == 1]

@@ -10,32 +10,41 @@ from typing import Any, Callable
 
 import click
 
-from .common import amp_option, device_option, emit, handle_errors, json_option, quiet_option
+from .. import defaults
+from .common import amp_option, deprecated_alias, device_option, emit, handle_errors, json_option, quiet_option
 
 OPTIMIZER_CHOICES = ["sgd", "adamw", "repopt-sgd", "repopt-adamw", "agd"]
 
 
-def _loop_options(fn: Callable) -> Callable:
-    """Options shared by every command that runs the training loop."""
+def _loop_options(command: str) -> Callable[[Callable], Callable]:
+    """Options shared by every command that runs the training loop; help worded for `command`."""
+    if command == "hypersearch":
+        arch_help = "RepOpt-VGG variant whose hyper-search form to train, e.g. RepOpt-VGG-mini, RepOpt-VGG-B1."
+        lr_help = "Peak learning rate of its SGD (default 0.1)."
+        wd_help = "Weight decay of its SGD (default 1e-4; none on 1-D parameters)."
+    else:
+        arch_help = "Variant to train, e.g. RepVGG-mini, RepOpt-VGG-mini, RepVGG-A0."
+        lr_help = ("Peak learning rate (default 0.1 for sgd and repopt-sgd, 1e-3 for adamw and repopt-adamw; "
+                   "agd: a gain, default 1).")
+        wd_help = ("Default 1e-4 for sgd/repopt-sgd, 0.05 for adamw/repopt-adamw "
+                   "(no decay on 1-D parameters except identity scales).")
     options = [
-        click.option("--arch", required=True, help="Variant to train, e.g. RepVGG-mini, RepOpt-VGG-mini, RepVGG-A0."),
-        click.option("--data", default="builtin", show_default=True,
+        click.option("--arch", required=True, help=arch_help),
+        click.option("--train-data", default="builtin", show_default=True,
                      help="Training data: 'builtin' (UCI digits), an image folder (class sub-folders, "
                           "optionally under train/ and val/) or a labelled .npz."),
-        click.option("--val-data", default=None,
+        click.option("--eval-data", default=None,
                      help="Validation data (default: the source's own val split, else 10% held out)."),
-        click.option("--image-size", type=int, default=None, help="Input size (default: the variant's)."),
+        click.option("--input-size", type=int, default=None, help="Input size (default: the variant's)."),
         click.option("--epochs", type=int, default=30, show_default=True),
         click.option("--batch-size", type=int, default=64, show_default=True),
-        click.option("--lr", type=float, default=None,
-                     help="Peak learning rate (default 0.1 for SGD, 1e-3 for AdamW; AGD: gain, default 1)."),
-        click.option("--weight-decay", type=float, default=None,
-                     help="Default 1e-4 for SGD, 0.05 for AdamW (no decay on 1-D parameters except identity scales)."),
+        click.option("--lr", type=float, default=None, help=lr_help),
+        click.option("--weight-decay", type=float, default=None, help=wd_help),
         click.option("--warmup-epochs", type=float, default=1.0, show_default=True),
         click.option("--label-smoothing", type=float, default=0.1, show_default=True),
         click.option("--augment", type=click.Choice(["none", "shift", "shift-flip"]), default="shift",
                      show_default=True, help="Training augmentation (no flips by default: digits are not symmetric)."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=defaults.SEED, show_default=True),
         click.option("--checkpoint-every", type=int, default=0, show_default=True,
                      help="Steps between training-state checkpoints (0 = every epoch)."),
         click.option("--state", "state_path", default=None, type=click.Path(dir_okay=False),
@@ -43,15 +52,24 @@ def _loop_options(fn: Callable) -> Callable:
         click.option("--resume", is_flag=True, help="Continue an interrupted run from its training state."),
         device_option,
         amp_option,
+        deprecated_alias("--data", "--train-data"),
+        deprecated_alias("--val-data", "--eval-data"),
+        deprecated_alias("--image-size", "--input-size"),
     ]
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+        # The aliases come last in the list but must wrap outermost (they read the others' values).
+        for option in reversed(options[:-3]):
+            wrapper = option(wrapper)
+        for alias in options[-3:]:
+            wrapper = alias(wrapper)
+        return wrapper
+
+    return decorate
 
 
 def _placement(device: str, amp: str):
@@ -68,7 +86,7 @@ def _prepare(arch: str, data: str, val_data: str | None, image_size: int | None,
     from ..validate import input_size, seed as check_seed
 
     base = get_spec(arch)
-    input_size("--image-size", image_size)  # 0 is an error, not "the default"
+    input_size("--input-size", image_size)  # 0 is an error, not "the default"
     check_seed("--seed", seed)
     size = image_size if image_size is not None else base.input_size
     train_set, val_set = open_train_val(data, image_size=size, channels=base.in_channels, val_source=val_data,
@@ -102,7 +120,7 @@ def _text(r: dict) -> str:
 
 
 @click.command("train")
-@_loop_options
+@_loop_options("train")
 @click.option("--optimizer", type=click.Choice(OPTIMIZER_CHOICES), default=None,
               help="Default: sgd for RepVGG, repopt-sgd for RepOpt-VGG (which needs --scales).")
 @click.option("--scales", type=click.Path(dir_okay=False), default=None,
@@ -115,7 +133,7 @@ def _text(r: dict) -> str:
 @json_option
 @quiet_option
 @handle_errors
-def train_cmd(arch, data, val_data, image_size, epochs, batch_size, lr, weight_decay, warmup_epochs,
+def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, weight_decay, warmup_epochs,
               label_smoothing, augment, seed, checkpoint_every, state_path, resume, device, amp, optimizer, scales,
               sgs, sgs_every, clip_grad, output, as_json):
     """Train a RepVGG (branch form) or RepOpt-VGG (plain form) model.
@@ -130,7 +148,7 @@ def train_cmd(arch, data, val_data, image_size, epochs, batch_size, lr, weight_d
       repdeploy train --arch RepVGG-mini --epochs 30 -o repvgg_mini.pth
       repdeploy hypersearch --arch RepOpt-VGG-mini -o scales.pth
       repdeploy train --arch RepOpt-VGG-mini --optimizer repopt-sgd --scales scales.pth -o repopt.pth
-      repdeploy train --arch RepVGG-A0 --data imagenet/ --image-size 224 --sgs -o a0.pth
+      repdeploy train --arch RepVGG-A0 --train-data imagenet/ --input-size 224 --sgs -o a0.pth
       repdeploy train --arch RepVGG-mini --optimizer agd -o agd.pth     # no learning rate needed
     """
     from ..io import ensure_writable_file, save_torch_atomic
@@ -141,13 +159,13 @@ def train_cmd(arch, data, val_data, image_size, epochs, batch_size, lr, weight_d
     from ..rundir import refuse_overwriting_inputs
 
     ensure_writable_file(output)
-    refuse_overwriting_inputs([data, val_data, scales], files=[output, state_path or f"{output}.state"])
+    refuse_overwriting_inputs([train_data, eval_data, scales], files=[output, state_path or f"{output}.state"])
     if state_path is not None and Path(state_path).resolve() == Path(output).resolve():
         raise click.BadParameter("the training state and the checkpoint must be different files", param_hint="--state")
     where, amp_type = _placement(device, amp)
     family = get_spec(arch).family
     optimizer = optimizer or ("repopt-sgd" if family == "repopt" else "sgd")
-    spec, train_set, val_set, size = _prepare(arch, data, val_data, image_size, seed)
+    spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
     scale_values = load_scales(scales, spec) if scales else None
     config = _config(optimizer, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,
@@ -166,12 +184,12 @@ def train_cmd(arch, data, val_data, image_size, epochs, batch_size, lr, weight_d
 
 
 @click.command("hypersearch")
-@_loop_options
+@_loop_options("hypersearch")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Scales file to write (.pth).")
 @json_option
 @quiet_option
 @handle_errors
-def hypersearch_cmd(arch, data, val_data, image_size, epochs, batch_size, lr, weight_decay, warmup_epochs,
+def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, weight_decay, warmup_epochs,
                     label_smoothing, augment, seed, checkpoint_every, state_path, resume, device, amp, output,
                     as_json):
     """Train RepOpt-VGG's hyper-search form and write its branch scales (upstream scales format).
@@ -182,7 +200,7 @@ def hypersearch_cmd(arch, data, val_data, image_size, epochs, batch_size, lr, we
     \b
     Examples:
       repdeploy hypersearch --arch RepOpt-VGG-mini --epochs 20 -o scales.pth
-      repdeploy hypersearch --arch RepOpt-VGG-B1 --data cifar100/ --image-size 32 -o b1_scales.pth
+      repdeploy hypersearch --arch RepOpt-VGG-B1 --train-data cifar100/ --input-size 32 -o b1_scales.pth
     """
     from ..io import ensure_writable_file
     from ..optim import hypersearch
@@ -190,9 +208,9 @@ def hypersearch_cmd(arch, data, val_data, image_size, epochs, batch_size, lr, we
     from ..rundir import refuse_overwriting_inputs
 
     ensure_writable_file(output)
-    refuse_overwriting_inputs([data, val_data], files=[output, state_path or f"{output}.state"])
+    refuse_overwriting_inputs([train_data, eval_data], files=[output, state_path or f"{output}.state"])
     where, amp_type = _placement(device, amp)
-    spec, train_set, val_set, size = _prepare(arch, data, val_data, image_size, seed)
+    spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
     config = _config("sgd", lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,
                      checkpoint_every=checkpoint_every)

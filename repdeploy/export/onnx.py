@@ -153,6 +153,37 @@ def ort_parity(model: nn.Module, onnx_path: str | Path, x: torch.Tensor) -> Pari
     return Parity(diff, diff / scale, agree, int(x.shape[0]))
 
 
+def _layout_check(model, path: str | Path) -> dict:
+    """Name the INT8 layout and check that layout's own rules (reference.md §4), not the other's.
+
+    tensorrt: TensorRT explicit quantization (signed int8, zero point 0, Q/DQ only on weighted-op
+    inputs). ort: what ONNX Runtime CPU makes of it, i.e. how many convs/gemms its optimiser turned
+    into integer kernels and how many still run in float. Anything else is a generic QDQ graph,
+    reported with the TensorRT rules it breaks.
+    """
+    from .qdq import INTEGER_OPS, TENSORRT_ON_ORT_WARNING, check_tensorrt_qdq, count_fused_nodes, qdq_layout
+
+    layout = qdq_layout(model)
+    if layout == "tensorrt":
+        return {"layout": "tensorrt", "layout_check": {
+            "rules": "TensorRT explicit quantization", "violations": [], "passed": True,
+            "note": TENSORRT_ON_ORT_WARNING}}
+    if layout == "ort":
+        fused = count_fused_nodes(path)
+        integer = {k: v for k, v in fused.items() if k in INTEGER_OPS}
+        float_weighted = sum(fused.get(op, 0) for op in ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm"))
+        return {"layout": "ort", "layout_check": {
+            "rules": "ONNX Runtime CPU integer kernels (after graph optimisation)",
+            "integer_nodes": integer, "float_weighted_nodes": float_weighted,
+            "passed": sum(integer.values()) > 0,
+            "note": ("layers left in float on purpose (fallback) also count as float"
+                     if float_weighted else "every conv/gemm runs as an integer kernel")}}
+    violations = check_tensorrt_qdq(model)
+    return {"layout": layout, "layout_check": {
+        "rules": "neither layout: TensorRT explicit-quantization rules it breaks", "violations": violations[:5],
+        "violation_count": len(violations), "passed": False}}
+
+
 def describe_onnx(path: str | Path) -> dict:
     """What `repdeploy inspect model.onnx` reports: opset, inputs, op counts, QDQ layout."""
     import onnx
@@ -179,12 +210,5 @@ def describe_onnx(path: str | Path) -> dict:
         "quantized": ops.get("QuantizeLinear", 0) > 0,
     }
     if record["quantized"]:
-        try:
-            from .qdq import check_tensorrt_qdq
-
-            violations = check_tensorrt_qdq(model)
-            record["tensorrt_qdq_violations"] = violations[:20]
-            record["tensorrt_ready"] = not violations
-        except ImportError:
-            pass
+        record.update(_layout_check(model, path))
     return record

@@ -26,12 +26,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from ..errors import CalibrationError, DataError
+from ..errors import CalibrationError, DataError, InputError
 from ..io import write_json_atomic
 from ..models.plain import PlainNet
 from ..models.specs import ArchSpec
@@ -494,20 +494,28 @@ class BackgroundCollector:
 
 
 @torch.no_grad()
-def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
-              percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS,
-              total_batches: int | None = None, data: dict | None = None) -> CalibrationCache:
-    """Run float inference over `batches`, compute activation ranges, load them into `qnet`.
+def calibrate(qnet, batches: Iterable[torch.Tensor] | None = None, *, forward_loop: Callable | None = None,
+              method: str = "entropy", percentile: float = DEFAULT_PERCENTILE, bins: int = DEFAULT_BINS,
+              total_batches: int | None = None, data: dict | None = None,
+              keep_inputs: list[torch.Tensor] | None = None, keep_limit: int = 0) -> CalibrationCache:
+    """Run float inference, compute activation ranges, load them into `qnet`; return the cache.
 
     `qnet` is a QuantPlainNet; every activation quantizer (for both targets) is calibrated, so
-    the cache serves either export flavour. Activations are collected in a worker thread while
-    the forward pass goes on (`BackgroundCollector`); `cache.timings` records the seconds spent
-    reading data, in the forward pass, waiting for collection, collecting (overlapped) and in the
-    threshold search.
+    the cache serves either export flavour. The images come from `batches` (NCHW tensors) or
+    from `forward_loop(qnet)`, a callable that runs the model over the user's data itself, as
+    ModelOpt's `forward_loop` does. With `keep_inputs`, the first `keep_limit` images seen are
+    appended to it (the caller verifies the INT8 model on them). Activations are collected in a
+    worker thread while the forward pass goes on (`BackgroundCollector`); `cache.timings` records
+    the seconds spent reading data, in the forward pass, waiting for collection, collecting
+    (overlapped) and in the threshold search (with `forward_loop`, data reading counts as forward).
+
+    >>> cache = calibrate(qnet, forward_loop=lambda m: [m(x) for x, _ in loader])  # doctest: +SKIP
     """
     from ..devices import to_device
     from ..train import module_device
 
+    if (batches is None) == (forward_loop is None):
+        raise InputError("calibrate needs exactly one of `batches` or `forward_loop`")
     calibrator = make_calibrator(method, percentile=percentile, bins=bins)
     qnet.eval()
     device = module_device(qnet)  # calibration runs where the model is; ranges leave as floats
@@ -515,37 +523,61 @@ def calibrate(qnet, batches: Iterable[torch.Tensor], *, method: str = "entropy",
     qnet.disable()
     collector = BackgroundCollector(calibrator)
     qnet.observe(collector)
-    images = 0
-    lo = hi = None  # per-channel input extremes: constant images calibrate nothing
+    seen = {"images": 0, "kept": 0, "lo": None, "hi": None}  # per-channel extremes: flat images calibrate nothing
+
+    # The checks run as hooks on the model, so a user's forward_loop gets them as batches do.
+    def check_input(module, args) -> None:
+        x = args[0]
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise DataError(f"calibration input must be an NCHW float tensor, got "
+                            f"{type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+        if not torch.isfinite(x).all():
+            raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
+        b_lo, b_hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))
+        seen["lo"] = b_lo if seen["lo"] is None else torch.minimum(seen["lo"], b_lo)
+        seen["hi"] = b_hi if seen["hi"] is None else torch.maximum(seen["hi"], b_hi)
+        seen["images"] += int(x.shape[0])
+        if keep_inputs is not None and seen["kept"] < keep_limit:
+            part = x[: keep_limit - seen["kept"]].detach().to("cpu", copy=True)  # verified on the CPU
+            keep_inputs.append(part)
+            seen["kept"] += int(part.shape[0])
+
+    def drain(module, args, output) -> None:
+        collector.drain()  # no activation outlives its batch (the data loader may reuse it)
+
+    hooks = [qnet.register_forward_pre_hook(check_input), qnet.register_forward_hook(drain)]
     data_s = loop_s = 0.0
     try:
-        started = time.perf_counter()
-        for x in track(batches, f"calibrating ({method})", total=total_batches):
+        if forward_loop is not None:
             t0 = time.perf_counter()
-            data_s += t0 - started  # reading and preprocessing the batch (the iterator's work)
-            x = to_device(x, device)
-            if not torch.isfinite(x).all():
-                raise DataError("calibration data holds NaN or Inf values; clean the images or arrays")
-            b_lo, b_hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))
-            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
-            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
-            qnet(x)
-            collector.drain()
-            images += int(x.shape[0])
+            forward_loop(qnet)
+            loop_s = time.perf_counter() - t0
+        else:
             started = time.perf_counter()
-            loop_s += started - t0
+            for x in track(batches, f"calibrating ({method})", total=total_batches):
+                t0 = time.perf_counter()
+                data_s += t0 - started  # reading and preprocessing the batch (the iterator's work)
+                qnet(to_device(x, device))
+                started = time.perf_counter()
+                loop_s += started - t0
     finally:
+        for hook in hooks:
+            hook.remove()
         qnet.observe(None)
         collector.close()
         for q, on in was_enabled:
             q.enabled = on
-    if images == 0:
-        raise DataError("no calibration images were read; give --calib-data with at least one image")
+    lo, hi = seen["lo"], seen["hi"]
+    if seen["images"] == 0:
+        raise DataError("no calibration images were read; give calibration data with at least one image"
+                        + (" (forward_loop never called the model)" if forward_loop is not None else ""))
     if bool((hi == lo).all()):
         raise DataError(
             "calibration images are all identical and flat (e.g. all zero): they have no range to "
             "calibrate; use real images"
         )
+    images = seen["images"]
+    qnet.set_weight_ranges()  # the weights' own ranges (after the data checks, which name a NaN's tensor)
     unsigned = {q.name: 255 if q.unsigned else 127 for q in qnet.quantizers() if not q.per_channel}
     unsigned.setdefault("features", 255)
     t0 = time.perf_counter()

@@ -18,12 +18,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, defaults
 from ..errors import AccuracyGateError, CheckpointError, DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
@@ -58,18 +58,46 @@ class QuantizeResult:
     int8_onnx: Path
     calib_cache: Path
     report_path: Path
-    report: dict
+    report: dict = field(repr=False)
     qnet: QuantPlainNet = field(repr=False)
+    # The headline figures of `report`, typed (None where not measured: no eval data).
+    target: str = "ort"
+    calib_method: str = ""
+    calib_samples: int = 0
+    sqnr_db: float | None = None  # FP32 vs INT8 logits on ONNX Runtime
+    top1_agreement: float = 0.0  # FP32 vs INT8 top-1 on the verification images
+    ort_parity_passed: bool = False  # ORT INT8 vs the torch fake-quant model
+    fp32_top1: float | None = None
+    int8_top1: float | None = None
+    top1_drop: float | None = None
+    gate_passed: bool | None = None  # None: no --max-drop, or no eval data to measure it on
+    float_layers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"output_dir": str(self.output_dir), "fused": str(self.fused), "fp32_onnx": str(self.fp32_onnx),
                 "int8_onnx": str(self.int8_onnx), "calib_cache": str(self.calib_cache),
-                "report": str(self.report_path)}
+                "report": str(self.report_path), "target": self.target, "calib_method": self.calib_method,
+                "calib_samples": self.calib_samples, "sqnr_db": self.sqnr_db, "top1_agreement": self.top1_agreement,
+                "ort_parity_passed": self.ort_parity_passed, "fp32_top1": self.fp32_top1,
+                "int8_top1": self.int8_top1, "top1_drop": self.top1_drop, "gate_passed": self.gate_passed,
+                "float_layers": self.float_layers}
 
 
 def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
+    from ..checkpoints import Loaded
+
+    if isinstance(model, Loaded):  # what repdeploy.load() returns
+        if model.model is None:
+            raise InputError(f"{model.path}: a scales file has no weights to quantize; {model.deploy_steps}")
+        model = model.model
     if isinstance(model, PlainNet):
         return model.eval(), {"source": "PlainNet (in memory)", "variant": model.spec.name, "zoo": False}
+    if isinstance(model, torch.nn.Module) and hasattr(model, "spec"):  # a train-form model: fuse (verified)
+        from ..fuse import fuse
+
+        fused = fuse(model.eval())
+        return fused.plain.eval(), {"source": f"{type(model).__name__} (in memory)", "variant": model.spec.name,
+                                    "zoo": False, "fusion": fused.equivalence.to_dict()}
     if isinstance(model, (str, os.PathLike)):
         from ..checkpoints import load_fused
 
@@ -81,7 +109,8 @@ def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
                 "zoo": is_zoo_path(path),
                 "fusion": equivalence.to_dict() if equivalence is not None else None}
         return plain.eval(), info
-    raise InputError(f"quantize takes a checkpoint path or a PlainNet, not {type(model).__name__}")
+    raise InputError(f"quantize takes a checkpoint path, a repdeploy model (PlainNet or a RepVGG/RepOpt-VGG "
+                     f"module) or what repdeploy.load() returned, not {type(model).__name__}")
 
 
 def _check_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
@@ -110,16 +139,17 @@ def _check_arguments(calib_method: str, target: str, calib_samples: int, percent
 
 
 def quantize(
-    model: str | os.PathLike | PlainNet,
+    model: str | os.PathLike | PlainNet | torch.nn.Module,
     *,
     output_dir: str | os.PathLike,
-    calib_data: str | os.PathLike | None = None,
-    calib_samples: int = 512,
-    calib_method: str = "entropy",
+    calib_data: Any = None,
+    forward_loop: Callable[[torch.nn.Module], Any] | None = None,
+    calib_samples: int = defaults.CALIB_SAMPLES,
+    calib_method: str = defaults.CALIB_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     calib_cache: str | os.PathLike | None = None,
-    target: str = "ort",
-    eval_data: str | os.PathLike | None = None,
+    target: str = defaults.TARGET,
+    eval_data: Any = None,
     eval_limit: int | None = None,
     max_drop: float | None = None,
     fallback: bool = False,
@@ -135,8 +165,13 @@ def quantize(
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
     Writes into `output_dir`: fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json,
-    report.json. Calibration data: `calib_data` (image folder, .npy/.npz, or "builtin"), a seeded
-    sample of `calib_samples` images; zoo models default to the built-in set. `calib_cache` skips
+    report.json. Calibration data, `calib_data`: an image folder, .npy/.npz or "builtin", or a
+    tensor/array of images (N,C,H,W) (a seeded sample of `calib_samples` images of either); or an
+    iterable of batches such as a torch DataLoader (its first `calib_samples` images); or instead
+    `forward_loop`, a callable that runs the model it is given over your data (as in ModelOpt).
+    In-memory images are model inputs, preprocessed as for training. Zoo models default to the
+    built-in set. `eval_data` is a path, an (images, labels) pair of arrays/tensors, or a DataLoader
+    of (images, labels) batches. `calib_cache` skips
     calibration and uses the ranges of a calib.json made for the same model. With `eval_data`
     (labelled), FP32 and INT8 top-1/top-5 are measured on ONNX Runtime; with `max_drop` too, a
     larger top-1 drop raises AccuracyGateError (exit 3) after the outputs are written; with
@@ -160,8 +195,9 @@ def quantize(
     which the report then records.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
-    >>> r.report["top1_drop"], r.int8_onnx.name
+    >>> r.top1_drop, r.int8_onnx.name                                                      # doctest: +SKIP
     (0.4, 'model_int8_ort.onnx')
+    >>> r = quantize(plain, calib_data=torch_loader, output_dir="out/")                    # doctest: +SKIP
     """
     from ..devices import resolve_device
 
@@ -173,14 +209,15 @@ def quantize(
     source_path = model if isinstance(model, (str, os.PathLike)) else None
     # (--calib-cache may be OUTDIR/calib.json: it is read before anything is written, and written
     # back with the same ranges.)
-    refuse_overwriting_inputs([source_path, calib_data, eval_data], files=[Path(output_dir) / n for n in names.values()])
+    paths = [v for v in (source_path, calib_data, eval_data) if isinstance(v, (str, os.PathLike))]  # not in-memory data
+    refuse_overwriting_inputs(paths, files=[Path(output_dir) / n for n in names.values()])
     refuse_overwriting_inputs([calib_cache], files=[Path(output_dir) / n for k, n in names.items() if k != "calib"])
     created = not Path(output_dir).exists()
     out = ensure_writable_dir(output_dir)
     try:
-        return _quantize(model, out, names, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                         eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std, where,
-                         allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing)
+        return _quantize(model, out, names, calib_data, forward_loop, calib_samples, calib_method, percentile,
+                         calib_cache, target, eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std,
+                         where, allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -188,12 +225,14 @@ def quantize(
         raise
 
 
-def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, calib_method: str, percentile: float,
+def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_samples: int, calib_method: str,
+              percentile: float,
               calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
               seed: int, load_kwargs: dict | None, mean, std, where, *, allow_mismatch: bool = False,
               resize: int | None = None, preprocessing=None) -> QuantizeResult:
     from ..checkpoints import save_fused
-    from ..data import calibration_sample, holdout_split, open_dataset, same_images
+    from ..data import ImageDataset, calibration_sample, from_arrays, holdout_split, open_dataset, same_images
+    from .calib_data import from_dataset, labelled_arrays, open_calibration_data
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..preprocess import Preprocessing, preprocessing_of
@@ -217,11 +256,24 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
     if preprocessing is None and cache_in is not None and isinstance(cache_in.data.get("preprocessing"), dict):
         preprocessing = Preprocessing.from_dict(cache_in.data["preprocessing"], f"{calib_cache} data.preprocessing")
 
+    def in_memory(source) -> bool:
+        return not isinstance(source, (str, os.PathLike, ImageDataset))
+
     def image_set(source, split: str):
+        if isinstance(source, ImageDataset):
+            return source
+        if in_memory(source):  # (images, labels) arrays or a loader: tensors as the caller prepared them
+            images, labels = labelled_arrays(source)
+            return from_arrays(images, labels, image_size=spec.input_size, channels=spec.in_channels,
+                               mean=mean, std=std, name=f"{type(source).__name__} (in memory)")
         return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels,
                             mean=mean, std=std, resize=resize, preprocessing=preprocessing)
 
-    if calib_data is None and cache_in is None:
+    if forward_loop is not None and calib_data is not None:
+        raise InputError("give calib_data or forward_loop, not both")
+    if forward_loop is not None and not callable(forward_loop):
+        raise InputError(f"forward_loop must be a callable taking the model, got {type(forward_loop).__name__}")
+    if calib_data is None and cache_in is None and forward_loop is None:
         if not info.get("zoo"):
             raise DataError("no calibration data: pass --calib-data (image folder, .npy/.npz, or 'builtin' "
                             "for the built-in digits) or --calib-cache FILE")
@@ -246,21 +298,32 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
                             "images they are judged on")
         if cache_in is None:
             calib_set = calibration_sample(pool, calib_samples, seed)
-    elif cache_in is None:
+    elif cache_in is None and forward_loop is None and not in_memory(calib_data):
         calib_set = calibration_sample(image_set(calib_data, "train"), calib_samples, seed)
+    calib_source = None
+    if calib_set is not None:
+        calib_source = from_dataset(calib_set, BATCH)
+    elif cache_in is None and forward_loop is None:
+        calib_source = open_calibration_data(calib_data, samples=calib_samples, seed=seed, image_size=spec.input_size,
+                                             channels=spec.in_channels, batch_size=BATCH, mean=mean, std=std)
     if eval_set is not None and not eval_set.has_labels:
-        raise DataError(f"eval data {eval_data} has no labels; give a class-folder layout or labels in the .npz")
+        raise DataError(f"eval data {eval_set.source} has no labels; give a class-folder layout or labels in the .npz")
+    n_verify = images_for(spec.input_size, VERIFY_IMAGES, 32)
+    if eval_limit is not None:
+        n_verify = max(1, min(n_verify, eval_limit))
 
     qnet = QuantPlainNet(plain, target).to(where)
-    qnet.set_weight_ranges()
     t0 = time.perf_counter()
+    seen: list[torch.Tensor] = []  # the first calibration images, to verify on when there is no eval data
     if cache_in is not None:
         qnet.load_ranges(cache_in.amax)
         cache = cache_in
     else:
-        cache = calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=calib_method,
-                          percentile=percentile, total_batches=calib_set.num_batches(BATCH),
-                          data=calib_set.describe())
+        cache = calibrate(qnet, calib_source.batches() if calib_source is not None else None,
+                          forward_loop=forward_loop, method=calib_method, percentile=percentile,
+                          total_batches=calib_source.total_batches if calib_source is not None else None,
+                          data=calib_source.describe() if calib_source is not None else {"source": "forward_loop"},
+                          keep_inputs=seen, keep_limit=n_verify)
     qnet.cpu()
     timings["calibration_s"] = time.perf_counter() - t0
     timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
@@ -279,21 +342,34 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
         if fallback_record.float_layers:
             status(f"quantize: left in float to meet --max-drop {max_drop}: {', '.join(fallback_record.float_layers)}")
 
-    # Verification images: the eval set when given, otherwise the calibration images.
-    verify_source = eval_set if eval_set is not None else calib_set
-    if verify_source is None:  # cache given, no eval data: the first images of the val split
-        verify_source = image_set(calib_data if calib_data is not None else "builtin", "val")
-    n_verify = images_for(spec.input_size, VERIFY_IMAGES, 32)
-    if eval_limit is not None:
-        n_verify = max(1, min(n_verify, eval_limit))
-    x_verify = torch.cat([x for x, _ in verify_source.batches(BATCH, limit=n_verify)])
+    # Verification images: the eval set when given, otherwise the first calibration images.
+    verify_set = None
+    if eval_set is not None:
+        verify_name = eval_set.source
+        x_verify = torch.cat([x for x, _ in eval_set.batches(BATCH, limit=n_verify)])
+    elif seen:
+        verify_name = calib_source.source if calib_source is not None else "forward_loop inputs"
+        x_verify = torch.cat(seen)
+    elif calib_data is not None and in_memory(calib_data):
+        # cache given with in-memory data: the first images of that data
+        first = open_calibration_data(calib_data, samples=n_verify, seed=seed, image_size=spec.input_size,
+                                      channels=spec.in_channels, batch_size=BATCH, mean=mean, std=std)
+        verify_name = first.source
+        x_verify = torch.cat(list(first.batches()))
+    else:  # cache given, no eval data: the first images of the val split
+        verify_set = image_set(calib_data if calib_data is not None else "builtin", "val")
+        verify_name = verify_set.source
+        x_verify = torch.cat([x for x, _ in verify_set.batches(BATCH, limit=n_verify)])
     # The record the model is fed with from now on: what calibration (or the evaluation) used.
-    record = next(d for d in (calib_set, eval_set, verify_source) if d is not None).preprocessing
+    # In-memory tensors carry none: the caller prepared them, and the outputs say so (None).
+    fed = next((d for d in (calib_set, eval_set, verify_set) if d is not None), None)
+    record = fed.preprocessing if fed is not None else preprocessing
+    record_dict = record.to_dict() if record is not None else None
 
     stage = make_scratch_dir(out, "set", "quantize")
     try:
         t0 = time.perf_counter()
-        save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record.to_dict()})
+        save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record_dict})
         export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
                     preprocessing=record)
         export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
@@ -305,7 +381,7 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
         fusion = fusion_verdict(info.get("fusion"))
         if fusion is not None:
             report["verdicts"].insert(0, fusion.to_dict())
-        report["verify_data"] = verify_source.source
+        report["verify_data"] = verify_name
         import onnx
 
         if target == "tensorrt":
@@ -348,7 +424,7 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
             "calib_method": cache.method, "calib_samples": cache.samples,
             "calib_percentile": cache.percentile, "calib_cache_used": str(calib_cache) if calib_cache else None,
             "calib_data": cache.data, "target": target, "device": str(where),
-            "preprocessing": record.to_dict(),
+            "preprocessing": record_dict,
             **report,
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
@@ -364,8 +440,13 @@ def _quantize(model, out: Path, names: dict, calib_data, calib_samples: int, cal
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-    result = QuantizeResult(out, out / names["fused"], out / names["fp32"], out / names["int8"],
-                            out / names["calib"], out / names["report"], report, qnet)
+    result = QuantizeResult(
+        out, out / names["fused"], out / names["fp32"], out / names["int8"], out / names["calib"],
+        out / names["report"], report, qnet, target=target, calib_method=report["calib_method"],
+        calib_samples=report["calib_samples"], sqnr_db=report["sqnr_db"], top1_agreement=report["top1_agreement"],
+        ort_parity_passed=report["ort_parity"]["passed"], fp32_top1=report.get("fp32_top1"),
+        int8_top1=report.get("int8_top1"), top1_drop=report.get("top1_drop"),
+        gate_passed=gate["passed"] if gate else None, float_layers=list(report["float_layers"]))
     if mismatches and not allow_mismatch:
         raise VerificationError(f"{info['variant']}: {mismatches[0]}; the INT8 model does not compute what was "
                                 f"measured (see {result.report_path} verdicts); pass --allow-mismatch to keep it anyway")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .. import __version__, defaults
 from ..errors import DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
@@ -294,6 +294,23 @@ class QATResult:
     report: dict
     qnet: QuantPlainNet = field(repr=False)
 
+    # Typed views of the headline figures in `report` (None where not measured, or on rank > 0).
+    @property
+    def fp32_top1(self) -> float | None:
+        return self.report.get("fp32_top1")
+
+    @property
+    def ptq_top1(self) -> float | None:
+        return self.report.get("ptq_top1")
+
+    @property
+    def qat_top1(self) -> float | None:
+        return self.report.get("qat_top1")
+
+    @property
+    def qat_drop(self) -> float | None:
+        return self.report.get("qat_drop")
+
     def to_dict(self) -> dict:
         return {"output_dir": str(self.output_dir), "int8_onnx": str(self.int8_onnx) if self.int8_onnx else None,
                 **{k: self.report.get(k) for k in ("fp32_top1", "ptq_top1", "qat_top1", "ptq_drop", "qat_drop")}}
@@ -326,9 +343,9 @@ def qat(
     train_data: str | os.PathLike | None,
     output_dir: str | os.PathLike,
     val_data: str | os.PathLike | None = None,
-    epochs: int = 3,
+    epochs: int = defaults.QAT_EPOCHS,
     lr: float | None = None,
-    batch_size: int = 64,
+    batch_size: int = defaults.QAT_BATCH_SIZE,
     weight_decay: float = 0.0,
     optimizer: str = "sgd",
     grad_mult: str = "none",
@@ -336,10 +353,10 @@ def qat(
     temperature: float = 4.0,
     calib_cache: str | os.PathLike | None = None,
     calib_data: str | os.PathLike | None = None,
-    calib_method: str = "entropy",
-    calib_samples: int = 512,
+    calib_method: str = defaults.CALIB_METHOD,
+    calib_samples: int = defaults.CALIB_SAMPLES,
     percentile: float = DEFAULT_PERCENTILE,
-    target: str = "ort",
+    target: str = defaults.TARGET,
     train_samples: int | None = None,
     learnable_ranges: bool = False,
     resume: bool = False,

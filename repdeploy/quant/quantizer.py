@@ -166,8 +166,11 @@ class QuantizerInfo:
 class QuantPlainNet(nn.Module):
     """A copy of a PlainNet with every conv and linear layer fake-quantized.
 
+    Weight ranges (per output channel) are set on construction: weights are known. After
+    changing the weights in place, call `set_weight_ranges()` again.
+
     >>> qnet = QuantPlainNet(plain, target="ort")       # doctest: +SKIP
-    >>> qnet.set_weight_ranges(); qnet.load_ranges(cache.amax)
+    >>> qnet.load_ranges(cache.amax)                    # or calibrate(qnet, batches)
     >>> qnet.disable("stage0.conv")                     # keep the first conv in float
     """
 
@@ -198,6 +201,10 @@ class QuantPlainNet(nn.Module):
         self._wrap(self.net, "linear", "linear", unsigned=ort, ort=ort)
         self.features_quantizer = TensorQuantizer(FEATURES, unsigned=True)
         self.features_quantizer.enabled = ort
+        try:
+            self.set_weight_ranges()
+        except CalibrationError:
+            pass  # non-finite weights: left unset here; calibration names the tensor the NaN reaches
 
     def _wrap(self, parent: nn.Module, attr: str, name: str, *, unsigned: bool, ort: bool) -> None:
         layer = getattr(parent, attr)
