@@ -507,8 +507,8 @@ def render_html(doc: dict, *, title: str = "repdeploy report") -> str:
         parts.append(f"<tr>{''.join(tds)}</tr>")
     parts.append("</tbody></table>")
     parts.append("<p class='legend'>Latency: median at the given batch; speed-up = FP32 / INT8 median with its "
-                 "95 % interval over interleaved rounds; <b>noisy</b> = an interval wider than &plusmn;5 %. "
-                 "eval imgs: the images each accuracy is measured on.</p>")
+                 "95 % interval over fresh sessions and interleaved rounds; <b>noisy</b> = an interval wider "
+                 "than &plusmn;5 %. eval imgs: the images each accuracy is measured on.</p>")
     errors = [r for r in records if r.get("error")]
     if errors:
         parts.append("<h2>Failures</h2><ul>" + "".join(
