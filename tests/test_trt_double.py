@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from conftest import trained_like
 from repdeploy.cli import main
-from repdeploy.errors import ExportError, InputError
+from repdeploy.errors import InputError
 from repdeploy.fuse import fuse
 
 ROOT = Path(__file__).resolve().parents[1]
