@@ -64,6 +64,7 @@ class PipelineSettings:
     seed: int = 0
     qat: bool = False  # add a QAT column: fine-tune from the PTQ ranges, evaluate its INT8 model
     qat_epochs: int = 2
+    qat_lr: float | None = None  # None: qat's default (sgd 0.01)
     train_data: str | None = None  # QAT training images; default: the train split of --data
     allow_mismatch: bool = False  # keep models whose verification failed (recorded per row)
     fallback_float: bool = False  # with max_drop: leave the most sensitive layers in float
@@ -176,7 +177,9 @@ def run_pipeline(
     bench_sessions: int = DEFAULT_BENCH_SESSIONS,
     qat: bool = False,
     qat_epochs: int = 2,
+    qat_lr: float | None = None,
     train_data: str | None = None,
+    zoo: str | None = None,
     load_kwargs: dict | None = None,
     command: str | None = None,
     allow_mismatch: bool = False,
@@ -220,6 +223,10 @@ def run_pipeline(
     validate.integer("--calib-samples", calib_samples, low=1, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)
     validate.integer("--qat-epochs", qat_epochs, low=1, allow_none=False)
+    validate.number("--qat-lr", qat_lr, low=0.0, low_open=True)
+    if checkpoints and zoo is not None:
+        raise InputError(f"--zoo {zoo} with checkpoints: --zoo picks the built-in models run when no checkpoint is "
+                         "given; drop one of them")
     validate.integer("--resize", resize, low=1)
     if fallback_float and max_drop is None:
         raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
@@ -238,14 +245,14 @@ def run_pipeline(
         engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
         duration=duration, iterations=iterations, max_duration=max_duration, bench_sessions=bench_sessions,
         eval_limit=eval_limit, qat=qat,
-        qat_epochs=qat_epochs, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
+        qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
         fallback_float=fallback_float,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
     )
     if checkpoints:
         jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]
     else:
-        jobs = [(e.file, e.arch, e.input_size, e.name) for e in builtin_zoo()]
+        jobs = [(e.file, e.arch, e.input_size, e.name) for e in builtin_zoo(zoo or "default")]
     names = _unique_names([name for *_, name in jobs])
     out = Path(output_dir)
     inputs = [path for path, *_ in jobs] + [data, calib_data, train_data]
@@ -591,7 +598,8 @@ def _qat(path: Path, run_dir: Path, s: PipelineSettings, row: ModelRow, state: d
     scratch = make_scratch_dir(run_dir, "pipeline", "qat")
     try:
         result = qat(str(path), train_data=train_source, val_data=s.data, output_dir=scratch, epochs=s.qat_epochs,
-                     calib_cache=run_dir / "calib.json", target=s.target, distill=True, grad_mult=grad_mult,
+                     lr=s.qat_lr, calib_cache=run_dir / "calib.json", target=s.target, distill=True,
+                     grad_mult=grad_mult,
                      seed=s.seed, load_kwargs=load_kwargs, device=s.device,
                      preprocessing=state["val"].preprocessing,
                      allow_mismatch=True)  # its verdicts join the row's, which _gate judges

@@ -430,7 +430,8 @@ SETTING_LABELS = {
     "fallback_float": "float fallback", "allow_mismatch": "allow mismatch", "bench_batch": "latency batch",
     "threads": "threads", "warmup": "warm-up", "duration": "min. duration per model", "iterations": "min. iterations",
     "max_duration": "max. duration per model", "eval_limit": "evaluation limit", "mean": "mean", "std": "std",
-    "resize": "resize", "seed": "seed", "qat": "QAT", "qat_epochs": "QAT epochs", "train_data": "QAT training data",
+    "resize": "resize", "seed": "seed", "qat": "QAT", "qat_epochs": "QAT epochs", "qat_lr": "QAT learning rate",
+    "train_data": "QAT training data",
 }
 
 
@@ -440,14 +441,14 @@ def readable_settings(settings: dict) -> list[tuple[str, str]]:
     defaults = {"calib_data": "train split of the evaluation data" if s.get("data") else None,
                 "calib_method": "the family's PTQ default", "threads": "runtime default",
                 "mean": "the model's record, else the data's own", "std": "the model's record, else the data's own",
-                "resize": "the model's record, else the data's own"}
+                "resize": "the model's record, else the data's own", "qat_lr": "qat's default"}
     units = {"max_drop": " pts", "warmup": " s", "duration": " s", "max_duration": " s"}
     out = []
     for key in list(SETTING_LABELS) + [k for k in s if k not in SETTING_LABELS]:
         if key not in s:
             continue
         value = s[key]
-        if key in ("qat_epochs", "train_data") and not s.get("qat"):
+        if key in ("qat_epochs", "qat_lr", "train_data") and not s.get("qat"):
             continue
         if value is None:
             if key not in defaults or defaults[key] is None:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from .. import defaults
+from ..zoo import ZOOS
 from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
                      log_warning, preprocessing_options, quiet_option)
 
@@ -312,6 +313,11 @@ def _warn_layout(model: str, engine: str) -> None:
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", type=int, default=2, show_default=True)
+@click.option("--qat-lr", type=float, default=None,
+              help="QAT learning rate (default: qat's, sgd 0.01; the stress zoo needs 0.001, docs/benchmarks.md).")
+@click.option("--zoo", type=click.Choice(ZOOS), default=None,
+              help="Built-in models to run when no checkpoint is given: default (`make demo`) or stress (a RepVGG / "
+                   "RepOpt-VGG pair whose RepVGG loses accuracy in PTQ; docs/training.md).  [default: default]")
 @click.option("--train-data", default=None, help="QAT training images; default: the train split of --eval-data.")
 @click.option("--fallback-float", is_flag=True,
               help="With --max-drop: leave the most sensitive layers in float until the drop fits, chosen on a "
@@ -330,7 +336,8 @@ def _warn_layout(model: str, engine: str) -> None:
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs, as_json):
+                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs,
+                 as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -344,6 +351,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
     Examples:
       repdeploy pipeline -o runs/demo
       repdeploy pipeline --qat -o runs/demo-qat                # PTQ and QAT side by side
+      repdeploy pipeline --zoo stress --qat --qat-epochs 4 --qat-lr 0.001 -o runs/stress
       repdeploy pipeline a.pth b.pth --eval-data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
       repdeploy pipeline a.pth --eval-data val/ --engine trt --target tensorrt -o runs/gpu
     """
@@ -364,7 +372,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
             max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
             bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
-            eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, train_data=train_data,
+            eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
             fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
         )
