@@ -376,7 +376,7 @@ def bench_sessions(
 
     integer("sessions", sessions, low=1, high=100, allow_none=False)
     measured, runners = [], []
-    for k in range(sessions):
+    for _ in range(sessions):
         with contextlib.ExitStack() as stack:
             runners = [stack.enter_context(r) for r in open_runners()]
             measured.append(_interleaved_rounds(

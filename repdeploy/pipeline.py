@@ -535,14 +535,14 @@ def _engine_verdicts(state: dict, fp32_logits, int8_logits, images: int = 64) ->
     import numpy as np
 
     from .export.onnx import ort_session
-    from .verify import TRT_MIN_AGREEMENT, TRT_MIN_SQNR_DB, compare_logits
+    from .verify import TRT_MIN_AGREEMENT, TRT_MIN_SQNR_DB, judge_logits
 
     x = np.concatenate([b.numpy() for b, _ in state["val"].batches(32, limit=images)])
     out = []
     for label, path, logits in (("fp32", state["fp32_onnx"], fp32_logits), ("int8", state["int8_onnx"], int8_logits)):
         session = ort_session(path)
         ref = session.run(None, {session.get_inputs()[0].name: x})[0]
-        out.append(compare_logits(f"trt_{label}", ref, logits[: len(ref)], reference_name=f"ORT {label.upper()}",
+        out.append(judge_logits(f"trt_{label}", ref, logits[: len(ref)], reference_name=f"ORT {label.upper()}",
                                   candidate_name=f"TensorRT {label.upper()}", min_sqnr_db=TRT_MIN_SQNR_DB,
                                   min_agreement=TRT_MIN_AGREEMENT).to_dict())
     return out

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .evaluate import sqnr_db, top1_agreement
+
 #: relative tolerances, as a fraction of the largest |logit| of the reference model
 FUSION_REL_TOL = 1e-4  # fuse.py's own check; fp32 fusion error is 1e-8 .. 5e-5 upstream
 FP32_ORT_REL_TOL = 1e-4  # the same function in the same precision: only summation order differs
@@ -75,7 +77,7 @@ class Verdict:
         return d
 
 
-def compare_logits(check: str, reference: np.ndarray, candidate: np.ndarray, *, reference_name: str,
+def judge_logits(check: str, reference: np.ndarray, candidate: np.ndarray, *, reference_name: str,
                    candidate_name: str, tolerance: float | None = None, min_agreement: float | None = None,
                    min_sqnr_db: float | None = None) -> Verdict:
     """Judge `candidate` logits against `reference` logits (same inputs, same order) on the
@@ -87,9 +89,9 @@ def compare_logits(check: str, reference: np.ndarray, candidate: np.ndarray, *, 
     diff = float(np.abs(ref - cand).max()) if ref.size else 0.0
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     rel = diff / scale if scale > 0 else (0.0 if diff == 0 else math.inf)
-    agreement = float((ref.argmax(1) == cand.argmax(1)).mean()) if ref.ndim == 2 and len(ref) else None
-    noise, signal = float(np.sum((ref - cand) ** 2)), float(np.sum(ref**2))
-    sqnr = None if noise == 0 else (10.0 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    agreement = top1_agreement(ref, cand) if ref.ndim == 2 and len(ref) else None
+    sqnr = sqnr_db(ref, cand)
+    sqnr = None if sqnr == math.inf else sqnr  # identical: no noise to report
     passed = ((tolerance is None or rel <= tolerance)
               and (min_sqnr_db is None or sqnr is None or sqnr >= min_sqnr_db)
               and (min_agreement is None or agreement is None or agreement >= min_agreement))

@@ -16,22 +16,22 @@ FAST_PIPELINE = ["--calib-samples", "32", "--eval-limit", "120", "--warmup", "0"
                  "--iterations", "3", "--max-duration", "0"]
 
 
-def test_compare_logits_judges_relative_difference_and_agreement():
+def test_judge_logits_judges_relative_difference_and_agreement():
     ref = np.array([[4.0, 0.0, -1.0], [0.0, 2.0, 1.0]])
-    same = verify.compare_logits("x", ref, ref + 1e-6, reference_name="a", candidate_name="b", tolerance=1e-4)
+    same = verify.judge_logits("x", ref, ref + 1e-6, reference_name="a", candidate_name="b", tolerance=1e-4)
     assert same.passed and same.max_rel_diff == pytest.approx(1e-6 / 4.0) and same.top1_agreement == 1.0
     flipped = ref.copy()
     flipped[1] = [0.0, 1.0, 2.0]  # 1/4 relative, and the second row's class changes
-    bad = verify.compare_logits("x", ref, flipped, reference_name="a", candidate_name="b", tolerance=0.5,
+    bad = verify.judge_logits("x", ref, flipped, reference_name="a", candidate_name="b", tolerance=0.5,
                                 min_agreement=0.99)
     assert not bad.passed and bad.top1_agreement == 0.5 and "50.0% < 99%" in bad.line() and "FAILED" in bad.line()
     # one flipped value among many exact ones: the max rules a max-based figure, not the SQNR
     big = np.tile(ref, (500, 1))
     one_flip = big.copy()
     one_flip[7, 1] += 0.2
-    sq = verify.compare_logits("x", big, one_flip, reference_name="a", candidate_name="b", min_sqnr_db=30.0)
+    sq = verify.judge_logits("x", big, one_flip, reference_name="a", candidate_name="b", min_sqnr_db=30.0)
     assert sq.passed and sq.max_rel_diff == pytest.approx(0.05) and sq.sqnr_db > 50
-    scaled = verify.compare_logits("x", big, 1.5 * big, reference_name="a", candidate_name="b", min_sqnr_db=30.0)
+    scaled = verify.judge_logits("x", big, 1.5 * big, reference_name="a", candidate_name="b", min_sqnr_db=30.0)
     assert not scaled.passed and scaled.sqnr_db == pytest.approx(20 * np.log10(2), abs=1e-6)  # a wrong scale
     assert verify.parity_cell([same.to_dict(), bad.to_dict()]) == "MISMATCH (x)"
     assert verify.parity_cell([same.to_dict()]) == "ok" and verify.parity_cell([]) == "-"

@@ -488,9 +488,9 @@ def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
     fake = logits(qnet)
     fp32 = _run_ort(fp32_onnx, x)
     int8 = _run_ort(int8_onnx, x)
-    fp32_verdict = verify.compare_logits("ort_fp32", ref, fp32, reference_name="torch FP32", candidate_name="ORT FP32",
+    fp32_verdict = verify.judge_logits("ort_fp32", ref, fp32, reference_name="torch FP32", candidate_name="ORT FP32",
                                          tolerance=verify.FP32_ORT_REL_TOL)
-    int8_verdict = verify.compare_logits("ort_int8", fake, int8, reference_name="torch fake-quant",
+    int8_verdict = verify.judge_logits("ort_int8", fake, int8, reference_name="torch fake-quant",
                                          candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
                                          min_agreement=verify.INT8_ORT_MIN_AGREEMENT)
     parity = {"max_abs_diff": int8_verdict.max_abs_diff, "max_rel_diff": int8_verdict.max_rel_diff,

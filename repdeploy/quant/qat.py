@@ -647,9 +647,9 @@ def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: 
     ref = torch.cat([tuned(c) for c in x.split(BATCH)]).numpy()
     fake = torch.cat([qnet(c) for c in x.split(BATCH)]).numpy()
     return [
-        verify.compare_logits("ort_fp32", ref, _run_ort(fp32_onnx, x), reference_name="torch FP32 (QAT-tuned)",
+        verify.judge_logits("ort_fp32", ref, _run_ort(fp32_onnx, x), reference_name="torch FP32 (QAT-tuned)",
                               candidate_name="ORT FP32", tolerance=verify.FP32_ORT_REL_TOL).to_dict(),
-        verify.compare_logits("ort_int8", fake, _run_ort(int8_onnx, x), reference_name="torch fake-quant (QAT)",
+        verify.judge_logits("ort_int8", fake, _run_ort(int8_onnx, x), reference_name="torch fake-quant (QAT)",
                               candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
                               min_agreement=verify.INT8_ORT_MIN_AGREEMENT).to_dict(),
     ]
