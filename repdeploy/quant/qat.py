@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__, defaults
+from .. import defaults
+from ..version import __version__
 from ..errors import DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
