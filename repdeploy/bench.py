@@ -536,7 +536,7 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     env = {
         "cpu": cpu_model(),

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .errors import CheckpointError, InputError, NonFiniteWeightsError, UnsafeCheckpointError
 from .io import save_torch_atomic
 from .models import ArchSpec, PlainNet, build, get_spec, match_variant

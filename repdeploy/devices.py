@@ -1,10 +1,12 @@
-"""Where torch work runs: `--device auto|cpu|cuda[:N]`, mixed precision, and the DDP backend.
+"""Where tensors live: `--device auto|cpu|cuda[:N]`, a model's device, a torchrun rank's device
+and its DDP backend, mixed precision.
 
-Every torch step (training, hyper-search, QAT, calibration and its verification, evaluation,
-`bench --engine torch`) resolves its device here, so "auto" means the same everywhere: CUDA
-when torch sees a GPU, else the CPU. A device that is asked for but absent is a
+This is the one module that decides devices. Every torch step (training, hyper-search, QAT,
+calibration and its verification, evaluation, `bench --engine torch`) resolves its device here,
+so "auto" means the same everywhere: CUDA when torch sees a GPU, else the CPU. A device that is asked for but absent is a
 BackendMissingError (exit 4), not a silent fall-back, so a job meant for a GPU never crawls
-on the CPU unnoticed.
+on the CPU unnoticed. Steps handed a model instead of a `--device` run where `module_device`
+says it is. The process group itself (joining it, sharding, barriers) is `distributed.py`.
 
 Results that leave a step (calibration ranges, exported files, logits) are moved back to the
 CPU, so they are the same whichever device computed them, within float tolerance.
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from torch import nn
 
 from .errors import BackendMissingError, InputError
 
@@ -60,6 +63,12 @@ def describe_device(device: torch.device) -> dict:
     if device.type == "cuda":
         record["gpu"] = torch.cuda.get_device_name(device)
     return record
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device a module's parameters live on (the CPU for a module without any)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -131,5 +140,5 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-__all__ = ["resolve_device", "describe_device", "distributed_placement", "DistributedPlacement", "amp_dtype",
-           "autocast", "to_device", "synchronize", "DEVICE_HELP", "AMP_CHOICES"]
+__all__ = ["resolve_device", "describe_device", "module_device", "distributed_placement", "DistributedPlacement",
+           "amp_dtype", "autocast", "to_device", "synchronize", "DEVICE_HELP", "AMP_CHOICES"]

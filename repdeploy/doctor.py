@@ -74,7 +74,7 @@ def report() -> dict:
     >>> "torch" in report()["packages"]
     True
     """
-    from . import __version__
+    from .version import __version__
     from .bench import cpu_model, physical_cores
 
     importable = {}

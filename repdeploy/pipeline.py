@@ -329,7 +329,7 @@ def _run_staged(path: Path, name: str, final_dir: Path, run_dir: Path, s: Pipeli
                    bench_batch=s.bench_batch, threads=s.threads, allow_mismatch=s.allow_mismatch)
     manifest: dict[str, Any] = {"tool": "repdeploy", "command": command, "input": {"path": str(path)},
                                 "settings": s.to_dict()}
-    from . import __version__
+    from .version import __version__
 
     manifest["version"] = __version__
     state: dict[str, Any] = {}

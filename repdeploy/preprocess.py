@@ -30,6 +30,11 @@ import numpy as np
 from .errors import DataError, InputError
 
 ONNX_METADATA_KEY = "repdeploy.preprocessing"
+#: The other ONNX metadata keys: the nominal input size (calibration, benchmarks) of a graph whose
+#: height and width are dynamic, and the precision it was exported in. Export writes them and the
+#: runtimes read them, so they live here, below both (docs/architecture.md, "Layer order").
+META_INPUT_SIZE = "repdeploy.input_size"
+META_PRECISION = "repdeploy.precision"
 RECORD_VERSION = 1
 
 
@@ -252,4 +257,4 @@ def preprocessing_of(path: str | Path) -> Preprocessing | None:
 
 
 __all__ = ["Preprocessing", "preprocess", "preprocessing_of", "transform", "set_onnx_metadata",
-           "write_onnx_metadata", "ONNX_METADATA_KEY"]
+           "write_onnx_metadata", "ONNX_METADATA_KEY", "META_INPUT_SIZE", "META_PRECISION"]

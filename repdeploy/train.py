@@ -3,8 +3,9 @@
 One function, `train`, runs a seeded, CPU-deterministic loop: per-step cosine learning rate with
 linear warm-up, label-smoothed cross entropy (or a caller's loss, e.g. distillation), weight decay
 groups as upstream, a `MultiplierMap` that optimizers apply, hooks for producers that refresh
-multipliers (SGS), periodic atomic checkpoints of the whole training state, and `resume` that
-reproduces the uninterrupted run bit for bit.
+multipliers (SGS), periodic atomic checkpoints of the whole training state (train_state.py),
+and `resume` that reproduces the uninterrupted run bit for bit. What `repdeploy train` builds
+and which optimizer it picks live in recipes.py, above this loop.
 
 Determinism without saved RNG streams: the data order of epoch e is a permutation seeded by
 (seed, e) and the augmentation of step k by (seed, k), so a resumed run only needs the step
@@ -25,10 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageDataset
-from .errors import CheckpointError, InputError
+from .devices import autocast, module_device, to_device
+from .errors import InputError
 from .optim.multipliers import MultiplierMap
-from .devices import autocast, to_device
 from .progress import status, track
+from .train_state import restore_state, save_state
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[list[dict], MultiplierMap], torch.optim.Optimizer]
@@ -163,12 +165,6 @@ def augment_batch(x: torch.Tensor, mode: str, seed: int, step: int) -> torch.Ten
     return out
 
 
-def module_device(model: nn.Module) -> torch.device:
-    """The device a module's parameters live on (the CPU for a module without any)."""
-    first = next(iter(model.parameters()), None)
-    return first.device if first is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def top1_accuracy(model: nn.Module, dataset: ImageDataset, batch_size: int = 256) -> float:
     """Top-1 accuracy (%) in eval mode on the model's device; its train/eval mode is restored."""
@@ -250,7 +246,8 @@ def train(
     if resume:
         if state_path is None or not Path(state_path).exists():
             raise InputError(f"--resume: no training state at {state_path}; start without --resume")
-        step, history, partial = _restore(Path(state_path), model, optimizer, multipliers, config, identity)
+        point = restore_state(Path(state_path), model, optimizer, multipliers, asdict(config), identity)
+        step, history, partial = point.step, [EpochRecord(**r) for r in point.history], point.partial
     resumed_from = step
 
     model.train()
@@ -301,8 +298,8 @@ def train(
             periodic = config.checkpoint_every > 0 and step % config.checkpoint_every == 0
             stop = config.stop_after_steps is not None and step >= config.stop_after_steps
             if state_path is not None and (periodic or stop) and not end_of_epoch:
-                _save(Path(state_path), model, optimizer, multipliers, config, step, history, (loss_sum, loss_n),
-                      identity)
+                save_state(Path(state_path), model, optimizer, multipliers, asdict(config), step,
+                           [asdict(r) for r in history], (loss_sum, loss_n), identity)
             if stop and not end_of_epoch:
                 stopped_early = True
                 break
@@ -319,7 +316,8 @@ def train(
         status(f"{description} epoch {epoch + 1}/{config.epochs}: loss {record.train_loss:.4f}"
                + (f", val top-1 {val_top1:.2f}%" if val_top1 is not None else ""))
         if state_path is not None:
-            _save(Path(state_path), model, optimizer, multipliers, config, step, history, identity=identity)
+            save_state(Path(state_path), model, optimizer, multipliers, asdict(config), step,
+                       [asdict(r) for r in history], identity=identity)
         if config.stop_after_steps is not None and step >= config.stop_after_steps and step < total_steps:
             stopped_early = True
             break
@@ -333,148 +331,7 @@ def train(
     )
 
 
-# --- training state ---------------------------------------------------------------------------
-
-# The config fields a resumed run must share with the interrupted one for "resume" to mean anything.
-_RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "label_smoothing", "seed", "augment")
-
-
-def _save(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
-          config: TrainConfig, step: int, history: list[EpochRecord],
-          partial: tuple[float, int] = (0.0, 0), identity: dict | None = None) -> None:
-    from .io import save_torch_atomic
-
-    save_torch_atomic(path, {
-        "format": "repdeploy-train-state",
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "multipliers": multipliers.state_dict(),
-        "step": step,
-        "config": asdict(config),
-        "history": [asdict(r) for r in history],
-        "epoch_loss": [float(partial[0]), int(partial[1])],
-        "torch_rng": torch.get_rng_state(),
-        "identity": identity or {},
-    })
-
-
-def _restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
-             config: TrainConfig, identity: dict | None = None) -> tuple[int, list[EpochRecord], tuple[float, int]]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"training state {path} cannot be read ({str(exc).splitlines()[0]}); "
-                              "delete it to start over") from exc
-    if not isinstance(state, dict) or state.get("format") != "repdeploy-train-state":
-        raise CheckpointError(f"{path} is not a repdeploy training state; delete it to start over")
-    saved_identity = state.get("identity") or {}
-    wanted = identity or {}
-    different = sorted(k for k in set(saved_identity) | set(wanted) if saved_identity.get(k) != wanted.get(k))
-    if different:
-        raise InputError(f"--resume: {path} belongs to another run (different {', '.join(different)}); "
-                         "resume with the same model and settings, or delete the state to start over")
-    saved = state["config"]
-    changed = [k for k in _RESUME_KEYS if saved.get(k) != getattr(config, k)]
-    if changed:
-        raise InputError(f"--resume: {path} was made with different {', '.join(changed)} "
-                         f"({', '.join(f'{k}={saved.get(k)}' for k in changed)}); use the same settings")
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"training state {path} does not match this model/optimizer ({exc})") from exc
-    multipliers.load_state_dict(state["multipliers"])
-    torch.set_rng_state(state["torch_rng"])
-    history = [EpochRecord(**r) for r in state["history"]]
-    loss_sum, loss_n = state.get("epoch_loss", [0.0, 0])
-    return int(state["step"]), history, (float(loss_sum), int(loss_n))
-
-
 __all__ = [
     "TrainConfig", "TrainResult", "EpochRecord", "TrainHook", "train", "top1_accuracy",
-    "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss", "module_device",
+    "parameter_groups", "decays", "lr_factor", "augment_batch", "label_smoothing_loss",
 ]
-
-
-# --- recipes: what `repdeploy train` runs ----------------------------------------------------
-
-DEFAULT_LR = {"sgd": 0.1, "repopt-sgd": 0.1, "adamw": 1e-3, "repopt-adamw": 1e-3, "agd": 1.0}
-DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "repopt-sgd": 1e-4, "adamw": 0.05, "repopt-adamw": 0.05, "agd": 0.0}
-
-
-def train_architecture(
-    spec,
-    train_data: ImageDataset,
-    val_data: ImageDataset | None = None,
-    config: TrainConfig | None = None,
-    *,
-    optimizer: str = "sgd",
-    scales: dict[str, torch.Tensor] | None = None,
-    sgs: bool = False,
-    sgs_every: int = 5,
-    momentum: float = 0.9,
-    state_path: str | os.PathLike | None = None,
-    resume: bool = False,
-    device: torch.device | str | None = None,
-    amp: torch.dtype | None = None,
-) -> tuple[nn.Module, TrainResult]:
-    """Build `spec` in its trainable form and train it with one of the supported optimizers.
-
-    RepVGG trains in its branch (train) form; RepOpt-VGG in its plain target form, where
-    "repopt-sgd"/"repopt-adamw" need the hyper-searched `scales` (initialisation rule +
-    multipliers). `sgs=True` adds Spatial Gradient Scaling to any optimizer. AGD needs no lr.
-    """
-    from .models import build
-    from .optim import AGD, AdamWWithMultipliers, SGDWithMultipliers, SpatialGradientScaling
-    from .optim.agd import prepare_for_agd
-    from .optim.repopt import repopt_initialize, set_repopt_multipliers
-
-    config = config or TrainConfig()
-    if optimizer not in DEFAULT_LR:
-        raise InputError(f"unknown optimizer {optimizer!r}; use one of {', '.join(DEFAULT_LR)}")
-    repopt = optimizer.startswith("repopt-")
-    if repopt and spec.family != "repopt":
-        raise InputError(f"{optimizer} trains plain RepOpt-VGG models; {spec.name} is a {spec.family} "
-                         "model, train it with --optimizer sgd (its branches do the re-parameterization)")
-    if repopt and scales is None:
-        raise InputError(f"{optimizer} needs a scales file: run `repdeploy hypersearch --arch {spec.name} "
-                         "-o scales.pth` first and pass --scales scales.pth")
-    if scales is not None and not repopt:
-        raise InputError(f"--scales only applies to --optimizer repopt-sgd or repopt-adamw, not {optimizer}")
-    torch.manual_seed(config.seed)
-    model = build(spec, "target" if spec.family == "repopt" else "train")
-    multipliers = MultiplierMap(model)
-    if repopt:
-        repopt_initialize(model, scales, torch.Generator().manual_seed(config.seed))
-        set_repopt_multipliers(multipliers, spec, scales, optimizer.removeprefix("repopt-"))
-    if optimizer == "agd":
-        prepare_for_agd(model, seed=config.seed)
-    hooks = [SpatialGradientScaling(train_data, refresh_every=sgs_every, seed=config.seed)] if sgs else []
-
-    def make(groups: list[dict], mults: MultiplierMap) -> torch.optim.Optimizer:
-        if optimizer in ("sgd", "repopt-sgd"):
-            return SGDWithMultipliers(groups, mults, lr=config.lr, momentum=momentum)
-        if optimizer in ("adamw", "repopt-adamw"):
-            return AdamWWithMultipliers(groups, mults, lr=config.lr)
-        return AGD([p for g in groups for p in g["params"]], mults, gain=config.lr)
-
-    # A state from another architecture, optimizer, data set or scales file is never adopted.
-    scales_sha = None
-    if scales is not None:
-        import hashlib
-
-        digest = hashlib.sha256()
-        for key in sorted(scales):
-            digest.update(key.encode() + scales[key].detach().float().cpu().numpy().tobytes())
-        scales_sha = digest.hexdigest()
-    identity = {"arch": spec.to_dict(), "optimizer": optimizer, "sgs": sgs, "sgs_every": sgs_every,
-                "momentum": momentum, "scales_sha256": scales_sha,
-                # what the data is, not how its path was spelled (./imgs and imgs are one data set)
-                "data": {k: v for k, v in train_data.describe().items() if k != "source"}}
-    result = train(model, make, train_data, val_data, config, multipliers=multipliers, hooks=hooks,
-                   state_path=state_path, resume=resume, uses_lr_schedule=optimizer != "agd",
-                   description=f"train {spec.name}", identity=identity, device=device, amp=amp)
-    return model.cpu(), result
-
-
-__all__ += ["train_architecture", "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY"]

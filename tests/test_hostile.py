@@ -194,7 +194,8 @@ def test_train_resume_refuses_another_runs_state(tmp_path):
     from repdeploy.data import open_dataset
     from repdeploy.errors import InputError
     from repdeploy.models import get_spec
-    from repdeploy.train import TrainConfig, train_architecture
+    from repdeploy.recipes import train_architecture
+    from repdeploy.train import TrainConfig
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", images=rng.integers(0, 255, (16, 16, 16), np.uint8), labels=np.arange(16) % 2)

@@ -15,7 +15,8 @@ from conftest import trained_like
 from repdeploy.export.qdq import check_tensorrt_qdq, count_fused_nodes, integer_node_count
 from repdeploy.fuse import fuse
 from repdeploy.quant.calib import calibrate
-from repdeploy.quant.qat import branch_scales_from_bn, qat, set_prior_multipliers
+from repdeploy.optim.priors import branch_scales_from_bn, set_prior_multipliers
+from repdeploy.quant.qat import qat
 from repdeploy.quant.quantizer import QuantPlainNet
 
 ZOO_REPVGG = Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth"

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from repdeploy.data import open_dataset
 from repdeploy.errors import CheckpointError, InputError
 from repdeploy.models import build, get_spec
-from repdeploy.optim import hypersearch, load_scales
+from repdeploy.optim import load_scales
+from repdeploy.optim.hypersearch import hypersearch
 from repdeploy.optim.repopt import expected_scale_keys
-from repdeploy.train import TrainConfig, lr_factor, parameter_groups, train_architecture
+from repdeploy.recipes import train_architecture
+from repdeploy.train import TrainConfig, lr_factor, parameter_groups
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,8 @@ def _prepare(arch: str, data: str, val_data: str | None, image_size: int | None,
 
 
 def _config(optimizer: str, **kw: Any):
-    from ..train import DEFAULT_LR, DEFAULT_WEIGHT_DECAY, TrainConfig
+    from ..recipes import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+    from ..train import TrainConfig
 
     lr = kw.pop("lr")
     wd = kw.pop("weight_decay")
@@ -154,7 +155,7 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
     from ..io import ensure_writable_file, save_torch_atomic
     from ..models import get_spec
     from ..optim.repopt import load_scales
-    from ..train import train_architecture
+    from ..recipes import train_architecture
 
     from ..rundir import refuse_overwriting_inputs
 
@@ -203,7 +204,7 @@ def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size,
       repdeploy hypersearch --arch RepOpt-VGG-B1 --train-data cifar100/ --input-size 32 -o b1_scales.pth
     """
     from ..io import ensure_writable_file
-    from ..optim import hypersearch
+    from ..optim.hypersearch import hypersearch
 
     from ..rundir import refuse_overwriting_inputs
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ExportError
 from ..io import atomic_path
+from ..preprocess import META_INPUT_SIZE, META_PRECISION
 
 OPSET = 17
 #: QDQ with per-channel axes needs opset 13; the TorchScript exporter stops at 20.
@@ -26,10 +27,6 @@ PARITY_TOLERANCE = 1e-3
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16")
-#: ONNX metadata keys: the nominal input size (calibration, benchmarks) of a graph whose height
-#: and width are dynamic, and the precision it was exported in.
-META_INPUT_SIZE = "repdeploy.input_size"
-META_PRECISION = "repdeploy.precision"
 
 
 def check_opset(opset: int) -> int:

@@ -5,6 +5,10 @@ The search form has per-channel trainable scales on its 3x3, 1x1 and identity br
 RepOptimizer's hyper-parameters: they define the gradient multipliers and the initialisation
 of the plain target model (see `repopt`). Upstream searches on CIFAR-100; repdeploy searches on
 whatever data it is given (the built-in digits for the shipped zoo).
+
+It runs the training loop, so it sits above `train.py` in the layer order although it lives
+with the optimizers whose scales it produces; `repdeploy.optim` does not import it, so the
+optimizers (which the loop uses) never pull in the loop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ..data import ImageDataset
 from ..errors import InputError
 from ..models import build
 from ..models.specs import ArchSpec
+from ..train import TrainConfig, TrainResult, train
 from .multipliers import SGDWithMultipliers
 from .repopt import save_scales, scales_from_search_model, validate_scales
 
@@ -25,7 +30,7 @@ from .repopt import save_scales, scales_from_search_model, validate_scales
 @dataclass
 class SearchResult:
     scales: dict[str, torch.Tensor]
-    train: "object"  # repdeploy.train.TrainResult (kept loose to avoid an import cycle in typing)
+    train: TrainResult
 
     def summary(self) -> dict:
         values = torch.cat([v.flatten() for v in self.scales.values()])
@@ -33,13 +38,12 @@ class SearchResult:
                 "negative": int((values < 0).sum())}
 
 
-def hypersearch(spec: ArchSpec, train_data: ImageDataset, val_data: ImageDataset | None = None, config=None, *,
+def hypersearch(spec: ArchSpec, train_data: ImageDataset, val_data: ImageDataset | None = None,
+                config: TrainConfig | None = None, *,
                 momentum: float = 0.9, output: str | os.PathLike | None = None,
                 state_path: str | os.PathLike | None = None, resume: bool = False,
                 device: torch.device | str | None = None, amp: torch.dtype | None = None) -> SearchResult:
     """Train the hyper-search form of `spec` with SGD and return (and optionally save) its scales."""
-    from ..train import TrainConfig, train
-
     if spec.family != "repopt":
         raise InputError(f"hyper-search is for RepOpt-VGG architectures; {spec.name} is a {spec.family} model")
     config = config or TrainConfig()

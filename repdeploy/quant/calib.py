@@ -512,7 +512,7 @@ def calibrate(qnet, batches: Iterable[torch.Tensor] | None = None, *, forward_lo
     >>> cache = calibrate(qnet, forward_loop=lambda m: [m(x) for x, _ in loader])  # doctest: +SKIP
     """
     from ..devices import to_device
-    from ..train import module_device
+    from ..devices import module_device
 
     if (batches is None) == (forward_loop is None):
         raise InputError("calibrate needs exactly one of `batches` or `forward_loop`")

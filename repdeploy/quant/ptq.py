@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import __version__, defaults
+from .. import defaults
+from ..version import __version__
 from ..errors import AccuracyGateError, CheckpointError, DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs

@@ -36,12 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__, defaults
+from .. import defaults
+from ..distributed import barrier as _barrier
+from ..distributed import init_world, shard
 from ..errors import DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
+from ..optim.priors import QuantSGSHook, branch_scales_from_bn, set_prior_multipliers
 from ..rundir import commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..train import TrainConfig
+from ..version import __version__
 from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
 from .quantizer import MIN_AMAX, TARGETS, QuantPlainNet, TensorQuantizer
 
@@ -51,152 +55,6 @@ DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4, "agd": 0.05}
 GRAD_MULT_PRODUCER = "qat-prior"
 STATE_FILE = "qat_state.pt"
 BATCH = 32
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class World:
-    """Where this process sits in a torch.distributed job (a single process is rank 0 of 1)."""
-
-    rank: int = 0
-    size: int = 1
-    backend: str | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-
-def init_world(device: str | torch.device | None = "auto") -> World:
-    """Join the process group torchrun describes in the environment, if any.
-
-    The device decides the backend (devices.distributed_placement): NCCL with this rank's
-    model and data on `cuda:LOCAL_RANK`, gloo on the CPU. A single process just resolves
-    `device`.
-    """
-    from ..devices import distributed_placement, resolve_device
-
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return World(device=resolve_device(device))
-    import torch.distributed as dist
-
-    placement = distributed_placement(str(device) if device is not None else "auto")
-    if placement.device.type == "cuda":
-        torch.cuda.set_device(placement.device)  # NCCL binds each rank to the current device
-    if not dist.is_initialized():
-        dist.init_process_group(backend=placement.backend)
-    return World(dist.get_rank(), dist.get_world_size(), placement.backend, placement.device)
-
-
-def _barrier(world: World) -> None:
-    if world.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def shard(dataset, world: World):
-    """This rank's share of a dataset: every size-th image from a rank offset.
-
-    Each rank then shuffles its shard per epoch (seeded), which is what DistributedSampler does
-    up to the order of shuffling and sharding; the shards are disjoint and cover the data.
-    """
-    if not world.distributed:
-        return dataset
-    import numpy as np
-
-    return dataset.subset(np.arange(world.rank, len(dataset), world.size))
-
-
-# --------------------------------------------------------------------------- gradient multipliers
-
-
-def _conv_param_name(layer_name: str) -> str:
-    # QuantPlainNet layer "stage1.0.conv" keeps its float conv inside: net.stage1.0.conv.conv.weight
-    return f"net.{layer_name}.conv.weight"
-
-
-def branch_scales_from_bn(train_model: nn.Module) -> dict[str, torch.Tensor]:
-    """Per-channel branch scales of a RepVGG train-form model, from its BN statistics.
-
-    In eval mode each branch's BN is a constant per-channel scale gamma / sqrt(var + eps), so a
-    fused kernel W = s*W3 + t*pad(W1) (+ identity) is exactly a RepOpt block with scales s and
-    t. Treating them as constants during QAT ignores that BN's statistics and affine parameters
-    would also move; that is the approximation, and it is what keeps the prior's shape.
-    The result is in the scales-file layout, so it feeds the same multiplier code as RepOpt.
-    """
-    from ..models.repvgg import RepVGG
-
-    if not isinstance(train_model, RepVGG):
-        raise InputError("--grad-mult bn needs a RepVGG train-form checkpoint (its branch BNs carry the prior); "
-                         "use --grad-mult sgs or repopt:SCALES for other models")
-    scales = {}
-    for name, block in train_model.named_blocks():
-        for branch, key in ((block.rbr_dense, "scale_conv"), (block.rbr_1x1, "scale_1x1")):
-            bn = branch.bn
-            scales[f"{name}.{key}.weight"] = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().clone()
-        if block.rbr_identity is not None:
-            bn = block.rbr_identity
-            scales[f"{name}.scale_identity.weight"] = (bn.weight / (bn.running_var + bn.eps).sqrt()).detach().clone()
-    return scales
-
-
-def set_prior_multipliers(multipliers, qnet: QuantPlainNet, scales: dict[str, torch.Tensor], optimizer: str) -> None:
-    """RepOpt multipliers (reference.md §3) on the fake-quant model's conv weights.
-
-    SGD squares the scales (gradient side); AdamW and AGD use them to the first power on the
-    update, because those optimizers normalise the gradient and would cancel a gradient-side
-    multiplier.
-    """
-    from ..optim.repopt import repopt_multiplier
-
-    kind = "sgd" if optimizer == "sgd" else "adamw"
-    for layer in qnet.spec.layers():
-        if layer.groups != 1:
-            continue  # the identity/1x1 prior of a grouped layer has a different shape; leave it free
-        s = scales.get(f"{layer.name}.scale_conv.weight")
-        t = scales.get(f"{layer.name}.scale_1x1.weight")
-        if s is None or t is None:
-            raise InputError(f"scales miss {layer.name}.scale_conv/scale_1x1 for {qnet.spec.name}; "
-                             "use the scales file made for this architecture")
-        shape = (layer.out_channels, layer.in_channels, 3, 3)
-        mult = repopt_multiplier(shape, s, t, layer.has_identity, kind)
-        # Normalise to mean 1 so the learning rate keeps its meaning whatever the scales' size.
-        multipliers.set(GRAD_MULT_PRODUCER, _conv_param_name(f"{layer.name}.conv"), mult / mult.mean())
-
-
-class QuantSGSHook:
-    """Spatial Gradient Scaling for a fake-quant model: statistics from its float twin.
-
-    The fake-quant layers call F.conv2d on the wrapped weight, so the SGS feature hooks are
-    run on `qnet.float_model()` and the matrices mapped back to the wrapped parameter names.
-    """
-
-    def __init__(self, data, refresh_every: int = 1, samples: int = 64, seed: int = 0) -> None:
-        from ..data import calibration_sample
-
-        self.batch = next(calibration_sample(data, samples, seed).batches(samples))[0]
-        self.refresh_every = max(1, refresh_every)
-        self.qnet: QuantPlainNet | None = None
-
-    def on_epoch_start(self, model: nn.Module, epoch: int, multipliers) -> None:
-        from ..optim.sgs import compute_sgs
-
-        if epoch % self.refresh_every or self.qnet is None:
-            return
-        matrices = compute_sgs(self.qnet.float_model(), self.batch)
-        for name, matrix in matrices.items():
-            layer = name.removesuffix(".weight")
-            if layer.endswith(".conv") and layer in self.qnet.layers():
-                multipliers.set("sgs", _conv_param_name(layer), matrix)
 
 
 # --------------------------------------------------------------------------- learnable ranges
@@ -326,7 +184,7 @@ def _parse_grad_mult(grad_mult: str) -> tuple[str, str | None]:
 
 @torch.no_grad()
 def _top1(model: nn.Module, dataset, limit: int | None = None) -> float:
-    from ..train import module_device
+    from ..devices import module_device
 
     correct = total = 0
     model.eval()

@@ -84,7 +84,7 @@ class OrtRunner(Runner):
     def get_input_metadata_impl(self) -> InputMetadata:
         meta = self._session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
-        from ..export.onnx import META_INPUT_SIZE
+        from ..preprocess import META_INPUT_SIZE
 
         nominal = self._session.get_modelmeta().custom_metadata_map.get(META_INPUT_SIZE)
         dtype = "float16" if self._input_dtype is np.float16 else "float32"

@@ -42,7 +42,7 @@ class TorchRunner(Runner):
 
         from ..devices import resolve_device
 
-        from ..train import module_device
+        from ..devices import module_device
 
         self.device = resolve_device(self.device_spec)
         self._home = module_device(self.module)  # given back where it came from on deactivate
