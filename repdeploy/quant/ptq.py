@@ -28,7 +28,9 @@ from ..errors import AccuracyGateError, CheckpointError, DataError, InputError, 
 from ..io import ensure_writable_dir, write_json_atomic
 from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..models.plain import PlainNet
-from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
+from .calib import calibrate
+from .calib_cache import CalibrationCache
+from .calibrators import DEFAULT_PERCENTILE, METHODS
 from .quantizer import TARGETS, QuantPlainNet
 from ..zoo import is_zoo_path
 

@@ -42,7 +42,9 @@ from ..io import ensure_writable_dir, write_json_atomic
 from ..models.plain import PlainNet
 from ..rundir import commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..train import TrainConfig
-from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
+from .calib import calibrate
+from .calib_cache import CalibrationCache
+from .calibrators import DEFAULT_PERCENTILE
 from .quantizer import MIN_AMAX, TARGETS, QuantPlainNet, TensorQuantizer
 
 OPTIMIZERS = ("sgd", "adamw", "agd")
@@ -546,7 +548,7 @@ def qat(
         state_path = private / STATE_FILE
     # What makes a saved state this run's: a state from another model, calibration or target must
     # never be adopted (its weights and ranges would be exported under this run's name).
-    from .calib import weights_fingerprint
+    from .calib_cache import weights_fingerprint
 
     identity = {
         "model": weights_fingerprint(plain), "arch": spec.to_dict(), "target": target,
@@ -587,7 +589,7 @@ def qat(
                     preprocessing=record)
         export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
         # The cache now describes the tuned weights (ranges unchanged), so it stays reusable.
-        from .calib import weights_fingerprint
+        from .calib_cache import weights_fingerprint
 
         cache.weights_sha256 = weights_fingerprint(tuned)
         for name, amax in learned.items():
