@@ -607,7 +607,7 @@ def qat(
             "training": result.to_dict(),
         }
         if val_set is not None:
-            from .ptq import _accuracy
+            from .fidelity import onnx_accuracy as _accuracy
 
             acc = _accuracy(stage / names["fp32"], stage / names["int8"], val_set, None)
             report["qat_top1"] = acc["int8_top1"]
@@ -641,7 +641,7 @@ def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: 
               input_size: int) -> list[dict]:
     """ORT FP32 vs the tuned torch model and ORT INT8 vs its fake-quant model, as ptq judges them."""
     from .. import verify
-    from .ptq import VERIFY_IMAGES, _run_ort, images_for
+    from .fidelity import VERIFY_IMAGES, images_for, run_ort as _run_ort
 
     n = images_for(input_size, VERIFY_IMAGES, 32)
     x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])
