@@ -46,11 +46,10 @@ class QuantizeResult:
                 "int8_top1": self.int8_top1, "top1_drop": self.top1_drop, "gate_passed": self.gate_passed,
                 "float_layers": self.float_layers}
 
-
-
     @classmethod
     def from_report(cls, out: Path, names: dict, report: dict, qnet: QuantPlainNet, target: str,
                     gate: dict | None) -> "QuantizeResult":
+        """The result of a run that wrote `names` into `out`, its figures read from `report`."""
         return cls(
             out, out / names["fused"], out / names["fp32"], out / names["int8"], out / names["calib"],
             out / names["report"], report, qnet, target=target, calib_method=report["calib_method"],
