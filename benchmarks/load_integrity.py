@@ -1,8 +1,9 @@
 """Cost of verifying a checkpoint's zip CRCs before loading it (issue 13's integrity check).
 
-`checkpoints.read_file` runs `zipfile.testzip` (every member's CRC-32) before `torch.load`. This
-times `torch.load` alone and `verify_zip` alone on the same file, interleaved in rounds so machine
-noise hits both alike, and prints one JSON line per figure: the median of each and their ratio
+`checkpoints.files.read_file` runs `zipfile.testzip` (every member's CRC-32) before
+`torch.load`. This times `torch.load` alone and `verify_zip` alone on the same file, interleaved
+in rounds so machine noise hits both alike, and prints one JSON line per figure: the median of
+each and their ratio
 (`crc_over_load`: the extra load time the check adds, 0.25 = +25 %).
 
     .venv/bin/python benchmarks/load_integrity.py [--variant RepVGG-A0] [--rounds 7]
@@ -26,7 +27,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
 
-    from repdeploy.checkpoints import verify_zip
+    from repdeploy.checkpoints.files import verify_zip
     from repdeploy.models import build, get_spec
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,8 +11,8 @@ import torch
 from helpers_quant import batches, calibrated, fused
 from repdeploy.quant.quantizer import QuantPlainNet
 from repdeploy.errors import CalibrationError, DataError
-from repdeploy.quant.calib import (CalibrationCache, EntropyCalibrator, MseCalibrator, StreamingHistogram,
-                                   make_calibrator, mse_error, weights_fingerprint)
+from repdeploy.quant.calib_cache import CalibrationCache, weights_fingerprint
+from repdeploy.quant.calibrators import EntropyCalibrator, MseCalibrator, StreamingHistogram, make_calibrator, mse_error
 
 
 def _feed(method: str, data: torch.Tensor, qmax: int = 127, **kw) -> float:
@@ -242,7 +242,7 @@ def _histograms(seed: int = 0):
 
 @pytest.mark.parametrize("levels", [128, 256])
 def test_vectorised_entropy_search_matches_the_loop(levels):
-    from repdeploy.quant.calib import _kl_per_candidate, entropy_threshold_bins
+    from repdeploy.quant.calibrators import _kl_per_candidate, entropy_threshold_bins
 
     for counts in _histograms():
         expected, expected_kl = _entropy_bins_by_loop(counts, levels)
@@ -265,7 +265,7 @@ def test_entropy_search_on_real_activations_matches_the_loop():
         for x in batches(128):
             q(x)
     q.observe(None)
-    from repdeploy.quant.calib import entropy_threshold_bins
+    from repdeploy.quant.calibrators import entropy_threshold_bins
 
     grid = {qz.name: 256 if qz.unsigned else 128 for qz in q.activation_quantizers().values()}
     assert len(c.histograms) >= 8
@@ -275,7 +275,7 @@ def test_entropy_search_on_real_activations_matches_the_loop():
 
 
 def test_entropy_search_of_an_empty_histogram_keeps_everything():
-    from repdeploy.quant.calib import entropy_threshold_bins
+    from repdeploy.quant.calibrators import entropy_threshold_bins
 
     assert entropy_threshold_bins(np.zeros(2048), 128) == 2048
 

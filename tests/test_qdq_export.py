@@ -9,7 +9,7 @@ from onnx import helper
 from helpers_quant import batches, calibrated, fused
 from repdeploy.export.onnx import export_onnx, ort_parity
 from repdeploy.export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, qdq_layout
-from repdeploy.quant.calib import CalibrationCache
+from repdeploy.quant.calib_cache import CalibrationCache
 from repdeploy.quant.quantizer import QuantPlainNet
 
 CONVS_MINI = 7  # RepVGG-mini: stage0 + depths 1,2,2,1

@@ -62,7 +62,8 @@ def test_fp32_engine_builds_and_runs_like_onnxruntime(fake_tensorrt, plain, tmp_
 
 def test_profiles_from_trtexec_shapes_and_the_caches(fake_tensorrt, plain, tmp_path, x):
     from repdeploy.export.onnx import export_onnx
-    from repdeploy.export.tensorrt import build_engine, parse_shapes
+    from repdeploy.export.tensorrt import build_engine
+    from repdeploy.export.trt_profiles import parse_shapes
     from repdeploy.runtime import open_runner
 
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)

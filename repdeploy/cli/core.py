@@ -204,8 +204,8 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
     refuse_overwriting_inputs([checkpoint], files=[output])
     is_onnx = model_kind(checkpoint) == "onnx"
     if fmt == "trt":
-        from ..export.tensorrt import build_engine, build_engine_from_model, import_tensorrt, onnx_precision, \
-            parse_shapes, profile_summary
+        from ..export.tensorrt import build_engine, build_engine_from_model, import_tensorrt, onnx_precision
+        from ..export.trt_profiles import parse_shapes, profile_summary
 
         profiles = parse_shapes(shapes, min_shapes=min_shapes, opt_shapes=opt_shapes, max_shapes=max_shapes)
         import_tensorrt()  # exit 4 before any work or any directory is made

@@ -13,7 +13,7 @@ own tools build engines, not from a hand-written builder. Precisions:
 - `best`: the FP32 ONNX weakly typed with the FP16 and TF32 builder flags, letting TensorRT pick
   per layer. 11.x removed those flags, so there it is refused with the alternative.
 
-Optimization profiles come from trtexec-style shapes (`input:1x3x224x224`; `parse_shapes`).
+Optimization profiles come from trtexec-style shapes (`input:1x3x224x224`; export.trt_profiles).
 The tactic timing cache and a cache of built engines (keyed by the ONNX bytes, precision,
 profile and TensorRT version) live in a directory the caller owns: the run directory.
 
@@ -28,22 +28,21 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import BackendMissingError, ExportError, InputError
 from ..io import atomic_path
+from .trt_profiles import DEFAULT_BATCHES, ShapeRange, profile_ranges
 
 INSTALL_HINT = "pip install 'repdeploy[trt]' and run on a machine with an NVIDIA GPU"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 TIMING_CACHE = "timing.cache"
 ENGINE_CACHE = "engines"
-DEFAULT_BATCHES = (1, 8, 64)  # max covers eval batches of 64
 
 
 def gpu_visible() -> bool:
@@ -87,81 +86,6 @@ def tensorrt_available() -> bool:
     except BackendMissingError:
         return False
     return True
-
-
-# ------------------------------------------------------------------------------ shapes
-
-
-@dataclass(frozen=True)
-class ShapeRange:
-    """One input's optimization-profile shapes (min <= opt <= max, dimension by dimension)."""
-
-    name: str | None  # None: the model's only input
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-_DIMS = re.compile(r"^\d+(x\d+)*$")
-
-
-def _parse_one(text: str, option: str) -> dict[str | None, tuple[int, ...]]:
-    shapes: dict[str | None, tuple[int, ...]] = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, _, dims = item.rpartition(":")
-        if not _DIMS.match(dims):
-            raise InputError(f"{option} {text!r}: give trtexec shapes like input:1x3x224x224 (name optional "
-                             "for a one-input model), several separated by commas")
-        shapes[name or None] = tuple(int(d) for d in dims.split("x"))
-    if not shapes:
-        raise InputError(f"{option} is empty; give e.g. input:1x3x224x224")
-    return shapes
-
-
-def parse_shapes(shapes: str | None = None, *, min_shapes: str | None = None, opt_shapes: str | None = None,
-                 max_shapes: str | None = None) -> list[ShapeRange]:
-    """trtexec's shape syntax -> profile ranges.
-
-    `shapes` alone fixes min = opt = max (trtexec --shapes); the min/opt/max triple gives a
-    dynamic range (trtexec --minShapes/--optShapes/--maxShapes), all three required together.
-
-    >>> parse_shapes(min_shapes="input:1x3x224x224", opt_shapes="input:8x3x224x224", max_shapes="input:64x3x256x256")[0].max
-    (64, 3, 256, 256)
-    """
-    triple = (min_shapes, opt_shapes, max_shapes)
-    if shapes is not None and any(t is not None for t in triple):
-        raise InputError("give either --shapes or --min-shapes/--opt-shapes/--max-shapes, not both")
-    if shapes is not None:
-        fixed = _parse_one(shapes, "--shapes")
-        return [ShapeRange(n, s, s, s) for n, s in fixed.items()]
-    if all(t is None for t in triple):
-        return []
-    if any(t is None for t in triple):
-        raise InputError("--min-shapes, --opt-shapes and --max-shapes go together; give all three")
-    lo, mid, hi = (_parse_one(t, o) for t, o in zip(triple, ("--min-shapes", "--opt-shapes", "--max-shapes")))
-    if not (lo.keys() == mid.keys() == hi.keys()):
-        raise InputError("--min-shapes, --opt-shapes and --max-shapes must name the same inputs")
-    ranges = []
-    for name in lo:
-        a, b, c = lo[name], mid[name], hi[name]
-        if not (len(a) == len(b) == len(c)) or not all(x <= y <= z for x, y, z in zip(a, b, c)):
-            raise InputError(f"shapes of {name or 'the input'}: need min <= opt <= max in every dimension, "
-                             f"got {a}, {b}, {c}")
-        ranges.append(ShapeRange(name, a, b, c))
-    return ranges
-
-
-def default_profile(input_shape: tuple[int | None, ...], batch_sizes: tuple[int, int, int] = DEFAULT_BATCHES,
-                    input_size: int | None = None) -> ShapeRange:
-    """A batch range over an NCHW input whose dynamic spatial axes take the nominal size."""
-    rest = [d if isinstance(d, int) and d > 0 else input_size for d in input_shape[1:]]
-    if any(d is None for d in rest):
-        raise InputError(f"input shape {input_shape} has dynamic spatial axes: give --input-size or --shapes")
-    lo, opt, hi = batch_sizes
-    return ShapeRange(None, (lo, *rest), (opt, *rest), (hi, *rest))
 
 
 # ------------------------------------------------------------------------------ build
@@ -226,34 +150,6 @@ def _check_precision(precision: str, facts: dict, onnx_path: Path) -> None:
         raise InputError(f"{onnx_path} is an FP16 ONNX; build it with --precision fp16")
 
 
-def _profile_ranges(profiles: list[ShapeRange], facts: dict, batch_sizes: tuple[int, int, int],
-                    input_size: int | None) -> list[ShapeRange]:
-    names = [n for n, _, _ in facts["inputs"]]
-    input_size = input_size or facts["nominal_size"]  # the exporter records the nominal size
-    if not profiles:
-        if len(names) != 1:
-            raise InputError(f"the ONNX has inputs {names}; give --shapes for each")
-        name, dims, _ = facts["inputs"][0]
-        r = default_profile(dims, batch_sizes, input_size)
-        return [ShapeRange(name, r.min, r.opt, r.max)]
-    out = []
-    for r in profiles:
-        name = r.name
-        if name is None:
-            if len(names) != 1:
-                raise InputError(f"the ONNX has inputs {names}; name the input in --shapes (e.g. {names[0]}:1x3x224x224)")
-            name = names[0]
-        if name not in names:
-            raise InputError(f"--shapes names input {name!r}, but the ONNX has {names}")
-        dims = next(d for n, d, _ in facts["inputs"] if n == name)
-        for shape in (r.min, r.opt, r.max):
-            if len(shape) != len(dims) or any(d is not None and d != s for d, s in zip(dims, shape)):
-                raise InputError(f"--shapes {name}:{'x'.join(map(str, shape))} does not fit the ONNX input "
-                                 f"{tuple(d if d is not None else '?' for d in dims)}")
-        out.append(ShapeRange(name, r.min, r.opt, r.max))
-    return out
-
-
 def _cache_key(onnx_path: Path, precision: str, strongly_typed: bool, ranges: list[ShapeRange],
                workspace_mb: int, version: str) -> str:
     h = hashlib.sha256(onnx_path.read_bytes())
@@ -289,7 +185,7 @@ def build_engine(
         raise InputError(f"ONNX model {onnx_path} does not exist; export one with `repdeploy export`")
     facts = _onnx_facts(onnx_path)
     _check_precision(precision, facts, onnx_path)
-    ranges = _profile_ranges(list(profiles or []), facts, batch_sizes, input_size)
+    ranges = profile_ranges(list(profiles or []), facts, batch_sizes, input_size)
     version = str(trt.__version__)
     has_strong_flag = hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED")
     # fp16 from an FP32 ONNX, and best, ask TensorRT to lower precision with builder flags on a
@@ -380,11 +276,3 @@ def build_engine_from_model(
     return build_engine(onnx_path, engine_path, precision=precision, profiles=profiles, input_size=input_size,
                         cache_dir=cache_dir if cache_dir is not None else engine_path.parent / "trt_cache",
                         verbose=verbose)
-
-
-def profile_summary(ranges: Mapping[str, Any] | list[ShapeRange]) -> str:
-    """`input: 1x3x224x224 .. 64x3x224x224 (opt 8x...)` for messages."""
-    def dims(s):
-        return "x".join(map(str, s))
-
-    return ", ".join(f"{r.name}: {dims(r.min)} .. {dims(r.max)} (opt {dims(r.opt)})" for r in ranges)

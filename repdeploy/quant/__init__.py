@@ -20,8 +20,12 @@ def __getattr__(name: str) -> Any:
         from .quantizer import QuantPlainNet
 
         return QuantPlainNet
-    if name in ("CalibrationCache", "calibrate"):
-        from . import calib
+    if name == "CalibrationCache":
+        from .calib_cache import CalibrationCache
 
-        return getattr(calib, name)
+        return CalibrationCache
+    if name == "calibrate":
+        from .calib import calibrate
+
+        return calibrate
     raise AttributeError(name)

@@ -6,137 +6,39 @@ fake-quant model, optionally evaluate accuracy, and write per-layer diagnostics.
 is staged in a hidden directory inside OUTDIR and moved into place only when all of them are
 complete, so a failure leaves nothing behind that looks finished.
 
-The function signature is the contract the pipeline (issue 5) and the CLI call; keep it stable.
+This module is the workflow; what it takes in is `ptq_inputs`, the ONNX checks `fidelity`, what
+it hands back `ptq_report`. The function signature is the contract the pipeline (issue 5) and
+the CLI call; keep it stable.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .. import defaults
 from ..version import __version__
-from ..errors import AccuracyGateError, CheckpointError, DataError, InputError, VerificationError
+from ..errors import AccuracyGateError, DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
 from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..models.plain import PlainNet
-from .calib import DEFAULT_PERCENTILE, METHODS, CalibrationCache, calibrate
-from .quantizer import TARGETS, QuantPlainNet
-from ..zoo import is_zoo_path
+from .calib import calibrate
+from .calib_cache import CalibrationCache
+from .calibrators import DEFAULT_PERCENTILE
+from .fidelity import VERIFY_IMAGES, images_for, onnx_accuracy, verify_int8
+from .ptq_inputs import check_quantize_arguments, load_plain
+from .ptq_report import QuantizeResult, accuracy_gate
+from .quantizer import QuantPlainNet
 
-VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
 BATCH = 32
 FALLBACK_HOLDOUT = 256  # labelled calibration-source images the float layers are chosen on
-
-
-def images_for(input_size: int, count: int, floor: int) -> int:
-    """Scale an image count set for <= 64 px inputs down with the pixel count (A0 at 224: 1/12).
-
-    Verification and diagnostics run the fake-quant torch model, whose cost grows with the
-    pixels; at 224 px the full counts took minutes on 2 cores for figures that settle sooner.
-    """
-    scale = min(1.0, (64.0 / max(1, input_size)) ** 2)
-    return max(floor, min(count, int(round(count * scale))))
-
-
-@dataclass
-class QuantizeResult:
-    """What `quantize` wrote and measured. `report` is the content of report.json."""
-
-    output_dir: Path
-    fused: Path
-    fp32_onnx: Path
-    int8_onnx: Path
-    calib_cache: Path
-    report_path: Path
-    report: dict = field(repr=False)
-    qnet: QuantPlainNet = field(repr=False)
-    # The headline figures of `report`, typed (None where not measured: no eval data).
-    target: str = "ort"
-    calib_method: str = ""
-    calib_samples: int = 0
-    sqnr_db: float | None = None  # FP32 vs INT8 logits on ONNX Runtime
-    top1_agreement: float = 0.0  # FP32 vs INT8 top-1 on the verification images
-    ort_parity_passed: bool = False  # ORT INT8 vs the torch fake-quant model
-    fp32_top1: float | None = None
-    int8_top1: float | None = None
-    top1_drop: float | None = None
-    gate_passed: bool | None = None  # None: no --max-drop, or no eval data to measure it on
-    float_layers: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"output_dir": str(self.output_dir), "fused": str(self.fused), "fp32_onnx": str(self.fp32_onnx),
-                "int8_onnx": str(self.int8_onnx), "calib_cache": str(self.calib_cache),
-                "report": str(self.report_path), "target": self.target, "calib_method": self.calib_method,
-                "calib_samples": self.calib_samples, "sqnr_db": self.sqnr_db, "top1_agreement": self.top1_agreement,
-                "ort_parity_passed": self.ort_parity_passed, "fp32_top1": self.fp32_top1,
-                "int8_top1": self.int8_top1, "top1_drop": self.top1_drop, "gate_passed": self.gate_passed,
-                "float_layers": self.float_layers}
-
-
-def _load_model(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
-    from ..checkpoints import Loaded
-
-    if isinstance(model, Loaded):  # what repdeploy.load() returns
-        if model.model is None:
-            raise InputError(f"{model.path}: a scales file has no weights to quantize; {model.deploy_steps}")
-        model = model.model
-    if isinstance(model, PlainNet):
-        return model.eval(), {"source": "PlainNet (in memory)", "variant": model.spec.name, "zoo": False}
-    if isinstance(model, torch.nn.Module) and hasattr(model, "spec"):  # a train-form model: fuse (verified)
-        from ..fuse import fuse
-
-        fused = fuse(model.eval())
-        return fused.plain.eval(), {"source": f"{type(model).__name__} (in memory)", "variant": model.spec.name,
-                                    "zoo": False, "fusion": fused.equivalence.to_dict()}
-    if isinstance(model, (str, os.PathLike)):
-        from ..checkpoints import load_fused
-
-        path = Path(model)
-        if not path.exists():
-            raise CheckpointError(f"checkpoint {path} does not exist; give a .pth/.pt/.safetensors file")
-        plain, loaded, equivalence = load_fused(path, **load_kwargs)
-        info = {"source": str(path), "variant": loaded.spec.name, "format": loaded.format, "form": loaded.form,
-                "zoo": is_zoo_path(path),
-                "fusion": equivalence.to_dict() if equivalence is not None else None}
-        return plain.eval(), info
-    raise InputError(f"quantize takes a checkpoint path, a repdeploy model (PlainNet or a RepVGG/RepOpt-VGG "
-                     f"module) or what repdeploy.load() returned, not {type(model).__name__}")
-
-
-def _check_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
-                     max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0,
-                     fallback: bool = False, resize: int | None = None) -> None:
-    from .. import validate
-
-    validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
-    validate.number("--percentile", percentile, allow_none=False)
-    validate.integer("--eval-limit", eval_limit, low=1)
-    validate.seed("--seed", seed)
-    validate.integer("--resize", resize, low=1)
-    if calib_method not in METHODS:
-        raise InputError(f"unknown calibration method {calib_method!r}; use one of {', '.join(METHODS)}")
-    if target not in TARGETS:
-        raise InputError(f"unknown target {target!r}; use one of {', '.join(TARGETS)}")
-    if calib_samples < 1:
-        raise InputError(f"--calib-samples must be >= 1, got {calib_samples}")
-    if not 0.0 < percentile <= 100.0:
-        raise InputError(f"--percentile must be in (0, 100], got {percentile}")
-    validate.max_drop("--max-drop", max_drop)
-    if max_drop is not None and eval_data is None and not fallback:
-        # Without eval data the drop is never measured: the gate would silently pass everything.
-        # (With fallback, max_drop is the budget the holdout choice meets; the pipeline gates after.)
-        raise InputError(f"--max-drop {max_drop:g} needs --eval-data (labelled images) to measure the top-1 drop")
 
 
 def quantize(
@@ -202,8 +104,8 @@ def quantize(
     """
     from ..devices import resolve_device
 
-    _check_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit, seed,
-                     fallback, resize)
+    check_quantize_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit,
+                             seed, fallback, resize)
     where = resolve_device(device)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
@@ -243,7 +145,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    plain, info = _load_model(model, load_kwargs or {})
+    plain, info = load_plain(model, load_kwargs or {})
     spec = plain.spec
     status(f"quantize: {info['variant']} from {info['source']} -> {target} INT8")
 
@@ -378,7 +280,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         timings["export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        report = _verify(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
+        report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
         fusion = fusion_verdict(info.get("fusion"))
         if fusion is not None:
             report["verdicts"].insert(0, fusion.to_dict())
@@ -394,7 +296,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
 
         if eval_set is not None:
             t0 = time.perf_counter()
-            report.update(_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
+            report.update(onnx_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
             timings["eval_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -408,11 +310,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         report["warnings"] = sanity_warnings(
             fp32_top1=report.get("fp32_top1"), num_classes=spec.num_classes, eval_images=report.get("eval_images"),
             calib_on_eval=eval_set is not None and calib_set is not None and same_images(calib_set, eval_set))
-        gate = None
-        if max_drop is not None and "top1_drop" in report:
-            gate = {"max_drop": max_drop, "passed": report["top1_drop"] <= max_drop}
-        elif max_drop is not None:
-            gate = {"max_drop": max_drop, "passed": None, "note": "no --eval-data: drop not measured"}
+        gate = accuracy_gate(max_drop, report)
         verdict = "FAILED" if (mismatches and not allow_mismatch) or (gate and gate["passed"] is False) else "PASSED"
         report = {
             "tool": f"repdeploy {__version__}",
@@ -441,13 +339,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-    result = QuantizeResult(
-        out, out / names["fused"], out / names["fp32"], out / names["int8"], out / names["calib"],
-        out / names["report"], report, qnet, target=target, calib_method=report["calib_method"],
-        calib_samples=report["calib_samples"], sqnr_db=report["sqnr_db"], top1_agreement=report["top1_agreement"],
-        ort_parity_passed=report["ort_parity"]["passed"], fp32_top1=report.get("fp32_top1"),
-        int8_top1=report.get("int8_top1"), top1_drop=report.get("top1_drop"),
-        gate_passed=gate["passed"] if gate else None, float_layers=list(report["float_layers"]))
+    result = QuantizeResult.from_report(out, names, report, qnet, target, gate)
     if mismatches and not allow_mismatch:
         raise VerificationError(f"{info['variant']}: {mismatches[0]}; the INT8 model does not compute what was "
                                 f"measured (see {result.report_path} verdicts); pass --allow-mismatch to keep it anyway")
@@ -457,75 +349,3 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
             f"see {result.report_path} (layers_summary.most_sensitive_layers) or try QAT"
         )
     return result
-
-
-def _run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
-    from ..export.onnx import ort_session
-
-    session = ort_session(path)
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: chunk.numpy()})[0] for chunk in x.split(BATCH)])
-
-
-@torch.no_grad()
-def _verify(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-            target: str, device: torch.device = torch.device("cpu")) -> dict:
-    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model.
-
-    The torch models run on `device` and are back on the CPU afterwards.
-    """
-    from ..evaluate import sqnr_db, top1_agreement
-    from .. import verify
-
-    def logits(model) -> np.ndarray:
-        # Batched: a whole verification set at 224 px through one forward would need gigabytes.
-        model.to(device)
-        try:
-            return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in x.split(BATCH)])
-        finally:
-            model.cpu()
-
-    ref = logits(plain)
-    fake = logits(qnet)
-    fp32 = _run_ort(fp32_onnx, x)
-    int8 = _run_ort(int8_onnx, x)
-    fp32_verdict = verify.judge_logits("ort_fp32", ref, fp32, reference_name="torch FP32", candidate_name="ORT FP32",
-                                         tolerance=verify.FP32_ORT_REL_TOL)
-    int8_verdict = verify.judge_logits("ort_int8", fake, int8, reference_name="torch fake-quant",
-                                         candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
-                                         min_agreement=verify.INT8_ORT_MIN_AGREEMENT)
-    parity = {"max_abs_diff": int8_verdict.max_abs_diff, "max_rel_diff": int8_verdict.max_rel_diff,
-              "top1_agreement": int8_verdict.top1_agreement, "images": int(x.shape[0]), "passed": int8_verdict.passed}
-    record = {
-        "verify_images": int(x.shape[0]),
-        "sqnr_db": _json_float(sqnr_db(fp32, int8)),
-        "top1_agreement": top1_agreement(fp32, int8),
-        "torch_sqnr_db": _json_float(sqnr_db(ref, fake)),
-        "torch_top1_agreement": top1_agreement(ref, fake),
-        "ort_parity": parity,
-        "fp32_ort_parity_max_abs_diff": fp32_verdict.max_abs_diff,
-        "verdicts": [fp32_verdict.to_dict(), int8_verdict.to_dict()],
-    }
-    if target == "tensorrt":
-        record["note"] = ("tensorrt layout: ONNX Runtime runs it unfused (in float) only to verify it; "
-                          "it is not meant for ORT deployment")
-    return record
-
-
-def _accuracy(fp32_onnx: Path, int8_onnx: Path, dataset, limit: int | None) -> dict:
-    from ..evaluate import evaluate
-    from ..runtime import open_runner
-
-    with open_runner(fp32_onnx, "ort", name="fp32") as r:
-        fp32 = evaluate(r, dataset, limit=limit)
-    with open_runner(int8_onnx, "ort", name="int8") as r:
-        int8 = evaluate(r, dataset, limit=limit)
-    rec = {"eval_data": dataset.source, "eval_images": fp32.images, "fp32_top1": fp32.top1,
-           "int8_top1": int8.top1, "top1_drop": fp32.top1 - int8.top1,
-           "fp32_top5": fp32.top5, "int8_top5": int8.top5}
-    rec["top5_drop"] = fp32.top5 - int8.top5 if fp32.top5 is not None and int8.top5 is not None else None
-    return rec
-
-
-def _json_float(v: float) -> float | None:
-    return v if math.isfinite(v) else None

@@ -46,7 +46,9 @@ from ..optim.priors import QuantSGSHook, branch_scales_from_bn, set_prior_multip
 from ..rundir import commit_files, make_scratch_dir, refuse_overwriting_inputs
 from ..train import TrainConfig
 from ..version import __version__
-from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate
+from .calib import calibrate
+from .calib_cache import CalibrationCache
+from .calibrators import DEFAULT_PERCENTILE
 from .quantizer import MIN_AMAX, TARGETS, QuantPlainNet, TensorQuantizer
 
 OPTIMIZERS = ("sgd", "adamw", "agd")
@@ -404,7 +406,7 @@ def qat(
         state_path = private / STATE_FILE
     # What makes a saved state this run's: a state from another model, calibration or target must
     # never be adopted (its weights and ranges would be exported under this run's name).
-    from .calib import weights_fingerprint
+    from .calib_cache import weights_fingerprint
 
     identity = {
         "model": weights_fingerprint(plain), "arch": spec.to_dict(), "target": target,
@@ -445,7 +447,7 @@ def qat(
                     preprocessing=record)
         export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
         # The cache now describes the tuned weights (ranges unchanged), so it stays reusable.
-        from .calib import weights_fingerprint
+        from .calib_cache import weights_fingerprint
 
         cache.weights_sha256 = weights_fingerprint(tuned)
         for name, amax in learned.items():
@@ -463,7 +465,7 @@ def qat(
             "training": result.to_dict(),
         }
         if val_set is not None:
-            from .ptq import _accuracy
+            from .fidelity import onnx_accuracy as _accuracy
 
             acc = _accuracy(stage / names["fp32"], stage / names["int8"], val_set, None)
             report["qat_top1"] = acc["int8_top1"]
@@ -497,7 +499,7 @@ def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: 
               input_size: int) -> list[dict]:
     """ORT FP32 vs the tuned torch model and ORT INT8 vs its fake-quant model, as ptq judges them."""
     from .. import verify
-    from .ptq import VERIFY_IMAGES, _run_ort, images_for
+    from .fidelity import VERIFY_IMAGES, images_for, run_ort as _run_ort
 
     n = images_for(input_size, VERIFY_IMAGES, 32)
     x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])

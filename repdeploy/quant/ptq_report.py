@@ -1,0 +1,68 @@
+"""What a `quantize` run hands back: `QuantizeResult`, and the accuracy gate on its top-1 drop.
+
+The result is built from report.json's content, so the typed figures a caller reads are the ones
+the report holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .quantizer import QuantPlainNet
+
+
+@dataclass
+class QuantizeResult:
+    """What `quantize` wrote and measured. `report` is the content of report.json."""
+
+    output_dir: Path
+    fused: Path
+    fp32_onnx: Path
+    int8_onnx: Path
+    calib_cache: Path
+    report_path: Path
+    report: dict = field(repr=False)
+    qnet: QuantPlainNet = field(repr=False)
+    # The headline figures of `report`, typed (None where not measured: no eval data).
+    target: str = "ort"
+    calib_method: str = ""
+    calib_samples: int = 0
+    sqnr_db: float | None = None  # FP32 vs INT8 logits on ONNX Runtime
+    top1_agreement: float = 0.0  # FP32 vs INT8 top-1 on the verification images
+    ort_parity_passed: bool = False  # ORT INT8 vs the torch fake-quant model
+    fp32_top1: float | None = None
+    int8_top1: float | None = None
+    top1_drop: float | None = None
+    gate_passed: bool | None = None  # None: no --max-drop, or no eval data to measure it on
+    float_layers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"output_dir": str(self.output_dir), "fused": str(self.fused), "fp32_onnx": str(self.fp32_onnx),
+                "int8_onnx": str(self.int8_onnx), "calib_cache": str(self.calib_cache),
+                "report": str(self.report_path), "target": self.target, "calib_method": self.calib_method,
+                "calib_samples": self.calib_samples, "sqnr_db": self.sqnr_db, "top1_agreement": self.top1_agreement,
+                "ort_parity_passed": self.ort_parity_passed, "fp32_top1": self.fp32_top1,
+                "int8_top1": self.int8_top1, "top1_drop": self.top1_drop, "gate_passed": self.gate_passed,
+                "float_layers": self.float_layers}
+
+    @classmethod
+    def from_report(cls, out: Path, names: dict, report: dict, qnet: QuantPlainNet, target: str,
+                    gate: dict | None) -> "QuantizeResult":
+        """The result of a run that wrote `names` into `out`, its figures read from `report`."""
+        return cls(
+            out, out / names["fused"], out / names["fp32"], out / names["int8"], out / names["calib"],
+            out / names["report"], report, qnet, target=target, calib_method=report["calib_method"],
+            calib_samples=report["calib_samples"], sqnr_db=report["sqnr_db"], top1_agreement=report["top1_agreement"],
+            ort_parity_passed=report["ort_parity"]["passed"], fp32_top1=report.get("fp32_top1"),
+            int8_top1=report.get("int8_top1"), top1_drop=report.get("top1_drop"),
+            gate_passed=gate["passed"] if gate else None, float_layers=list(report["float_layers"]))
+
+
+def accuracy_gate(max_drop: float | None, figures: dict) -> dict | None:
+    """The --max-drop verdict on the measured top-1 drop (`passed` None: no eval data to measure it on)."""
+    if max_drop is not None and "top1_drop" in figures:
+        return {"max_drop": max_drop, "passed": figures["top1_drop"] <= max_drop}
+    if max_drop is not None:
+        return {"max_drop": max_drop, "passed": None, "note": "no --eval-data: drop not measured"}
+    return None
