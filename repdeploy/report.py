@@ -370,7 +370,7 @@ def plot_layer_diagnostics(name: str, layers: list[dict], *, limits: dict | None
 def write_report(records: Sequence[dict], output_dir: str | Path, *, settings: dict | None = None,
                  environment: dict | None = None, title: str = "repdeploy report") -> ReportPaths:
     """Write report.json, report.csv, report.md and report.html into `output_dir` (atomically)."""
-    from . import __version__
+    from .version import __version__
 
     out = ensure_writable_dir(output_dir)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
