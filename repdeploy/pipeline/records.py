@@ -63,6 +63,8 @@ class Prepared:
 
 @dataclass(frozen=True)
 class Exported:
+    """model_fp32.onnx, with the preprocessing it is fed with in its metadata."""
+
     fp32_onnx: Path
 
 
