@@ -20,7 +20,7 @@ from ..progress import status
 from ..rundir import OutputSet, check_owned, clean_stale_scratch, note_removed, refuse_overwriting_inputs
 from ..version import __version__
 from ..zoo import builtin_zoo
-from .records import ModelJob, StageFailure
+from .records import Fused, ModelJob, StageFailure
 from .row import ModelRow, assemble_row
 from .settings import (BUILTIN_DATA, DEFAULT_BENCH_SESSIONS, DEFAULT_DURATION_S, DEFAULT_ITERATIONS,
                        DEFAULT_MAX_DURATION_S, DEFAULT_WARMUP_S, PipelineSettings)
@@ -276,7 +276,7 @@ def _run_staged(job: ModelJob, s: PipelineSettings, command: str) -> ModelRow:
     return row
 
 
-def _manifest(job: ModelJob, s: PipelineSettings, command: str, fused, row: ModelRow) -> dict:
+def _manifest(job: ModelJob, s: PipelineSettings, command: str, fused: Fused | None, row: ModelRow) -> dict:
     """tool version, command, input sha256, detected arch, settings, status, timings, and every file."""
     manifest: dict[str, Any] = {"tool": "repdeploy", "command": command, "input": {"path": str(job.checkpoint)},
                                 "settings": s.to_dict(), "version": __version__}

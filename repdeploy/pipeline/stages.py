@@ -16,13 +16,16 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, InputError
 from ..progress import status
 from ..rundir import make_scratch_dir
 from .records import Built, Evaluated, Exported, Fused, ModelJob, Prepared, QatTuned, Quantized, Timed
 from .settings import BUILTIN_DATA, PipelineSettings
+
+if TYPE_CHECKING:
+    from ..runtime.base import Runner
 
 STAGES = ("load", "export", "quantize", "evaluate", "benchmark")  # every run, in this order
 OPTIONAL_STAGES = ("tensorrt", "qat")  # --engine trt (before evaluate), --qat (last)
@@ -162,7 +165,7 @@ def runtime_models(exported: Exported, quantized: Quantized, built: Built | None
     return exported.fp32_onnx, quantized.int8_onnx
 
 
-def _runner(path: Path, s: PipelineSettings, name: str):
+def _runner(path: Path, s: PipelineSettings, name: str) -> Runner:
     from ..runtime import open_runner
 
     return open_runner(path, s.engine, threads=s.threads, workdir=path.parent, name=name)
