@@ -14,7 +14,7 @@ docs/api.md has a worked example with data in memory. Library functions log thro
 `repdeploy` logger and never print; the command line installs the handler.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Imported eagerly on purpose: several API functions share their module's name (`fuse`,
 # `evaluate`, `bench`), and a lazy lookup would hand back the submodule once it was imported.
