@@ -194,3 +194,25 @@ def test_pipeline_qat_column(tmp_path):
     assert json.loads((run_dir / "qat_report.json").read_text())["grad_mult"] == "bn"
     assert "QAT top-1 %" in plain_table([row.to_dict()])
     assert "QAT top-1 %" not in plain_table([{**row.to_dict(), "qat_top1": None, "qat_drop": None}])
+
+
+def test_sharpness_is_the_top_hessian_eigenvalue_and_caps_the_default_lr():
+    from repdeploy.optim.multipliers import MultiplierMap
+    from repdeploy.quant.qat import STABLE_LR_FACTOR, sharpness, stable_lr
+
+    # A least-squares loss 0.5 * mean((Xw - y)^2) has the constant Hessian X^T X / n.
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, generator=g) * torch.tensor([3.0, 1.0, 1.0, 0.5, 0.1]), torch.randn(64, generator=g)
+    model = torch.nn.Linear(5, 1, bias=False)
+
+    def loss(m, x, y):
+        return 0.5 * ((m(x).squeeze(1) - y) ** 2).mean()
+
+    expected = float(torch.linalg.eigvalsh(x.T @ x / len(x)).max())
+    assert sharpness(model, loss, x, y, iterations=50) == pytest.approx(expected, rel=1e-3)
+    # With a gradient multiplier M, SGD's step sees the eigenvalues of M H.
+    mults = MultiplierMap(model)
+    mults.set("test", "weight", torch.full((1, 5), 2.0))
+    assert sharpness(model, loss, x, y, mults, iterations=50) == pytest.approx(2 * expected, rel=1e-3)
+    assert stable_lr(0.01, 100.0) == 0.01 and stable_lr(0.01, 1000.0) == pytest.approx(STABLE_LR_FACTOR / 1000.0)
+
