@@ -21,6 +21,12 @@ fine-tune:
 - `torchrun --nproc_per_node=N` runs it data-parallel with torch.distributed (gloo on CPU,
   NCCL with the model and data on `cuda:LOCAL_RANK`); every rank trains on its shard and
   rank 0 alone writes the outputs.
+
+`qat()` reads as its steps (options, model and data, ranges, prior, learning rate, train.py's
+loop, export), each a function below it. Why this module is over ~350 lines: the "distributed"
+and "gradient multipliers" sections are on their way to repdeploy/distributed.py and
+repdeploy/optim/priors.py (issue 14); without them it is ~540 lines, of which the export and
+verdict step (~80) is the next candidate to leave.
 """
 
 from __future__ import annotations
