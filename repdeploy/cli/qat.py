@@ -31,7 +31,7 @@ def _text(r: dict) -> str:
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @click.option("--epochs", type=int, default=defaults.QAT_EPOCHS, show_default=True)
 @click.option("--lr", type=float, default=None,
-              help="Learning rate (default: sgd 0.01 capped at 2 / the loss's sharpness, adamw 1e-4, agd gain 0.05).")
+              help="Learning rate (default: sgd 0.01 capped at 1.5 / the loss's sharpness, adamw 1e-4, agd gain 0.05).")
 @click.option("--batch-size", type=int, default=defaults.QAT_BATCH_SIZE, show_default=True, help="Per process.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw", "agd"]), default="sgd", show_default=True)

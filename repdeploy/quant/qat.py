@@ -60,8 +60,9 @@ from .ranges import DEFAULT_RANGE_LR, WithRangeAdam, freeze_ranges, is_range_par
 OPTIMIZERS = ("sgd", "adamw", "agd")
 # Fine-tuning a trained model wants small steps; AGD's "lr" is its gain on the automatic step.
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4, "agd": 0.05}
-# SGD is stable on a quadratic for lr < 2 / sharpness; momentum widens that, batch noise narrows it.
-STABLE_LR_FACTOR = 2.0
+# Gradient descent on a quadratic is stable for lr < 2 / sharpness; 1.5 leaves a margin for batch
+# noise and for a sharpness estimated on one batch (measured: docs/benchmarks.md, stress case).
+STABLE_LR_FACTOR = 1.5
 GRAD_MULT_PRODUCER = "qat-prior"
 STATE_FILE = "qat_state.pt"
 BATCH = 32
@@ -274,7 +275,7 @@ def sharpness(qnet: QuantPlainNet, loss_fn, x: torch.Tensor, y: torch.Tensor, mu
 
 
 def stable_lr(default: float, curvature: float) -> float:
-    """SGD's default lr, capped at STABLE_LR_FACTOR / sharpness (gradient descent's stability edge)."""
+    """SGD's default lr, capped at STABLE_LR_FACTOR / sharpness (below gradient descent's edge, 2 / sharpness)."""
     return default if curvature <= 0 else min(default, STABLE_LR_FACTOR / curvature)
 
 
