@@ -23,10 +23,9 @@ fine-tune:
   rank 0 alone writes the outputs.
 
 `qat()` reads as its steps (options, model and data, ranges, prior, learning rate, train.py's
-loop, export), each a function below it. Why this module is over ~350 lines: the "distributed"
-and "gradient multipliers" sections are on their way to repdeploy/distributed.py and
-repdeploy/optim/priors.py (issue 14); without them it is ~540 lines, of which the export and
-verdict step (~80) is the next candidate to leave.
+loop, export); the files it reads and writes are quant/qat_io.py's. The "distributed" and
+"gradient multipliers" sections are on their way to repdeploy/distributed.py and
+repdeploy/optim/priors.py (issue 14), which leaves this module the QAT loop (~350 lines).
 """
 
 from __future__ import annotations
@@ -48,24 +47,22 @@ from torch import nn
 
 from .. import defaults
 from ..errors import DataError, InputError, VerificationError
-from ..io import ensure_writable_dir, write_json_atomic
-from ..models.plain import PlainNet
-from ..rundir import commit_files, make_scratch_dir, refuse_overwriting_inputs
-from ..train import TrainConfig, top1_accuracy
+from ..io import ensure_writable_dir
+from ..optim.sharpness import sharpness, stable_lr
+from ..rundir import refuse_overwriting_inputs
+from ..train import TrainConfig, label_smoothing_loss, top1_accuracy
 from ..version import __version__
-from .calib import DEFAULT_PERCENTILE, CalibrationCache, calibrate, weights_fingerprint
+from .calib import DEFAULT_PERCENTILE, weights_fingerprint
+from .qat_io import QATResult, export_tuned, load_fused_model, open_datasets, starting_ranges
 from .quantizer import TARGETS, QuantPlainNet
-from .ranges import DEFAULT_RANGE_LR, WithRangeAdam, freeze_ranges, is_range_param, make_ranges_learnable, split_range_groups
+from .ranges import (DEFAULT_RANGE_LR, WithRangeAdam, freeze_ranges, is_range_param, make_ranges_learnable,
+                     split_range_groups)
 
 OPTIMIZERS = ("sgd", "adamw", "agd")
 # Fine-tuning a trained model wants small steps; AGD's "lr" is its gain on the automatic step.
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-4, "agd": 0.05}
-# Gradient descent on a quadratic is stable for lr < 2 / sharpness; 1.5 leaves a margin for batch
-# noise and for a sharpness estimated on one batch (measured: docs/benchmarks.md, stress case).
-STABLE_LR_FACTOR = 1.5
 GRAD_MULT_PRODUCER = "qat-prior"
 STATE_FILE = "qat_state.pt"
-BATCH = 32
 
 
 # --------------------------------------------------------------------------- distributed
@@ -239,76 +236,7 @@ def _with_weight_ranges(qnet: QuantPlainNet, inner):
     return loss
 
 
-def _ce(smoothing: float):
-    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model(x), y, label_smoothing=smoothing)
-
-    return loss
-
-
-# --------------------------------------------------------------------------- the learning rate
-
-
-def sharpness(qnet: QuantPlainNet, loss_fn, x: torch.Tensor, y: torch.Tensor, multipliers=None,
-              iterations: int = 20, seed: int = 0) -> float:
-    """Largest eigenvalue of the loss Hessian in the weights on one batch, by power iteration.
-
-    With gradient multipliers M it is the eigenvalue of M H, the curvature SGD's multiplied
-    step sees. Ranges (their own optimizer) and frozen parameters are left out. Seeded: the
-    same batch and seed give the same figure.
-    """
-    named = [(n, p) for n, p in qnet.named_parameters() if p.requires_grad and not is_range_param(n)]
-    params = [p for _, p in named]
-    mult = multipliers.by_param() if multipliers else {}
-    g = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=g).to(p.device) for p in params]
-    grads = torch.autograd.grad(loss_fn(qnet, x, y), params, create_graph=True)
-    eigenvalue = 0.0
-    for _ in range(iterations):
-        norm = torch.sqrt(sum((t * t).sum() for t in v))
-        v = [t / norm for t in v]
-        hv = torch.autograd.grad(grads, params, v, retain_graph=True)
-        hv = [h * mult[id(p)] if id(p) in mult else h for h, p in zip(hv, params)]
-        eigenvalue = float(sum((a * b).sum() for a, b in zip(hv, v)))
-        v = [h.detach() for h in hv]
-    return eigenvalue
-
-
-def stable_lr(default: float, curvature: float) -> float:
-    """SGD's default lr, capped at STABLE_LR_FACTOR / sharpness (below gradient descent's edge, 2 / sharpness)."""
-    return default if curvature <= 0 else min(default, STABLE_LR_FACTOR / curvature)
-
-
 # --------------------------------------------------------------------------- the job
-
-
-@dataclass
-class QATResult:
-    output_dir: Path
-    int8_onnx: Path | None
-    report: dict
-    qnet: QuantPlainNet = field(repr=False)
-
-    # Typed views of the headline figures in `report` (None where not measured, or on rank > 0).
-    @property
-    def fp32_top1(self) -> float | None:
-        return self.report.get("fp32_top1")
-
-    @property
-    def ptq_top1(self) -> float | None:
-        return self.report.get("ptq_top1")
-
-    @property
-    def qat_top1(self) -> float | None:
-        return self.report.get("qat_top1")
-
-    @property
-    def qat_drop(self) -> float | None:
-        return self.report.get("qat_drop")
-
-    def to_dict(self) -> dict:
-        return {"output_dir": str(self.output_dir), "int8_onnx": str(self.int8_onnx) if self.int8_onnx else None,
-                **{k: self.report.get(k) for k in ("fp32_top1", "ptq_top1", "qat_top1", "ptq_drop", "qat_drop")}}
 
 
 def _parse_grad_mult(grad_mult: str) -> tuple[str, str | None]:
@@ -396,15 +324,15 @@ def qat(
         model, train_data, val_data = str(zoo_entry("repvgg").file), train_data or "builtin", val_data or "builtin"
     if train_data is None:
         raise DataError("QAT needs --train-data (an ImageFolder tree, labelled .npz, or 'builtin')")
-    loaded, plain, equivalence = _fused_model(model, load_kwargs)
-    prep, train_set, val_set = _datasets(model, plain, train_data, val_data, calib_cache, train_samples, seed,
-                                         dict(mean=mean, std=std, resize=resize, preprocessing=preprocessing))
+    loaded, plain, equivalence = load_fused_model(model, load_kwargs)
+    prep, train_set, val_set = open_datasets(model, plain, train_data, val_data, calib_cache, train_samples, seed,
+                                             dict(mean=mean, std=std, resize=resize, preprocessing=preprocessing))
 
     # 3. calibration: the PTQ starting point, and the figures QAT is judged against
     qnet = QuantPlainNet(plain, target).to(where)
     plain.to(where)  # the FP32 figure and the distillation teacher run beside the student
-    cache = _ranges(qnet, plain, calib_cache, calib_data or train_data, prep, calib_method, calib_samples,
-                    percentile, seed)
+    cache = starting_ranges(qnet, plain, calib_cache, calib_data or train_data, prep, calib_method, calib_samples,
+                            percentile, seed)
     fp32_top1, ptq_top1 = _top1(plain, val_set), _top1(qnet, val_set)
     status(f"qat: {loaded.variant}: FP32 top-1 {fp32_top1}, PTQ ({cache.method}) top-1 {ptq_top1}")
 
@@ -418,11 +346,13 @@ def qat(
     if learnable_ranges:
         make_ranges_learnable(qnet)  # after AGD's freeze: the ranges have an optimizer of their own
     teacher = plain.eval()
-    loss_fn = _with_weight_ranges(qnet, distillation_loss(teacher, temperature) if distill else _ce(0.0))
+    inner = distillation_loss(teacher, temperature) if distill else label_smoothing_loss(0.0)
+    loss_fn = _with_weight_ranges(qnet, inner)
     step_lr, curvature = lr, None
     if lr is None and optimizer == "sgd":
         x, y = next(calibration_sample(train_set, batch_size, seed).batches(batch_size))
-        curvature = sharpness(qnet.train(), loss_fn, x.to(where), y.to(where), multipliers, seed=seed)
+        weights = [p for n, p in qnet.named_parameters() if p.requires_grad and not is_range_param(n)]
+        curvature = sharpness(qnet.train(), loss_fn, x.to(where), y.to(where), multipliers, params=weights, seed=seed)
         step_lr = stable_lr(DEFAULT_LR[optimizer], curvature)
         status(f"qat: loss sharpness {curvature:.1f}: SGD lr {step_lr:.3g}")
     elif lr is None:
@@ -468,7 +398,7 @@ def qat(
         "fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1_torch": _top1(qnet, val_set),
         "training": result.to_dict(),
     }
-    _export(qnet, model, cache, learned, train_set, val_set, target, names, out, report, allow_mismatch, started)
+    export_tuned(qnet, model, cache, learned, train_set, val_set, target, names, out, report, allow_mismatch, started)
     mismatches = [v["line"] for v in report["verdicts"] if not v["passed"]]
     if mismatches and not allow_mismatch:
         raise VerificationError(f"{loaded.variant} after QAT: {mismatches[0]}; see {out / names['report']} "
@@ -497,67 +427,6 @@ def _check_options(o: dict) -> tuple[str, str | None]:
     validate.integer("--train-samples", o["train_samples"], low=1)
     validate.number("--percentile", o["percentile"], low=0.0, low_open=True, high=100.0, allow_none=False)
     return parsed
-
-
-def _fused_model(model, load_kwargs):
-    """The checkpoint, and its fused PlainNet (with the fusion's equivalence record, if it fused)."""
-    from ..checkpoints import load
-    from ..fuse import fuse
-
-    loaded = load(model, **(load_kwargs or {}))
-    if loaded.model is None:
-        raise InputError(f"{model} is a scales file with no weights; {loaded.deploy_steps}")
-    if isinstance(loaded.model, PlainNet):
-        return loaded, loaded.model, None
-    fused = fuse(loaded.model)
-    return loaded, fused.plain, fused.equivalence
-
-
-def _datasets(model, plain: PlainNet, train_data, val_data, calib_cache, train_samples, seed, prep: dict):
-    """(preprocessing options, training set, validation set or None), all fed one preprocessing."""
-    from ..data import calibration_sample, open_dataset, open_train_val
-    from ..preprocess import preprocessing_of
-
-    spec = plain.spec
-    # Fed as it was calibrated: the given record, else the model file's or the cache's; fields
-    # given as mean/std/resize override it (preprocess.py).
-    record = prep["preprocessing"]
-    if record is None:
-        record = preprocessing_of(model)
-    if record is None and calib_cache is not None:
-        record = preprocessing_of(calib_cache)
-    if record is None:  # one record for training, validation and calibration: the training data's
-        record = open_dataset(train_data, split="train", image_size=spec.input_size, channels=spec.in_channels,
-                              mean=prep["mean"], std=prep["std"], resize=prep["resize"]).preprocessing
-    prep = {**prep, "preprocessing": record}
-    train_set, val_set = open_train_val(train_data, image_size=spec.input_size, channels=spec.in_channels,
-                                        val_source=val_data, seed=seed, **prep)
-    if train_samples is not None:
-        # A seeded subset: a quick QAT on a large set, and the fast path the tests take.
-        train_set = calibration_sample(train_set, train_samples, seed)
-    if val_set is not None and not val_set.has_labels:
-        raise DataError(f"validation data {val_data} has no labels; give a class-folder layout or labelled arrays")
-    return prep, train_set, val_set
-
-
-
-def _ranges(qnet: QuantPlainNet, plain: PlainNet, calib_cache, calib_source, prep: dict, method: str, samples: int,
-            percentile: float, seed: int) -> CalibrationCache:
-    """Activation ranges from the cache the user gave, else calibrated on `calib_source`."""
-    from ..data import calibration_sample, open_dataset
-
-    qnet.set_weight_ranges()
-    if calib_cache is not None:
-        cache = CalibrationCache.load(calib_cache)
-        cache.check_model(plain, source=str(calib_cache))
-        qnet.load_ranges(cache.amax)
-        return cache
-    spec = plain.spec
-    calib_set = calibration_sample(
-        open_dataset(calib_source, split="train", image_size=spec.input_size, channels=spec.in_channels, **prep),
-        samples, seed)
-    return calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=method, percentile=percentile,
-                     total_batches=calib_set.num_batches(BATCH), data=calib_set.describe())
 
 
 def _prior(qnet: QuantPlainNet, source: nn.Module, kind: str, scales_path, optimizer: str, train_set, seed: int):
@@ -629,68 +498,3 @@ def _fine_tune(qnet: QuantPlainNet, world: World, optimizer: str, lr: float, ran
             shutil.rmtree(private, ignore_errors=True)
 
 
-def _export(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: dict[str, float], train_set, val_set,
-            target: str, names: dict, out: Path, report: dict, allow_mismatch: bool, started: float) -> None:
-    """Write the tuned model's files into `out` as one commit; completes `report` with figures and verdicts."""
-    from ..checkpoints import save_fused
-    from ..export.onnx import export_onnx
-    from ..export.qdq import check_tensorrt_qdq, export_qdq
-    from .ptq import _accuracy
-
-    tuned, spec = qnet.float_model(), qnet.spec
-    stage = make_scratch_dir(out, "set", "qat")
-    try:
-        record = train_set.preprocessing
-        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True,
-                                                        "preprocessing": record.to_dict()})
-        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
-                    preprocessing=record)
-        export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
-        # The cache now describes the tuned weights and the trained ranges, so it stays reusable.
-        cache.weights_sha256 = weights_fingerprint(tuned)
-        for name, amax in learned.items():
-            cache.tensors[name].amax = amax
-        cache.save(stage / names["calib"])
-        if val_set is not None:
-            acc = _accuracy(stage / names["fp32"], stage / names["int8"], val_set, None)
-            report["qat_top1"] = acc["int8_top1"]
-            report["qat_top5"] = acc["int8_top5"]
-            report["ptq_drop"] = report["fp32_top1"] - report["ptq_top1"]
-            report["qat_drop"] = report["fp32_top1"] - acc["int8_top1"]
-        if target == "tensorrt":
-            import onnx
-
-            report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
-        # The same verdicts as PTQ (verify.py): the exported graphs must compute what was trained.
-        report["verdicts"] = _verdicts(tuned, qnet, stage / names["fp32"], stage / names["int8"],
-                                       val_set if val_set is not None else train_set, spec.input_size)
-        failed = any(not v["passed"] for v in report["verdicts"])
-        report["status"] = "FAILED" if failed and not allow_mismatch else "PASSED"
-        report["allow_mismatch"] = allow_mismatch
-        report["files"] = dict(names)
-        report["seconds"] = round(time.perf_counter() - started, 2)
-        write_json_atomic(stage / names["report"], report)
-        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-@torch.no_grad()
-def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, dataset,
-              input_size: int) -> list[dict]:
-    """ORT FP32 vs the tuned torch model and ORT INT8 vs its fake-quant model, as ptq judges them."""
-    from .. import verify
-    from .ptq import VERIFY_IMAGES, _run_ort, images_for
-
-    n = images_for(input_size, VERIFY_IMAGES, 32)
-    x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])
-    qnet.eval()
-    ref = torch.cat([tuned(c) for c in x.split(BATCH)]).numpy()
-    fake = torch.cat([qnet(c) for c in x.split(BATCH)]).numpy()
-    return [
-        verify.judge_logits("ort_fp32", ref, _run_ort(fp32_onnx, x), reference_name="torch FP32 (QAT-tuned)",
-                              candidate_name="ORT FP32", tolerance=verify.FP32_ORT_REL_TOL).to_dict(),
-        verify.judge_logits("ort_int8", fake, _run_ort(int8_onnx, x), reference_name="torch fake-quant (QAT)",
-                              candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
-                              min_agreement=verify.INT8_ORT_MIN_AGREEMENT).to_dict(),
-    ]
