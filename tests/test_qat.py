@@ -171,11 +171,16 @@ def test_learnable_ranges_train_and_freeze_before_export(tmp_path):
     assert all(abs(frozen[k] - 1.5 * before[k]) <= 1e-5 * before[k] for k in frozen)
     assert qnet.ranges() == pytest.approx(frozen)
 
-    result = qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=1, train_samples=128,
-                 calib_samples=64, learnable_ranges=True)
-    cache = json.loads((tmp_path / "calib.json").read_text())
+    run = dict(train_data="builtin", epochs=1, train_samples=128, calib_samples=64)
+    result = qat(str(ZOO_REPVGG), output_dir=tmp_path / "a", **run)
+    cache = json.loads((tmp_path / "a" / "calib.json").read_text())
     assert {k: v["amax"] for k, v in cache["tensors"].items()} == pytest.approx(result.qnet.ranges())
-    assert result.report["learnable_ranges"] is True
+    assert result.report["learnable_ranges"] is True and result.report["range_lr"] == 0.2  # the defaults
+    # Deterministic on the CPU: the same seed trains the same ranges, lr and accuracy.
+    again = qat(str(ZOO_REPVGG), output_dir=tmp_path / "b", **run)
+    assert again.qnet.ranges() == result.qnet.ranges()
+    assert (again.report["lr"], again.report["lr_sharpness"], again.qat_top1) == \
+        (result.report["lr"], result.report["lr_sharpness"], result.qat_top1)
 
 
 def test_pipeline_qat_column(tmp_path):
