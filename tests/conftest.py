@@ -81,3 +81,13 @@ def fake_tensorrt(monkeypatch):
     fake.cudart = cudart
     yield fake
     fake.__dict__.pop("cudart", None)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for torchrun's rendezvous: a fixed port clashes when two
+    suites (two checkouts, or xdist workers of two runs) start torchrun at the same time."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

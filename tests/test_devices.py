@@ -5,7 +5,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import trained_like
+from conftest import free_port, trained_like
 from repdeploy.cli import main
 from repdeploy.devices import amp_dtype, distributed_placement, resolve_device
 from repdeploy.errors import BackendMissingError, InputError
@@ -68,7 +68,7 @@ def test_torchrun_two_processes_train_on_the_gpu(tmp_path):
 
     torchrun = Path(sys.executable).parent / "torchrun"
     zoo = Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth"
-    r = subprocess.run([str(torchrun), "--nproc_per_node=2", "--master_port=29541", "-m", "repdeploy", "qat",
+    r = subprocess.run([str(torchrun), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "repdeploy", "qat",
                         str(zoo), "--train-data", "builtin", "--epochs", "1", "--train-samples", "256",
                         "--calib-samples", "64", "--batch-size", "32", "--device", "auto", "--json",
                         "-o", str(tmp_path / "ddp")], capture_output=True, text=True, timeout=600)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import defaults
+from ..quant.ranges import DEFAULT_RANGE_LR
 from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
                      preprocessing_options, quiet_option)
 
@@ -29,7 +30,8 @@ def _text(r: dict) -> str:
 @click.option("--eval-data", default=None, help="Validation images (default: the source's val split or 10% held out).")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @click.option("--epochs", type=int, default=defaults.QAT_EPOCHS, show_default=True)
-@click.option("--lr", type=float, default=None, help="Learning rate (default: sgd 0.01, adamw 1e-4, agd gain 0.05).")
+@click.option("--lr", type=float, default=None,
+              help="Learning rate (default: sgd 0.01 capped at 1.5 / the loss's sharpness, adamw 1e-4, agd gain 0.05).")
 @click.option("--batch-size", type=int, default=defaults.QAT_BATCH_SIZE, show_default=True, help="Per process.")
 @click.option("--weight-decay", default=0.0, show_default=True)
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw", "agd"]), default="sgd", show_default=True)
@@ -45,8 +47,11 @@ def _text(r: dict) -> str:
 @click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=defaults.TARGET, show_default=True)
 @click.option("--train-samples", type=int, default=None, help="Train on a seeded subset of N images.")
-@click.option("--learnable-ranges", is_flag=True,
-              help="Train activation ranges with the weights (frozen again before export).")
+@click.option("--learnable-ranges/--frozen-ranges", default=True, show_default=True,
+              help="Train the activation ranges (log space, own Adam; frozen again before export), "
+                   "or keep the calibrated ones.")
+@click.option("--range-lr", type=float, default=DEFAULT_RANGE_LR, show_default=True,
+              help="Adam lr of the trained ranges, in log(amax) per step.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTDIR/qat_state.pt.")
 @click.option("--checkpoint-every", default=0, show_default=True,
               help="Steps between training-state checkpoints (0: every epoch).")
@@ -63,12 +68,12 @@ def _text(r: dict) -> str:
 @handle_errors
 def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, learnable_ranges, resume, checkpoint_every, seed, allow_mismatch, prep, device, amp,
+            train_samples, learnable_ranges, range_lr, resume, checkpoint_every, seed, allow_mismatch, prep, device, amp,
             load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
-    Starts from the PTQ calibration (or --calib-cache), trains with frozen activation ranges,
-    and reports FP32, PTQ and QAT top-1 side by side. With no CHECKPOINT it runs on the
+    Starts from the PTQ calibration (or --calib-cache), trains the weights and the activation
+    ranges, and reports FP32, PTQ and QAT top-1 side by side. With no CHECKPOINT it runs on the
     built-in zoo's RepVGG model and the built-in digits.
 
     \b
@@ -87,7 +92,7 @@ def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_siz
         batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, grad_mult=grad_mult,
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
         calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
-        learnable_ranges=learnable_ranges, resume=resume,
+        learnable_ranges=learnable_ranges, range_lr=range_lr, resume=resume,
         checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch,
         device=device, amp=amp, **prep,
     )

@@ -1,0 +1,182 @@
+"""What a QAT job reads and what it writes: its inputs (the fused model, the data, the starting
+ranges) and its outputs (fused.pt, the FP32 and INT8 ONNX, calib.json, report.json).
+
+quant/qat.py runs the fine-tune between the two; keeping the files here leaves it the loop.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import DataError, InputError
+from ..io import write_json_atomic
+from ..models.plain import PlainNet
+from ..rundir import commit_files, make_scratch_dir
+from .calib import calibrate
+from .calib_cache import CalibrationCache, weights_fingerprint
+from .quantizer import QuantPlainNet
+
+BATCH = 32
+
+
+@dataclass
+class QATResult:
+    output_dir: Path
+    int8_onnx: Path | None
+    report: dict
+    qnet: QuantPlainNet = field(repr=False)
+
+    # Typed views of the headline figures in `report` (None where not measured, or on rank > 0).
+    @property
+    def fp32_top1(self) -> float | None:
+        return self.report.get("fp32_top1")
+
+    @property
+    def ptq_top1(self) -> float | None:
+        return self.report.get("ptq_top1")
+
+    @property
+    def qat_top1(self) -> float | None:
+        return self.report.get("qat_top1")
+
+    @property
+    def qat_drop(self) -> float | None:
+        return self.report.get("qat_drop")
+
+    def to_dict(self) -> dict:
+        return {"output_dir": str(self.output_dir), "int8_onnx": str(self.int8_onnx) if self.int8_onnx else None,
+                **{k: self.report.get(k) for k in ("fp32_top1", "ptq_top1", "qat_top1", "ptq_drop", "qat_drop")}}
+
+
+def load_fused_model(model, load_kwargs: dict | None):
+    """The checkpoint, and its fused PlainNet (with the fusion's equivalence record, if it fused)."""
+    from ..checkpoints import load
+    from ..fuse import fuse
+
+    loaded = load(model, **(load_kwargs or {}))
+    if loaded.model is None:
+        raise InputError(f"{model} is a scales file with no weights; {loaded.deploy_steps}")
+    if isinstance(loaded.model, PlainNet):
+        return loaded, loaded.model, None
+    fused = fuse(loaded.model)
+    return loaded, fused.plain, fused.equivalence
+
+
+def open_datasets(model, plain: PlainNet, train_data, val_data, calib_cache, train_samples, seed, prep: dict):
+    """(preprocessing options, training set, validation set or None), all fed one preprocessing."""
+    from ..data import calibration_sample, open_dataset, open_train_val
+    from ..preprocess import preprocessing_of
+
+    spec = plain.spec
+    # Fed as it was calibrated: the given record, else the model file's or the cache's; fields
+    # given as mean/std/resize override it (preprocess.py).
+    record = prep["preprocessing"]
+    if record is None:
+        record = preprocessing_of(model)
+    if record is None and calib_cache is not None:
+        record = preprocessing_of(calib_cache)
+    if record is None:  # one record for training, validation and calibration: the training data's
+        record = open_dataset(train_data, split="train", image_size=spec.input_size, channels=spec.in_channels,
+                              mean=prep["mean"], std=prep["std"], resize=prep["resize"]).preprocessing
+    prep = {**prep, "preprocessing": record}
+    train_set, val_set = open_train_val(train_data, image_size=spec.input_size, channels=spec.in_channels,
+                                        val_source=val_data, seed=seed, **prep)
+    if train_samples is not None:
+        # A seeded subset: a quick QAT on a large set, and the fast path the tests take.
+        train_set = calibration_sample(train_set, train_samples, seed)
+    if val_set is not None and not val_set.has_labels:
+        raise DataError(f"validation data {val_data} has no labels; give a class-folder layout or labelled arrays")
+    return prep, train_set, val_set
+
+
+
+def starting_ranges(qnet: QuantPlainNet, plain: PlainNet, calib_cache, calib_source, prep: dict, method: str,
+                    samples: int, percentile: float, seed: int) -> CalibrationCache:
+    """Activation ranges from the cache the user gave, else calibrated on `calib_source`."""
+    from ..data import calibration_sample, open_dataset
+
+    qnet.set_weight_ranges()
+    if calib_cache is not None:
+        cache = CalibrationCache.load(calib_cache)
+        cache.check_model(plain, source=str(calib_cache))
+        qnet.load_ranges(cache.amax)
+        return cache
+    spec = plain.spec
+    calib_set = calibration_sample(
+        open_dataset(calib_source, split="train", image_size=spec.input_size, channels=spec.in_channels, **prep),
+        samples, seed)
+    return calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=method, percentile=percentile,
+                     total_batches=calib_set.num_batches(BATCH), data=calib_set.describe())
+
+
+def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: dict[str, float], train_set, val_set,
+            target: str, names: dict, out: Path, report: dict, allow_mismatch: bool, started: float) -> None:
+    """Write the tuned model's files into `out` as one commit; completes `report` with figures and verdicts."""
+    from ..checkpoints import save_fused
+    from ..export.onnx import export_onnx
+    from ..export.qdq import check_tensorrt_qdq, export_qdq
+    from .fidelity import onnx_accuracy as _accuracy
+
+    tuned, spec = qnet.float_model(), qnet.spec
+    stage = make_scratch_dir(out, "set", "qat")
+    try:
+        record = train_set.preprocessing
+        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True,
+                                                        "preprocessing": record.to_dict()})
+        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
+                    preprocessing=record)
+        export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
+        # The cache now describes the tuned weights and the trained ranges, so it stays reusable.
+        cache.weights_sha256 = weights_fingerprint(tuned)
+        for name, amax in learned.items():
+            cache.tensors[name].amax = amax
+        cache.save(stage / names["calib"])
+        if val_set is not None:
+            acc = _accuracy(stage / names["fp32"], stage / names["int8"], val_set, None)
+            report["qat_top1"] = acc["int8_top1"]
+            report["qat_top5"] = acc["int8_top5"]
+            report["ptq_drop"] = report["fp32_top1"] - report["ptq_top1"]
+            report["qat_drop"] = report["fp32_top1"] - acc["int8_top1"]
+        if target == "tensorrt":
+            import onnx
+
+            report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
+        # The same verdicts as PTQ (verify.py): the exported graphs must compute what was trained.
+        report["verdicts"] = _verdicts(tuned, qnet, stage / names["fp32"], stage / names["int8"],
+                                       val_set if val_set is not None else train_set, spec.input_size)
+        failed = any(not v["passed"] for v in report["verdicts"])
+        report["status"] = "FAILED" if failed and not allow_mismatch else "PASSED"
+        report["allow_mismatch"] = allow_mismatch
+        report["files"] = dict(names)
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        write_json_atomic(stage / names["report"], report)
+        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@torch.no_grad()
+def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, dataset,
+              input_size: int) -> list[dict]:
+    """ORT FP32 vs the tuned torch model and ORT INT8 vs its fake-quant model, as ptq judges them."""
+    from .. import verify
+    from .fidelity import VERIFY_IMAGES, images_for
+    from .fidelity import run_ort as _run_ort
+
+    n = images_for(input_size, VERIFY_IMAGES, 32)
+    x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])
+    qnet.eval()
+    ref = torch.cat([tuned(c) for c in x.split(BATCH)]).numpy()
+    fake = torch.cat([qnet(c) for c in x.split(BATCH)]).numpy()
+    return [
+        verify.judge_logits("ort_fp32", ref, _run_ort(fp32_onnx, x), reference_name="torch FP32 (QAT-tuned)",
+                              candidate_name="ORT FP32", tolerance=verify.FP32_ORT_REL_TOL).to_dict(),
+        verify.judge_logits("ort_int8", fake, _run_ort(int8_onnx, x), reference_name="torch fake-quant (QAT)",
+                              candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
+                              min_agreement=verify.INT8_ORT_MIN_AGREEMENT).to_dict(),
+    ]
