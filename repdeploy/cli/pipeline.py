@@ -1,0 +1,129 @@
+"""pipeline: the whole job end to end over many checkpoints (repdeploy/pipeline/), one table."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import defaults
+from ..zoo import ZOOS
+from .common import (checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
+                     preprocessing_options, quiet_option)
+
+
+@click.command("pipeline")
+@click.argument("checkpoints", nargs=-1, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (one run directory per model).")
+@click.option("--eval-data", default=None,
+              help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
+@click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --eval-data.")
+@click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
+@click.option("--calib-method", default=None, type=click.Choice(["max", "percentile", "entropy", "mse"]),
+              help="Calibration method; default: the PTQ default.")
+@click.option("--engine", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="Runtime for eval and bench.")
+@click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=None,
+              help="INT8 graph layout; default: ort for --engine ort, tensorrt for --engine trt.")
+@click.option("--max-drop", type=float, default=None,
+              help="Accuracy gate: max top-1 drop in absolute points; models over it are FAILED and the exit code is 3.")
+@click.option("--batch-size", "bench_batch", type=int, default=defaults.BENCH_BATCH_SIZE, show_default=True,
+              help="Batch size for the latency figures.")
+@click.option("--threads", type=int, default=None, help="CPU threads for ORT (default: ORT's choice).")
+@click.option("--warmup", type=float, default=defaults.BENCH_WARMUP_S, show_default=True,
+              help="Warm-up seconds per benchmark session.")
+@click.option("--duration", type=float, default=defaults.BENCH_DURATION_S, show_default=True,
+              help="Minimum measured seconds per model.")
+@click.option("--iterations", type=int, default=defaults.BENCH_ITERATIONS, show_default=True,
+              help="Minimum measured iterations per model.")
+@click.option("--max-duration", type=float, default=defaults.BENCH_MAX_DURATION_S, show_default=True,
+              help="Seconds per model that latency runs may extend to while their 95 % interval is wider than "
+                   "+-5 % (0: no extension).")
+@click.option("--sessions", "bench_sessions", type=int, default=defaults.BENCH_SESSIONS, show_default=True,
+              help="Fresh runtime sessions per model that share the latency run; the speed-up's interval spans "
+                   "them.")
+@click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
+@click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
+@click.option("--qat-epochs", type=int, default=2, show_default=True)
+@click.option("--qat-lr", type=float, default=None,
+              help="QAT learning rate (default: qat's, sgd 0.01; the stress zoo needs 0.001, docs/benchmarks.md).")
+@click.option("--zoo", type=click.Choice(ZOOS), default=None,
+              help="Built-in models to run when no checkpoint is given: default (`make demo`) or stress (a RepVGG / "
+                   "RepOpt-VGG pair whose RepVGG loses accuracy in PTQ; docs/training.md).  [default: default]")
+@click.option("--train-data", default=None, help="QAT training images; default: the train split of --eval-data.")
+@click.option("--fallback-float", is_flag=True,
+              help="With --max-drop: leave the most sensitive layers in float until the drop fits, chosen on a "
+                   "holdout of the calibration images (never --eval-data).")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Keep (exit 0) models whose verification failed; the report marks them.")
+@deprecated_alias("--data", "--eval-data")
+@deprecated_alias("--batch", "--batch-size")
+@click.option("--force", is_flag=True,
+              help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
+@preprocessing_options
+@device_option
+@checkpoint_options
+@json_option
+@quiet_option
+@handle_errors
+def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
+                 bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
+                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs,
+                 as_json):
+    """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
+
+    Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
+    table. With no CHECKPOINTS it runs the built-in zoo on the built-in digits (`make demo`).
+    A model that fails a stage is reported as ERROR and the others still run.
+    Every numeric hand-off is verified (fusion, ORT vs torch, INT8 vs fake-quant, TensorRT vs ORT).
+    Exit codes: 0 all passed, 1 a model failed verification (unless --allow-mismatch), 3 a model
+    is over --max-drop, else the first failed model's code.
+
+    \b
+    Examples:
+      repdeploy pipeline -o runs/demo
+      repdeploy pipeline --qat -o runs/demo-qat                # PTQ and QAT side by side
+      repdeploy pipeline --zoo stress --qat --qat-epochs 4 --qat-lr 0.001 -o runs/stress
+      repdeploy pipeline a.pth b.pth --eval-data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
+      repdeploy pipeline a.pth --eval-data val/ --engine trt --target tensorrt -o runs/gpu
+    """
+    import warnings
+
+    from ..pipeline import (DEFAULT_BENCH_SESSIONS, DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_MAX_DURATION_S,
+                            DEFAULT_WARMUP_S, run_pipeline)
+    from ..progress import status
+    from ..report import print_table
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_pipeline(
+            list(checkpoints), output_dir=output, data=eval_data, calib_data=calib_data, engine=engine, target=target,
+            max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
+            threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
+            duration=DEFAULT_DURATION_S if duration is None else duration,
+            iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
+            max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
+            bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
+            eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
+            load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
+            fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
+        )
+    for w in caught:
+        status(f"warning: {w.message}")
+
+    def text(_: dict) -> str:
+        print_table([r.to_dict() for r in result.rows])
+        return f"report: {result.report.html}"
+
+    emit(result.to_dict(), as_json, text)
+    code = result.exit_code
+    if code == 1 and any(r.status == "FAILED" and r.exit_code == 1 for r in result.rows):
+        failed = [r.name for r in result.rows if r.status == "FAILED" and r.exit_code == 1]
+        click.echo(f"error: verification failed for {', '.join(failed)} (see the parity column; "
+                   "--allow-mismatch keeps such models)", err=True)
+    elif code == 3:
+        failed = [r.name for r in result.rows if r.status == "FAILED"]
+        click.echo(f"error: accuracy gate failed for {', '.join(failed)} (top-1 drop > {max_drop:g} points)", err=True)
+    sys.exit(code)
+
+
+COMMANDS = [pipeline_cmd]
