@@ -82,7 +82,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
     Examples:
       repdeploy pipeline -o runs/demo
       repdeploy pipeline --qat -o runs/demo-qat                # PTQ and QAT side by side
-      repdeploy pipeline --zoo stress --qat --qat-epochs 4 --qat-lr 0.001 -o runs/stress
+      repdeploy pipeline --zoo stress --qat -o runs/stress        # PTQ hurts RepVGG, QAT wins it back
       repdeploy pipeline a.pth b.pth --eval-data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
       repdeploy pipeline a.pth --eval-data val/ --engine trt --target tensorrt -o runs/gpu
     """
