@@ -123,7 +123,7 @@ def _per_channel(values: Sequence[float], channels: int, option: str) -> tuple[f
 def transform(x, record: Preprocessing, *, already_scaled: bool = False):
     """Resize/crop and normalise a float torch batch (N, C, H, W) of raw pixel values.
 
-    The one implementation behind `preprocess` and the array sources of data.py, so a service
+    The one implementation behind `preprocess` and the array sources of data/arrays.py, so a service
     and the evaluation feed a model identically.
     """
     import torch
