@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.repdeploy-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-qat test bench clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/repdeploy pipeline -o runs/demo
+
+# The stress pair, where PTQ costs RepVGG points and QAT wins them back (docs/benchmarks.md).
+demo-qat: setup
+	$(VENV)/bin/repdeploy pipeline --zoo stress --qat -o runs/stress
 
 test: setup
 	$(PY) -m pytest -q -n auto

@@ -45,7 +45,7 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
 @click.option("--qat-epochs", type=int, default=2, show_default=True)
 @click.option("--qat-lr", type=float, default=None,
-              help="QAT learning rate (default: qat's, sgd 0.01; the stress zoo needs 0.001, docs/benchmarks.md).")
+              help="QAT learning rate (default: qat's, sgd 0.01 capped by the loss's sharpness, docs/benchmarks.md).")
 @click.option("--zoo", type=click.Choice(ZOOS), default=None,
               help="Built-in models to run when no checkpoint is given: default (`make demo`) or stress (a RepVGG / "
                    "RepOpt-VGG pair whose RepVGG loses accuracy in PTQ; docs/training.md).  [default: default]")
