@@ -146,3 +146,40 @@ def test_test_processes_get_their_share_of_the_cores():
     finally:
         os.environ.clear()
         os.environ.update(env)
+
+
+def test_recorded_session_config_is_applied_and_only_scheduling_keys(plain, batch, tmp_path):
+    # The settings a model was measured with travel in its metadata; OrtRunner (bench, eval, the
+    # API) applies them, {} gets ORT's defaults, and a file cannot smuggle in other entries.
+    import onnx
+
+    from repdeploy.export.onnx import export_onnx
+    from repdeploy.runtime.ort import META_SESSION_CONFIG, record_session_config, recorded_session_config
+
+    path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    assert recorded_session_config(path) == {}
+    model = onnx.load(str(path))
+    record_session_config(model, {"session.intra_op.allow_spinning": "0"})
+    record_session_config(model, {"session.intra_op.spin_duration_us": "70"})  # replaces, not appends
+    onnx.save(model, str(path))
+    assert recorded_session_config(path) == {"session.intra_op.spin_duration_us": "70"}
+    with open_runner(path, "ort", threads=2) as r:
+        options = r._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.spin_duration_us") == "70"
+        assert r.describe()["session_config"] == {"session.intra_op.spin_duration_us": "70"}
+        tuned = r.infer(batch)
+    from repdeploy.runtime.ort import OrtRunner
+
+    with OrtRunner(path, intra_op_threads=2, session_config={}) as r:
+        with pytest.raises(RuntimeError, match="does not have"):  # not set: ORT's default
+            r._session.get_session_options().get_session_config_entry("session.intra_op.spin_duration_us")
+        np.testing.assert_array_equal(r.infer(batch), tuned)  # scheduling never changes results
+
+    with pytest.raises(ValueError, match="collect_node_memory_stats_to_file"):
+        record_session_config(model, {"session.collect_node_memory_stats_to_file": str(tmp_path / "x")})
+    for prop in model.metadata_props:
+        if prop.key == META_SESSION_CONFIG:  # a hand-edited file: the unknown entry is dropped
+            prop.value = '{"session.collect_node_memory_stats_to_file": "x", "session.dynamic_block_base": "2"}'
+    onnx.save(model, str(path))
+    with pytest.warns(UserWarning, match="ignoring"):
+        assert recorded_session_config(path) == {"session.dynamic_block_base": "2"}

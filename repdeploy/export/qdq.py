@@ -36,6 +36,9 @@ INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "MatMulInteger", "QLinearM
                "QLinearGlobalAveragePool", "QLinearAdd", "QLinearMul", "QLinearSigmoid")
 MIN_TRT_OPSET = 13
 PADDED_STEM_CHANNELS = 4  # the ort layout feeds a 3-channel image to its first conv as 4 channels
+#: ORT session config entries the ort layout is recorded with (runtime/ort.py applies them).
+#: Measured in docs/benchmarks.md ("INT8 latency against onnxruntime's quantize_static"): PLACEHOLDER
+ORT_SESSION_CONFIG: dict[str, str] = {}
 
 
 def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | None = None) -> Path:
@@ -56,6 +59,10 @@ def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | N
         builder.build()
     except KeyError as exc:
         raise ExportError(f"{fp32_onnx} does not match the quantized {qnet.spec.name}: no {exc}") from exc
+    if target == "ort":
+        from ..runtime.ort import record_session_config
+
+        record_session_config(model, ORT_SESSION_CONFIG)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
         try:
