@@ -7,8 +7,10 @@ thread count, measured in ONE run with the sessions interleaved so machine drift
 - "quantize_static": onnxruntime's `quantize_static` INT8 of the same FP32 ONNX (QDQ, uint8
   activations, per-channel int8 weights, MinMax on the same 32 images), run the way its users run
   it: a plain `SessionOptions` with the thread count set (ORT's defaults);
-- "quantize_static_tuned": the same file with our session config, so the reader sees how much
-  of ours / quantize_static is the graph and how much the settings;
+- "quantize_static_tuned": the same file with our session config, and "ours_ort_defaults": our
+  file with ORT's defaults, so the reader sees how much of ours / quantize_static is the graph
+  (ours / quantize_static_tuned, ours_ort_defaults / quantize_static) and how much the settings
+  (ours / ours_ort_defaults);
 - "fp32": the FP32 ONNX with our session config too (INT8 vs FP32 is a precision question), with
   `--fp32` or for A0 (its ratio target is A0 b1 t2).
 Each round times every session in A..Z then Z..A order; a figure is the median of per-round
@@ -153,6 +155,7 @@ def measure(arch: str, paths: dict[str, Path], batch: int, threads: int, args) -
     with_fp32 = args.fp32 or arch == "RepVGG-A0"
     config = session_config(paths["ours"], args)
     sessions = {"ours": our_session(paths["ours"], threads, config),
+                "ours_ort_defaults": plain_session(paths["ours"], threads),
                 "quantize_static": plain_session(paths["quantize_static"], threads),
                 "quantize_static_tuned": our_session(paths["quantize_static"], threads, config)}
     if with_fp32:
@@ -172,7 +175,8 @@ def measure(arch: str, paths: dict[str, Path], batch: int, threads: int, args) -
     print(json.dumps({"figure": "ort_latency_ms", "statistic": "median of round medians", **common,
                       **{k: round(statistics.median(v), 3) for k, v in samples.items()}}), flush=True)
     ok = True
-    pairs = [("ours", "quantize_static", TARGET_PEER), ("ours", "quantize_static_tuned", None)]
+    pairs = [("ours", "quantize_static", TARGET_PEER), ("ours", "quantize_static_tuned", None),
+             ("ours_ort_defaults", "quantize_static", None), ("ours", "ours_ort_defaults", None)]
     if with_fp32:
         pairs.append(("ours", "fp32", TARGET_FP32 if (arch, batch, threads) == ("RepVGG-A0", 1, 2) else None))
     for a, b, target in pairs:

@@ -37,8 +37,12 @@ INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "MatMulInteger", "QLinearM
 MIN_TRT_OPSET = 13
 PADDED_STEM_CHANNELS = 4  # the ort layout feeds a 3-channel image to its first conv as 4 channels
 #: ORT session config entries the ort layout is recorded with (runtime/ort.py applies them).
-#: Measured in docs/benchmarks.md ("INT8 latency against onnxruntime's quantize_static"): PLACEHOLDER
-ORT_SESSION_CONFIG: dict[str, str] = {}
+#: ORT's idle pool threads spin for a long time before they sleep; with other work on the cores
+#: that spinning takes the CPU from the thread with the work, and A0 (batch 1, 2 threads) ran 2-4x
+#: slower than with spinning bounded to 100 us. Spinning off altogether cost 20-25 % on a quiet
+#: machine (a woken thread per parallel section), while 100 us still covers the gap between two
+#: nodes. Measured in docs/benchmarks.md, "INT8 latency against onnxruntime's quantize_static".
+ORT_SESSION_CONFIG: dict[str, str] = {"session.intra_op.spin_duration_us": "100"}
 
 
 def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | None = None) -> Path:
