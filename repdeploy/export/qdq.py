@@ -37,11 +37,12 @@ INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "MatMulInteger", "QLinearM
 MIN_TRT_OPSET = 13
 PADDED_STEM_CHANNELS = 4  # the ort layout feeds a 3-channel image to its first conv as 4 channels
 #: ORT session config entries the ort layout is recorded with (runtime/ort.py applies them).
-#: ORT's idle pool threads spin for a long time before they sleep; with other work on the cores
-#: that spinning takes the CPU from the thread with the work, and A0 (batch 1, 2 threads) ran 2-4x
-#: slower than with spinning bounded to 100 us. Spinning off altogether cost 20-25 % on a quiet
-#: machine (a woken thread per parallel section), while 100 us still covers the gap between two
-#: nodes. Measured in docs/benchmarks.md, "INT8 latency against onnxruntime's quantize_static".
+#: ORT's idle pool threads spin long before they sleep; with other work on the cores the spinning
+#: thread takes the CPU from the one that has the work, and A0 (batch 1, 2 threads) ran 1.5-1.6x
+#: slower than with spinning bounded to 100 us. The bound cost nothing on a quiet machine
+#: (0.99-1.00 in four runs), where no spinning cost 12-18 % and a 20 us bound 2.5-4 % (a sleeping
+#: thread is woken for each parallel section). docs/benchmarks.md, "INT8 latency against
+#: onnxruntime's quantize_static", has the runs.
 ORT_SESSION_CONFIG: dict[str, str] = {"session.intra_op.spin_duration_us": "100"}
 
 
