@@ -183,3 +183,27 @@ def test_recorded_session_config_is_applied_and_only_scheduling_keys(plain, batc
     onnx.save(model, str(path))
     with pytest.warns(UserWarning, match="ignoring"):
         assert recorded_session_config(path) == {"session.dynamic_block_base": "2"}
+
+
+def test_onnx_metadata_is_read_without_the_graph_and_refuses_broken_files(plain, tmp_path):
+    # Runners read the recorded config on every activation; the light reader must agree with
+    # onnx's own parser and fail (not guess) on a truncated or foreign file.
+    import onnx
+
+    from repdeploy.export.onnx import export_onnx
+    from repdeploy.runtime.ort import onnx_metadata, recorded_session_config
+
+    path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "x.unicode", "ré\u2713"
+    onnx.save(model, str(path))
+    assert onnx_metadata(path) == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert onnx_metadata(path)["repdeploy.input_size"] == "32"
+    data = path.read_bytes()
+    for name, content in [("cut.onnx", data[: len(data) // 2]), ("empty.onnx", b""), ("text.onnx", b"not a protobuf")]:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(ValueError):
+            onnx_metadata(bad)
+        assert recorded_session_config(bad) == {}
