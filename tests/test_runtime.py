@@ -175,7 +175,9 @@ def test_recorded_session_config_is_applied_and_only_scheduling_keys(plain, batc
             r._session.get_session_options().get_session_config_entry("session.intra_op.spin_duration_us")
         np.testing.assert_array_equal(r.infer(batch), tuned)  # scheduling never changes results
 
-    with pytest.raises(ValueError, match="collect_node_memory_stats_to_file"):
+    from repdeploy.errors import ExportError
+
+    with pytest.raises(ExportError, match="collect_node_memory_stats_to_file"):
         record_session_config(model, {"session.collect_node_memory_stats_to_file": str(tmp_path / "x")})
     for prop in model.metadata_props:
         if prop.key == META_SESSION_CONFIG:  # a hand-edited file: the unknown entry is dropped

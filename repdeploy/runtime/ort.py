@@ -9,7 +9,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ExportError, InputError
 from .base import InputMetadata, Runner
 
 
@@ -62,7 +62,8 @@ def record_session_config(model, config: Mapping[str, str]) -> None:
     """Record `config` in an in-memory onnx.ModelProto's metadata (replacing an earlier record)."""
     unknown = sorted(set(config) - SESSION_CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"{unknown[0]} is not a session config entry a repdeploy model may record")
+        raise ExportError(f"{unknown[0]} is not a session config entry a repdeploy model may record "
+                          f"(allowed: {sorted(SESSION_CONFIG_KEYS)})")
     for prop in list(model.metadata_props):
         if prop.key == META_SESSION_CONFIG:
             model.metadata_props.remove(prop)
@@ -97,7 +98,10 @@ def onnx_metadata(path: str | Path) -> dict[str, str]:
                 elif wire == 2:
                     length, pos = _varint(buf, pos)
                     if field == 14:
-                        entry = StringStringEntryProto.FromString(buf[pos:pos + length])
+                        try:
+                            entry = StringStringEntryProto.FromString(buf[pos:pos + length])
+                        except Exception as exc:  # protobuf's DecodeError: a damaged entry
+                            raise ValueError(f"{path}: unreadable metadata entry at byte {pos}") from exc
                         props[entry.key] = entry.value
                     pos += length
                 else:
