@@ -2,12 +2,17 @@
 
 For each architecture (fused, random weights, trained-like BN statistics, 224 px), batch and
 thread count, measured in ONE run with the sessions interleaved so machine drift hits all alike:
-- our INT8 `ort` QDQ model (`export_qdq`), run with the session options repdeploy records
-  (`repdeploy.runtime.ort.session_options`);
-- onnxruntime's `quantize_static` INT8 of the same FP32 ONNX (QDQ, uint8 activations,
-  per-channel int8 weights, MinMax on the same 32 images), run the way its users run it: a plain
-  `SessionOptions` with the thread count set;
-- the FP32 ONNX (plain options too), with `--fp32` or for A0 (its ratio target is A0 b1 t2).
+- "ours": our INT8 `ort` QDQ model (`export_qdq`), run the way `OrtRunner` runs it: repdeploy's
+  `session_options` plus the session config the model records (`recorded_session_config`);
+- "quantize_static": onnxruntime's `quantize_static` INT8 of the same FP32 ONNX (QDQ, uint8
+  activations, per-channel int8 weights, MinMax on the same 32 images), run the way its users run
+  it: a plain `SessionOptions` with the thread count set (ORT's defaults);
+- "quantize_static_tuned": the same file with our session config, and "ours_ort_defaults": our
+  file with ORT's defaults, so the reader sees how much of ours / quantize_static is the graph
+  (ours / quantize_static_tuned, ours_ort_defaults / quantize_static) and how much the settings
+  (ours / ours_ort_defaults);
+- "fp32": the FP32 ONNX with our session config too (INT8 vs FP32 is a precision question), with
+  `--fp32` or for A0 (its ratio target is A0 b1 t2).
 Each round times every session in A..Z then Z..A order; a figure is the median of per-round
 ratios with a bootstrap 90 % interval over the rounds. Targets: ours / quantize_static <= 0.95,
 ours / FP32 <= 0.29 (A0, batch 1, 2 threads). Also printed: the node types ORT runs for each
@@ -18,7 +23,7 @@ Calibration cost is measured by benchmarks/calib_cost.py.
 Prints one JSON line per figure; exits 1 when a target is missed.
 
     .venv/bin/python benchmarks/ptq_latency.py [--archs RepVGG-A0,RepVGG-B1] [--batches 1,8] [--threads 1,2]
-        [--rounds 7] [--seconds 0.3] [--profile]
+        [--rounds 7] [--seconds 0.3] [--profile] [--session-config '{"session.intra_op.spin_duration_us": "50"}']
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from repdeploy.models import build, get_spec
 from repdeploy.models.layers import randomize_batchnorm
 from repdeploy.quant.calib import calibrate
 from repdeploy.quant.quantizer import QuantPlainNet
-from repdeploy.runtime.ort import session_options
+from repdeploy.runtime.ort import recorded_session_config, session_options
 
 SIZE = 224
 TARGET_PEER, TARGET_FP32 = 0.95, 0.29
@@ -67,10 +72,11 @@ def plain_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
-def our_session(path: Path, threads: int):
+def our_session(path: Path, threads: int, config: dict[str, str]):
+    """A session as OrtRunner builds it, with `config` (the session config our INT8 model records)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads, config=config), providers=["CPUExecutionProvider"])
 
 
 def median_ms(sess, x: np.ndarray, seconds: float, min_iters: int) -> float:
@@ -109,11 +115,11 @@ def bootstrap_interval(values: list[float], level: float = 0.9, draws: int = 200
     return [float(q) for q in np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])]
 
 
-def kernel_profile(path: Path, threads: int, x: np.ndarray, runs: int = 30) -> dict[str, float]:
+def kernel_profile(path: Path, threads: int, x: np.ndarray, config: dict[str, str], runs: int = 30) -> dict[str, float]:
     """ORT's per-node kernel time in us (median over `runs`), in graph order."""
     import onnxruntime as ort
 
-    o = session_options(threads)
+    o = session_options(threads, config=config)
     o.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         o.profile_file_prefix = str(Path(tmp) / "profile")
@@ -126,6 +132,11 @@ def kernel_profile(path: Path, threads: int, x: np.ndarray, runs: int = 30) -> d
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
             per.setdefault(f'{e["args"].get("op_name", "?")} {e["name"][:-12]}', []).append(e["dur"])
     return {k: float(np.median(v[5:])) for k, v in per.items()}
+
+
+def session_config(ours: Path, args) -> dict[str, str]:
+    """What our model records, or the candidate `--session-config` under trial."""
+    return recorded_session_config(ours) if args.session_config is None else json.loads(args.session_config)
 
 
 def build_models(arch: str, tmp: Path) -> dict[str, Path]:
@@ -142,24 +153,30 @@ def build_models(arch: str, tmp: Path) -> dict[str, Path]:
 
 def measure(arch: str, paths: dict[str, Path], batch: int, threads: int, args) -> bool:
     with_fp32 = args.fp32 or arch == "RepVGG-A0"
-    sessions = {"ours": our_session(paths["ours"], threads),
-                "quantize_static": plain_session(paths["quantize_static"], threads)}
+    config = session_config(paths["ours"], args)
+    sessions = {"ours": our_session(paths["ours"], threads, config),
+                "ours_ort_defaults": plain_session(paths["ours"], threads),
+                "quantize_static": plain_session(paths["quantize_static"], threads),
+                "quantize_static_tuned": our_session(paths["quantize_static"], threads, config)}
     if with_fp32:
-        sessions["fp32"] = plain_session(paths["fp32"], threads)
+        sessions["fp32"] = our_session(paths["fp32"], threads, config)
     x = np.random.default_rng(0).standard_normal((batch, 3, SIZE, SIZE)).astype(np.float32)
     min_iters = 10 if batch == 1 else 3
     samples: dict[str, list[float]] = {k: [] for k in sessions}
+    load_before = round(os.getloadavg()[0], 2)
     for _ in range(args.rounds):
         first = {k: median_ms(s, x, args.seconds, min_iters) for k, s in sessions.items()}
         second = {k: median_ms(s, x, args.seconds, min_iters) for k, s in reversed(list(sessions.items()))}
         for k in sessions:
             samples[k].append((first[k] + second[k]) / 2)
     common = {"model": f"{arch} fused", "input": f"{batch}x3x{SIZE}x{SIZE}", "batch": batch, "threads": threads,
-              "rounds": args.rounds, "load_avg_1m": round(os.getloadavg()[0], 2)}
+              "rounds": args.rounds, "load_avg_1m": [load_before, round(os.getloadavg()[0], 2)],
+              "session_config": config}
     print(json.dumps({"figure": "ort_latency_ms", "statistic": "median of round medians", **common,
                       **{k: round(statistics.median(v), 3) for k, v in samples.items()}}), flush=True)
     ok = True
-    pairs = [("ours", "quantize_static", TARGET_PEER)]
+    pairs = [("ours", "quantize_static", TARGET_PEER), ("ours", "quantize_static_tuned", None),
+             ("ours_ort_defaults", "quantize_static", None), ("ours", "ours_ort_defaults", None)]
     if with_fp32:
         pairs.append(("ours", "fp32", TARGET_FP32 if (arch, batch, threads) == ("RepVGG-A0", 1, 2) else None))
     for a, b, target in pairs:
@@ -184,6 +201,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=0.3, help="minimum time per session per half round")
     ap.add_argument("--fp32", action="store_true", help="time FP32 for every architecture (default: A0 only)")
     ap.add_argument("--profile", action="store_true", help="print ORT's per-node kernel times of both INT8 models")
+    ap.add_argument("--session-config", help="JSON session config to try instead of the one our model records")
     args = ap.parse_args()
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,8 +213,9 @@ def main() -> None:
                                   "integer_nodes": integer_node_count(counts), "nodes": counts}), flush=True)
             if args.profile:
                 x = np.random.default_rng(0).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+                config = session_config(paths["ours"], args)
                 for key in ("ours", "quantize_static"):
-                    prof = kernel_profile(paths[key], 2, x)
+                    prof = kernel_profile(paths[key], 2, x, config)
                     print(json.dumps({"figure": "ort_kernel_us", "model": f"{arch} {key}", "batch": 1, "threads": 2,
                                       "total_us": round(sum(prof.values())),
                                       "nodes": {k: round(v) for k, v in prof.items()}}), flush=True)

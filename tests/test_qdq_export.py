@@ -195,3 +195,28 @@ def test_mismatched_fp32_graph_is_an_export_error(tmp_path):
     with pytest.raises(ExportError):
         export_qdq(qnet, other, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_ort_layout_records_its_session_config_and_runs_it_bit_identically(exported, x_val):
+    # The scheduling settings the ort layout was measured with go into the file, so bench, eval
+    # and API users get them; they must change no logit (verification runs with them too).
+    import numpy as np
+
+    from repdeploy.export.qdq import ORT_SESSION_CONFIG
+    from repdeploy.runtime import open_runner
+    from repdeploy.runtime.ort import OrtRunner, recorded_session_config
+
+    target, _, _, path = exported
+    recorded = recorded_session_config(path)
+    if target == "tensorrt":
+        assert recorded == {}  # for TensorRT; ORT settings would be noise in its file
+        return
+    assert recorded == ORT_SESSION_CONFIG and recorded
+    x = x_val[:8].numpy()
+    with open_runner(path, "ort", threads=2) as tuned:
+        options = tuned._session.get_session_options()
+        assert {k: options.get_session_config_entry(k) for k in recorded} == recorded
+        a = tuned.infer(x)
+    with OrtRunner(path, intra_op_threads=2, session_config={}) as plain_defaults:
+        b = plain_defaults.infer(x)
+    np.testing.assert_array_equal(a, b)

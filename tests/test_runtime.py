@@ -146,3 +146,66 @@ def test_test_processes_get_their_share_of_the_cores():
     finally:
         os.environ.clear()
         os.environ.update(env)
+
+
+def test_recorded_session_config_is_applied_and_only_scheduling_keys(plain, batch, tmp_path):
+    # The settings a model was measured with travel in its metadata; OrtRunner (bench, eval, the
+    # API) applies them, {} gets ORT's defaults, and a file cannot smuggle in other entries.
+    import onnx
+
+    from repdeploy.export.onnx import export_onnx
+    from repdeploy.runtime.ort import META_SESSION_CONFIG, record_session_config, recorded_session_config
+
+    path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    assert recorded_session_config(path) == {}
+    model = onnx.load(str(path))
+    record_session_config(model, {"session.intra_op.allow_spinning": "0"})
+    record_session_config(model, {"session.intra_op.spin_duration_us": "70"})  # replaces, not appends
+    onnx.save(model, str(path))
+    assert recorded_session_config(path) == {"session.intra_op.spin_duration_us": "70"}
+    with open_runner(path, "ort", threads=2) as r:
+        options = r._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.spin_duration_us") == "70"
+        assert r.describe()["session_config"] == {"session.intra_op.spin_duration_us": "70"}
+        tuned = r.infer(batch)
+    from repdeploy.runtime.ort import OrtRunner
+
+    with OrtRunner(path, intra_op_threads=2, session_config={}) as r:
+        with pytest.raises(RuntimeError, match="does not have"):  # not set: ORT's default
+            r._session.get_session_options().get_session_config_entry("session.intra_op.spin_duration_us")
+        np.testing.assert_array_equal(r.infer(batch), tuned)  # scheduling never changes results
+
+    from repdeploy.errors import ExportError
+
+    with pytest.raises(ExportError, match="collect_node_memory_stats_to_file"):
+        record_session_config(model, {"session.collect_node_memory_stats_to_file": str(tmp_path / "x")})
+    for prop in model.metadata_props:
+        if prop.key == META_SESSION_CONFIG:  # a hand-edited file: the unknown entry is dropped
+            prop.value = '{"session.collect_node_memory_stats_to_file": "x", "session.dynamic_block_base": "2"}'
+    onnx.save(model, str(path))
+    with pytest.warns(UserWarning, match="ignoring"):
+        assert recorded_session_config(path) == {"session.dynamic_block_base": "2"}
+
+
+def test_onnx_metadata_is_read_without_the_graph_and_refuses_broken_files(plain, tmp_path):
+    # Runners read the recorded config on every activation; the light reader must agree with
+    # onnx's own parser and fail (not guess) on a truncated or foreign file.
+    import onnx
+
+    from repdeploy.export.onnx import export_onnx
+    from repdeploy.runtime.ort import onnx_metadata, recorded_session_config
+
+    path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "x.unicode", "ré\u2713"
+    onnx.save(model, str(path))
+    assert onnx_metadata(path) == {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert onnx_metadata(path)["repdeploy.input_size"] == "32"
+    data = path.read_bytes()
+    for name, content in [("cut.onnx", data[: len(data) // 2]), ("empty.onnx", b""), ("text.onnx", b"not a protobuf")]:
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(ValueError):
+            onnx_metadata(bad)
+        assert recorded_session_config(bad) == {}

@@ -36,6 +36,14 @@ INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "MatMulInteger", "QLinearM
                "QLinearGlobalAveragePool", "QLinearAdd", "QLinearMul", "QLinearSigmoid")
 MIN_TRT_OPSET = 13
 PADDED_STEM_CHANNELS = 4  # the ort layout feeds a 3-channel image to its first conv as 4 channels
+#: ORT session config entries the ort layout is recorded with (runtime/ort.py applies them).
+#: ORT's idle pool threads spin long before they sleep; with other work on the cores the spinning
+#: thread takes the CPU from the one that has the work, and A0 (batch 1, 2 threads) ran 1.5-1.6x
+#: slower than with spinning bounded to 100 us. The bound cost nothing on a quiet machine
+#: (0.99-1.00 in four runs), where no spinning cost 12-18 % and a 20 us bound 2.5-4 % (a sleeping
+#: thread is woken for each parallel section). docs/benchmarks.md, "INT8 latency against
+#: onnxruntime's quantize_static", has the runs.
+ORT_SESSION_CONFIG: dict[str, str] = {"session.intra_op.spin_duration_us": "100"}
 
 
 def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | None = None) -> Path:
@@ -56,6 +64,10 @@ def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | N
         builder.build()
     except KeyError as exc:
         raise ExportError(f"{fp32_onnx} does not match the quantized {qnet.spec.name}: no {exc}") from exc
+    if target == "ort":
+        from ..runtime.ort import record_session_config
+
+        record_session_config(model, ORT_SESSION_CONFIG)
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
         try:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ExportError, InputError
 from .base import InputMetadata, Runner
 
 
@@ -21,8 +24,26 @@ def default_threads() -> int:
     return torch.get_num_threads()
 
 
-def session_options(threads: int | None = None, *, inter_op_threads: int | None = None, optimize: bool = True):
-    """The `onnxruntime.SessionOptions` every repdeploy session uses (runners, parity, evaluation)."""
+#: ONNX metadata key under which an exporter records the ORT session config entries (a JSON
+#: object, config key -> value) its model is meant to run with; `OrtRunner` applies them, so
+#: `repdeploy bench`, `eval` and API users get the settings the model was measured with.
+META_SESSION_CONFIG = "repdeploy.ort_session_config"
+
+#: Config entries a recorded model may set: only scheduling knobs, which change speed and never
+#: results. Anything else in a file (a key that writes files, say) is not applied.
+SESSION_CONFIG_KEYS = frozenset({
+    "session.intra_op.allow_spinning", "session.intra_op.spin_duration_us", "session.intra_op.spin_backoff_max",
+    "session.inter_op.allow_spinning", "session.inter_op.spin_duration_us", "session.inter_op.spin_backoff_max",
+    "session.dynamic_block_base", "session.force_spinning_stop",
+})
+
+
+def session_options(threads: int | None = None, *, inter_op_threads: int | None = None, optimize: bool = True,
+                    config: Mapping[str, str] | None = None):
+    """The `onnxruntime.SessionOptions` every repdeploy session uses (runners, parity, evaluation).
+
+    `config`: session config entries to add (`recorded_session_config` of the model, for runners).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -32,7 +53,103 @@ def session_options(threads: int | None = None, *, inter_op_threads: int | None 
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3  # ORT's warnings about unused initializers are noise here
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return options
+
+
+def record_session_config(model, config: Mapping[str, str]) -> None:
+    """Record `config` in an in-memory onnx.ModelProto's metadata (replacing an earlier record)."""
+    unknown = sorted(set(config) - SESSION_CONFIG_KEYS)
+    if unknown:
+        raise ExportError(f"{unknown[0]} is not a session config entry a repdeploy model may record "
+                          f"(allowed: {sorted(SESSION_CONFIG_KEYS)})")
+    for prop in list(model.metadata_props):
+        if prop.key == META_SESSION_CONFIG:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_SESSION_CONFIG, json.dumps(dict(config), sort_keys=True)
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's metadata_props, read without parsing its graph.
+
+    Every runner activation reads them; `onnx.load` would parse all weights first (0.6 s for
+    B1's FP32 file), while the top-level fields of the ModelProto can be stepped over by their
+    lengths (metadata_props is field 14). Raises ValueError on a file that is not a ModelProto.
+    """
+    import mmap
+
+    from onnx import StringStringEntryProto
+
+    props: dict[str, str] = {}
+    with open(path, "rb") as f:
+        if not f.seek(0, 2):
+            raise ValueError(f"{path} is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            pos, end = 0, len(buf)
+            while pos < end:
+                key, pos = _varint(buf, pos)
+                field, wire = key >> 3, key & 7
+                if wire == 0:
+                    _, pos = _varint(buf, pos)
+                elif wire == 1 or wire == 5:
+                    pos += 8 if wire == 1 else 4
+                elif wire == 2:
+                    length, pos = _varint(buf, pos)
+                    if field == 14:
+                        try:
+                            entry = StringStringEntryProto.FromString(buf[pos:pos + length])
+                        except Exception as exc:  # protobuf's DecodeError: a damaged entry
+                            raise ValueError(f"{path}: unreadable metadata entry at byte {pos}") from exc
+                        props[entry.key] = entry.value
+                    pos += length
+                else:
+                    raise ValueError(f"{path} is not an ONNX model (wire type {wire} at byte {pos})")
+            if pos != end:
+                raise ValueError(f"{path} is truncated")
+    return props
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or invalid varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def recorded_session_config(path: str | Path) -> dict[str, str]:
+    """The session config entries an ONNX file records (empty when it records none).
+
+    Entries outside `SESSION_CONFIG_KEYS` are left out with a warning: a model file may tune how
+    ORT schedules it, not make it write files or change its results.
+
+    >>> recorded_session_config("runs/a0/model_int8_ort.onnx")    # doctest: +SKIP
+    {'session.intra_op.spin_duration_us': '100'}
+    """
+    try:
+        raw = onnx_metadata(path).get(META_SESSION_CONFIG)
+    except (OSError, ValueError):  # an unreadable file is reported by the session that opens it
+        return {}
+    if raw is None:
+        return {}
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        entries = None
+    if not isinstance(entries, dict):
+        warnings.warn(f"{path}: metadata {META_SESSION_CONFIG} is not a JSON object; ORT defaults apply")
+        return {}
+    ignored = sorted(k for k in entries if k not in SESSION_CONFIG_KEYS)
+    if ignored:
+        warnings.warn(f"{path}: ignoring recorded session config {ignored} (not a scheduling setting)")
+    return {str(k): str(v) for k, v in entries.items() if k in SESSION_CONFIG_KEYS}
 
 
 class OrtRunner(Runner):
@@ -41,17 +158,21 @@ class OrtRunner(Runner):
     `intra_op_threads` is the thread count a user means by "threads" (parallelism inside one
     operator); `inter_op_threads` only matters with parallel execution mode, which these
     sequential conv stacks do not benefit from, so it is left to ORT unless set.
+    `session_config`: config entries for the session; None (the default) applies what the model
+    records (`recorded_session_config`), {} runs ORT's defaults.
     """
 
     engine = "ort"
 
     def __init__(self, path: str | Path, *, name: str | None = None, intra_op_threads: int | None = None,
-                 inter_op_threads: int | None = None, optimize: bool = True) -> None:
+                 inter_op_threads: int | None = None, optimize: bool = True,
+                 session_config: Mapping[str, str] | None = None) -> None:
         self.path = Path(path)
         super().__init__(name or self.path.name)
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
         self.optimize = optimize
+        self.session_config = None if session_config is None else dict(session_config)
         self._session = None
         self._input_name = ""
 
@@ -60,8 +181,10 @@ class OrtRunner(Runner):
 
         if not self.path.is_file():
             raise InputError(f"ONNX model {self.path} does not exist; export one with `repdeploy export`")
+        if self.session_config is None:
+            self.session_config = recorded_session_config(self.path)
         options = session_options(self.intra_op_threads, inter_op_threads=self.inter_op_threads,
-                                  optimize=self.optimize)
+                                  optimize=self.optimize, config=self.session_config)
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types; all mean a bad file
@@ -93,4 +216,4 @@ class OrtRunner(Runner):
     def describe(self) -> dict:
         threads = self._session.get_session_options().intra_op_num_threads if self._session else None
         return {"engine": self.engine, "name": self.name, "intra_op_threads": self.intra_op_threads or threads,
-                "inter_op_threads": self.inter_op_threads}
+                "inter_op_threads": self.inter_op_threads, "session_config": dict(self.session_config or {})}
