@@ -14,6 +14,9 @@ Three rules, shared by every command that writes:
 
 Scratch names carry host and process id (`scratch_name`), so two runs into one directory never
 collide and a later run can tell whose leftovers are stale.
+
+About 350 lines, on purpose: clash checks, ownership, staging and scratch are one policy (never
+lose a user's file), and each part relies on the others' invariants.
 """
 
 from __future__ import annotations
