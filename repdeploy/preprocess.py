@@ -212,11 +212,69 @@ def write_onnx_metadata(path: str | Path, record: Preprocessing) -> None:
 
 def set_onnx_metadata(model, record: Preprocessing) -> None:
     """Set the record on an in-memory onnx.ModelProto."""
+    set_metadata_prop(model, ONNX_METADATA_KEY, json.dumps(record.to_dict(), sort_keys=True))
+
+
+def set_metadata_prop(model, key: str, value: str) -> None:
+    """Set one metadata_props entry of an in-memory onnx.ModelProto, replacing an earlier one."""
     for prop in list(model.metadata_props):
-        if prop.key == ONNX_METADATA_KEY:
+        if prop.key == key:
             model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(record.to_dict(), sort_keys=True)
+    entry.key, entry.value = key, value
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's metadata_props, read without parsing its graph.
+
+    Every ORT runner activation and every `preprocessing_of` reads them; `onnx.load` would parse
+    all weights first (0.6 s for B1's FP32 file), while the top-level fields of the ModelProto can
+    be stepped over by their lengths (metadata_props is field 14). Raises ValueError on a file that is not a ModelProto.
+    """
+    import mmap
+
+    from onnx import StringStringEntryProto
+
+    props: dict[str, str] = {}
+    with open(path, "rb") as f:
+        if not f.seek(0, 2):
+            raise ValueError(f"{path} is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            pos, end = 0, len(buf)
+            while pos < end:
+                key, pos = _varint(buf, pos)
+                field, wire = key >> 3, key & 7
+                if wire == 0:
+                    _, pos = _varint(buf, pos)
+                elif wire == 1 or wire == 5:
+                    pos += 8 if wire == 1 else 4
+                elif wire == 2:
+                    length, pos = _varint(buf, pos)
+                    if field == 14:
+                        try:
+                            entry = StringStringEntryProto.FromString(buf[pos:pos + length])
+                        except Exception as exc:  # protobuf's DecodeError: a damaged entry
+                            raise ValueError(f"{path}: unreadable metadata entry at byte {pos}") from exc
+                        props[entry.key] = entry.value
+                    pos += length
+                else:
+                    raise ValueError(f"{path} is not an ONNX model (wire type {wire} at byte {pos})")
+            if pos != end:
+                raise ValueError(f"{path} is truncated")
+    return props
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated or invalid varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
 
 
 def preprocessing_of(path: str | Path) -> Preprocessing | None:
@@ -227,16 +285,11 @@ def preprocessing_of(path: str | Path) -> Preprocessing | None:
         return None
     suffix = p.suffix.lower()
     if suffix == ".onnx":
-        import onnx
-
         try:
-            model = onnx.load(str(p), load_external_data=False)
-        except Exception:  # noqa: BLE001 - an unreadable ONNX is reported by whoever opens it
+            raw = onnx_metadata(p).get(ONNX_METADATA_KEY)
+        except (OSError, ValueError):  # an unreadable ONNX is reported by whoever opens it
             return None
-        for prop in model.metadata_props:
-            if prop.key == ONNX_METADATA_KEY:
-                return Preprocessing.from_dict(json.loads(prop.value), f"{p} metadata {ONNX_METADATA_KEY}")
-        return None
+        return None if raw is None else Preprocessing.from_dict(json.loads(raw), f"{p} metadata {ONNX_METADATA_KEY}")
     if suffix == ".json":
         try:
             doc = json.loads(p.read_text())
@@ -257,4 +310,4 @@ def preprocessing_of(path: str | Path) -> Preprocessing | None:
 
 
 __all__ = ["Preprocessing", "preprocess", "preprocessing_of", "transform", "set_onnx_metadata",
-           "write_onnx_metadata", "ONNX_METADATA_KEY", "META_INPUT_SIZE", "META_PRECISION"]
+           "write_onnx_metadata", "set_metadata_prop", "onnx_metadata", "ONNX_METADATA_KEY", "META_INPUT_SIZE", "META_PRECISION"]

@@ -45,8 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import defaults
-from ..distributed import World, init_world, shard
-from ..distributed import barrier as _barrier
+from ..distributed import World, barrier, init_world, shard
 from ..errors import DataError, InputError, VerificationError
 from ..io import ensure_writable_dir
 from ..optim.priors import QuantSGSHook, branch_scales_from_bn, set_prior_multipliers
@@ -235,7 +234,7 @@ def qat(
     # Export and the figures after training run on the CPU: the files do not depend on the device.
     qnet.cpu()
     plain.cpu()
-    _barrier(world)
+    barrier(world)
     if result.stopped_early:
         return QATResult(out, None, {"stopped_early": True, "steps": result.steps}, qnet)
     if not world.is_main:

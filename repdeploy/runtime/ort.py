@@ -10,6 +10,7 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import ExportError, InputError
+from ..preprocess import onnx_metadata, set_metadata_prop
 from .base import InputMetadata, Runner
 
 
@@ -64,64 +65,7 @@ def record_session_config(model, config: Mapping[str, str]) -> None:
     if unknown:
         raise ExportError(f"{unknown[0]} is not a session config entry a repdeploy model may record "
                           f"(allowed: {sorted(SESSION_CONFIG_KEYS)})")
-    for prop in list(model.metadata_props):
-        if prop.key == META_SESSION_CONFIG:
-            model.metadata_props.remove(prop)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = META_SESSION_CONFIG, json.dumps(dict(config), sort_keys=True)
-
-
-def onnx_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's metadata_props, read without parsing its graph.
-
-    Every runner activation reads them; `onnx.load` would parse all weights first (0.6 s for
-    B1's FP32 file), while the top-level fields of the ModelProto can be stepped over by their
-    lengths (metadata_props is field 14). Raises ValueError on a file that is not a ModelProto.
-    """
-    import mmap
-
-    from onnx import StringStringEntryProto
-
-    props: dict[str, str] = {}
-    with open(path, "rb") as f:
-        if not f.seek(0, 2):
-            raise ValueError(f"{path} is empty")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            pos, end = 0, len(buf)
-            while pos < end:
-                key, pos = _varint(buf, pos)
-                field, wire = key >> 3, key & 7
-                if wire == 0:
-                    _, pos = _varint(buf, pos)
-                elif wire == 1 or wire == 5:
-                    pos += 8 if wire == 1 else 4
-                elif wire == 2:
-                    length, pos = _varint(buf, pos)
-                    if field == 14:
-                        try:
-                            entry = StringStringEntryProto.FromString(buf[pos:pos + length])
-                        except Exception as exc:  # protobuf's DecodeError: a damaged entry
-                            raise ValueError(f"{path}: unreadable metadata entry at byte {pos}") from exc
-                        props[entry.key] = entry.value
-                    pos += length
-                else:
-                    raise ValueError(f"{path} is not an ONNX model (wire type {wire} at byte {pos})")
-            if pos != end:
-                raise ValueError(f"{path} is truncated")
-    return props
-
-
-def _varint(buf, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated or invalid varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+    set_metadata_prop(model, META_SESSION_CONFIG, json.dumps(dict(config), sort_keys=True))
 
 
 def recorded_session_config(path: str | Path) -> dict[str, str]:
