@@ -10,7 +10,8 @@ import torch
 
 from repdeploy.checkpoints import load_fused, save_fused
 from repdeploy.preprocess import preprocessing_of
-from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, _gate, run_pipeline
+from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, run_pipeline
+from repdeploy.pipeline import judge_row as _gate
 from repdeploy.zoo import builtin_zoo
 
 FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0)
@@ -164,7 +165,7 @@ def test_rerun_into_the_same_directory_leaves_no_stale_artifacts(result, tmp_pat
 def test_calibration_never_silently_uses_the_evaluation_images(tmp_path):
     import numpy as np
 
-    from repdeploy.pipeline import _calibration_source
+    from repdeploy.pipeline import calibration_source as _calibration_source
 
     (tmp_path / "flat" / "a").mkdir(parents=True)
     (tmp_path / "split" / "train" / "a").mkdir(parents=True)

@@ -32,10 +32,6 @@ from .settings import (BUILTIN_DATA, DEFAULT_BENCH_SESSIONS, DEFAULT_DURATION_S,
                        DEFAULT_MAX_DURATION_S, DEFAULT_WARMUP_S, PipelineSettings)
 from .stages import OPTIONAL_STAGES, STAGES, calibration_source
 
-# The names these had while the pipeline was one module (tests import them).
-_gate = judge_row
-_calibration_source = calibration_source
-
 __all__ = [
     "run_pipeline", "PipelineSettings", "PipelineResult", "ModelRow", "assemble_row", "judge_row",
     "calibration_source", "ModelJob", "Fused", "Prepared", "Exported", "Quantized", "Built", "Evaluated", "Timed",
