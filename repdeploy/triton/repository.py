@@ -21,13 +21,14 @@ from typing import Sequence
 
 from ..errors import ExportError, InputError
 from ..progress import status, warn
-from ..rundir import MANIFEST, TOOL, OutputSet, check_owned, refuse_overwriting_inputs
+from ..rundir import MANIFEST, TOOL, OutputSet, check_owned, read_manifest, refuse_overwriting_inputs
 from ..version import __version__
 from .config import LABELS_FILE, VERSION_DIR, ModelPlan, plan_model, render
 from .signature import META_CLASS_NAMES, read_labels, read_onnx
 from .stamp import engine_stamp
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
+MODEL_KIND = "triton-model"  # manifest.json "kind": tells a model directory from a pipeline run directory
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -151,6 +152,10 @@ def package_models(sources: Sequence[ModelSource | str | Path], repository: str 
     refuse_overwriting_inputs(inputs, directories=[repo / p.name for p in plans])
     for p in plans:  # every directory is checked before the first is written
         check_owned(repo / p.name, force=force)
+        manifest = read_manifest(repo / p.name)
+        if manifest is not None and manifest.get("kind") != MODEL_KIND:
+            raise InputError(f"{repo / p.name} is a repdeploy run directory, not a Triton model; give -o the "
+                             "repository's own folder (e.g. runs/x/triton), not the runs folder")
     repo = ensure_writable_dir(repo)
     checked = schema_available()
     result = Repository(repo)
@@ -188,5 +193,5 @@ def _write_model(plan: ModelPlan, staging: Path, check: bool) -> None:
             raise ExportError(f"the config written for {plan.name} contradicts {plan.signature.path}: "
                               f"{'; '.join(problems)}; please report this")
     write_json_atomic(staging / MANIFEST, {
-        "tool": TOOL, "version": __version__, "kind": "triton-model",
+        "tool": TOOL, "version": __version__, "kind": MODEL_KIND,
         "sources": list(plan.model_files().values()), "artifacts": sorted([*artifacts, MANIFEST])})
