@@ -300,3 +300,39 @@ def test_plan_model_default_batch_and_dynamic_dims(exported):
     assert sig.dynamic_batch and sig.inputs[0].shape == (None, 3, None, None) and sig.nominal_size == 32
     plan = plan_model("m", sig, max_batch_size=4)
     assert plan.max_batch_size == 4 and plan.input_dims == {"input": (3, 32, 32)}
+
+
+def test_pipeline_packages_the_models_that_passed(tmp_path):
+    from repdeploy.pipeline import run_pipeline
+
+    fast = dict(calib_samples=32, eval_limit=60, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0,
+                bench_sessions=1)
+    with pytest.raises(InputError, match="--triton-repo"):
+        run_pipeline([zoo_entry("repvgg").file], output_dir=tmp_path / "out", triton_repo=tmp_path / "out", **fast)
+    broken = tmp_path / "broken.pth"
+    broken.write_bytes(b"not a checkpoint")
+    result = run_pipeline([zoo_entry("repvgg").file, broken], output_dir=tmp_path / "out",
+                          triton_repo=tmp_path / "out" / "triton", command="test", **fast)
+    assert [r.status for r in result.rows] == ["PASSED", "ERROR"]
+    assert [m.name for m in result.triton.models] == [result.rows[0].name]  # only the model that passed
+    model_dir = tmp_path / "out" / "triton" / result.rows[0].name
+    config, problems = check_dir(model_dir)
+    assert problems == []
+    assert (model_dir / "1" / "model.onnx").read_bytes() == (
+        tmp_path / "out" / result.rows[0].name / "model_int8_ort.onnx").read_bytes()
+    assert result.to_dict()["triton"]["models"][0]["checked"]
+
+
+def test_force_keeps_foreign_files_and_never_deletes_a_foreign_version_folder(exported, tmp_path):
+    repo = tmp_path / "repo"
+    package_models([f"a={exported['fp32']}"], repo)
+    (repo / "a" / "notes.txt").write_text("mine")
+    package_models([f"a={exported['int8_ort']}"], repo, force=True)
+    assert (repo / "a" / "notes.txt").read_text() == "mine"
+    assert (repo / "a" / "1" / "model.onnx").read_bytes() == exported["int8_ort"].read_bytes()
+    assert check_dir(repo / "a")[1] == []
+    (repo / "theirs" / "1").mkdir(parents=True)
+    (repo / "theirs" / "1" / "model.onnx").write_bytes(b"their model")
+    with pytest.raises(InputError, match="is not repdeploy's"):
+        package_models([f"theirs={exported['fp32']}"], repo, force=True)
+    assert (repo / "theirs" / "1" / "model.onnx").read_bytes() == b"their model"

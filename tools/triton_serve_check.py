@@ -15,6 +15,8 @@
                   classification extension's top-3 must name the same classes as labels.txt.
 
 It prints one JSON line per model and a final PASSED/FAILED line; exit 1 on any mismatch.
+`serve OUT --plant-faults` proves the check can fail: it serves the FP32 graph under the INT8
+model's name and labels.txt reversed, and must end FAILED.
 The serve phase imports only numpy, onnxruntime and tritonclient (no repdeploy, no torch).
 """
 
@@ -123,7 +125,7 @@ def _schema():
     return model_config_pb2
 
 
-def python_backend_repository(repo: Path, check_repo: Path) -> dict:
+def python_backend_repository(repo: Path, check_repo: Path, plant_faults: bool = False) -> dict:
     """The emitted repository with each model's backend switched to python (model.py above)."""
     from google.protobuf import text_format
 
@@ -142,6 +144,10 @@ def python_backend_repository(repo: Path, check_repo: Path) -> dict:
         shutil.copytree(model_dir, target)
         (target / "config.pbtxt").write_text(text_format.MessageToString(served))
         (target / "1" / "model.py").write_text(MODEL_PY)
+    if plant_faults:  # another model's graph behind one name, and a labels file in the wrong order
+        shutil.copy(repo / "mini_fp32" / "1" / "model.onnx", check_repo / "mini_int8_ort" / "1" / "model.onnx")
+        labels = check_repo / "mini_fp32" / "labels.txt"
+        labels.write_text("\n".join(reversed(labels.read_text().splitlines())) + "\n")
     return configs
 
 
@@ -160,6 +166,9 @@ def start_server(check_repo: Path, workdir: Path) -> tuple[subprocess.Popen, int
     shutil.copytree(triton / "backends", backends)
     stub = triton / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / \
         "triton_python_backend_stub"
+    if not stub.is_file():
+        raise SystemExit(f"nvidia-pytriton ships no python backend stub for Python {sys.version_info[:2]}; "
+                         "make the serve venv with Python 3.8-3.13")
     shutil.copy(stub, backends / "python" / "triton_python_backend_stub")
     import sysconfig
 
@@ -250,11 +259,11 @@ def check_model(client, grpcclient, config, model_dir: Path, requests: int, seed
             "passed": worst <= ATOL and (top_ok or not labels)}
 
 
-def serve(out: Path) -> int:
+def serve(out: Path, plant_faults: bool = False) -> int:
     import tritonclient.grpc as grpcclient
 
     repo, check_repo = out / "repository", out / "python_backend_repository"
-    configs = python_backend_repository(repo, check_repo)
+    configs = python_backend_repository(repo, check_repo, plant_faults)
     print(json.dumps({"parsed_with_triton_schema": sorted(configs)}))
     proc, _, grpc_port = start_server(check_repo, out)
     try:
@@ -287,10 +296,13 @@ def serve(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("prepare", "serve"):
-        raise SystemExit("usage: triton_serve_check.py prepare|serve OUT")
-    out_dir = Path(sys.argv[2]).resolve()
-    if sys.argv[1] == "prepare":
+    args = sys.argv[1:]
+    plant = "--plant-faults" in args
+    args = [a for a in args if a != "--plant-faults"]
+    if len(args) != 2 or args[0] not in ("prepare", "serve"):
+        raise SystemExit("usage: triton_serve_check.py prepare OUT | serve OUT [--plant-faults]")
+    out_dir = Path(args[1]).resolve()
+    if args[0] == "prepare":
         prepare(out_dir)
     else:
-        sys.exit(serve(out_dir))
+        sys.exit(serve(out_dir, plant))

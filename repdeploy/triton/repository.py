@@ -21,7 +21,8 @@ from typing import Sequence
 
 from ..errors import ExportError, InputError
 from ..progress import status, warn
-from ..rundir import MANIFEST, TOOL, OutputSet, check_owned, read_manifest, refuse_overwriting_inputs
+from ..rundir import (MANIFEST, TOOL, OutputSet, check_owned, foreign_files, read_manifest,
+                      refuse_overwriting_inputs)
 from ..version import __version__
 from .config import LABELS_FILE, VERSION_DIR, ModelPlan, plan_model, render
 from .signature import META_CLASS_NAMES, read_labels, read_onnx
@@ -156,6 +157,9 @@ def package_models(sources: Sequence[ModelSource | str | Path], repository: str 
         if manifest is not None and manifest.get("kind") != MODEL_KIND:
             raise InputError(f"{repo / p.name} is a repdeploy run directory, not a Triton model; give -o the "
                              "repository's own folder (e.g. runs/x/triton), not the runs folder")
+        if force and (repo / p.name / VERSION_DIR).exists() and VERSION_DIR not in (manifest or {}).get("artifacts", []):
+            raise InputError(f"{repo / p.name / VERSION_DIR} is not repdeploy's, and --force keeps what is not ours; "
+                             "move it away or give the model another name (NAME=PATH)")
     repo = ensure_writable_dir(repo)
     checked = schema_available()
     result = Repository(repo)
@@ -164,8 +168,14 @@ def package_models(sources: Sequence[ModelSource | str | Path], repository: str 
             warn(f"{plan.signature.path} records no class names (metadata {META_CLASS_NAMES}): {plan.name} is "
                  "packaged without labels.txt; give --labels FILE (one class name per line) to add it")
         status(f"  {plan.name}: {', '.join(plan.model_files().values())}")
-        with OutputSet(repo / plan.name, force=force) as staging:
+        target = repo / plan.name
+        with OutputSet(target, force=force) as staging:
             _write_model(plan, staging, checked)
+            if force and foreign_files(target) and (target / VERSION_DIR).is_dir():
+                # --force updates in place, file by file (foreign files stay); a directory cannot
+                # be renamed over a non-empty one, so the old version folder (the manifest check
+                # above made sure it is ours) goes first.
+                shutil.rmtree(target / VERSION_DIR)
         result.models.append(PackagedModel(
             name=plan.name, directory=repo / plan.name, sources=list(plan.model_files().values()),
             platform="tensorrt_plan" if plan.is_plan else "onnxruntime_onnx", max_batch_size=plan.max_batch_size,
