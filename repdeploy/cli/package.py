@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from .common import emit, handle_errors, json_option, quiet_option
@@ -14,7 +16,7 @@ def _text(r: dict) -> str:
         checked = "checked with Triton's schema" if m["checked"] else "NOT checked (pip install tritonclient)"
         lines.append(f"  {m['name']:<28} {m['platform']:<17} {m['precision']:<5} max_batch_size {m['max_batch_size']:<3}"
                      f" {labels}, {checked}")
-    lines.append(f"serve it: docker run --rm -p8000:8000 -p8001:8001 -v $PWD/{r['repository']}:/models "
+    lines.append(f"serve it: docker run --rm -p8000:8000 -p8001:8001 -v {Path(r['repository']).resolve()}:/models "
                  "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models  (docs/triton.md)")
     return "\n".join(lines)
 
@@ -38,7 +40,7 @@ def _text(r: dict) -> str:
 @click.option("--tensorrt-version", default=None,
               help="TensorRT version that built a plan (e.g. 10.3.0), where its side file does not say.")
 @click.option("--force", is_flag=True,
-              help="Write into model directories that hold files no repdeploy manifest lists (those are kept).")
+              help="Write into model directories holding files that their manifest.json does not list (those are kept).")
 @json_option
 @quiet_option
 @handle_errors
