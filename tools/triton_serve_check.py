@@ -104,16 +104,50 @@ def prepare(out: Path) -> None:
     # classes; what is checked here is that Triton serves this file as ONNX Runtime runs it.
     subprocess.run([*cli, "quantize", str(a0), "--int8", "--calib-data", str(photos), "--calib-samples", "32",
                     "--allow-mismatch", "-o", str(out / "a0" / "quantized"), "-q"], check=True)
+    uint8_nhwc_input(out / "mini_ort" / "model_fp32.onnx", out / "mini_uint8" / "model_uint8_nhwc.onnx")
     (out / "digits.txt").write_text("".join(f"digit {d}\n" for d in range(10)))
     (out / "imagenet_ids.txt").write_text("".join(f"class_{c:04d}\n" for c in range(1000)))
     repo = out / "repository"
     subprocess.run([*cli, "package", f"mini_fp32={out / 'mini_ort' / 'model_fp32.onnx'}",
                     f"mini_int8_ort={out / 'mini_ort' / 'model_int8_ort.onnx'}",
                     f"mini_int8_tensorrt={out / 'mini_tensorrt' / 'model_int8_tensorrt.onnx'}",
+                    f"mini_uint8_nhwc={out / 'mini_uint8' / 'model_uint8_nhwc.onnx'}",
                     "--labels", str(out / "digits.txt"), "-o", str(repo), "-q"], check=True)
     subprocess.run([*cli, "package", f"a0_int8_ort={out / 'a0' / 'quantized' / 'model_int8_ort.onnx'}",
                     "--labels", str(out / "imagenet_ids.txt"), "-o", str(repo), "-q"], check=True)
     print(f"prepared {repo}")
+
+
+def uint8_nhwc_input(src: Path, dst: Path) -> None:
+    """The FP32 graph behind a uint8 NHWC input (Cast, Transpose, Sub, Mul in front), made here by
+    hand so a TYPE_UINT8 interface is served end to end; repdeploy's own in-graph preprocessing
+    option is another change and not used here."""
+    import json
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    record = json.loads({p.key: p.value for p in model.metadata_props}["repdeploy.preprocessing"])
+    old = graph.input[0]
+    size = record["input_size"]
+    mean = np.array(record["mean"], np.float32).reshape(1, -1, 1, 1) * 255.0
+    scale = 1.0 / (np.array(record["std"], np.float32).reshape(1, -1, 1, 1) * 255.0)
+    graph.initializer.extend([numpy_helper.from_array(mean, "pixel_mean"), numpy_helper.from_array(scale, "pixel_scale")])
+    front = [helper.make_node("Cast", ["pixels"], ["pixels_f"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["pixels_f"], ["pixels_nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Sub", ["pixels_nchw", "pixel_mean"], ["pixels_centred"]),
+             helper.make_node("Mul", ["pixels_centred", "pixel_scale"], [old.name])]
+    for i, node in enumerate(front):
+        graph.node.insert(i, node)
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["batch", size, size, 3])
+    graph.input.remove(old)
+    graph.input.insert(0, pixels)
+    onnx.checker.check_model(model)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
 
 
 # ------------------------------------------------------------------------------ serve (serve venv)
