@@ -336,3 +336,23 @@ def test_force_keeps_foreign_files_and_never_deletes_a_foreign_version_folder(ex
     with pytest.raises(InputError, match="is not repdeploy's"):
         package_models([f"theirs={exported['fp32']}"], repo, force=True)
     assert (repo / "theirs" / "1" / "model.onnx").read_bytes() == b"their model"
+
+
+def test_a_plan_stamp_from_options_still_needs_the_profile(exported, tmp_path):
+    from repdeploy.triton.stamp import engine_stamp
+
+    plan = tmp_path / "model_int8_tensorrt.engine"
+    plan.write_bytes(b"engine")
+    shutil.copy(exported["int8_tensorrt"], tmp_path / "model_int8_tensorrt.onnx")  # the same stem: its source
+    stamp = engine_stamp(plan, compute_capability="9.0", tensorrt_version="10.5.0")
+    assert (stamp.sm, stamp.tensorrt_version, stamp.onnx.name) == ("sm90", "10.5.0", "model_int8_tensorrt.onnx")
+    with pytest.raises(InputError, match="no optimization profile"):
+        package_models([plan], tmp_path / "repo", compute_capability="9.0", tensorrt_version="10.5.0")
+    with pytest.raises(InputError, match="major.minor"):
+        engine_stamp(plan, compute_capability="sm90", tensorrt_version="10.5.0")
+    write_stamp(plan, compute_capability="8.6", tensorrt_version="10.3.0", onnx=tmp_path / "model_int8_tensorrt.onnx",
+                profiles=[{"name": "input", "min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [16, 3, 32, 32]}])
+    assert engine_stamp(plan, compute_capability="9.0").compute_capability == "9.0"  # the option wins
+    result = package_models([plan], tmp_path / "repo", compute_capability="9.0")
+    config = parse_config(result.models[0].directory / "config.pbtxt")
+    assert dict(config.cc_model_filenames) == {"9.0": "model_sm90.plan"} and config.max_batch_size == 16

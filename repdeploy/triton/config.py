@@ -96,8 +96,8 @@ def _plan_batch(stamps: list[EngineStamp], sig: Signature) -> tuple[int, dict[st
             profile = stamp.profiles.get(t.name) or (stamp.profiles.get(None) if len(sig.inputs) == 1 else None)
             if profile is None:
                 raise InputError(f"{stamp.engine}: its stamp records no optimization profile for input {t.name!r}, so "
-                                 "the batch range it accepts is unknown; rebuild it with repdeploy (which records the "
-                                 "profile) or add \"profiles\" to its side file")
+                                 "the batch range it accepts is unknown; add the min/opt/max shapes it was built with "
+                                 f"as \"profiles\" to {stamp.engine.name}.json (docs/triton.md)")
             lo, opt, hi = profile
             if len(hi) != len(t.shape):
                 raise InputError(f"{stamp.engine}: profile {hi} for {t.name!r} does not match the ONNX input rank "
