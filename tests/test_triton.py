@@ -356,3 +356,21 @@ def test_a_plan_stamp_from_options_still_needs_the_profile(exported, tmp_path):
     result = package_models([plan], tmp_path / "repo", compute_capability="9.0")
     config = parse_config(result.models[0].directory / "config.pbtxt")
     assert dict(config.cc_model_filenames) == {"9.0": "model_sm90.plan"} and config.max_batch_size == 16
+
+
+def test_bad_labels_and_metadata_are_refused_with_the_fix(exported, tmp_path):
+    blank = tmp_path / "blank.txt"
+    blank.write_text("a\n\nb\n")
+    with pytest.raises(InputError, match="blank line"):
+        package_models([exported["fp32"]], tmp_path / "r", labels=blank)
+    model = onnx.load(str(exported["fp32"]))
+    set_metadata_prop(model, META_CLASS_NAMES, '{"not": "a list"}')
+    onnx.save(model, str(tmp_path / "bad_names.onnx"))
+    with pytest.raises(InputError, match="not a list of strings"):
+        package_models([tmp_path / "bad_names.onnx"], tmp_path / "r")
+    external = tmp_path / "external" / "model.onnx"
+    external.parent.mkdir()
+    onnx.save(onnx.load(str(exported["fp32"])), str(external), save_as_external_data=True, size_threshold=0)
+    with pytest.raises(InputError, match="external data"):
+        package_models([external], tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -51,8 +51,8 @@ class Signature:
 
     @property
     def num_classes(self) -> int | None:
-        last = self.outputs[0].shape[-1] if self.outputs and self.outputs[0].shape else None
-        return last
+        """The first output's last dimension: the class count labels.txt must match."""
+        return self.outputs[0].shape[-1] if self.outputs and self.outputs[0].shape else None
 
 
 def _shape(value_info) -> tuple[int | None, ...]:
@@ -111,6 +111,9 @@ def read_onnx(path: str | Path) -> Signature:
     except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
         raise InputError(f"{p} is not a readable ONNX model ({exc}); give an ONNX file from `repdeploy export`") from exc
     graph = model.graph
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+        raise InputError(f"{p} keeps its weights in external data files, and a Triton model folder holds one "
+                         "model.onnx; save it as one file (onnx.save(model, path, save_as_external_data=False))")
     weights = {t.name for t in graph.initializer}
     inputs = tuple(_tensor(i, p) for i in graph.input if i.name not in weights)
     outputs = tuple(_tensor(o, p) for o in graph.output)
