@@ -211,12 +211,13 @@ def start_server(check_repo: Path, workdir: Path) -> tuple[subprocess.Popen, int
     env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]),
                PYTHONPATH=os.pathsep.join(site))
     http, grpc, metrics = _free_port(), _free_port(), _free_port()
-    log = open(workdir / "tritonserver.log", "w")
-    proc = subprocess.Popen(
-        [str(triton / "bin" / "tritonserver"), f"--model-repository={check_repo}", f"--backend-directory={backends}",
-         "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
-         f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}", "--exit-timeout-secs=5"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    with open(workdir / "tritonserver.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [str(triton / "bin" / "tritonserver"), f"--model-repository={check_repo}",
+             f"--backend-directory={backends}", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+             "--metrics-address=127.0.0.1", f"--http-port={http}", f"--grpc-port={grpc}", f"--metrics-port={metrics}",
+             "--exit-timeout-secs=5"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return proc, http, grpc
 
 
