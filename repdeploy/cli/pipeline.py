@@ -69,8 +69,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, triton_repo, force, prep, device, load_kwargs,
-                 as_json):
+                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, triton_repo, force, prep, device,
+                 load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the

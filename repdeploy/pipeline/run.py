@@ -38,7 +38,6 @@ class PipelineResult:
     settings: PipelineSettings
     triton: Any = None  # triton.Repository of the models that passed, with --triton-repo
 
-
     @property
     def exit_code(self) -> int:
         """1 when a model failed verification, else 3 when one is over the accuracy gate, else the
