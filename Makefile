@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.repdeploy-installed
 
-.PHONY: setup demo demo-qat test bench clean
+.PHONY: setup demo demo-qat test bench serve-check clean
 
 setup: $(STAMP)
 
@@ -30,5 +30,19 @@ test: setup
 bench: setup
 	$(PY) benchmarks/run_all.py
 
+# A real tritonserver (2.51, from the nvidia-pytriton wheel) serves a repository that
+# `repdeploy package` wrote, on 127.0.0.1, and its answers are checked against local ONNX Runtime
+# (docs/triton.md). The wheel pins numpy<2, so it gets its own venv; pip's cache is reused.
+SERVE_VENV ?= .venv-serve
+SERVE_OUT ?= build/serve-check
+$(SERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q 'nvidia-pytriton==0.7.0' 'onnxruntime>=1.18'
+	touch $@
+
+serve-check: setup $(SERVE_VENV)/.installed
+	$(PY) tools/triton_serve_check.py prepare $(SERVE_OUT)
+	$(SERVE_VENV)/bin/python tools/triton_serve_check.py serve $(SERVE_OUT)
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) runs build *.egg-info

@@ -27,7 +27,7 @@ from PIL import Image
 from repdeploy.cli import main
 from repdeploy.models import get_spec
 
-RUN = {"inspect", "fuse", "export", "eval", "bench", "quantize", "doctor"}
+RUN = {"inspect", "fuse", "export", "eval", "bench", "quantize", "doctor", "package"}
 INPUTS = ("checkpoint", "model", "models", "calib_data", "eval_data", "calib_cache", "train_data")
 EXAMPLE = re.compile(r"^\s+((?:torchrun\s.*?-m\s+)?repdeploy\s.*)$")
 

@@ -35,7 +35,7 @@ def main(debug: bool) -> None:
 def _register() -> None:
     import importlib
 
-    for area in ("core", "train", "quant", "run", "pipeline", "qat", "compare", "doctor"):
+    for area in ("core", "train", "quant", "run", "pipeline", "qat", "compare", "package", "doctor"):
         try:
             module = importlib.import_module(f"{__name__}.{area}")
         except ModuleNotFoundError as exc:

@@ -57,6 +57,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
               help="Keep (exit 0) models whose verification failed; the report marks them.")
 @deprecated_alias("--data", "--eval-data")
 @deprecated_alias("--batch", "--batch-size")
+@click.option("--triton-repo", type=click.Path(), default=None,
+              help="Also package the INT8 models that passed as a Triton model repository here (docs/triton.md).")
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @preprocessing_options
@@ -67,8 +69,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs,
-                 as_json):
+                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, triton_repo, force, prep, device,
+                 load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -85,6 +87,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
       repdeploy pipeline --zoo stress --qat -o runs/stress        # PTQ hurts RepVGG, QAT wins it back
       repdeploy pipeline a.pth b.pth --eval-data val/ --calib-data calib/ --max-drop 1.0 -o runs/mine
       repdeploy pipeline a.pth --eval-data val/ --engine trt --target tensorrt -o runs/gpu
+      repdeploy pipeline -o runs/demo --triton-repo runs/demo/triton   # + a Triton model repository
     """
     import warnings
 
@@ -105,14 +108,15 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
             bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
-            fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
+            fallback_float=fallback_float, allow_mismatch=allow_mismatch, triton_repo=triton_repo, **prep,
         )
     for w in caught:
         status(f"warning: {w.message}")
 
     def text(_: dict) -> str:
         print_table([r.to_dict() for r in result.rows])
-        return f"report: {result.report.html}"
+        served = f"\ntriton repository: {result.triton.path}" if result.triton is not None else ""
+        return f"report: {result.report.html}{served}"
 
     emit(result.to_dict(), as_json, text)
     code = result.exit_code

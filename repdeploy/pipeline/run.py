@@ -36,6 +36,7 @@ class PipelineResult:
     rows: list[ModelRow]
     report: Any  # report.ReportPaths
     settings: PipelineSettings
+    triton: Any = None  # triton.Repository of the models that passed, with --triton-repo
 
     @property
     def exit_code(self) -> int:
@@ -48,7 +49,8 @@ class PipelineResult:
 
     def to_dict(self) -> dict:
         return {"output_dir": str(self.output_dir), "exit_code": self.exit_code, "report": self.report.to_dict(),
-                "settings": self.settings.to_dict(), "models": [r.to_dict() for r in self.rows]}
+                "settings": self.settings.to_dict(), "models": [r.to_dict() for r in self.rows],
+                "triton": self.triton.to_dict() if self.triton is not None else None}
 
 
 def run_pipeline(
@@ -84,11 +86,14 @@ def run_pipeline(
     resize: int | None = None,
     force: bool = False,
     device: str = "auto",
+    triton_repo: str | Path | None = None,
 ) -> PipelineResult:
     """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
 
     Each run directory is staged and swapped in whole (rundir.OutputSet); an existing one must be
     repdeploy's (its manifest lists every file) unless `force`, and no output may be an input.
+    With `triton_repo`, the INT8 models that passed are packaged there as a Triton model repository
+    (repdeploy/triton/, docs/triton.md) after the report.
 
     >>> result = run_pipeline(["a.pth", "b.pth"], data="val/", output_dir="runs/x", max_drop=1.0)  # doctest: +SKIP
     >>> result.exit_code                                                                          # doctest: +SKIP
@@ -153,6 +158,9 @@ def run_pipeline(
     inputs = [path for path, *_ in jobs] + [data, calib_data, train_data]
     refuse_overwriting_inputs(inputs, files=[out / f"report.{ext}" for ext in REPORT_EXTENSIONS],
                               directories=[out / name for name in names])
+    if triton_repo is not None and Path(triton_repo).resolve() == out.resolve():
+        raise InputError(f"--triton-repo {triton_repo} is the output directory, whose run directories have the "
+                         "models' names; give the repository its own folder (e.g. OUTPUT/triton)")
     for name in names:
         check_owned(out / name, force=force)
     created = not out.exists()
@@ -184,7 +192,21 @@ def run_pipeline(
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if still empty: a run that wrote nothing leaves no directory
         raise
-    return PipelineResult(out, rows, report, settings)
+    triton = _package_passed(rows, triton_repo, target, force) if triton_repo is not None else None
+    return PipelineResult(out, rows, report, settings, triton)
+
+
+def _package_passed(rows: list[ModelRow], repo: str | Path, target: str, force: bool) -> Any:
+    """The INT8 ONNX of every model that passed, as a Triton repository: the ort layout on CPU
+    instances, the tensorrt layout on GPU instances through ORT's TensorRT accelerator."""
+    from ..triton import ModelSource, package_models
+
+    passed = [ModelSource(Path(r.run_dir) / f"model_int8_{target}.onnx", r.name) for r in rows if r.status == "PASSED"]
+    if not passed:
+        status("no model passed: no Triton repository written")
+        return None
+    gpu = target == "tensorrt"
+    return package_models(passed, repo, kind="gpu" if gpu else "cpu", tensorrt_accelerator=gpu, force=force)
 
 
 def _unique_names(names: list[str]) -> list[str]:
