@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__version__ = os.environ.get("FAKE_TENSORRT_VERSION", "10.13.0")
+__version__ = os.environ.get("FAKE_TENSORRT_VERSION", "10.13.0.35")
 _MAJOR = int(__version__.split(".")[0])
 IS_FAKE = True
 _bool = builtins.bool  # `bool` below is TensorRT's DataType alias, as in the real module
@@ -731,18 +731,24 @@ class Builder:
         profile = config._profiles[0] if config._profiles else None
         for tensor in network._inputs:
             dynamic = any(d < 0 for d in tensor.shape)
-            if not dynamic:
-                continue
+            if not dynamic and (profile is None or tensor.name not in profile._shapes):
+                continue  # a static input needs no profile; one it is given must match it (below)
             if profile is None or tensor.name not in profile._shapes:
                 _error(self.logger, f"Network has dynamic or shape inputs, but no optimization profile has been "
                                     f"defined for input {tensor.name}")
                 return None
             lo, mid, hi = profile._shapes[tensor.name]
             ranks = {len(lo), len(mid), len(hi), len(tensor.shape)}
-            if len(ranks) != 1 or not all(a <= b <= c for a, b, c in zip(lo, mid, hi)) or any(
-                    d >= 0 and not (a == b == c == d) for a, b, c, d in zip(lo, mid, hi, tensor.shape)):
+            if len(ranks) != 1 or not all(a <= b <= c for a, b, c in zip(lo, mid, hi)):
                 _error(self.logger, f"optimization profile for {tensor.name} is invalid: {lo} {mid} {hi} "
                                     f"for a tensor of shape {tuple(tensor.shape)}")
+                return None
+            fixed = [i for i, (a, b, c, d) in enumerate(zip(lo, mid, hi, tensor.shape)) if d >= 0 and not a == b == c == d]
+            if fixed:
+                i = fixed[0]
+                _error(self.logger, f"IOptimizationProfile: {tensor.name}: dimension number {i} in profile 0 does not "
+                                    f"match network definition (got min={lo[i]}, opt={mid[i]}, max={hi[i]}, expected "
+                                    f"min=opt=max={tensor.shape[i]})")
                 return None
         if config._timing_cache is not None:
             for layer in network._layers:
@@ -750,6 +756,10 @@ class Builder:
                     config._timing_cache._entries.setdefault(f"{layer.name}:{'/'.join(precision) or 'typed'}", 0.01)
         header = {
             "version": __version__,
+            "compute_capability": list(_device_compute_capability()),
+            # A weakly typed network with the FP16 flag runs in FP16 (TensorRT picks fp16 kernels
+            # wherever it can; the double runs all of it in fp16, so precision shows in the numbers).
+            "fp16": not network._strongly_typed and _bool(set(precision) & {"FP16", "BF16"}),
             "strongly_typed": network._strongly_typed,
             "flags": sorted(f.name for f in config._flags),
             "inputs": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name} for t in network._inputs],
@@ -761,6 +771,50 @@ class Builder:
 
 
 # ------------------------------------------------------------------------------ runtime
+
+
+def _device_compute_capability() -> tuple[int, int]:
+    """The compute capability of the GPU the process runs on: the CUDA double's device."""
+    try:
+        import cuda_runtime
+    except ImportError:
+        return (8, 6)
+    runtime = cuda_runtime.active()
+    return tuple(runtime.compute_capability) if runtime is not None else (8, 6)
+
+
+def _in_fp16(onnx_bytes: bytes) -> bytes:
+    """The FP32 graph computing in fp16: float constants stored as fp16, the float I/O cast at the
+    edges (TensorRT keeps an engine's I/O types when builder flags lower its precision)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    def half(t):
+        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name)
+
+    model = onnx.load_from_string(onnx_bytes)
+    graph = model.graph
+    for t in graph.initializer:
+        if t.data_type == onnx.TensorProto.FLOAT:
+            t.CopyFrom(half(t))
+    for node in graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
+                a.t.CopyFrom(half(a.t))
+    renamed = {v.name: v.name + ".fp16" for v in [*graph.input, *graph.output]
+               if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    for node in graph.node:
+        node.input[:] = [renamed.get(x, x) for x in node.input]
+        node.output[:] = [renamed.get(x, x) for x in node.output]
+    cast_in = [helper.make_node("Cast", [v.name], [renamed[v.name]], to=onnx.TensorProto.FLOAT16)
+               for v in graph.input if v.name in renamed]
+    cast_out = [helper.make_node("Cast", [renamed[v.name]], [v.name], to=onnx.TensorProto.FLOAT)
+                for v in graph.output if v.name in renamed]
+    nodes = cast_in + list(graph.node) + cast_out
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    return model.SerializeToString()
 
 
 class IOutputAllocator:
@@ -792,21 +846,33 @@ class Runtime:
         n = int.from_bytes(data[len(_MAGIC):len(_MAGIC) + 8], "little")
         start = len(_MAGIC) + 8
         header = json.loads(data[start:start + n])
-        if header["version"].split(".")[0] != __version__.split(".")[0]:
-            _error(self.logger, f"engine built with TensorRT {header['version']} cannot run on {__version__}")
+        # Plans are tied to the exact TensorRT version and the GPU's compute capability (unless
+        # built version- or hardware-compatible, which repdeploy does not ask for).
+        if header["version"] != __version__:
+            _error(self.logger, "IRuntime::deserializeCudaEngine: Error Code 6: API Usage Error (The engine plan file "
+                                f"is not compatible with this version of TensorRT, expecting library version "
+                                f"{__version__} got {header['version']}, please rebuild.)")
+            return None
+        built, here = tuple(header["compute_capability"]), _device_compute_capability()
+        if built != here:
+            _error(self.logger, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization (The engine plan file is "
+                                f"generated on an incompatible device, expecting compute {here[0]}.{here[1]} got "
+                                f"compute {built[0]}.{built[1]}, please rebuild.)")
             return None
         return _make(ICudaEngine, header, data[start + n:], self.logger)
 
 
 class ICudaEngine:
-    def _init(self, header: dict, _onnx_bytes: bytes, logger: ILogger) -> None:
+    def _init(self, header: dict, onnx_bytes: bytes, logger: ILogger) -> None:
         import onnxruntime as ort
 
         self._header = header
         self._logger = logger
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self._session = ort.InferenceSession(_onnx_bytes, options, providers=["CPUExecutionProvider"])
+        if header.get("fp16"):
+            onnx_bytes = _in_fp16(onnx_bytes)
+        self._session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
         self._io = [(t, TensorIOMode.INPUT) for t in header["inputs"]] + \
                    [(t, TensorIOMode.OUTPUT) for t in header["outputs"]]
         self.num_optimization_profiles = 1 if header["profile"] else 0
