@@ -164,15 +164,19 @@ def test_availability_is_tensorrt_polygraphy_and_a_cuda_device_not_torch(fake_te
 
     from repdeploy.export.tensorrt import import_tensorrt, tensorrt_available
 
+    from repdeploy.doctor import report
+
     assert not torch.cuda.is_available()
     assert tensorrt_available() and import_tensorrt() is fake_tensorrt
+    assert report()["tensorrt"] == {"usable": True, "version": fake_tensorrt.__version__, "compute_capability": "8.6"}
     fake_tensorrt.cudart.device_count = 0
     with pytest.raises(BackendMissingError, match="no CUDA device is visible") as info:
         import_tensorrt()
     assert info.value.exit_code == 4 and "pip install 'repdeploy[trt]'" in str(info.value)
     fake_tensorrt.cudart.device_count = 1
-    monkeypatch.setattr(poly_cuda, "G_CUDA", None)  # Polygraphy loads the real libcudart: none here
-    with pytest.raises(BackendMissingError, match="CUDA runtime"):
+    # Polygraphy loads the machine's real libcudart: absent, or present with no driver and no GPU
+    monkeypatch.setattr(poly_cuda, "G_CUDA", None)
+    with pytest.raises(BackendMissingError, match="CUDA runtime, which did not load|no CUDA device is visible"):
         import_tensorrt()
 
 
