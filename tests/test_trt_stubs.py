@@ -114,9 +114,12 @@ def _accepted_by_stubs(signature: inspect.Signature, overloads: list[ast.Functio
     forms = [_stub_forms(o) for o in overloads]
     if any(f is None for f in forms):
         return None
+    # each call the double accepts (its required parameters plus any prefix of its optional ones,
+    # by position or by name) must be one some overload accepts: the same leading names, and no
+    # further parameter that the overload requires
     for count in range(required, len(names) + 1):
-        if not any(f_names[:count] == names[:count] and f_required <= count and
-                   (count == len(f_names) or True) and len(f_names) >= count for f_names, f_required in forms):
+        if not any(len(f_names) >= count and f_names[:count] == names[:count] and f_required <= count
+                   for f_names, f_required in forms):
             return f"calls with ({', '.join(names[:count])}) match no stub overload {[f[0] for f in forms]}"
     return None
 
@@ -216,3 +219,26 @@ def test_enums_are_pybind_like_not_int_enums(fake_tensorrt):
     with pytest.raises(TypeError, match="incompatible function arguments"):
         trt.nptype(trt.TensorIOMode.INPUT)  # the wrong enum, same integer as DataType.HALF
     assert trt.DataType.__members__["HALF"] is trt.DataType.HALF
+
+
+def test_the_signature_check_catches_what_tensorrt_would_refuse():
+    """Planted faults: the check above would pass a double that accepts wrong calls otherwise."""
+    classes, _, _ = load_stubs()
+    functions, _ = _members(classes["IOptimizationProfile"], classes)
+    set_shape = functions["set_shape"]
+
+    def right(self, input, min, opt, max): ...  # noqa: A002, E704
+    def renamed(self, name, min, opt, max): ...  # noqa: E704  (keyword `input` in TensorRT)
+    def defaulted(self, input, min, opt, max=None): ...  # noqa: A002, E704  (max is required there)
+    def extra(self, input, min, opt, max, batch): ...  # noqa: A002, E704
+
+    assert _accepted_by_stubs(inspect.signature(right), set_shape) is None
+    for wrong in (renamed, defaulted, extra):
+        assert _accepted_by_stubs(inspect.signature(wrong), set_shape) is not None, wrong.__name__
+    functions, _ = _members(classes["ICudaEngine"], classes)
+    # create_execution_context's strategy is optional in TensorRT: a double requiring it is fine,
+    # one taking a second parameter is not
+    def strict(self, strategy): ...  # noqa: E704
+    def more(self, strategy=None, profile=0): ...  # noqa: E704
+    assert _accepted_by_stubs(inspect.signature(strict), functions["create_execution_context"]) is None
+    assert _accepted_by_stubs(inspect.signature(more), functions["create_execution_context"]) is not None
