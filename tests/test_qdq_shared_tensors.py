@@ -57,3 +57,22 @@ def test_a_d2se_like_model_with_zero_se_biases_quantizes_and_verifies(plain, tmp
     assert {t.name for t in graph.initializer} <= consumed
     quantized_se = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.name == "stage1.0.se.up.weight.DQ"]
     assert len(quantized_se) == 1
+
+
+def test_a_node_fed_another_layers_weight_name_is_still_its_own_layer(plain, tmp_path):
+    """An exporter may also rewire a node straight to the first copy of a shared weight; the node's
+    module scope still says which layer (and which activation scale) it is."""
+    from helpers_quant import calibrated
+    from repdeploy.export.qdq import export_qdq
+
+    fp32 = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
+    model = onnx.load(str(fp32))
+    node = next(n for n in model.graph.node if n.name == "/stage1.0/se/up/Conv")
+    node.input[1] = "stage0.se.up.weight"  # no Identity: the other layer's initializer itself
+    rewired = tmp_path / "rewired.onnx"
+    onnx.save(model, str(rewired))
+    qnet, _ = calibrated(plain, target="tensorrt", method="max", n=32)
+    graph = onnx.load(str(export_qdq(qnet, rewired, tmp_path / "int8.onnx"))).graph
+    q = next(n for n in graph.node if n.op_type == "Conv" and n.name == "/stage1.0/se/up/Conv")
+    assert q.input[1] == "stage1.0.se.up.weight_dequantized"
+    assert q.input[0] == qnet.layers()["stage1.0.se.up"].input_quantizer.name + ".dequantized"

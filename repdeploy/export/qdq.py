@@ -17,7 +17,7 @@ decide whether a runtime really executes integer kernels:
 The torch fake-quant module computes exactly what these graphs compute (same scales, same
 rounded weights and bias), so `ort_parity(qnet, path, x)` measures the export, not the method.
 
-About 400 lines, on purpose: the two layouts share their node writers and are checked by the
+About 380 lines, on purpose: the two layouts share their node writers and are checked by the
 rules beside them (`check_tensorrt_qdq`, the fused-node count); split apart, a layout change would
 have to be made in two files.
 """
@@ -32,6 +32,7 @@ import torch
 
 from ..errors import ExportError
 from ..io import atomic_path
+from .onnx_graph import GraphConstants, module_of, without_dead_ends
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 WEIGHTED_OPS = ("Conv", "Gemm")
@@ -88,8 +89,7 @@ class _QdqBuilder:
         self.qnet = qnet
         self.target = target
         self.source = source  # the FP32 ONNX's file name, for messages (its directory may be scratch)
-        self.init = {t.name: t for t in self.graph.initializer}
-        self.producers = {o: n for n in self.graph.node for o in n.output}
+        self.constants = GraphConstants(self.graph)
         self.new_inits: list = []
         self.done_pairs: dict[tuple[str, str], str] = {}
         self.quantized: set[str] = set()
@@ -102,23 +102,12 @@ class _QdqBuilder:
         return name
 
     def _constant(self, tensor: str, node) -> np.ndarray:
-        """The value feeding `node` as `tensor`, followed through the graph: the exporter stores
-        identical initializers once and feeds the other users through Identity nodes, so a
-        layer's weight is whatever its node reads, never looked up by the layer's name."""
-        from onnx import numpy_helper
-
-        seen = tensor
-        while tensor not in self.init:
-            producer = self.producers.get(tensor)
-            if producer is not None and producer.op_type == "Identity":
-                tensor = producer.input[0]
-            elif producer is not None and producer.op_type == "Constant":
-                return numpy_helper.to_array(next(a.t for a in producer.attribute if a.name == "value"))
-            else:
-                raise ExportError(f"{self.source}: {node.op_type} {node.name} reads {seen!r}, which is not a "
-                                  f"constant; export the FP32 ONNX of the same {self.qnet.spec.name} with "
-                                  "`repdeploy export`")
-        return _array(self.init[tensor])
+        """What `node` reads as `tensor`, followed through the graph (export/onnx_graph.py)."""
+        value = self.constants.value(tensor)
+        if value is None:
+            raise ExportError(f"{self.source}: {node.op_type} {node.name} reads {tensor!r}, which is not a constant; "
+                              f"export the FP32 ONNX of the same {self.qnet.spec.name} with `repdeploy export`")
+        return value
 
     def _activation_qdq(self, tensor: str, quantizer, out_nodes: list, tag: str = "",
                         pad_channels: int | None = None) -> str:
@@ -173,8 +162,8 @@ class _QdqBuilder:
                 # Quantizing the pooled features before Flatten too (same scale; Flatten is exact)
                 # lets ORT run the pool as QLinearGlobalAveragePool, as its own quantizer does.
                 node.input[0] = self._activation_qdq(pooled_tensor, linear.input_quantizer, nodes, tag=".pooled")
-            if node.op_type in WEIGHTED_OPS and node.input[1].endswith(".weight"):
-                name = node.input[1][: -len(".weight")]
+            if node.op_type in WEIGHTED_OPS:
+                name = module_of(node, layers)
                 layer = layers.get(name)
                 if layer is not None and layer.weight_quantizer.enabled and layer.input_quantizer.enabled:
                     if node.op_type == "Gemm" and _attr(node, "transB", 0) != 1:
@@ -191,7 +180,7 @@ class _QdqBuilder:
             raise ExportError(f"the FP32 ONNX has no Conv/Gemm for {sorted(wanted - self.quantized)[:3]}; "
                               f"export it from the same {self.qnet.spec.name}")
         del self.graph.node[:]
-        self.graph.node.extend(_without_dead_ends(nodes, self.graph))
+        self.graph.node.extend(without_dead_ends(nodes, self.graph))
         used = {i for n in self.graph.node for i in n.input}
         # Drop the float weights the quantized ones replaced, wherever they were stored: an
         # initializer another layer still reads (through an Identity) stays.
@@ -256,18 +245,6 @@ class _QdqBuilder:
                 if pool is not None and pool.op_type == "GlobalAveragePool":
                     return pool.input[0], pool.output[0]
         return None, None
-
-
-def _without_dead_ends(nodes: list, graph) -> list:
-    """`nodes` less the Identity/Constant nodes nothing reads any more (they fed float weights
-    the quantized graph replaced)."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in nodes for i in n.input} | outputs
-        live = [n for n in nodes if n.op_type not in ("Identity", "Constant") or any(o in used for o in n.output)]
-        if len(live) == len(nodes):
-            return nodes
-        nodes = live
 
 
 def _attr(node, name: str, default):
