@@ -76,3 +76,24 @@ def test_a_node_fed_another_layers_weight_name_is_still_its_own_layer(plain, tmp
     q = next(n for n in graph.node if n.op_type == "Conv" and n.name == "/stage1.0/se/up/Conv")
     assert q.input[1] == "stage1.0.se.up.weight_dequantized"
     assert q.input[0] == qnet.layers()["stage1.0.se.up"].input_quantizer.name + ".dequantized"
+
+
+def test_a_weight_that_is_not_a_constant_is_named_by_file_not_by_scratch_path(plain, tmp_path):
+    """The FP32 ONNX quantize hands to the QDQ export lives in a staging directory that is gone
+    when the error is read: the message names the file, the node and the tensor."""
+    from helpers_quant import calibrated
+    from repdeploy.errors import ExportError
+    from repdeploy.export.qdq import export_qdq
+
+    model = onnx.load(str(export_onnx(plain, tmp_path / "m.onnx", input_size=32)))
+    node = next(n for n in model.graph.node if n.name == "/stage1.0/conv/Conv")
+    node.input[1] = "/stage0/Relu_output_0"  # an activation where the weight should be
+    staged = tmp_path / ".set.quantize-scratch" / "model_fp32.onnx"
+    staged.parent.mkdir()
+    onnx.save(model, str(staged))
+    qnet, _ = calibrated(plain, target="ort", method="max", n=32)
+    with pytest.raises(ExportError) as info:
+        export_qdq(qnet, staged, tmp_path / "int8.onnx")
+    message = str(info.value)
+    assert message.startswith("model_fp32.onnx: Conv /stage1.0/conv/Conv reads '/stage0/Relu_output_0'")
+    assert ".set.quantize" not in message and not (tmp_path / "int8.onnx").exists()
