@@ -133,7 +133,7 @@ def test_engine_cache_is_keyed_and_checked_by_gpu_and_exact_tensorrt_version(fak
     assert first.compute_capability == "8.6" and first.tensorrt_version == trt.__version__
 
     cudart.compute_capability = (9, 0)  # the run directory moved to another GPU
-    with pytest.raises(InputError, match="rebuild"):
+    with pytest.raises(InputError, match=r"compute capability 9\.0\); rebuild it here"):
         open_runner(first.engine, "trt").activate()  # TensorRT refuses the 8.6 plan here
     hopper = build("h.engine")
     assert not hopper.cached and hopper.compute_capability == "9.0"  # "rebuild it here" rebuilds

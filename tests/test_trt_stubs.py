@@ -10,6 +10,7 @@ to members of the same enum, the stubs' values.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import inspect
 import re
@@ -60,6 +61,7 @@ class StubClass:
         return "__members__" in self.attributes
 
 
+@functools.lru_cache(maxsize=1)
 def load_stubs() -> tuple[dict[str, StubClass], set[str], str]:
     """Classes of tensorrt_bindings/tensorrt.pyi, the names `tensorrt` exports, its version."""
     text = _stub_file("tensorrt_bindings/tensorrt.pyi").read_text()

@@ -73,7 +73,7 @@ class TrtRunner(Runner):
         self._host_times: list[float] = []
 
     def activate_impl(self) -> None:
-        import_tensorrt()
+        trt = import_tensorrt()
         if not self.path.is_file():
             raise InputError(f"engine {self.path} does not exist; build one with `repdeploy export --format trt`")
         from ..export.tensorrt import polygraphy_logging
@@ -86,8 +86,12 @@ class TrtRunner(Runner):
             try:
                 engine = EngineFromBytes(self.path.read_bytes())()
             except PolygraphyException as exc:
-                raise InputError(f"{self.path} is not an engine for this TensorRT version and GPU; rebuild it "
-                                 "here with `repdeploy export --format trt`") from exc
+                from ..export.trt_device import cuda_device
+
+                # A plan runs only on the exact TensorRT version and compute capability that built it.
+                raise InputError(f"{self.path} is not an engine for this TensorRT version and GPU (TensorRT "
+                                 f"{trt.__version__}, compute capability {cuda_device().compute_capability}); "
+                                 "rebuild it here with `repdeploy export --format trt`") from exc
             runner = PolygraphyTrtRunner(engine, name=self.name)
             runner.activate()
         self._runner = runner

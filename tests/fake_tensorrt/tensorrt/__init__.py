@@ -3,19 +3,27 @@
 It implements the part of TensorRT's documented Python API that repdeploy and Polygraphy's
 loaders and TrtRunner use, and checks how it is called, as the bindings do:
 
+- names and signatures: only what TensorRT 10.13 defines, with signatures its type stubs accept
+  (tests/test_trt_stubs.py checks this against the `tensorrt-stubs` package); objects TensorRT
+  gives no Python constructor are made by the double's own factories only;
 - argument types (a wrong type raises TypeError, like pybind11's "incompatible function
-  arguments"); enum arguments must be the right enum;
+  arguments"); enums are pybind11-like, one type per enum with the stubs' values, so an enum
+  argument must be the right enum and two enums never compare equal;
 - rules TensorRT enforces: precision builder flags are refused on strongly typed networks,
   a network with dynamic inputs needs an optimization profile covering each of them with
-  min <= opt <= max, `set_input_shape` must stay inside the profile, and
-  `execute_async_v3` needs every input shape and every I/O address (or an output allocator)
-  set first. A broken rule is reported through the logger as an error and the call returns
-  False / None, as in TensorRT; it is also appended to `VIOLATIONS` so a test can assert none.
+  min <= opt <= max, a profile given for a static dimension must fix it (min = opt = max = its
+  size), `set_input_shape` must stay inside the profile, and `execute_async_v3` needs every
+  input shape and every I/O address (or an output allocator) set first. A plan records the
+  exact TensorRT version and the GPU compute capability (the CUDA double's device) it was built
+  for, and `deserialize_cuda_engine` refuses it anywhere else. A broken rule is reported through
+  the logger as an error and the call returns False / None, as in TensorRT; it is also appended
+  to `VIOLATIONS` so a test can assert none.
 
 Engines are real enough to run: the "parser" keeps the ONNX bytes, the "builder" serializes
 them with a header (I/O tensors, dtypes, profile, flags), and the execution context reads its
 inputs from the addresses it was given, runs the graph in ONNX Runtime and writes the outputs
-to the allocator's memory. Device memory is host memory here (see ../cuda_runtime.py, which
+to the allocator's memory; an engine built from an FP32 network with the FP16 flag runs its
+graph in fp16. Device memory is host memory here (see ../cuda_runtime.py, which
 plays cudart for Polygraphy), so pointers are plain addresses.
 
 `CALLS` records (method, details) in order, for tests of call order.
