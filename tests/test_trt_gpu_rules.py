@@ -195,3 +195,14 @@ def test_fp16_engines_compute_in_fp16(fake_tensorrt, onnx_path, tmp_path):
     np.testing.assert_allclose(full, ref, atol=1e-5)
     deviation = np.abs(half - ref).max() / np.abs(ref).max()
     assert 1e-5 < deviation < 1e-2, deviation
+
+
+def test_a_refused_engine_leaks_no_cuda_events(fake_tensorrt, onnx_path, tmp_path):
+    from repdeploy.export.tensorrt import build_engine
+    from repdeploy.runtime import open_runner
+
+    engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 2, 4)).engine
+    fake_tensorrt.cudart.compute_capability = (7, 5)
+    with pytest.raises(InputError, match="compute capability 7.5"):
+        open_runner(engine, "trt").activate()
+    assert fake_tensorrt.cudart.handle.live_events == 0 and fake_tensorrt.cudart.live_allocations == 0

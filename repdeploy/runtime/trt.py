@@ -76,6 +76,15 @@ class TrtRunner(Runner):
         trt = import_tensorrt()
         if not self.path.is_file():
             raise InputError(f"engine {self.path} does not exist; build one with `repdeploy export --format trt`")
+        timer = GpuTimer()
+        try:
+            self._activate(trt, timer)
+        except BaseException:
+            timer.close()
+            raise
+        self._timer, self._host_times = timer, []
+
+    def _activate(self, trt, timer: GpuTimer) -> None:
         from ..export.tensorrt import polygraphy_logging
 
         with polygraphy_logging():
@@ -94,13 +103,11 @@ class TrtRunner(Runner):
                                  "rebuild it here with `repdeploy export --format trt`") from exc
             runner = PolygraphyTrtRunner(engine, name=self.name)
             runner.activate()
-        self._runner = runner
         inputs = runner.get_input_metadata(use_numpy_dtypes=False)
         outputs = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
                    if engine.get_tensor_name(i) not in inputs]
         if len(inputs) != 1 or len(outputs) != 1:
             runner.deactivate()
-            self._runner = None
             raise InputError(f"{self.path} has inputs {list(inputs)} and outputs {outputs}; "
                              "expected one image input, one logits output")
         self._input, self._output = next(iter(inputs)), outputs[0]
@@ -108,9 +115,8 @@ class TrtRunner(Runner):
         self._input_dtype = _NUMPY_DTYPES.get(getattr(meta.dtype, "name", str(meta.dtype)).lower(), np.float32)
         self._shape = tuple(int(d) for d in engine.get_tensor_shape(self._input))
         self._opt_shape = tuple(int(d) for d in engine.get_tensor_profile_shape(self._input, 0)[1])
-        self._timer = GpuTimer()
-        runner.context = _TimedContext(runner.context, self._timer)
-        self._host_times = []
+        runner.context = _TimedContext(runner.context, timer)
+        self._runner = runner
 
     def deactivate_impl(self) -> None:
         try:
