@@ -60,12 +60,16 @@ def _onnxruntime_record() -> dict:
 def _tensorrt_record() -> dict:
     from .errors import BackendMissingError
     from .export.tensorrt import import_tensorrt
+    from .export.trt_device import cuda_device
 
+    # TensorRT + Polygraphy + a device the CUDA runtime sees (not torch, which may be the CPU build)
     try:
         trt = import_tensorrt()
+        device = cuda_device()
     except BackendMissingError as exc:
         return {"usable": False, "reason": str(exc)}
-    return {"usable": True, "version": getattr(trt, "__version__", None)}
+    return {"usable": True, "version": getattr(trt, "__version__", None),
+            "compute_capability": device.compute_capability}
 
 
 def report() -> dict:

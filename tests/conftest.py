@@ -52,7 +52,8 @@ _FAKE_MODULES: dict = {}
 
 @pytest.fixture
 def fake_tensorrt(monkeypatch):
-    """The TensorRT test double as `tensorrt`, the CUDA runtime double behind Polygraphy, a "GPU".
+    """The TensorRT test double as `tensorrt`, the CUDA runtime double behind Polygraphy (one
+    visible device of compute capability 8.6, which repdeploy finds through Polygraphy's wrapper).
 
     Yields the double's module (CALLS, VIOLATIONS, reset()). Everything is undone afterwards, so
     other tests still see a machine without TensorRT. One module object per process: Polygraphy
@@ -62,7 +63,6 @@ def fake_tensorrt(monkeypatch):
 
     import polygraphy.cuda.cuda as poly_cuda
 
-    import repdeploy.export.tensorrt as trt_export
 
     monkeypatch.syspath_prepend(str(FAKE_TENSORRT_DIR))
     if "tensorrt" not in _FAKE_MODULES:
@@ -76,7 +76,6 @@ def fake_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     cudart = _FAKE_MODULES["cuda_runtime"].FakeCudaRuntime()
     monkeypatch.setattr(poly_cuda, "G_CUDA", cudart)
-    monkeypatch.setattr(trt_export, "gpu_visible", lambda: True)  # the CUDA double plays the GPU
     fake.reset()
     fake.cudart = cudart
     yield fake

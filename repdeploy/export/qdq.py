@@ -17,7 +17,7 @@ decide whether a runtime really executes integer kernels:
 The torch fake-quant module computes exactly what these graphs compute (same scales, same
 rounded weights and bias), so `ort_parity(qnet, path, x)` measures the export, not the method.
 
-About 370 lines, on purpose: the two layouts share their node writers and are checked by the
+About 380 lines, on purpose: the two layouts share their node writers and are checked by the
 rules beside them (`check_tensorrt_qdq`, the fused-node count); split apart, a layout change would
 have to be made in two files.
 """
@@ -32,6 +32,7 @@ import torch
 
 from ..errors import ExportError
 from ..io import atomic_path
+from .onnx_graph import GraphConstants, module_of, without_dead_ends
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 WEIGHTED_OPS = ("Conv", "Gemm")
@@ -63,11 +64,7 @@ def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | N
     if target != qnet.target:
         raise ExportError(f"QuantPlainNet was built for target {qnet.target!r}, not {target!r}; rebuild it")
     model = onnx.load(str(fp32_onnx))
-    try:
-        builder = _QdqBuilder(model, qnet, target)
-        builder.build()
-    except KeyError as exc:
-        raise ExportError(f"{fp32_onnx} does not match the quantized {qnet.spec.name}: no {exc}") from exc
+    _QdqBuilder(model, qnet, target, Path(fp32_onnx).name).build()
     if target == "ort":
         from ..runtime.ort import record_session_config
 
@@ -86,12 +83,13 @@ def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | N
 
 
 class _QdqBuilder:
-    def __init__(self, model, qnet, target: str) -> None:
+    def __init__(self, model, qnet, target: str, source: str) -> None:
         self.model = model
         self.graph = model.graph
         self.qnet = qnet
         self.target = target
-        self.init = {t.name: t for t in self.graph.initializer}
+        self.source = source  # the FP32 ONNX's file name, for messages (its directory may be scratch)
+        self.constants = GraphConstants(self.graph)
         self.new_inits: list = []
         self.done_pairs: dict[tuple[str, str], str] = {}
         self.quantized: set[str] = set()
@@ -102,6 +100,14 @@ class _QdqBuilder:
 
         self.new_inits.append(numpy_helper.from_array(array, name))
         return name
+
+    def _constant(self, tensor: str, node) -> np.ndarray:
+        """What `node` reads as `tensor`, followed through the graph (export/onnx_graph.py)."""
+        value = self.constants.value(tensor)
+        if value is None:
+            raise ExportError(f"{self.source}: {node.op_type} {node.name} reads {tensor!r}, which is not a constant; "
+                              f"export the FP32 ONNX of the same {self.qnet.spec.name} with `repdeploy export`")
+        return value
 
     def _activation_qdq(self, tensor: str, quantizer, out_nodes: list, tag: str = "",
                         pad_channels: int | None = None) -> str:
@@ -138,7 +144,6 @@ class _QdqBuilder:
     def build(self) -> None:
         layers = self.qnet.layers()
         nodes = []
-        removed: set[str] = set()
         features = self.qnet.features_quantizer
         features_tensor, pooled_tensor = self._head_tensors()
         if not (features.enabled and features.calibrated):
@@ -157,13 +162,13 @@ class _QdqBuilder:
                 # Quantizing the pooled features before Flatten too (same scale; Flatten is exact)
                 # lets ORT run the pool as QLinearGlobalAveragePool, as its own quantizer does.
                 node.input[0] = self._activation_qdq(pooled_tensor, linear.input_quantizer, nodes, tag=".pooled")
-            if node.op_type in WEIGHTED_OPS and node.input[1].endswith(".weight"):
-                name = node.input[1][: -len(".weight")]
+            if node.op_type in WEIGHTED_OPS:
+                name = module_of(node, layers)
                 layer = layers.get(name)
                 if layer is not None and layer.weight_quantizer.enabled and layer.input_quantizer.enabled:
                     if node.op_type == "Gemm" and _attr(node, "transB", 0) != 1:
                         raise ExportError(f"Gemm {node.name} without transB=1 is not what a torch Linear exports")
-                    self._quantize_layer(node, name, layer, nodes, removed)
+                    self._quantize_layer(node, name, layer, nodes)
                     out_q = getattr(layer, "output_quantizer", None)
                     if out_q is not None and out_q.enabled and out_q.calibrated:
                         nodes.append(node)
@@ -175,20 +180,23 @@ class _QdqBuilder:
             raise ExportError(f"the FP32 ONNX has no Conv/Gemm for {sorted(wanted - self.quantized)[:3]}; "
                               f"export it from the same {self.qnet.spec.name}")
         del self.graph.node[:]
-        self.graph.node.extend(nodes)
-        kept = [t for t in self.graph.initializer if t.name not in removed]
+        self.graph.node.extend(without_dead_ends(nodes, self.graph))
+        used = {i for n in self.graph.node for i in n.input}
+        # Drop the float weights the quantized ones replaced, wherever they were stored: an
+        # initializer another layer still reads (through an Identity) stays.
+        kept = [t for t in self.graph.initializer if t.name in used]
         del self.graph.initializer[:]
-        self.graph.initializer.extend(kept + self.new_inits)
+        self.graph.initializer.extend(kept + [t for t in self.new_inits if t.name in used])
 
-    def _quantize_layer(self, node, name: str, layer, nodes: list, removed: set[str]) -> None:
+    def _quantize_layer(self, node, name: str, layer, nodes: list) -> None:
         from onnx import helper
 
         xq, wq = layer.input_quantizer, layer.weight_quantizer
-        weight = torch.from_numpy(_array(self.init[node.input[1]]).copy())
+        weight = torch.from_numpy(self._constant(node.input[1], node).copy())
         own = (layer.conv if hasattr(layer, "conv") else layer.linear).weight.detach().to(torch.float32)
         if weight.shape != own.shape or not torch.allclose(weight, own, rtol=1e-5, atol=1e-7):
             # Scales come from the module, integers from the graph: both must be the same weights.
-            raise ExportError(f"the FP32 ONNX holds other weights for {name} than the quantized model; "
+            raise ExportError(f"{self.source} holds other weights for {name} than the quantized model; "
                               "export the FP32 ONNX from the same PlainNet")
         self.quantized.add(name)
         w_scale = wq.scale().to(torch.float32)
@@ -208,14 +216,12 @@ class _QdqBuilder:
         wz = self._const(f"{name}.weight_zero_point", np.zeros(w_scale.numel(), dtype=np.int8))
         nodes.append(helper.make_node("DequantizeLinear", [w_name, ws, wz], [f"{name}.weight_dequantized"],
                                       name=f"{name}.weight.DQ", axis=0))
-        removed.add(node.input[1])
         node.input[1] = f"{name}.weight_dequantized"
         if self.target == "ort" and len(node.input) > 2 and node.input[2]:
             # int32 bias at scale s_x * s_w, computed exactly as the torch module rounds it.
-            bias = torch.from_numpy(_array(self.init[node.input[2]]).copy())
+            bias = torch.from_numpy(self._constant(node.input[2], node).copy())
             step = (xq.scale() * wq.scale()).to(torch.float32)
             b_int = torch.round(bias / step).to(torch.int32)
-            removed.add(node.input[2])
             b_name = self._const(f"{name}.bias_quantized", b_int.numpy())
             bs = self._const(f"{name}.bias_scale", step.numpy().astype(np.float32))
             bz = self._const(f"{name}.bias_zero_point", np.zeros(step.numel(), dtype=np.int32))

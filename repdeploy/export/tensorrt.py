@@ -13,71 +13,60 @@ own tools build engines, not from a hand-written builder. Precisions:
 - `best`: the FP32 ONNX weakly typed with the FP16 and TF32 builder flags, letting TensorRT pick
   per layer. 11.x removed those flags, so there it is refused with the alternative.
 
-Optimization profiles come from trtexec-style shapes (`input:1x3x224x224`; export.trt_profiles).
-The tactic timing cache and a cache of built engines (keyed by the ONNX bytes, precision,
-profile and TensorRT version) live in a directory the caller owns: the run directory.
+Optimization profiles come from trtexec-style shapes (`input:1x3x224x224`; export.trt_profiles):
+a static input dimension gets min = opt = max, as TensorRT requires. The tactic timing cache and a
+cache of built engines live in a directory the caller owns: the run directory. A plan runs only
+on the GPU compute capability and the exact TensorRT version that built it, so cached engines are
+keyed by both (with the ONNX bytes, precision, profile), stamped with both, and checked on every
+hit by deserializing them: one that does not load here is rebuilt and replaced, never returned.
 
-TensorRT and Polygraphy are imported lazily: without them (or without an NVIDIA GPU) callers get
+TensorRT and Polygraphy are imported lazily, and whether they can run is decided by TensorRT,
+Polygraphy and a CUDA device visible to the CUDA runtime Polygraphy loads (export.trt_device),
+not by torch, whose CPU build the documented install uses. Without them callers get
 BackendMissingError (exit 4) naming what to install, never an ImportError. The CPU test suite
-runs this module against a test double of the `tensorrt` module (tests/fake_tensorrt); a real
-build runs only where TensorRT and a GPU exist.
+runs this module against test doubles of `tensorrt` and of the CUDA runtime (tests/fake_tensorrt);
+a real build runs only where TensorRT and a GPU exist.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import shutil
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendMissingError, ExportError, InputError
 from ..io import atomic_path
+# INSTALL_HINT and polygraphy_logging are imported from here by callers and tests.
+from .trt_device import INSTALL_HINT, cuda_device, polygraphy_logging  # noqa: F401
 from .trt_profiles import DEFAULT_BATCHES, ShapeRange, profile_ranges
 
-INSTALL_HINT = "pip install 'repdeploy[trt]' and run on a machine with an NVIDIA GPU"
+log = logging.getLogger(__name__)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 TIMING_CACHE = "timing.cache"
 ENGINE_CACHE = "engines"
 
 
-def gpu_visible() -> bool:
-    """Whether an NVIDIA GPU is visible (through torch's CUDA runtime)."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def import_tensorrt() -> Any:
-    """Import tensorrt and Polygraphy and check an NVIDIA GPU is visible, or raise BackendMissingError."""
+    """Import tensorrt and Polygraphy and check a CUDA device is visible, or raise BackendMissingError."""
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendMissingError(f"TensorRT is not installed: {INSTALL_HINT}") from exc
     except Exception as exc:  # a wheel whose CUDA libraries do not load fails with OSError and friends
         raise BackendMissingError(f"TensorRT failed to load ({exc}): {INSTALL_HINT}") from exc
+    if not hasattr(trt, "Builder"):  # `tensorrt-stubs` alone leaves an empty namespace package
+        raise BackendMissingError(f"TensorRT is not installed (only its type stubs are): {INSTALL_HINT}")
     try:
         import polygraphy  # noqa: F401  (builder and runner go through it)
     except ImportError as exc:
         raise BackendMissingError(f"Polygraphy is not installed (TensorRT is): {INSTALL_HINT}") from exc
-    if not gpu_visible():
-        raise BackendMissingError(f"TensorRT needs an NVIDIA GPU and none is visible to torch: {INSTALL_HINT}")
+    cuda_device()  # raises when the CUDA runtime does not load or sees no device
     return trt
-
-
-@contextlib.contextmanager
-def polygraphy_logging(verbose: bool = False):
-    """Polygraphy's log on stderr (it prints to stdout, which carries our --json), errors only
-    unless `verbose`."""
-    with contextlib.redirect_stdout(sys.stderr):
-        from polygraphy.logger import G_LOGGER
-
-        with G_LOGGER.verbosity(G_LOGGER.VERBOSE if verbose else G_LOGGER.ERROR):
-            yield
 
 
 def tensorrt_available() -> bool:
@@ -103,6 +92,7 @@ class EngineBuild:
     tensorrt_version: str
     cached: bool  # the engine came from the engine cache, not a new build
     timing_cache: Path | None
+    compute_capability: str = ""  # of the GPU it was built on, and the only one it runs on
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -151,11 +141,27 @@ def _check_precision(precision: str, facts: dict, onnx_path: Path) -> None:
 
 
 def _cache_key(onnx_path: Path, precision: str, strongly_typed: bool, ranges: list[ShapeRange],
-               workspace_mb: int, version: str) -> str:
+               workspace_mb: int, stamp: dict) -> str:
     h = hashlib.sha256(onnx_path.read_bytes())
     h.update(json.dumps({"precision": precision, "strongly_typed": strongly_typed, "workspace_mb": workspace_mb,
-                         "profiles": [r.to_dict() for r in ranges], "tensorrt": version}, sort_keys=True).encode())
+                         "profiles": [r.to_dict() for r in ranges], **stamp}, sort_keys=True).encode())
     return h.hexdigest()[:32]
+
+
+def _loads_here(plan: Path, stamp: dict) -> bool:
+    """Whether a cached plan was stamped for this GPU and TensorRT and deserializes here."""
+    try:
+        if json.loads(plan.with_suffix(".json").read_text()) != stamp:
+            return False
+        with polygraphy_logging():
+            from polygraphy.backend.trt import EngineFromBytes
+
+            EngineFromBytes(plan.read_bytes())()
+    except Exception as exc:  # a missing or garbled stamp, PolygraphyException from TensorRT's refusal
+        log.warning("cached TensorRT engine %s does not load here (%s); rebuilding it", plan,
+                    str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+        return False
+    return True
 
 
 def build_engine(
@@ -199,19 +205,21 @@ def build_engine(
     # 11.x has no flag because every network is strongly typed; 10.x needs the flag for it.
     strongly_typed = not flagged and (has_strong_flag or int(version.split(".")[0]) >= 11)
 
+    device = cuda_device()
+    stamp = {"compute_capability": device.compute_capability, "tensorrt": version}
     cache = Path(cache_dir) if cache_dir is not None else None
     cached_engine = None
     if cache is not None:
         from ..io import ensure_writable_dir
 
         ensure_writable_dir(cache / ENGINE_CACHE)
-        key = _cache_key(onnx_path, precision, strongly_typed, ranges, workspace_mb, version)
+        key = _cache_key(onnx_path, precision, strongly_typed, ranges, workspace_mb, stamp)
         cached_engine = cache / ENGINE_CACHE / f"{key}.engine"
-        if cached_engine.is_file():
+        if cached_engine.is_file() and _loads_here(cached_engine, stamp):
             with atomic_path(engine_path) as tmp:
                 shutil.copyfile(cached_engine, tmp)
             return EngineBuild(Path(engine_path), onnx_path, precision, strongly_typed, ranges, version, True,
-                               cache / TIMING_CACHE)
+                               cache / TIMING_CACHE, device.compute_capability)
 
     timing_cache = str(cache / TIMING_CACHE) if cache is not None else None
     try:
@@ -243,8 +251,10 @@ def build_engine(
     if cached_engine is not None:
         with atomic_path(cached_engine) as tmp:
             shutil.copyfile(engine_path, tmp)
+        with atomic_path(cached_engine.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps(stamp, sort_keys=True))
     return EngineBuild(Path(engine_path), onnx_path, precision, strongly_typed, ranges, version, False,
-                       Path(timing_cache) if timing_cache else None)
+                       Path(timing_cache) if timing_cache else None, device.compute_capability)
 
 
 def build_engine_from_model(

@@ -81,11 +81,20 @@ def parse_shapes(shapes: str | None = None, *, min_shapes: str | None = None, op
 
 def default_profile(input_shape: tuple[int | None, ...], batch_sizes: tuple[int, int, int] = DEFAULT_BATCHES,
                     input_size: int | None = None) -> ShapeRange:
-    """A batch range over an NCHW input whose dynamic spatial axes take the nominal size."""
+    """A batch range over an NCHW input whose dynamic spatial axes take the nominal size.
+
+    A dimension the ONNX fixes keeps its size in min, opt and max: TensorRT refuses a profile that
+    ranges over a static dimension ("dimension number 0 in profile 0 does not match network
+    definition"), so a fixed batch gets no batch range.
+
+    >>> default_profile((2, 3, None, None), input_size=32).max
+    (2, 3, 32, 32)
+    """
     rest = [d if isinstance(d, int) and d > 0 else input_size for d in input_shape[1:]]
     if any(d is None for d in rest):
         raise InputError(f"input shape {input_shape} has dynamic spatial axes: give --input-size or --shapes")
-    lo, opt, hi = batch_sizes
+    batch = input_shape[0] if input_shape and isinstance(input_shape[0], int) and input_shape[0] > 0 else None
+    lo, opt, hi = (batch, batch, batch) if batch is not None else batch_sizes
     return ShapeRange(None, (lo, *rest), (opt, *rest), (hi, *rest))
 
 

@@ -1,26 +1,58 @@
-"""TensorRT runner: Polygraphy's TrtRunner behind our Runner interface, timed with CUDA events.
+"""TensorRT runner: Polygraphy's TrtRunner behind our Runner interface, timed as trtexec times.
 
 Polygraphy deserializes the engine (`EngineFromBytes`) and runs it (`TrtRunner`: named I/O
 tensors, `set_input_shape` / `set_tensor_address` / `execute_async_v3`, an output allocator).
-Where torch sees the GPU, the batch is copied to the device before the clock starts and
-`last_inference_time` is the GPU time between two CUDA events recorded on Polygraphy's stream
-around the inference (host<->device copies excluded, as trtexec's GPU compute time). Without
-torch CUDA (the CPU test suite runs this against a test double of TensorRT and CUDA) the feed
-is a host array and the time is Polygraphy's host-side figure, and `describe()` says which.
+Two figures per inference, as trtexec reports them:
 
-TensorRT, Polygraphy and torch's CUDA side are touched only on activation, so importing this
-module is free where they are absent.
+- `last_inference_time()`: GPU compute time, the time between two CUDA events recorded on
+  Polygraphy's stream immediately around `execute_async_v3` (trtexec's "GPU Compute Time"). It
+  excludes what Polygraphy's `infer()` also does: input checks, shape and address setup, the
+  host->device copy of the batch, the device->host copy of the logits and the host's
+  `stream.synchronize()`, which at small batches can outweigh the kernels.
+- `last_host_latency()`: the host wall time of the whole `infer()` (copies and synchronization
+  included; trtexec's "Latency" adds the same copies). `describe()` summarises it.
+
+The events go through the CUDA runtime Polygraphy loaded (export.trt_device), not torch. TensorRT
+and Polygraphy are touched only on activation, so importing this module is free where they are
+absent.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, RepDeployError
 from ..export.tensorrt import import_tensorrt
+from ..export.trt_device import GpuTimer
 from .base import InputMetadata, Runner
+
+GPU_TIMING = "GPU compute: CUDA events around execute_async_v3 (trtexec's GPU Compute Time)"
+
+
+class _TimedContext:
+    """Polygraphy's TrtRunner drives its execution context through `self.context` and calls
+    `execute_async_v3(stream)` once per `infer()`. Standing in for that context, this records the
+    CUDA events on that stream right around the call, and passes everything else through."""
+
+    def __init__(self, context: Any, timer: GpuTimer) -> None:
+        object.__setattr__(self, "_context", context)
+        object.__setattr__(self, "_timer", timer)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        self._timer.start(stream_handle)
+        ok = self._context.execute_async_v3(stream_handle)
+        self._timer.stop(stream_handle)
+        return ok
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._context, name, value)
 
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -37,12 +69,22 @@ class TrtRunner(Runner):
         self._runner = None
         self._input = self._output = ""
         self._input_dtype = np.float32
-        self._events = None
+        self._timer: GpuTimer | None = None
+        self._host_times: list[float] = []
 
     def activate_impl(self) -> None:
-        import_tensorrt()
+        trt = import_tensorrt()
         if not self.path.is_file():
             raise InputError(f"engine {self.path} does not exist; build one with `repdeploy export --format trt`")
+        timer = GpuTimer()
+        try:
+            self._activate(trt, timer)
+        except BaseException:
+            timer.close()
+            raise
+        self._timer, self._host_times = timer, []
+
+    def _activate(self, trt, timer: GpuTimer) -> None:
         from ..export.tensorrt import polygraphy_logging
 
         with polygraphy_logging():
@@ -53,17 +95,19 @@ class TrtRunner(Runner):
             try:
                 engine = EngineFromBytes(self.path.read_bytes())()
             except PolygraphyException as exc:
-                raise InputError(f"{self.path} is not an engine for this TensorRT version and GPU; rebuild it "
-                                 "here with `repdeploy export --format trt`") from exc
+                from ..export.trt_device import cuda_device
+
+                # A plan runs only on the exact TensorRT version and compute capability that built it.
+                raise InputError(f"{self.path} is not an engine for this TensorRT version and GPU (TensorRT "
+                                 f"{trt.__version__}, compute capability {cuda_device().compute_capability}); "
+                                 "rebuild it here with `repdeploy export --format trt`") from exc
             runner = PolygraphyTrtRunner(engine, name=self.name)
             runner.activate()
-        self._runner = runner
         inputs = runner.get_input_metadata(use_numpy_dtypes=False)
         outputs = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)
                    if engine.get_tensor_name(i) not in inputs]
         if len(inputs) != 1 or len(outputs) != 1:
             runner.deactivate()
-            self._runner = None
             raise InputError(f"{self.path} has inputs {list(inputs)} and outputs {outputs}; "
                              "expected one image input, one logits output")
         self._input, self._output = next(iter(inputs)), outputs[0]
@@ -71,42 +115,29 @@ class TrtRunner(Runner):
         self._input_dtype = _NUMPY_DTYPES.get(getattr(meta.dtype, "name", str(meta.dtype)).lower(), np.float32)
         self._shape = tuple(int(d) for d in engine.get_tensor_shape(self._input))
         self._opt_shape = tuple(int(d) for d in engine.get_tensor_profile_shape(self._input, 0)[1])
-        self._events = self._cuda_events()
-
-    def _cuda_events(self):
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        stream = torch.cuda.ExternalStream(self._runner.stream.ptr)
-        return stream, torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        runner.context = _TimedContext(runner.context, timer)
+        self._runner = runner
 
     def deactivate_impl(self) -> None:
-        if self._runner is not None:
-            self._runner.deactivate()
-        self._runner = self._events = None
+        try:
+            if self._runner is not None:
+                self._runner.deactivate()
+        finally:
+            if self._timer is not None:
+                self._timer.close()
+            self._runner = self._timer = None
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
         from polygraphy.exception import PolygraphyException
 
         feed = x.astype(self._input_dtype, copy=False)
         try:
-            if self._events is None:
-                out = self._runner.infer({self._input: feed})[self._output]
-                self._last_time = self._runner.last_inference_time()
-                # Polygraphy returns views of buffers it reuses on the next inference: copy.
-                return np.array(out, dtype=np.float32, copy=True)
-            import torch
-
-            stream, start, end = self._events
-            with torch.cuda.stream(stream):
-                device_feed = torch.from_numpy(feed).to("cuda", non_blocking=True)
-                start.record(stream)
-                out = self._runner.infer({self._input: device_feed}, copy_outputs_to_host=False)[self._output]
-                end.record(stream)
-            stream.synchronize()
-            self._last_time = start.elapsed_time(end) / 1000.0
-            return out.float().cpu().numpy()
+            start = time.perf_counter()
+            out = self._runner.infer({self._input: feed})[self._output]
+            self._host_times.append(time.perf_counter() - start)
+            self._last_time = self._timer.elapsed_s()
+            # Polygraphy returns views of buffers it reuses on the next inference: copy.
+            return np.array(out, dtype=np.float32, copy=True)
         except PolygraphyException as exc:
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "no detail"
             if "shape" in message.lower():
@@ -120,6 +151,13 @@ class TrtRunner(Runner):
         dtype = "float16" if self._input_dtype is np.float16 else "float32"
         return InputMetadata(self._input, shape, dtype, nominal)
 
+    def last_host_latency(self) -> float | None:
+        """Seconds of the most recent `infer()` on the host: GPU compute plus the copies of the batch
+        and the logits, Polygraphy's setup and the synchronization (None before the first)."""
+        return self._host_times[-1] if self._host_times else None
+
     def describe(self) -> dict:
-        return {"engine": self.engine, "name": self.name,
-                "timing": "cuda-events" if self._events is not None else "host (polygraphy)"}
+        host = np.array(self._host_times) * 1e3
+        return {"engine": self.engine, "name": self.name, "timing": GPU_TIMING,
+                "host_latency_ms": {"last": float(host[-1]), "median": float(np.median(host)), "count": len(host)}
+                if len(host) else None}
