@@ -25,11 +25,15 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
+import hmac
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
-import tempfile
+import stat
 from pathlib import Path
 from typing import Iterable
 
@@ -53,41 +57,136 @@ def scratch_prefix(name: str, tag: str) -> str:
     return f".{name}.{tag}-{_host()}-{os.getpid()}-"
 
 
+# Scratch is recognised by a secret, never by its name alone: each scratch name ends in an HMAC of
+# the rest of the name under a key only this user can read (a file of mode 0600 in the user's
+# state directory), and a redo log (COMMIT) carries an HMAC of its contents. Anyone can plant a
+# folder named `.x.staging-<host>-<dead pid>-z`; only this user's repdeploy can sign one.
+_KEY_FILE = "scratch-key"
+_key_cache: bytes | None = None
+
+
+def _state_dir() -> Path:
+    if os.environ.get("REPDEPLOY_STATE_DIR"):
+        return Path(os.environ["REPDEPLOY_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "repdeploy"
+
+
+def _key() -> bytes:
+    """This user's scratch key: read from the state directory, created there (0600) on first use.
+
+    Where it cannot be stored, a key for this process alone: a later run then cannot recognise
+    this run's leftovers and leaves them (never removes what it cannot prove is its own).
+    """
+    global _key_cache
+    if _key_cache is not None:
+        return _key_cache
+    path = _state_dir() / _KEY_FILE
+    key = None
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                st = os.fstat(fd)
+                if st.st_uid == os.getuid() and not (st.st_mode & 0o077) and st.st_size == 32:
+                    key = os.read(fd, 32)
+            finally:
+                os.close(fd)
+            break
+        except FileNotFoundError:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(secrets.token_bytes(32))
+            except FileExistsError:
+                continue  # another run made it first: read theirs
+            except OSError:
+                break
+        except OSError:
+            break
+    _key_cache = key if key and len(key) == 32 else secrets.token_bytes(32)
+    return _key_cache
+
+
+def _sign(text: str) -> str:
+    return hmac.new(_key(), f"{os.getuid()}:{text}".encode(), hashlib.sha256).hexdigest()[:20]
+
+
+def _signed_name(prefix: str, suffix: str = "") -> str:
+    unsigned = prefix + secrets.token_hex(4) + "-"
+    return unsigned + _sign(unsigned) + suffix
+
+
 def make_scratch_dir(parent: str | os.PathLike, name: str, tag: str) -> Path:
-    """A fresh hidden scratch directory in `parent` (created with mkdtemp, so never shared)."""
-    return Path(tempfile.mkdtemp(dir=parent, prefix=scratch_prefix(name, tag)))
+    """A fresh hidden scratch directory in `parent` (mode 0700, name signed: see `is_own_scratch`)."""
+    while True:
+        path = Path(parent) / _signed_name(scratch_prefix(name, tag))
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
+def make_scratch_file(parent: str | os.PathLike, name: str, tag: str = "part", suffix: str = ".part") -> Path:
+    """A fresh hidden scratch file in `parent` (created exclusively, mode 0600, name signed)."""
+    while True:
+        path = Path(parent) / _signed_name(scratch_prefix(name, tag), suffix)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            return path
+        except FileExistsError:
+            continue
+
+
+_SCRATCH = re.compile(r"^\.(?P<name>.+)\.(?P<tag>" + "|".join(SCRATCH_TAGS)
+                      + r")-(?P<host>[A-Za-z0-9_]+)-(?P<pid>[0-9]+)-(?P<rand>[0-9a-f]{8})-(?P<mac>[0-9a-f]{20})"
+                      r"(?P<suffix>\.part)?$")
+
+
+def is_own_scratch(entry: os.DirEntry | Path) -> bool:
+    """Whether `entry` is scratch this user's repdeploy made: a signed name, owned by this user,
+    not a symbolic link. The name alone proves nothing."""
+    name = entry.name
+    m = _SCRATCH.match(name)
+    if m is None:
+        return False
+    unsigned = name[: m.start("mac")]
+    if not hmac.compare_digest(m["mac"], _sign(unsigned)):
+        return False
+    try:
+        st = os.lstat(entry.path if isinstance(entry, os.DirEntry) else entry)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not stat.S_ISLNK(st.st_mode)
 
 
 def _owner_alive(entry: str) -> bool:
     """Whether the process that made scratch `entry` may still be running (True if unsure)."""
-    for tag in SCRATCH_TAGS:
-        marker = f".{tag}-"
-        if marker not in entry:
-            continue
-        rest = entry.rsplit(marker, 1)[1]
-        parts = rest.split("-")
-        if len(parts) < 3 or not parts[1].isdigit():
-            return True
-        host, pid = parts[0], int(parts[1])
-        if host != _host():
-            return True  # another machine's run on a shared filesystem: not ours to judge
-        if pid == os.getpid():
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+    m = _SCRATCH.match(entry)
+    if m is None:
+        return True
+    if m["host"] != _host():
+        return True  # another machine's run on a shared filesystem: not ours to judge
+    pid = int(m["pid"])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
         return True
     return True
 
 
 def clean_stale_scratch(directory: str | os.PathLike) -> list[Path]:
-    """Remove hidden scratch files and directories that killed repdeploy runs left in `directory`.
+    """Remove scratch files and directories that killed repdeploy runs of this user left in `directory`.
 
-    Only names repdeploy makes (see `scratch_prefix`) whose process no longer exists on this host
-    are touched. Returns what was removed.
+    Only verified scratch (`is_own_scratch`) whose process no longer exists on this host is
+    touched, and only inside `directory`: a redo log is followed only when its signature holds, and
+    it can only move plain names from the scratch directory into `directory`. Returns what was removed.
     """
     d = Path(directory)
     removed: list[Path] = []
@@ -96,15 +195,13 @@ def clean_stale_scratch(directory: str | os.PathLike) -> list[Path]:
     except OSError:
         return removed
     for entry in entries:
-        if not entry.name.startswith(".") or not any(f".{t}-" in entry.name for t in SCRATCH_TAGS):
-            continue
-        if _owner_alive(entry.name):
+        if not entry.name.startswith(".") or not is_own_scratch(entry) or _owner_alive(entry.name):
             continue
         p = Path(entry.path)
-        with contextlib.suppress(OSError):
-            if entry.is_dir(follow_symlinks=False) and (p / COMMIT_MARKER).is_file():
-                _roll_forward(p, d)  # killed mid-commit: finish it, so the set is whole again
+        with contextlib.suppress(OSError, ValueError):
             if entry.is_dir(follow_symlinks=False):
+                if (p / COMMIT_MARKER).is_file():
+                    _roll_forward(p, d)  # killed mid-commit: finish it, so the set is whole again
                 shutil.rmtree(p)
             else:
                 p.unlink()
@@ -117,23 +214,34 @@ def clean_stale_scratch(directory: str | os.PathLike) -> list[Path]:
 COMMIT_MARKER = "COMMIT"
 
 
+def _plain_name(name: object) -> bool:
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name and name != COMMIT_MARKER)
+
+
 def commit_files(stage: Path, out: Path, names: list[str]) -> None:
     """Move the staged files `names` into `out`; the last name (the report) marks the set complete.
 
     A directory the user shares with other files cannot be swapped whole, so the set is committed
-    with a redo log: the marker written first lists the files, the old report goes before any file
-    is replaced (no report = set incomplete), and the new report goes last. If the process dies in
-    between, the next repdeploy run writing into `out` finishes the moves (`clean_stale_scratch`).
+    with a redo log: the marker written first lists the files (signed), the old report goes before
+    any file is replaced (no report = set incomplete), and the new report goes last. If the process
+    dies in between, the next repdeploy run writing into `out` finishes the moves (`clean_stale_scratch`).
     """
-    marker = stage / COMMIT_MARKER
-    marker.write_text(json.dumps({"files": names}))
+    if not all(_plain_name(n) for n in names):
+        raise ValueError(f"commit_files takes plain file names, got {names}")
+    listed = json.dumps(names)
+    (stage / COMMIT_MARKER).write_text(json.dumps({"files": names, "mac": _sign(stage.name + listed)}))
     (out / names[-1]).unlink(missing_ok=True)
     _roll_forward(stage, out)
     note_committed(out / names[-1])
 
 
 def _roll_forward(stage: Path, out: Path) -> None:
-    names = json.loads((stage / COMMIT_MARKER).read_text())["files"]
+    doc = json.loads((stage / COMMIT_MARKER).read_text())
+    names = doc["files"] if isinstance(doc, dict) else None
+    if (not isinstance(names, list) or not names or not all(_plain_name(n) for n in names)
+            or not hmac.compare_digest(str(doc.get("mac", "")), _sign(stage.name + json.dumps(names)))):
+        raise ValueError(f"{stage / COMMIT_MARKER} is not a redo log this user's repdeploy signed")
     if (stage / names[-1]).exists():
         (out / names[-1]).unlink(missing_ok=True)
     for name in names:
@@ -207,7 +315,7 @@ def foreign_files(run_dir: Path) -> list[str]:
     for entry in sorted(os.listdir(run_dir)):
         if entry in owned:
             continue
-        if entry.startswith(".") and any(f".{t}-" in entry for t in SCRATCH_TAGS):
+        if entry.startswith(".") and is_own_scratch(run_dir / entry):
             continue
         out.append(entry)
     return out
@@ -307,7 +415,7 @@ class OutputSet:
         elif _exchange(self.staging, t):
             shutil.rmtree(self.staging, ignore_errors=True)  # now holds the old set
         else:
-            old = Path(tempfile.mkdtemp(dir=t.parent, prefix=scratch_prefix(t.name, "old")))
+            old = make_scratch_dir(t.parent, t.name, "old")
             os.rename(t, old / t.name)
             os.rename(self.staging, t)
             shutil.rmtree(old, ignore_errors=True)
@@ -356,3 +464,17 @@ def note_removed(path: str | os.PathLike) -> None:
 
 def removed() -> list[Path]:
     return list(_removed)
+
+
+_resume_states: list[Path] = []
+
+
+def note_resume_state(path: str | os.PathLike) -> None:
+    """Record a resume-state file this process rewrote (an interrupt then says how to `--resume`)."""
+    p = Path(path)
+    if p not in _resume_states:
+        _resume_states.append(p)
+
+
+def resume_states() -> list[Path]:
+    return list(_resume_states)

@@ -239,30 +239,42 @@ def test_one_bad_value_never_hangs_or_exhausts_memory(work, args, says):
 # --------------------------------------------------------------------------- 7: atomic sets
 
 
+def own_scratch_name(name: str, tag: str, pid: int, suffix: str = "") -> str:
+    """The signed name this user's repdeploy gives scratch of process `pid` (see rundir.is_own_scratch)."""
+    from repdeploy.rundir import _host, _sign
+
+    unsigned = f".{name}.{tag}-{_host()}-{pid}-0123abcd-"
+    return unsigned + _sign(unsigned) + suffix
+
+
 def test_stale_staging_of_killed_runs_is_removed_and_live_ones_kept(tmp_path):
     from repdeploy.io import write_json_atomic
-    from repdeploy.rundir import _host, scratch_prefix
+    from repdeploy.rundir import _host
 
     dead = dead_pid()
-    (tmp_path / f".report.json.part-{_host()}-{dead}-abc.part").write_text("half")
-    (tmp_path / f".run.staging-{_host()}-{dead}-xyz").mkdir()
-    (tmp_path / f".run.staging-{_host()}-{dead}-xyz" / "fused.pt").write_text("half")
-    live = tmp_path / (scratch_prefix("run", "staging") + "live")
+    (tmp_path / own_scratch_name("report.json", "part", dead, ".part")).write_text("half")
+    staging = tmp_path / own_scratch_name("run", "staging", dead)
+    staging.mkdir()
+    (staging / "fused.pt").write_text("half")
+    live = tmp_path / own_scratch_name("run", "staging", os.getpid())
     live.mkdir()
     (tmp_path / ".quantize-legacy-user-file").write_text("not ours to judge")  # no host-pid tag: kept
+    unsigned = tmp_path / f".run.staging-{_host()}-{dead}-0123abcd-{'0' * 20}"  # the name alone proves nothing
+    unsigned.mkdir()
     write_json_atomic(tmp_path / "report.json", {"ok": True})
-    assert sorted(os.listdir(tmp_path)) == sorted([".quantize-legacy-user-file", live.name, "report.json"])
+    assert sorted(os.listdir(tmp_path)) == sorted([".quantize-legacy-user-file", live.name, unsigned.name,
+                                                   "report.json"])
 
 
 def test_a_commit_killed_half_way_is_finished_by_the_next_run(tmp_path):
-    from repdeploy.rundir import COMMIT_MARKER, _host, clean_stale_scratch
+    from repdeploy.rundir import COMMIT_MARKER, _sign, clean_stale_scratch
 
     for name in ("fused.pt", "model_int8_ort.onnx", "report.json"):
         (tmp_path / name).write_text("old")
-    stage = tmp_path / f".set.quantize-{_host()}-{dead_pid()}-k"
+    stage = tmp_path / own_scratch_name("set", "quantize", dead_pid())
     stage.mkdir()
     names = ["fused.pt", "model_int8_ort.onnx", "report.json"]
-    (stage / COMMIT_MARKER).write_text(json.dumps({"files": names}))
+    (stage / COMMIT_MARKER).write_text(json.dumps({"files": names, "mac": _sign(stage.name + json.dumps(names))}))
     os.replace(tmp_path / "report.json", stage / "old-report-gone")  # commit removes the old report first
     (tmp_path / "fused.pt").write_text("new")  # ... and was killed after the first rename
     for name in names[1:]:
