@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fnmatch
 import hashlib
 import hmac
 import json
@@ -321,8 +322,59 @@ def foreign_files(run_dir: Path) -> list[str]:
     return out
 
 
-def check_owned(run_dir: str | os.PathLike, *, force: bool = False) -> None:
-    """Refuse to replace a directory holding files repdeploy did not write (unless `force`)."""
+def owned_names(directory: str | os.PathLike) -> set[str]:
+    """The files of `directory` that a repdeploy record there lists as repdeploy's.
+
+    A run directory's `manifest.json` lists its artifacts; a quantize or qat output directory's
+    `report.json` lists its file set (`files`); a pipeline's top-level `report.json` stands for
+    the report set (report.json, .csv, .md, .html).
+    """
+    d = Path(directory)
+    owned: set[str] = set()
+    manifest = read_manifest(d)
+    if manifest:
+        owned |= {str(a) for a in manifest["artifacts"]} | {MANIFEST}
+    try:
+        doc = json.loads((d / "report.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return owned
+    if not isinstance(doc, dict) or not str(doc.get("tool", "")).startswith(TOOL):
+        return owned
+    if isinstance(doc.get("files"), dict):
+        owned |= {v for v in doc["files"].values() if _plain_name(v)} | {"report.json"}
+    if doc.get("tool") == TOOL and isinstance(doc.get("models"), list):
+        owned |= {f"report.{ext}" for ext in REPORT_SET}
+    return owned
+
+
+#: The top-level report set of a pipeline output directory.
+REPORT_SET = ("json", "csv", "md", "html")
+
+
+def refuse_foreign_outputs(directory: str | os.PathLike, names: Iterable[str]) -> None:
+    """Raise OutputError when a file repdeploy is about to write in `directory` exists and no
+    repdeploy record there lists it: the user's own file with an output's name. `--force` does
+    not change this; only moving the file, or another directory, does."""
+    d = Path(directory)
+    if not d.is_dir():
+        return
+    clashes = [n for n in names if os.path.lexists(d / n)]
+    if not clashes:
+        return
+    owned = owned_names(d)
+    foreign = [n for n in clashes if n not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise OutputError(f"{d} holds {shown}, which repdeploy did not write but would replace; move it away or "
+                          "give -o another directory (--force never replaces a file that is not repdeploy's)")
+
+
+def check_owned(run_dir: str | os.PathLike, *, force: bool = False, outputs: Iterable[str] = ()) -> None:
+    """Refuse to replace a directory holding files repdeploy did not write (unless `force`).
+
+    With `force` those files are kept and the run writes beside them; a foreign file whose name
+    matches one of `outputs` (names or glob patterns of what the run writes) is still refused.
+    """
     d = Path(run_dir)
     if d.exists() and not d.is_dir():
         raise OutputError(f"run directory {d} is a file; move it away or give -o another directory")
@@ -331,6 +383,12 @@ def check_owned(run_dir: str | os.PathLike, *, force: bool = False) -> None:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
         raise OutputError(f"run directory {d} holds files no repdeploy manifest lists ({shown}); "
                           "move them away, give -o another directory, or pass --force to keep them and write beside them")
+    patterns = list(outputs)
+    clashing = [f for f in foreign if any(fnmatch.fnmatchcase(f, p) for p in patterns)]
+    if clashing:
+        raise OutputError(f"run directory {d} holds {', '.join(clashing[:4])}, which no repdeploy manifest lists and "
+                          "a run would replace; --force keeps foreign files but never replaces one: move it away or "
+                          "give -o another directory")
 
 
 # --------------------------------------------------------------------------- atomic sets
@@ -371,10 +429,10 @@ class OutputSet:
     the old set are replaced or removed one by one, foreign files are kept (not atomic).
     """
 
-    def __init__(self, target: str | os.PathLike, *, force: bool = False) -> None:
+    def __init__(self, target: str | os.PathLike, *, force: bool = False, outputs: Iterable[str] = ()) -> None:
         self.target = Path(target)
         self.force = force
-        check_owned(self.target, force=force)
+        check_owned(self.target, force=force, outputs=outputs)
         parent = self.target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -423,6 +481,11 @@ class OutputSet:
         return t
 
     def _merge_in_place(self) -> None:
+        foreign = set(foreign_files(self.target))
+        clashing = sorted(n for n in os.listdir(self.staging) if n in foreign)
+        if clashing:  # checked before anything moves: --force keeps foreign files, never replaces them
+            raise OutputError(f"run directory {self.target} holds {', '.join(clashing)}, which no repdeploy manifest "
+                              "lists and this run would replace; move it away or give -o another directory")
         manifest = read_manifest(self.target)
         for name in (manifest or {}).get("artifacts", []):
             p = self.target / str(name)

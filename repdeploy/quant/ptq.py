@@ -27,7 +27,8 @@ from .. import defaults
 from ..version import __version__
 from ..errors import AccuracyGateError, DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
-from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
+from ..rundir import (clean_stale_scratch, commit_files, make_scratch_dir, refuse_foreign_outputs,
+                      refuse_overwriting_inputs)
 from ..models.plain import PlainNet
 from .calib import calibrate
 from .calib_cache import CalibrationCache
@@ -116,6 +117,7 @@ def quantize(
     paths = [v for v in (source_path, calib_data, eval_data) if isinstance(v, (str, os.PathLike))]  # not in-memory data
     refuse_overwriting_inputs(paths, files=[Path(output_dir) / n for n in names.values()])
     refuse_overwriting_inputs([calib_cache], files=[Path(output_dir) / n for k, n in names.items() if k != "calib"])
+    refuse_foreign_outputs(output_dir, names.values())  # the user's own fused.pt or report.json is never replaced
     created = not Path(output_dir).exists()
     out = ensure_writable_dir(output_dir)
     try:
