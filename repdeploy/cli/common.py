@@ -81,7 +81,8 @@ def handle_errors(fn: Callable) -> Callable:
 def fail(message: str, code: int) -> None:
     """Print one `error:` line (and, with --json, one JSON error object on stdout) and exit."""
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.meta.get(_AS_JSON_KEY) and not ctx.meta.get(_EMITTED_KEY):
+    wants_json = ctx is not None and (ctx.meta.get(_AS_JSON_KEY) or ctx.params.get("as_json") is True)
+    if wants_json and not ctx.meta.get(_EMITTED_KEY):
         click.echo(to_json({"error": message, "exit_code": code}))
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
@@ -353,7 +354,20 @@ def preprocessing_options(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, prep_mean, prep_std, prep_resize, **kwargs: Any) -> Any:
-        kwargs["prep"] = dict(mean=_floats("--mean", prep_mean), std=_floats("--std", prep_std), resize=prep_resize)
+        from .. import validate
+
+        try:  # this wrapper runs outside the command's boundary: the same one line, here
+            mean = validate.per_channel("--mean", _floats("--mean", prep_mean))
+            std = validate.per_channel("--std", _floats("--std", prep_std), positive=True)
+            validate.resize("--resize", prep_resize)
+            if prep_resize is not None:
+                # One batch of images resized to this shorter side must fit (a 1e6 resize asks for 48 TB).
+                batch = kwargs.get("batch_size") if isinstance(kwargs.get("batch_size"), int) else 64
+                validate.fits_in_memory("--resize", 2.0 * max(batch, 1) * 3 * 4 * prep_resize ** 2,
+                                        f"a batch of {batch} images resized to {prep_resize} px")
+        except RepDeployError as exc:
+            fail(*describe_failure(exc))
+        kwargs["prep"] = dict(mean=mean, std=std, resize=prep_resize)
         return fn(*args, **kwargs)
 
     for option in reversed(options):

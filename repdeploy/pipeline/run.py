@@ -129,7 +129,7 @@ def run_pipeline(
     if checkpoints and zoo is not None:
         raise InputError(f"--zoo {zoo} with checkpoints: --zoo picks the built-in models run when no checkpoint is "
                          "given; drop one of them")
-    validate.integer("--resize", resize, low=1)
+    validate.resize("--resize", resize)
     if fallback_float and max_drop is None:
         raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
     if engine == "trt":
