@@ -266,6 +266,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         verify_set = image_set(calib_data if calib_data is not None else "builtin", "val")
         verify_name = verify_set.source
         x_verify = torch.cat([x for x, _ in verify_set.batches(BATCH, limit=n_verify)])
+    if cache_in is not None:  # a hand-edited range must not pass as calibration (issue 21 N9)
+        observed = calibrate(QuantPlainNet(plain, target), [x_verify], method="max", data={"source": verify_name})
+        cache_in.check_plausible(observed.amax, source=str(calib_cache), data=verify_name)
     # The record the model is fed with from now on: what calibration (or the evaluation) used.
     # In-memory tensors carry none: the caller prepared them, and the outputs say so (None).
     fed = next((d for d in (calib_set, eval_set, verify_set) if d is not None), None)
