@@ -112,6 +112,9 @@ def evaluate(runner: Runner, dataset, *, batch_size: int = 64, limit: int | None
     seconds = time.perf_counter() - start
     if logits.ndim != 2:
         raise DataError(f"{runner.name} returned outputs of shape {logits.shape}; expected (N, classes) logits")
+    from .data.folders import check_class_match
+
+    check_class_match(dataset, logits.shape[1], runner.name)
     if labels.max() >= logits.shape[1]:
         raise DataError(f"data {dataset.source} has label {int(labels.max())} but {runner.name} has only "
                         f"{logits.shape[1]} classes; evaluate on data with the model's classes")

@@ -212,6 +212,10 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     elif cache_in is None and forward_loop is None:
         calib_source = open_calibration_data(calib_data, samples=calib_samples, seed=seed, image_size=spec.input_size,
                                              channels=spec.in_channels, batch_size=BATCH, mean=mean, std=std)
+    if eval_set is not None:
+        from ..data.folders import check_class_match
+
+        check_class_match(eval_set, spec.num_classes, info["variant"])  # by name, never shifted by position
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_set.source} has no labels; give a class-folder layout or labels in the .npz")
     n_verify = images_for(spec.input_size, VERIFY_IMAGES, 32)
