@@ -26,6 +26,9 @@ MAX_PIXEL_VALUE = 1e6
 MAX_SECONDS = 86_400.0
 #: Latency runs: this many timed iterations give every percentile we report; more only takes hours.
 MAX_ITERATIONS = 100_000
+#: Inputs `compare` feeds both models: every one is held with both outputs (agreement over 100k
+#: inputs is already exact to 0.001 %).
+MAX_COMPARE_SAMPLES = 100_000
 #: Share of the machine's memory one buffer may take (the rest is the model, the runtime, the OS).
 MEMORY_SHARE = 0.25
 
@@ -145,3 +148,19 @@ def fits_in_memory(option: str, nbytes: float, what: str) -> None:
     if not math.isfinite(nbytes) or nbytes > budget:
         raise InputError(f"{option}: {what} would need {nbytes / 2**30:,.1f} GiB, more than {MEMORY_SHARE:.0%} of "
                          f"the {available_memory() / 2**30:,.1f} GiB available here; give a smaller value")
+
+
+#: Activation tensors a training step keeps per block for the backward pass (three conv+BN
+#: branches, their sum and the ReLU, with slack for the gradients): a deliberate over-estimate.
+TENSORS_PER_TRAINING_BLOCK = 8
+
+
+def training_batch(option: str, *, batch: int, size: int, channels: int, widths, depths) -> None:
+    """Refuse a training input size and batch whose activations cannot fit (2048 px asks for 1.9 TB).
+
+    Stage 0 works at size/2, stage i at size/2^(i+1); each block keeps about
+    TENSORS_PER_TRAINING_BLOCK float32 maps of its width.
+    """
+    blocks = [(widths[0], 1, size / 2)] + [(w, d, size / 2 ** (i + 2)) for i, (w, d) in enumerate(zip(widths[1:], depths))]
+    per_image = channels * size * size + sum(w * d * side * side for w, d, side in blocks) * TENSORS_PER_TRAINING_BLOCK
+    fits_in_memory(option, 4.0 * batch * per_image, f"training at {size} px with batch {batch}")
