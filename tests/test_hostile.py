@@ -839,10 +839,21 @@ def _interrupt(args: list, *, after: float = 0.0, when=None, timeout: float = 12
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_n15_ctrl_c_in_the_first_second_is_one_line_and_130(work):
-    r = _interrupt(["inspect", work / "a.pth"], after=0.6)
+@pytest.mark.parametrize("after", [0.3, 0.9])
+def test_n15_ctrl_c_in_the_first_second_is_one_line_and_130(work, after):
+    # A long command, so Ctrl-C lands while torch imports or, on a fast machine, in the command.
+    np.savez(work / "d.npz", images=np.zeros((16, 16, 16), np.uint8), labels=np.arange(16) % 2)
+    r = _interrupt(["train", "--arch", "RepVGG-mini", "--train-data", work / "d.npz", "--input-size", "16",
+                    "--epochs", "10000", "-o", work / "t.pth", "-q"], after=after)
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: interrupted") and "Traceback" not in r.stderr
+    assert set(os.listdir(work)) <= {"a.pth", "d.npz", "t.pth.state"}  # a resume state is the one thing kept
+
+
+def test_json_failures_are_one_json_object_on_stdout(work):
+    refused_json(work, 2, "inspect", work / "missing.pth", "-q", says="does not exist")
+    refused_json(work, 2, "quantize", work / "a.pth", "--calib-data", "builtin", "--max-drop", "1", "-o", work / "q",
+                 "-q", says="--eval-data")
 
 
 def test_n18_ctrl_c_during_training_says_how_to_resume(work):
