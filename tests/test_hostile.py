@@ -241,7 +241,7 @@ def test_one_bad_value_never_hangs_or_exhausts_memory(work, args, says):
 
 def own_scratch_name(name: str, tag: str, pid: int, suffix: str = "") -> str:
     """The signed name this user's repdeploy gives scratch of process `pid` (see rundir.is_own_scratch)."""
-    from repdeploy.rundir import _host, _sign
+    from repdeploy.scratch import _host, _sign
 
     unsigned = f".{name}.{tag}-{_host()}-{pid}-0123abcd-"
     return unsigned + _sign(unsigned) + suffix
@@ -249,7 +249,7 @@ def own_scratch_name(name: str, tag: str, pid: int, suffix: str = "") -> str:
 
 def test_stale_staging_of_killed_runs_is_removed_and_live_ones_kept(tmp_path):
     from repdeploy.io import write_json_atomic
-    from repdeploy.rundir import _host
+    from repdeploy.scratch import _host
 
     dead = dead_pid()
     (tmp_path / own_scratch_name("report.json", "part", dead, ".part")).write_text("half")
@@ -267,7 +267,7 @@ def test_stale_staging_of_killed_runs_is_removed_and_live_ones_kept(tmp_path):
 
 
 def test_a_commit_killed_half_way_is_finished_by_the_next_run(tmp_path):
-    from repdeploy.rundir import COMMIT_MARKER, _sign, clean_stale_scratch
+    from repdeploy.scratch import COMMIT_MARKER, _sign, clean_stale_scratch
 
     for name in ("fused.pt", "model_int8_ort.onnx", "report.json"):
         (tmp_path / name).write_text("old")
@@ -648,7 +648,7 @@ def test_n17_a_row_worded_by_the_same_boundary(tmp_path):
 
 
 def test_n6_planted_scratch_is_never_followed_and_nothing_outside_is_touched(work, tmp_path_factory):
-    from repdeploy.rundir import COMMIT_MARKER, _host, _sign
+    from repdeploy.scratch import COMMIT_MARKER, _host, _sign
 
     victim = tmp_path_factory.mktemp("elsewhere") / "precious.txt"
     victim.write_text("must survive")
