@@ -87,6 +87,40 @@ def refuse_overwriting_inputs(inputs: Iterable[str | os.PathLike | None], *,
                                   "directory's contents; give -o another directory or move the input out")
 
 
+_KINDS = {"torch": "PyTorch checkpoint", "onnx": "ONNX model", "json": "JSON"}
+
+
+def refuse_other_kind(path: str | os.PathLike, kind: str, option: str = "-o") -> None:
+    """A file named as an output (`-o FILE`, `--json-out FILE`) is replaced only when it is the
+    kind of file that output is: a typo never turns the user's notes, images or data into a
+    checkpoint or a JSON report."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return  # unreadable: the write itself will say why
+    if kind == "torch":
+        same = head[:2] == b"PK" or head[:1] == b"\x80" or (len(head) > 8 and head[8:9] == b"{")  # zip, pickle, safetensors
+    elif kind == "json":
+        same = not head.strip() or head.lstrip()[:1] in (b"{", b"[")
+    elif kind == "onnx":
+        from .preprocess import onnx_metadata
+
+        try:
+            onnx_metadata(p)
+            same = True
+        except (OSError, ValueError):
+            same = False
+    else:
+        raise ValueError(f"unknown output kind {kind!r}")
+    if not same:
+        raise OutputError(f"{option} {p} exists and is not a {_KINDS[kind]} file; repdeploy does not replace it: "
+                          f"move it away or give {option} another path")
+
+
 # --------------------------------------------------------------------------- ownership
 
 

@@ -967,3 +967,14 @@ def test_checkpoints_without_a_crc_are_checked_against_their_digest(work, fmt):
     path.write_bytes(bytes(data[: len(data) // 2]))  # truncated: refused by structure even without a digest
     digest.unlink()
     refused(work, 2, "inspect", path, "-q", says="corrupt")
+
+
+@pytest.mark.parametrize("command, onto", [
+    (["fuse", "{a}", "-o", "{t}"], "notes.txt"),
+    (["export", "{a}", "-o", "{t}"], "notes.txt"),
+    (["train", "--arch", "RepVGG-mini", "-o", "{t}"], "notes.txt"),
+    (["inspect", "{a}", "--json-out", "{t}"], "photo.png"),
+])
+def test_a_named_output_of_another_kind_is_never_replaced(work, command, onto):
+    (work / onto).write_bytes(b"\x89PNG the user's photo" if onto.endswith(".png") else b"the user's notes\n")
+    refused(work, 2, *[c.format(a=work / "a.pth", t=work / onto) for c in command], "-q", says="is not a")

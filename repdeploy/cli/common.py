@@ -18,6 +18,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import RepDeployError
+from ..failures import describe_failure  # noqa: F401 - the boundary's wording, re-exported for the commands
 from ..progress import DATA_WARNING, LOGGER_NAME, disable_bars, enable_bars, set_quiet
 
 #: The release in which the deprecated spellings stop being accepted.
@@ -26,13 +27,6 @@ ALIAS_REMOVAL = "0.3"
 
 #: Set by `repdeploy --debug` (or REPDEPLOY_DEBUG=1): unexpected errors show their traceback.
 DEBUG = bool(os.environ.get("REPDEPLOY_DEBUG"))
-
-def describe_failure(exc: BaseException) -> tuple[str, int]:
-    """The one line and exit code for an error that escaped a command (repdeploy/failures.py)."""
-    from ..failures import describe_failure as describe
-
-    return describe(exc)
-
 
 def handle_errors(fn: Callable) -> Callable:
     """The error boundary of a command: every failure becomes one line on stderr and an exit code.
@@ -115,6 +109,9 @@ def check_json_out(json_out: str) -> None:
         refuse_overwriting_inputs(command_inputs(ctx), files=[json_out])
     except OutputError as exc:
         raise OutputError(str(exc).replace("give -o another path", "give --json-out another path")) from None
+    from ..rundir import refuse_other_kind
+
+    refuse_other_kind(json_out, "json", "--json-out")
     output = ctx.params.get("output")
     if isinstance(output, str) and output:
         out, js = Path(output), Path(json_out)

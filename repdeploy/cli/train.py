@@ -161,10 +161,12 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
     from ..optim.repopt import load_scales
     from ..recipes import train_architecture
 
-    from ..rundir import refuse_overwriting_inputs
+    from ..rundir import refuse_other_kind, refuse_overwriting_inputs
 
     ensure_writable_file(output)
     refuse_overwriting_inputs([train_data, eval_data, scales], files=[output, state_path or f"{output}.state"])
+    refuse_other_kind(output, "torch")
+    refuse_other_kind(state_path or f"{output}.state", "torch", "--state")
     if state_path is not None and Path(state_path).resolve() == Path(output).resolve():
         raise click.BadParameter("the training state and the checkpoint must be different files", param_hint="--state")
     where, amp_type = _placement(device, amp)
@@ -210,10 +212,12 @@ def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size,
     from ..io import ensure_writable_file
     from ..optim.hypersearch import hypersearch
 
-    from ..rundir import refuse_overwriting_inputs
+    from ..rundir import refuse_other_kind, refuse_overwriting_inputs
 
     ensure_writable_file(output)
     refuse_overwriting_inputs([train_data, eval_data], files=[output, state_path or f"{output}.state"])
+    refuse_other_kind(output, "torch")
+    refuse_other_kind(state_path or f"{output}.state", "torch", "--state")
     where, amp_type = _placement(device, amp)
     spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed, batch_size)
     config = _config("sgd", lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
