@@ -853,6 +853,11 @@ def test_json_failures_are_one_json_object_on_stdout(work):
     refused_json(work, 2, "inspect", work / "missing.pth", "-q", says="does not exist")
     refused_json(work, 2, "quantize", work / "a.pth", "--calib-data", "builtin", "--max-drop", "1", "-o", work / "q",
                  "-q", says="--eval-data")
+    code, out, err = cli("eval", work / "a.pth", "--batch-size", "abc", "--json")  # a usage error, click's wording
+    assert code == 2 and json.loads(out) == {"error": json.loads(out)["error"], "exit_code": 2}
+    assert "--batch-size" in json.loads(out)["error"] and "Usage:" in err
+    code, out, _ = cli("eval", work / "a.pth", "--batch-size", "abc")
+    assert code == 2 and out == ""  # without --json, stdout stays empty
 
 
 def test_n18_ctrl_c_during_training_says_how_to_resume(work):
