@@ -15,6 +15,9 @@ docs/api.md has a worked example with data in memory. Library functions log thro
 """
 
 from .version import __version__
+from .failures import install_early_interrupt as _install_early_interrupt
+
+_install_early_interrupt()  # the command line imports torch for seconds: Ctrl-C then is one line, exit 130
 
 # Imported eagerly on purpose: several API functions share their module's name (`fuse`,
 # `evaluate`, `bench`), and a lazy lookup would hand back the submodule once it was imported.

@@ -80,7 +80,8 @@ def _input_for(runner: Runner, batch: int, image_size: int | None, seed: int) ->
     meta = runner.get_input_metadata()
     size = meta.image_size or image_size
     if size is None:
-        raise InputError(f"{runner.name}: input size unknown (shape {meta.shape}); pass image_size")
+        raise InputError(f"{runner.name}: input size unknown (shape {meta.shape}); export the model with a fixed "
+                         "height and width (`repdeploy export --input-size N`) or, from Python, give bench() an image_size")
     shape = (batch, meta.channels or 3, size, size)
     return shape, np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 

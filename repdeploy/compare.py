@@ -126,6 +126,9 @@ def compare(
         channels = meta_a.channels or meta_b.channels or 3
         if size is None:
             raise InputError(f"cannot tell the input size of {ra.name} or {rb.name}; compare models with a known size")
+        from .validate import fits_in_memory
+
+        fits_in_memory("--samples", 4.0 * samples * channels * size * size, f"{samples} inputs of {size} px")
         labels = None
         if data is not None:
             dataset = open_dataset(data, split="val", image_size=size, channels=channels)

@@ -87,7 +87,23 @@ def evaluate(runner: Runner, dataset, *, batch_size: int = 64, limit: int | None
 
     >>> with open_runner("model.onnx", "ort") as r:                       # doctest: +SKIP
     ...     acc = evaluate(r, open_eval_data(r, "builtin"))
+
+    `dataset` may also be a source (a path or "builtin"): it is then opened for the runner.
     """
+    from .errors import InputError
+
+    if not isinstance(runner, Runner):
+        raise InputError(f"evaluate: runner must be an active repdeploy Runner (from open_runner), not "
+                         f"{type(runner).__name__}")
+    if isinstance(dataset, (str, bytes)) or hasattr(dataset, "__fspath__"):
+        dataset = open_eval_data(runner, dataset)
+    if not hasattr(dataset, "has_labels") or not hasattr(dataset, "batches"):
+        raise InputError(f"evaluate: dataset must be a repdeploy dataset (open_eval_data) or a source path, not "
+                         f"{type(dataset).__name__}")
+    from . import validate
+
+    validate.integer("batch_size", batch_size, low=1, high=4096, allow_none=False)
+    validate.integer("limit", limit, low=1)
     if not dataset.has_labels:
         raise DataError(f"data {dataset.source} has no labels; evaluation needs a class-folder layout or labels in the .npz")
     start = time.perf_counter()
@@ -96,6 +112,9 @@ def evaluate(runner: Runner, dataset, *, batch_size: int = 64, limit: int | None
     seconds = time.perf_counter() - start
     if logits.ndim != 2:
         raise DataError(f"{runner.name} returned outputs of shape {logits.shape}; expected (N, classes) logits")
+    from .data.folders import check_class_match
+
+    check_class_match(dataset, logits.shape[1], runner.name)
     if labels.max() >= logits.shape[1]:
         raise DataError(f"data {dataset.source} has label {int(labels.max())} but {runner.name} has only "
                         f"{logits.shape[1]} classes; evaluate on data with the model's classes")

@@ -18,11 +18,25 @@ from typing import Any, Iterator
 from .errors import OutputError
 
 
+#: Directories this process created for its outputs (a failed command removes the ones still empty).
+_created: list[Path] = []
+
+
+def created_dirs() -> list[Path]:
+    return list(_created)
+
+
+def forget_created_dirs() -> None:
+    _created.clear()
+
+
 def ensure_writable_dir(directory: str | os.PathLike) -> Path:
     """Create `directory` if needed and prove we can write into it, or raise OutputError."""
     d = Path(directory)
+    missing = [p for p in (d, *d.parents) if not p.exists()]
     try:
         d.mkdir(parents=True, exist_ok=True)
+        _created.extend(p for p in missing if p.is_dir())
         with tempfile.NamedTemporaryFile(dir=d, prefix=".repdeploy-probe-"):
             pass
     except OSError as exc:
@@ -48,13 +62,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On any exception the temporary file is removed and `path` is left untouched.
     """
-    from .rundir import clean_stale_scratch, scratch_prefix
+    from .rundir import clean_stale_scratch, make_scratch_file
 
     target = ensure_writable_file(path)
     clean_stale_scratch(target.parent)  # `.part` files of runs that were killed
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=scratch_prefix(target.name, "part"), suffix=".part")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = make_scratch_file(target.parent, target.name)
     try:
         yield tmp_path
         # mkstemp creates 0600; give the artifact the permissions a plain open() would have.
@@ -82,7 +94,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    text = json.dumps(finite_json(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
     return write_bytes_atomic(path, text.encode())
 
 
@@ -123,3 +135,19 @@ def _json_default(o: Any) -> Any:
     if hasattr(o, "to_dict"):
         return o.to_dict()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def finite_json(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None: JSON has no NaN or Infinity, and a file
+    holding the bare word `NaN` is not JSON any other tool can read."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:
+        return finite_json(obj.item())
+    return obj

@@ -51,6 +51,16 @@ class Preprocessing:
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
+        from . import validate
+
+        # Every number, from a user or a file, is checked here: NaN would feed NaN to the model and
+        # still "succeed" at 0-10 % top-1; a huge size would allocate terabytes.
+        validate.input_size("preprocessing input_size", self.input_size)
+        validate.integer("preprocessing resize", self.resize, low=1, high=validate.MAX_RESIZE, allow_none=False)
+        for name, values in (("mean", self.mean), ("std", self.std), ("value_range", self.value_range)):
+            for v in values:
+                validate.number(f"preprocessing {name}", v, low=-validate.MAX_PIXEL_VALUE,
+                                high=validate.MAX_PIXEL_VALUE, allow_none=False)
         if self.input_size < 1 or self.resize < self.input_size:
             raise InputError(f"preprocessing: resize {self.resize} must be >= the input size {self.input_size} "
                              "(the centre crop is input_size); fix --resize")
@@ -85,7 +95,9 @@ class Preprocessing:
                        channel_order=str(d.get("channel_order", "RGB")),
                        value_range=tuple(float(v) for v in d.get("value_range", (0.0, 255.0))),  # type: ignore[arg-type]
                        interpolation=str(d.get("interpolation", "bilinear")))
-        except (KeyError, TypeError, ValueError) as exc:
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}; re-export the model or override with --mean/--std/--resize") from exc
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise InputError(f"{source} is not a repdeploy preprocessing record ({exc}); re-export the model") from exc
 
     def override(self, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
@@ -289,13 +301,23 @@ def preprocessing_of(path: str | Path) -> Preprocessing | None:
             raw = onnx_metadata(p).get(ONNX_METADATA_KEY)
         except (OSError, ValueError):  # an unreadable ONNX is reported by whoever opens it
             return None
-        return None if raw is None else Preprocessing.from_dict(json.loads(raw), f"{p} metadata {ONNX_METADATA_KEY}")
+        if raw is None:
+            return None
+        try:
+            rec = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InputError(f"{p} metadata {ONNX_METADATA_KEY} is not JSON; re-export the model with "
+                             "`repdeploy export`") from None
+        return Preprocessing.from_dict(rec, f"{p} metadata {ONNX_METADATA_KEY}")
     if suffix == ".json":
         try:
             doc = json.loads(p.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
-        rec = doc.get("preprocessing") or (doc.get("data") or {}).get("preprocessing")
+        if not isinstance(doc, dict):
+            return None
+        data = doc.get("data")
+        rec = doc.get("preprocessing") or (data.get("preprocessing") if isinstance(data, dict) else None)
         return Preprocessing.from_dict(rec, str(p)) if isinstance(rec, dict) else None
     if suffix in (".pt", ".pth"):
         import torch
@@ -304,7 +326,8 @@ def preprocessing_of(path: str | Path) -> Preprocessing | None:
             raw = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
         except Exception:  # noqa: BLE001 - not a repdeploy file (or not loadable safely): no record
             return None
-        rec = (raw.get("extra") or {}).get("preprocessing") if isinstance(raw, dict) else None
+        extra = raw.get("extra") if isinstance(raw, dict) else None
+        rec = extra.get("preprocessing") if isinstance(extra, dict) else None
         return Preprocessing.from_dict(rec, f"{p} extra.preprocessing") if isinstance(rec, dict) else None
     return None
 

@@ -1,22 +1,20 @@
 """Outputs that never clobber inputs or foreign files, and output sets that appear all at once.
 
-Three rules, shared by every command that writes:
+One rule, shared by every path repdeploy writes (`-o`, `--json-out`, report files, run
+directories, and whatever builds on these functions):
 
 - An output never replaces an input: `refuse_overwriting_inputs` compares resolved paths (and
   inodes, for hard links) before any work starts.
-- A run directory is owned through its `manifest.json`: only files a repdeploy manifest lists
-  are ever removed; anything else there is an error unless the user passes `--force`, and even
-  then it is kept, not deleted.
+- A file repdeploy did not write is never replaced. What it wrote is what its records list
+  (`owned_names`: a run directory's `manifest.json`, a quantize/qat `report.json`, the pipeline's
+  top-level report); anything else in a run directory is an error unless the user passes
+  `--force`, and even then it is kept, and a foreign file with an output's name is still refused.
 - An output set (a pipeline run directory) is staged in a hidden sibling directory and swapped in
   with one rename (`renameat2(RENAME_EXCHANGE)` where the kernel has it), so a reader sees the
-  whole old set or the whole new one. Staging left by a killed run (its process is gone) is
-  removed by the next run that writes there.
+  whole old set or the whole new one. Sets in a shared directory are committed with a redo log
+  (scratch.commit_files).
 
-Scratch names carry host and process id (`scratch_name`), so two runs into one directory never
-collide and a later run can tell whose leftovers are stale.
-
-About 350 lines, on purpose: clash checks, ownership, staging and scratch are one policy (never
-lose a user's file), and each part relies on the others' invariants.
+Scratch (staging, `.part` files, redo logs) lives in scratch.py, re-exported here.
 """
 
 from __future__ import annotations
@@ -25,121 +23,29 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fnmatch
 import json
 import os
 import shutil
-import socket
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from .errors import OutputError
+from . import scratch
+from .scratch import (COMMIT_MARKER, SCRATCH_TAGS, _plain_name, clean_stale_scratch,  # noqa: F401
+                      is_own_scratch, make_scratch_dir, make_scratch_file, scratch_prefix)
 
 MANIFEST = "manifest.json"
 TOOL = "repdeploy"
-#: Hidden names repdeploy gives its scratch files and directories: `.<name>.<tag>-<host>-<pid>-<random>`.
-SCRATCH_TAGS = ("staging", "old", "quantize", "qat", "part")
 
 #: What the process has committed so far (for the one line an interrupt prints).
 _committed: list[Path] = []
 
 
-def _host() -> str:
-    return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
-
-
-def scratch_prefix(name: str, tag: str) -> str:
-    """`.<name>.<tag>-<host>-<pid>-`: unique per process, and tells a later run whose it was."""
-    return f".{name}.{tag}-{_host()}-{os.getpid()}-"
-
-
-def make_scratch_dir(parent: str | os.PathLike, name: str, tag: str) -> Path:
-    """A fresh hidden scratch directory in `parent` (created with mkdtemp, so never shared)."""
-    return Path(tempfile.mkdtemp(dir=parent, prefix=scratch_prefix(name, tag)))
-
-
-def _owner_alive(entry: str) -> bool:
-    """Whether the process that made scratch `entry` may still be running (True if unsure)."""
-    for tag in SCRATCH_TAGS:
-        marker = f".{tag}-"
-        if marker not in entry:
-            continue
-        rest = entry.rsplit(marker, 1)[1]
-        parts = rest.split("-")
-        if len(parts) < 3 or not parts[1].isdigit():
-            return True
-        host, pid = parts[0], int(parts[1])
-        if host != _host():
-            return True  # another machine's run on a shared filesystem: not ours to judge
-        if pid == os.getpid():
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return True
-
-
-def clean_stale_scratch(directory: str | os.PathLike) -> list[Path]:
-    """Remove hidden scratch files and directories that killed repdeploy runs left in `directory`.
-
-    Only names repdeploy makes (see `scratch_prefix`) whose process no longer exists on this host
-    are touched. Returns what was removed.
-    """
-    d = Path(directory)
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(d))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith(".") or not any(f".{t}-" in entry.name for t in SCRATCH_TAGS):
-            continue
-        if _owner_alive(entry.name):
-            continue
-        p = Path(entry.path)
-        with contextlib.suppress(OSError):
-            if entry.is_dir(follow_symlinks=False) and (p / COMMIT_MARKER).is_file():
-                _roll_forward(p, d)  # killed mid-commit: finish it, so the set is whole again
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            removed.append(p)
-    return removed
-
-
-# --------------------------------------------------------------------------- file sets in a shared directory
-
-COMMIT_MARKER = "COMMIT"
-
-
 def commit_files(stage: Path, out: Path, names: list[str]) -> None:
-    """Move the staged files `names` into `out`; the last name (the report) marks the set complete.
-
-    A directory the user shares with other files cannot be swapped whole, so the set is committed
-    with a redo log: the marker written first lists the files, the old report goes before any file
-    is replaced (no report = set incomplete), and the new report goes last. If the process dies in
-    between, the next repdeploy run writing into `out` finishes the moves (`clean_stale_scratch`).
-    """
-    marker = stage / COMMIT_MARKER
-    marker.write_text(json.dumps({"files": names}))
-    (out / names[-1]).unlink(missing_ok=True)
-    _roll_forward(stage, out)
+    """scratch.commit_files, and the set's report noted as committed (an interrupt names it)."""
+    scratch.commit_files(stage, out, names)
     note_committed(out / names[-1])
-
-
-def _roll_forward(stage: Path, out: Path) -> None:
-    names = json.loads((stage / COMMIT_MARKER).read_text())["files"]
-    if (stage / names[-1]).exists():
-        (out / names[-1]).unlink(missing_ok=True)
-    for name in names:
-        if (stage / name).exists():
-            os.replace(stage / name, out / name)
-    (stage / COMMIT_MARKER).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- inputs vs outputs
@@ -181,6 +87,34 @@ def refuse_overwriting_inputs(inputs: Iterable[str | os.PathLike | None], *,
                                   "directory's contents; give -o another directory or move the input out")
 
 
+_KINDS = {"torch": "PyTorch checkpoint", "onnx": "ONNX model", "json": "JSON"}
+
+
+def refuse_other_kind(path: str | os.PathLike, kind: str, option: str = "-o") -> None:
+    """A file named as an output (`-o FILE`, `--json-out FILE`) is replaced only when it is the
+    kind of file that output is: a typo never turns the user's notes, images or data into a
+    checkpoint or a JSON report."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return  # unreadable: the write itself will say why
+    if kind == "torch":
+        same = head[:2] == b"PK" or head[:1] == b"\x80" or (len(head) > 8 and head[8:9] == b"{")  # zip, pickle, safetensors
+    elif kind == "json":
+        same = not head.strip() or head.lstrip()[:1] in (b"{", b"[")
+    elif kind == "onnx":
+        same = head[:1] == b"\x08"  # a serialized ModelProto starts with field 1, ir_version (a varint)
+    else:
+        raise ValueError(f"unknown output kind {kind!r}")
+    if not same:
+        raise OutputError(f"{option} {p} exists and is not a {_KINDS[kind]} file; repdeploy does not replace it: "
+                          f"move it away or give {option} another path")
+
+
 # --------------------------------------------------------------------------- ownership
 
 
@@ -207,14 +141,65 @@ def foreign_files(run_dir: Path) -> list[str]:
     for entry in sorted(os.listdir(run_dir)):
         if entry in owned:
             continue
-        if entry.startswith(".") and any(f".{t}-" in entry for t in SCRATCH_TAGS):
+        if entry.startswith(".") and is_own_scratch(run_dir / entry):
             continue
         out.append(entry)
     return out
 
 
-def check_owned(run_dir: str | os.PathLike, *, force: bool = False) -> None:
-    """Refuse to replace a directory holding files repdeploy did not write (unless `force`)."""
+def owned_names(directory: str | os.PathLike) -> set[str]:
+    """The files of `directory` that a repdeploy record there lists as repdeploy's.
+
+    A run directory's `manifest.json` lists its artifacts; a quantize or qat output directory's
+    `report.json` lists its file set (`files`); a pipeline's top-level `report.json` stands for
+    the report set (report.json, .csv, .md, .html).
+    """
+    d = Path(directory)
+    owned: set[str] = set()
+    manifest = read_manifest(d)
+    if manifest:
+        owned |= {str(a) for a in manifest["artifacts"]} | {MANIFEST}
+    try:
+        doc = json.loads((d / "report.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return owned
+    if not isinstance(doc, dict) or not str(doc.get("tool", "")).startswith(TOOL):
+        return owned
+    if isinstance(doc.get("files"), dict):
+        owned |= {v for v in doc["files"].values() if _plain_name(v)} | {"report.json"}
+    if doc.get("tool") == TOOL and isinstance(doc.get("models"), list):
+        owned |= {f"report.{ext}" for ext in REPORT_SET}
+    return owned
+
+
+#: The top-level report set of a pipeline output directory.
+REPORT_SET = ("json", "csv", "md", "html")
+
+
+def refuse_foreign_outputs(directory: str | os.PathLike, names: Iterable[str]) -> None:
+    """Raise OutputError when a file repdeploy is about to write in `directory` exists and no
+    repdeploy record there lists it: the user's own file with an output's name. `--force` does
+    not change this; only moving the file, or another directory, does."""
+    d = Path(directory)
+    if not d.is_dir():
+        return
+    clashes = [n for n in names if os.path.lexists(d / n)]
+    if not clashes:
+        return
+    owned = owned_names(d)
+    foreign = [n for n in clashes if n not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise OutputError(f"{d} holds {shown}, which repdeploy did not write but would replace; move it away or "
+                          "give -o another directory (--force never replaces a file that is not repdeploy's)")
+
+
+def check_owned(run_dir: str | os.PathLike, *, force: bool = False, outputs: Iterable[str] = ()) -> None:
+    """Refuse to replace a directory holding files repdeploy did not write (unless `force`).
+
+    With `force` those files are kept and the run writes beside them; a foreign file whose name
+    matches one of `outputs` (names or glob patterns of what the run writes) is still refused.
+    """
     d = Path(run_dir)
     if d.exists() and not d.is_dir():
         raise OutputError(f"run directory {d} is a file; move it away or give -o another directory")
@@ -223,6 +208,12 @@ def check_owned(run_dir: str | os.PathLike, *, force: bool = False) -> None:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
         raise OutputError(f"run directory {d} holds files no repdeploy manifest lists ({shown}); "
                           "move them away, give -o another directory, or pass --force to keep them and write beside them")
+    patterns = list(outputs)
+    clashing = [f for f in foreign if any(fnmatch.fnmatchcase(f, p) for p in patterns)]
+    if clashing:
+        raise OutputError(f"run directory {d} holds {', '.join(clashing[:4])}, which no repdeploy manifest lists and "
+                          "a run would replace; --force keeps foreign files but never replaces one: move it away or "
+                          "give -o another directory")
 
 
 # --------------------------------------------------------------------------- atomic sets
@@ -263,10 +254,10 @@ class OutputSet:
     the old set are replaced or removed one by one, foreign files are kept (not atomic).
     """
 
-    def __init__(self, target: str | os.PathLike, *, force: bool = False) -> None:
+    def __init__(self, target: str | os.PathLike, *, force: bool = False, outputs: Iterable[str] = ()) -> None:
         self.target = Path(target)
         self.force = force
-        check_owned(self.target, force=force)
+        check_owned(self.target, force=force, outputs=outputs)
         parent = self.target.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +298,7 @@ class OutputSet:
         elif _exchange(self.staging, t):
             shutil.rmtree(self.staging, ignore_errors=True)  # now holds the old set
         else:
-            old = Path(tempfile.mkdtemp(dir=t.parent, prefix=scratch_prefix(t.name, "old")))
+            old = make_scratch_dir(t.parent, t.name, "old")
             os.rename(t, old / t.name)
             os.rename(self.staging, t)
             shutil.rmtree(old, ignore_errors=True)
@@ -315,6 +306,11 @@ class OutputSet:
         return t
 
     def _merge_in_place(self) -> None:
+        foreign = set(foreign_files(self.target))
+        clashing = sorted(n for n in os.listdir(self.staging) if n in foreign)
+        if clashing:  # checked before anything moves: --force keeps foreign files, never replaces them
+            raise OutputError(f"run directory {self.target} holds {', '.join(clashing)}, which no repdeploy manifest "
+                              "lists and this run would replace; move it away or give -o another directory")
         manifest = read_manifest(self.target)
         for name in (manifest or {}).get("artifacts", []):
             p = self.target / str(name)
@@ -356,3 +352,17 @@ def note_removed(path: str | os.PathLike) -> None:
 
 def removed() -> list[Path]:
     return list(_removed)
+
+
+_resume_states: list[Path] = []
+
+
+def note_resume_state(path: str | os.PathLike) -> None:
+    """Record a resume-state file this process rewrote (an interrupt then says how to `--resume`)."""
+    p = Path(path)
+    if p not in _resume_states:
+        _resume_states.append(p)
+
+
+def resume_states() -> list[Path]:
+    return list(_resume_states)

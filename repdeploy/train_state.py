@@ -55,6 +55,9 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, m
         "torch_rng": torch.get_rng_state(),
         "identity": identity or {},
     })
+    from .rundir import note_resume_state
+
+    note_resume_state(path)  # an interrupt from now on says the state moved on and how to --resume
 
 
 def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
@@ -67,7 +70,9 @@ def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"training state {path} cannot be read ({str(exc).splitlines()[0]}); "
+        from .checkpoints.files import load_error_reason
+
+        raise CheckpointError(f"training state {path} cannot be read ({load_error_reason(exc)}); "
                               "delete it to start over") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a repdeploy training state; delete it to start over")

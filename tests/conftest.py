@@ -29,6 +29,14 @@ os.environ["MKL_NUM_THREADS"] = str(TEST_THREADS)
 torch.set_num_threads(TEST_THREADS)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _scratch_key(tmp_path_factory):
+    """repdeploy's per-user scratch key goes in the session's own directory, not the user's home
+    (subprocess CLI runs inherit it through the environment)."""
+    os.environ["REPDEPLOY_STATE_DIR"] = str(tmp_path_factory.mktemp("repdeploy-state"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _threads():
     """Re-apply the share before every test: a test that changes the pool must not leak it."""

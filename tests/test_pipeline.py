@@ -151,15 +151,15 @@ def test_cli_gate_fails_exit_3_after_writing_everything(tmp_path):
     assert "outlier: quantize" in r.stderr  # one progress line per stage
 
 
-def test_rerun_into_the_same_directory_leaves_no_stale_artifacts(result, tmp_path):
-    # a file with the good model's name that now fails to load: its old ONNX/report must go
+def test_a_failed_rerun_never_replaces_a_good_run_directory(result, tmp_path):
+    # issue 21 N4: a file with the good model's name that now fails to load: the old results stay whole
     impostor = tmp_path / "repvgg_mini.pth"
     impostor.write_bytes(b"\x00 truncated")
-    again = run_pipeline([impostor], output_dir=result.output_dir, command="rerun", **FAST)
-    assert again.rows[0].status == "ERROR"
     run = result.output_dir / "repvgg_mini"
-    assert {p.name for p in run.iterdir()} == {"manifest.json", "report.json"}
-    assert json.loads((run / "manifest.json").read_text())["command"] == "rerun"
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    again = run_pipeline([impostor], output_dir=result.output_dir, command="rerun", **FAST)
+    assert again.rows[0].status == "ERROR" and "previous results" in again.rows[0].error
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_calibration_never_silently_uses_the_evaluation_images(tmp_path):

@@ -36,6 +36,7 @@ def read_file(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes); re-download or re-save it")
     with open(p, "rb") as f:
         head = f.read(16)
+    verify_sidecar_digest(p)
     if _looks_like_safetensors(head, size):
         return _read_safetensors(p)
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
@@ -61,6 +62,53 @@ def read_file(path: str | Path, *, trust_checkpoint: bool = False) -> Any:
                               "re-download or re-save it (--trust-checkpoint would not repair it)") from exc
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"checkpoint {p} is truncated or corrupt ({_first_line(exc)}); re-download it") from exc
+
+
+def sidecar_digest(p: Path) -> Path | None:
+    """`<file>.sha256` beside a checkpoint (the `sha256sum` format model releases ship), if any."""
+    side = p.with_name(p.name + ".sha256")
+    return side if side.is_file() else None
+
+
+def verify_sidecar_digest(p: Path) -> None:
+    """Check a checkpoint against its `.sha256` file, when one is there.
+
+    Zip checkpoints carry CRCs (verify_zip); safetensors and legacy (non-zip) torch files carry no
+    checksum at all, so a flipped bit in a weight would load as a slightly different weight. A
+    digest beside the file is the one check that catches it; without one, those formats are read
+    as they are (docs/checkpoints.md says so).
+    """
+    side = sidecar_digest(p)
+    if side is None:
+        return
+    from ..io import sha256_file
+
+    try:
+        text = side.read_text(errors="replace")[:4096]
+    except OSError as exc:
+        raise CheckpointError(f"digest file {side} cannot be read ({exc.strerror or exc})") from exc
+    m = re.match(r"\s*([0-9a-fA-F]{64})\b", text)
+    if m is None:
+        raise CheckpointError(f"digest file {side} holds no sha256 (64 hex digits, as `sha256sum` writes); fix or "
+                              "remove it")
+    if sha256_file(p).lower() != m.group(1).lower():
+        raise CheckpointError(f"checkpoint {p} does not match its digest {side.name} (sha256 differs: the bytes "
+                              "changed after it was published); re-download it")
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """Why a weights-only torch.load refused a file, in repdeploy's words.
+
+    torch's own message advises loading without the weights-only restriction ("will likely
+    succeed"): advice to run code from an untrusted file is never passed on.
+    """
+    text = str(exc)
+    what = _unsafe_global(text)
+    if isinstance(exc, pickle.UnpicklingError) and what:
+        return f"it needs arbitrary unpickling{what}, which repdeploy refuses for this file"
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return f"its pickle data is invalid ({_unpickler_reason(exc)})"
+    return _first_line(exc)
 
 
 def verify_zip(p: Path) -> None:

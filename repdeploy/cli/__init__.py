@@ -11,7 +11,22 @@ import click
 from ..version import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Main(click.Group):
+    """The command group; a usage error under `--json` is also one JSON object on stdout."""
+
+    def invoke(self, ctx: click.Context):
+        wants_json = "--json" in ctx.args  # read now: invoking the command consumes them
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            if wants_json:
+                import json
+
+                click.echo(json.dumps({"error": exc.format_message(), "exit_code": exc.exit_code}, indent=2))
+            raise  # click prints the usage and exits 2
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="repdeploy")
 @click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors (for bug reports).")
 def main(debug: bool) -> None:

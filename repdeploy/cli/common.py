@@ -6,18 +6,19 @@ for one release as hidden aliases (`deprecated_alias`), with a note on stderr.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from ..errors import RepDeployError
+from ..failures import describe_failure  # noqa: F401 - the boundary's wording, re-exported for the commands
 from ..progress import DATA_WARNING, LOGGER_NAME, disable_bars, enable_bars, set_quiet
 
 #: The release in which the deprecated spellings stop being accepted.
@@ -27,64 +28,28 @@ ALIAS_REMOVAL = "0.3"
 #: Set by `repdeploy --debug` (or REPDEPLOY_DEBUG=1): unexpected errors show their traceback.
 DEBUG = bool(os.environ.get("REPDEPLOY_DEBUG"))
 
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-_NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
-
-
-def describe_failure(exc: BaseException) -> tuple[str, int]:
-    """The one line and exit code for an error that escaped a command (the error boundary).
-
-    repdeploy's own errors carry both; the rest are mapped by kind: a full disk or a read-only
-    output is the user's to fix, memory exhaustion says what to shrink, anything else is an
-    internal error whose traceback `--debug` shows.
-    """
-    from ..rundir import committed, removed
-
-    if isinstance(exc, RepDeployError):
-        return str(exc), exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
-        def listed(paths: list) -> str:
-            return ", ".join(map(str, paths[:5])) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-
-        done, gone = committed(), removed()
-        kept = f"; finished before it and kept: {listed(done)}" if done else ""
-        stale = f"; removed at the start as it would describe old runs: {listed(gone)}" if gone else ""
-        return ("interrupted; the outputs being written were discarded and the previous ones left as they were"
-                f"{kept}{stale}"), 130
-    if isinstance(exc, MemoryError):
-        return ("out of memory; use a smaller --batch-size, input size or --calib-samples, or a machine with more "
-                "memory"), 1
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        where = f" writing {exc.filename}" if exc.filename else ""
-        return (f"no space left on the device{where}; the unfinished output was removed and earlier results kept; "
-                "free some space or give -o a path on another disk"), 1
-    if isinstance(exc, OSError) and exc.errno in _NO_ACCESS:
-        where = f" {exc.filename}" if exc.filename else ""
-        return f"permission denied{where} ({exc.strerror}); give -o a path you can write, or fix the permissions", 2
-    if isinstance(exc, OSError):
-        where = f" on {exc.filename}" if exc.filename else ""
-        return f"system error{where}: {exc.strerror or exc}; check the path and the disk", 1
-    text = str(exc).strip().splitlines()
-    first = text[0][:200] if text else ""
-    return (f"internal error: {type(exc).__name__}: {first}; rerun with `repdeploy --debug ...` for the traceback "
-            "and report it"), 1
-
-
 def handle_errors(fn: Callable) -> Callable:
     """The error boundary of a command: every failure becomes one line on stderr and an exit code.
 
-    Tracebacks appear only with `repdeploy --debug` (or REPDEPLOY_DEBUG=1).
+    With --json the same failure is also one JSON object on stdout (`{"error": ..., "exit_code": ...}`),
+    so a caller that parses stdout always gets JSON. Output directories the failed command created
+    are removed when still empty. Tracebacks appear only with `repdeploy --debug` (or REPDEPLOY_DEBUG=1).
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from ..failures import remove_if_empty, restore_interrupt
+        from ..io import created_dirs, forget_created_dirs
+
+        restore_interrupt()  # from here on Ctrl-C unwinds, so staged outputs are discarded
+        forget_created_dirs()
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and kwargs.get("as_json") is True:
+            ctx.meta[_AS_JSON_KEY] = True
         try:
-            ctx = click.get_current_context(silent=True)
             json_out = ctx.meta.get(_JSON_OUT_KEY) if ctx is not None else None
             if json_out:
-                from ..io import ensure_writable_file
-
-                ensure_writable_file(json_out)  # before the work, not after it
+                check_json_out(json_out)  # before the work, not after it
             with warnings.catch_warnings():
                 # Library warnings (unstable timing, a layout on the wrong runtime) are shown as
                 # they happen, as one `warning:` line; --quiet hides them with every other message.
@@ -94,17 +59,65 @@ def handle_errors(fn: Callable) -> Callable:
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # usage errors: click prints them with exit code 2
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - this is the boundary
+            remove_if_empty(created_dirs())
             if DEBUG and not isinstance(exc, (KeyboardInterrupt, RepDeployError)):
                 raise  # known errors stay one line; the unexpected ones are what a bug report needs
             message, code = describe_failure(exc)
-            click.echo(f"error: {message}", err=True)
-            sys.exit(code)
+            fail(message, code)
         finally:
             # A command run in-process (click's test runner, main() called from Python) must not
             # leave the CLI's handler behind: library calls after it would print again.
             reset_logging()
 
     return wrapper
+
+
+def fail(message: str, code: int) -> None:
+    """Print one `error:` line (and, with --json, one JSON error object on stdout) and exit."""
+    ctx = click.get_current_context(silent=True)
+    wants_json = ctx is not None and (ctx.meta.get(_AS_JSON_KEY) or ctx.params.get("as_json") is True)
+    if wants_json and not ctx.meta.get(_EMITTED_KEY):
+        click.echo(to_json({"error": message, "exit_code": code}))
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def command_inputs(ctx: click.Context) -> list[str]:
+    """Every parameter value of the running command that names an existing file or directory,
+    outputs aside: what an output must never replace."""
+    found: list[str] = []
+    for name, value in ctx.params.items():
+        if name in ("output", "json_out"):
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, str) and v and os.path.exists(v):
+                found.append(v)
+    return found
+
+
+def check_json_out(json_out: str) -> None:
+    """--json-out must be a writable regular file that is neither an input nor the -o output."""
+    from ..errors import OutputError
+    from ..io import ensure_writable_file
+    from ..rundir import refuse_overwriting_inputs
+
+    ensure_writable_file(json_out)
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    try:
+        refuse_overwriting_inputs(command_inputs(ctx), files=[json_out])
+    except OutputError as exc:
+        raise OutputError(str(exc).replace("give -o another path", "give --json-out another path")) from None
+    from ..rundir import refuse_other_kind
+
+    refuse_other_kind(json_out, "json", "--json-out")
+    output = ctx.params.get("output")
+    if isinstance(output, str) and output:
+        out, js = Path(output), Path(json_out)
+        if out.resolve() == js.resolve() or js.resolve().is_relative_to(out.resolve()):
+            raise OutputError(f"--json-out {json_out} is the -o output {output} (or inside it); give --json-out a "
+                              "path of its own")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -185,6 +198,8 @@ def quiet_option(fn: Callable) -> Callable:
 # ------------------------------------------------------------------------------ --json / --json-out
 
 _JSON_OUT_KEY = "repdeploy.json_out"
+_AS_JSON_KEY = "repdeploy.as_json"
+_EMITTED_KEY = "repdeploy.emitted"
 
 
 def json_option(fn: Callable) -> Callable:
@@ -202,7 +217,10 @@ def json_option(fn: Callable) -> Callable:
 
 
 def to_json(record: Any) -> str:
-    return json.dumps(record, indent=2, default=_default)
+    """Strict JSON: a NaN or Inf that reached a record is written as null, never as the invalid `NaN`."""
+    from ..io import finite_json
+
+    return json.dumps(finite_json(record), indent=2, default=_default, allow_nan=False)
 
 
 def emit(record: dict, as_json: bool, text: Callable[[dict], str] | None = None) -> None:
@@ -218,6 +236,8 @@ def emit(record: dict, as_json: bool, text: Callable[[dict], str] | None = None)
         write_bytes_atomic(json_out, (to_json(record) + "\n").encode())
     if as_json:
         click.echo(to_json(record))
+        if ctx is not None:
+            ctx.meta[_EMITTED_KEY] = True  # one JSON object on stdout: a later failure adds no second
     elif text is not None:
         click.echo(text(record))
     else:
@@ -331,7 +351,20 @@ def preprocessing_options(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, prep_mean, prep_std, prep_resize, **kwargs: Any) -> Any:
-        kwargs["prep"] = dict(mean=_floats("--mean", prep_mean), std=_floats("--std", prep_std), resize=prep_resize)
+        from .. import validate
+
+        try:  # this wrapper runs outside the command's boundary: the same one line, here
+            mean = validate.per_channel("--mean", _floats("--mean", prep_mean))
+            std = validate.per_channel("--std", _floats("--std", prep_std), positive=True)
+            validate.resize("--resize", prep_resize)
+            if prep_resize is not None:
+                # One batch of images resized to this shorter side must fit (a 1e6 resize asks for 48 TB).
+                batch = kwargs.get("batch_size") if isinstance(kwargs.get("batch_size"), int) else 64
+                validate.fits_in_memory("--resize", 2.0 * max(batch, 1) * 3 * 4 * prep_resize ** 2,
+                                        f"a batch of {batch} images resized to {prep_resize} px")
+        except RepDeployError as exc:
+            fail(*describe_failure(exc))
+        kwargs["prep"] = dict(mean=mean, std=std, resize=prep_resize)
         return fn(*args, **kwargs)
 
     for option in reversed(options):

@@ -68,6 +68,9 @@ def compare_cmd(model_a, model_b, engines, eval_data, samples, batch_size, atol,
         raise click.BadParameter("give --engine once (both models) or twice (A, then B)", param_hint="--engine")
     engine_a = engines[0] if engines else None
     engine_b = engines[-1] if engines else None
+    from ..validate import MAX_COMPARE_SAMPLES, integer
+
+    integer("--samples", samples, low=1, high=MAX_COMPARE_SAMPLES, allow_none=False)  # 1e9 would never end
     result = compare(model_a, model_b, engine_a=engine_a, engine_b=engine_b, data=eval_data, samples=samples,
                      batch_size=batch_size, atol=atol, rtol=rtol, seed=seed, threads=threads, device=device,
                      load_kwargs=load_kwargs, check=False)

@@ -112,12 +112,13 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
     from ..io import ensure_writable_file
     from ..models import PlainNet
 
-    from ..rundir import refuse_overwriting_inputs
+    from ..rundir import refuse_other_kind, refuse_overwriting_inputs
     from ..validate import number
 
     number("--tolerance", tolerance, low=0.0, low_open=True, high=1.0, allow_none=False)
     ensure_writable_file(output)
     refuse_overwriting_inputs([checkpoint], files=[output])
+    refuse_other_kind(output, "torch")
     loaded = load(checkpoint, **load_kwargs)
     if loaded.model is None:
         raise click.UsageError(f"{checkpoint} is a scales file with no weights; {loaded.deploy_steps}")
@@ -195,7 +196,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
     from ..errors import ExportError, InputError
     from ..export.onnx import PARITY_TOLERANCE, check_opset, export_onnx, ort_parity
     from ..io import atomic_path, ensure_writable_file
-    from ..rundir import refuse_overwriting_inputs
+    from ..rundir import refuse_other_kind, refuse_overwriting_inputs
     from ..runtime import model_kind
     from ..validate import input_size as check_input_size
 
@@ -232,6 +233,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
             f"  profile: {profile_summary(build.profiles)}"))
         return
     ensure_writable_file(output)
+    refuse_other_kind(output, "onnx")
     if is_onnx:
         raise InputError(f"{checkpoint} is already ONNX; give a checkpoint, or --format trt to build an engine from it")
     precision = precision or "fp32"

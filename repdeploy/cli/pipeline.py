@@ -127,6 +127,11 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
     elif code == 3:
         failed = [r.name for r in result.rows if r.status == "FAILED"]
         click.echo(f"error: accuracy gate failed for {', '.join(failed)} (top-1 drop > {max_drop:g} points)", err=True)
+    elif code != 0:
+        # Rows that stopped at a stage: the same one `error:` line a command gives (issue 21 N17).
+        errors = [r for r in result.rows if r.status == "ERROR"]
+        more = f" (and {len(errors) - 1} more model(s), see the report)" if len(errors) > 1 else ""
+        click.echo(f"error: {errors[0].name}: {errors[0].failed_stage}: {errors[0].error}{more}", err=True)
     sys.exit(code)
 
 

@@ -121,11 +121,9 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
             (mismatched if isinstance(exc, VerificationError) else failed).append(str(exc))
             report = __import__("json").loads((Path(out) / "report.json").read_text())
         records.append({**report, "output_dir": str(out)})
-    if as_json:
-        emit(records[0] if len(records) == 1 else {"models": records}, True)
-    else:
-        for r in records:
-            click.echo(_text(r))
+    doc = records[0] if len(records) == 1 else {"models": records}
+    # emit writes --json-out with or without --json (issue 21 N11), and prints the text otherwise.
+    emit(doc, as_json, lambda _: "\n".join(_text(r) for r in records))
     if mismatched:  # a model that does not compute what was measured outranks an accuracy gate
         raise VerificationError(mismatched[0] if len(mismatched) == 1 else
                                 f"{len(mismatched)} models failed verification: {mismatched[0]}")

@@ -187,6 +187,7 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ma
     if not models:
         raise click.UsageError("give at least one MODEL (checkpoint, fused .pt, .onnx or engine)")
     click.get_current_context().meta["repdeploy.json_out"] = json_out
+    click.get_current_context().meta["repdeploy.as_json"] = as_json  # a failure then prints a JSON error too
     sizes = _batches(batches)
     for size in sizes:  # every knob checked before the first model loads: NaN would never end
         bench_options(batch=size, warmup=warmup, duration=duration, iterations=iterations, threads_=threads)
@@ -223,8 +224,9 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ma
                                                       max_duration=max_duration)
             except RepDeployError as exc:
                 failures.append({"path": ", ".join(str(m) for m, _ in runners), "error": str(exc),
-                                 "exit_code": exc.exit_code})
-                click.echo(f"error: {exc}", err=True)
+                                 "exit_code": exc.exit_code, "batch": size})
+                if all(f["error"] != str(exc) for f in failures[:-1]):  # the same cause at every batch: once
+                    click.echo(f"error: {exc}", err=True)
                 continue
             first = measured[0].stats.p50_ms
             for (model, _), result in zip(runners, measured):

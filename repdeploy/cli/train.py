@@ -79,16 +79,20 @@ def _placement(device: str, amp: str):
     return where, amp_dtype(amp, where)
 
 
-def _prepare(arch: str, data: str, val_data: str | None, image_size: int | None, seed: int):
+def _prepare(arch: str, data: str, val_data: str | None, image_size: int | None, seed: int, batch_size: int = 1):
     from ..data import open_train_val
     from ..models import get_spec
 
-    from ..validate import input_size, seed as check_seed
+    from ..validate import input_size, integer, seed as check_seed, training_batch
 
     base = get_spec(arch)
     input_size("--input-size", image_size)  # 0 is an error, not "the default"
     check_seed("--seed", seed)
+    integer("--batch-size", batch_size, low=1, high=65_536, allow_none=False)
     size = image_size if image_size is not None else base.input_size
+    # Bounded by this machine's memory before any data is read (issue 21 N12).
+    training_batch("--input-size/--batch-size", batch=batch_size, size=size, channels=base.in_channels,
+                   widths=base.widths, depths=base.depths)
     train_set, val_set = open_train_val(data, image_size=size, channels=base.in_channels, val_source=val_data,
                                         seed=seed)
     return get_spec(arch, num_classes=len(train_set.classes)), train_set, val_set, size
@@ -157,16 +161,18 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
     from ..optim.repopt import load_scales
     from ..recipes import train_architecture
 
-    from ..rundir import refuse_overwriting_inputs
+    from ..rundir import refuse_other_kind, refuse_overwriting_inputs
 
     ensure_writable_file(output)
     refuse_overwriting_inputs([train_data, eval_data, scales], files=[output, state_path or f"{output}.state"])
+    refuse_other_kind(output, "torch")
+    refuse_other_kind(state_path or f"{output}.state", "torch", "--state")
     if state_path is not None and Path(state_path).resolve() == Path(output).resolve():
         raise click.BadParameter("the training state and the checkpoint must be different files", param_hint="--state")
     where, amp_type = _placement(device, amp)
     family = get_spec(arch).family
     optimizer = optimizer or ("repopt-sgd" if family == "repopt" else "sgd")
-    spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
+    spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed, batch_size)
     scale_values = load_scales(scales, spec) if scales else None
     config = _config(optimizer, lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,
@@ -206,12 +212,14 @@ def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size,
     from ..io import ensure_writable_file
     from ..optim.hypersearch import hypersearch
 
-    from ..rundir import refuse_overwriting_inputs
+    from ..rundir import refuse_other_kind, refuse_overwriting_inputs
 
     ensure_writable_file(output)
     refuse_overwriting_inputs([train_data, eval_data], files=[output, state_path or f"{output}.state"])
+    refuse_other_kind(output, "torch")
+    refuse_other_kind(state_path or f"{output}.state", "torch", "--state")
     where, amp_type = _placement(device, amp)
-    spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed)
+    spec, train_set, val_set, size = _prepare(arch, train_data, eval_data, input_size, seed, batch_size)
     config = _config("sgd", lr=lr, weight_decay=weight_decay, epochs=epochs, batch_size=batch_size,
                      warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, augment=augment, seed=seed,
                      checkpoint_every=checkpoint_every)

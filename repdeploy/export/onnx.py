@@ -7,6 +7,7 @@ FP32 and INT8 graphs come out of the same exporter with the same node names.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +17,9 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
+
+#: Serializes torch.onnx.export across threads (its state is process-global; issue 21 N10).
+EXPORT_LOCK = threading.RLock()
 from ..io import atomic_path
 from ..preprocess import META_INPUT_SIZE, META_PRECISION
 
@@ -67,6 +71,13 @@ def export_onnx(
 
     import onnx
 
+    from .. import validate
+    from ..errors import InputError
+
+    if not isinstance(model, nn.Module):
+        raise InputError(f"export_onnx: model must be a torch nn.Module (a fused PlainNet), not {type(model).__name__}")
+    validate.input_size("input_size", input_size)
+    validate.integer("in_channels", in_channels, low=1, high=64, allow_none=False)
     check_opset(opset)
     if precision not in PRECISIONS:
         raise ExportError(f"ONNX precision {precision!r}: use one of {', '.join(PRECISIONS)} (INT8 comes from quantize)")
@@ -83,7 +94,9 @@ def export_onnx(
     axes = {INPUT_NAME: input_axes, OUTPUT_NAME: {0: "batch"} if dynamic_batch else {}}
     with atomic_path(path) as tmp:
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            # torch's exporter keeps process-global state (GLOBALS.in_onnx_export): two threads
+            # exporting at once corrupt each other's run, so exports in one process take turns.
+            with EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
                 # The TorchScript exporter is deprecated in favour of dynamo; we rely on it on purpose.
                 warnings.simplefilter("ignore")
                 torch.onnx.export(

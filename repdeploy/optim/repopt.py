@@ -163,7 +163,10 @@ def load_scales(path: str | os.PathLike, spec: ArchSpec | None = None) -> dict[s
     except FileNotFoundError as exc:
         raise CheckpointError(f"scales file {path} does not exist; make one with `repdeploy hypersearch`") from exc
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError ... for bad files
-        raise CheckpointError(f"scales file {path} cannot be read safely ({str(exc).splitlines()[0]})") from exc
+        from ..checkpoints.files import load_error_reason
+
+        raise CheckpointError(f"scales file {path} cannot be read safely ({load_error_reason(exc)}); make it again "
+                              "with `repdeploy hypersearch`") from exc
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:

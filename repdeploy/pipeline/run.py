@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -17,7 +18,8 @@ from typing import Any, Iterator, Sequence
 from .. import defaults
 from ..errors import InputError, RepDeployError
 from ..progress import status
-from ..rundir import OutputSet, check_owned, clean_stale_scratch, note_removed, refuse_overwriting_inputs
+from ..rundir import (REPORT_SET, OutputSet, check_owned, clean_stale_scratch, commit_files, make_scratch_dir,
+                      read_manifest, refuse_foreign_outputs, refuse_overwriting_inputs)
 from ..version import __version__
 from ..zoo import builtin_zoo
 from .records import Fused, ModelJob, StageFailure
@@ -27,7 +29,13 @@ from .settings import (BUILTIN_DATA, DEFAULT_BENCH_SESSIONS, DEFAULT_DURATION_S,
 from .stages import (benchmark_pair, build_tensorrt, check_labels, evaluate_pair, export_fp32, finetune_qat,
                      load_checkpoint, open_evaluation_data, quantize_int8)
 
-REPORT_EXTENSIONS = ("json", "csv", "md", "html")
+REPORT_EXTENSIONS = REPORT_SET
+#: What a run directory may hold (names and patterns): with --force, a foreign file matching one is
+#: refused up front, since the run would replace it.
+RUN_DIR_OUTPUTS = ("fused.pt", "calib.json", "report.json", "manifest.json", "model_*.onnx", "model_*.engine",
+                   "qat_*")
+#: QAT epochs beyond this are a typo (the pipeline's QAT column is a short fine-tune).
+MAX_QAT_EPOCHS = 1000
 
 
 @dataclass
@@ -100,7 +108,6 @@ def run_pipeline(
     0
     """
     from ..io import ensure_writable_dir
-    from ..report import write_report
 
     if engine not in ("ort", "trt"):
         raise InputError(f"pipeline engine {engine!r}: choose ort or trt (torch is for `repdeploy bench`)")
@@ -122,12 +129,12 @@ def run_pipeline(
     validate.integer("--sessions", bench_sessions, low=1, high=100, allow_none=False)
     validate.integer("--calib-samples", calib_samples, low=1, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)
-    validate.integer("--qat-epochs", qat_epochs, low=1, allow_none=False)
+    validate.integer("--qat-epochs", qat_epochs, low=1, high=MAX_QAT_EPOCHS, allow_none=False)
     validate.number("--qat-lr", qat_lr, low=0.0, low_open=True)
     if checkpoints and zoo is not None:
         raise InputError(f"--zoo {zoo} with checkpoints: --zoo picks the built-in models run when no checkpoint is "
                          "given; drop one of them")
-    validate.integer("--resize", resize, low=1)
+    validate.resize("--resize", resize)
     if fallback_float and max_drop is None:
         raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
     if engine == "trt":
@@ -156,18 +163,19 @@ def run_pipeline(
     names = _unique_names([name for *_, name in jobs])
     out = Path(output_dir)
     inputs = [path for path, *_ in jobs] + [data, calib_data, train_data]
-    refuse_overwriting_inputs(inputs, files=[out / f"report.{ext}" for ext in REPORT_EXTENSIONS],
+    report_names = [f"report.{ext}" for ext in REPORT_EXTENSIONS]
+    refuse_overwriting_inputs(inputs, files=[out / n for n in report_names],
                               directories=[out / name for name in names])
     if triton_repo is not None and Path(triton_repo).resolve() == out.resolve():
         raise InputError(f"--triton-repo {triton_repo} is the output directory, whose run directories have the "
                          "models' names; give the repository its own folder (e.g. OUTPUT/triton)")
+    refuse_foreign_outputs(out, report_names)  # the user's own report.md is never replaced, --force or not
     for name in names:
-        check_owned(out / name, force=force)
+        check_owned(out / name, force=force, outputs=RUN_DIR_OUTPUTS)
     created = not out.exists()
     out = ensure_writable_dir(output_dir)
     try:
         clean_stale_scratch(out)
-        _clear_previous_report(out)
         command = command or " ".join(["repdeploy", *sys.argv[1:]])
 
         rows: list[ModelRow] = []
@@ -180,13 +188,7 @@ def run_pipeline(
 
         from ..machine import environment
 
-        try:
-            report = write_report([r.to_dict() for r in rows], out, settings=settings.to_dict(),
-                                  environment=environment(), title="repdeploy pipeline report")
-        except BaseException:
-            for ext in REPORT_EXTENSIONS:  # half a report set (a full disk) would mislead: none at all
-                (out / f"report.{ext}").unlink(missing_ok=True)
-            raise
+        report = _commit_report(rows, out, settings, environment())
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -209,15 +211,48 @@ def _package_passed(rows: list[ModelRow], repo: str | Path, target: str, force: 
     return package_models(passed, repo, kind="gpu" if gpu else "cpu", tensorrt_accelerator=gpu, force=force)
 
 
+def _commit_report(rows: list[ModelRow], out: Path, settings: PipelineSettings, env: dict):
+    """Write the top-level report set in a scratch directory and commit it as one set
+    (rundir.commit_files, report.json last): a kill leaves the old set or the new one, never a mix."""
+    from ..report import ReportPaths, write_report
+
+    stage = make_scratch_dir(out, "report", "staging")
+    try:
+        write_report([r.to_dict() for r in rows], stage, settings=settings.to_dict(), environment=env,
+                     title="repdeploy pipeline report")
+        commit_files(stage, out, [f"report.{ext}" for ext in ("csv", "md", "html", "json")])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return ReportPaths(*(out / f"report.{ext}" for ext in ("json", "csv", "md", "html")))
+
+
+#: Names a run directory must not take: the top-level report set lives beside the run directories.
+_RESERVED = {f"report.{ext}" for ext in REPORT_EXTENSIONS} | {"manifest.json"}
+
+
 def _unique_names(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
+    """One run-directory name per checkpoint: the file name without its suffix, made unique over the
+    whole list (x/a.pth, y/a.pth and a-2.pth get a, a-2 and a-2-2), never a report file's name."""
+    bases = []
     for n in names:
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", n.removesuffix(".tar")).strip("._") or "model"
         for suffix in (".pth", ".pt", ".safetensors", ".bin", ".ckpt"):
             base = base.removesuffix(suffix)
-        seen[base] = seen.get(base, 0) + 1
-        out.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+        bases.append(base.strip("._") or "model")
+    taken = set(_RESERVED) | {b for b in bases if bases.count(b) == 1}
+    first: set[str] = set()
+    out = []
+    for base in bases:
+        if base not in _RESERVED and (bases.count(base) == 1 or base not in first):
+            first.add(base)
+            taken.add(base)
+            out.append(base)
+            continue
+        k = 2
+        while f"{base}-{k}" in taken:
+            k += 1
+        taken.add(f"{base}-{k}")
+        out.append(f"{base}-{k}")
     return out
 
 
@@ -226,7 +261,7 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
     from ..io import sha256_file
 
     try:
-        output_set = OutputSet(run_dir, force=force)
+        output_set = OutputSet(run_dir, force=force, outputs=RUN_DIR_OUTPUTS)
     except RepDeployError as exc:  # the run directory itself could not be made
         return ModelRow(name=name, checkpoint=str(path), run_dir=str(run_dir), failed_stage="setup", error=str(exc),
                         exit_code=exc.exit_code)
@@ -235,6 +270,13 @@ def _run_one(path: Path, name: str, run_dir: Path, s: PipelineSettings, load_kwa
                        load_kwargs=load_kwargs, input_size=input_size,
                        sha256=sha256_file(path) if path.is_file() else None)
         row = _run_staged(job, s, command)
+        previous = read_manifest(run_dir)
+        if row.status == "ERROR" and previous and previous.get("status", {}).get("status") != "ERROR":
+            # A failed attempt never replaces a complete run: the old results stay, and the row says so.
+            output_set.discard()
+            row.error = (f"{row.error}; the previous results in {run_dir} were kept (this attempt's partial outputs "
+                         "were discarded)")
+            return row
         output_set.commit()
     except BaseException:
         output_set.discard()  # Ctrl-C or a full disk: the previous run directory stays as it was
@@ -252,7 +294,13 @@ def _stage(label: str, name: str, timings: dict[str, float]) -> Iterator[None]:
     except RepDeployError as exc:
         raise StageFailure(label, exc) from exc
     except Exception as exc:  # noqa: BLE001 - one model's crash must not stop the others
-        raise StageFailure(label, RepDeployError(f"{type(exc).__name__}: {exc}")) from exc
+        # The command line's boundary words it: a full disk or a refused path reads the same in a row.
+        from ..failures import describe_failure
+
+        message, code = describe_failure(exc)
+        error = RepDeployError(message)
+        error.exit_code = code
+        raise StageFailure(label, error) from exc
     finally:
         timings[label] = round(time.perf_counter() - start, 3)
 
@@ -310,20 +358,3 @@ def _manifest(job: ModelJob, s: PipelineSettings, command: str, fused: Fused | N
     manifest["timings"] = row.timings
     manifest["artifacts"] = sorted([*row.artifacts, "report.json", "manifest.json"])
     return manifest
-
-
-def _clear_previous_report(out: Path) -> None:
-    """Remove the previous top-level report set, if repdeploy wrote it, so an interrupted run never
-    leaves an old table beside new run directories. A report.json that is not repdeploy's is kept."""
-    import json
-
-    try:
-        doc = json.loads((out / "report.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return
-    if isinstance(doc, dict) and doc.get("tool") == "repdeploy" and isinstance(doc.get("models"), list):
-        for ext in REPORT_EXTENSIONS:
-            if (out / f"report.{ext}").exists():
-                (out / f"report.{ext}").unlink()
-                note_removed(out / f"report.{ext}")
-

@@ -68,6 +68,9 @@ def check_labels(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSet
     if s.data == BUILTIN_DATA and num_classes != val.num_classes:
         raise DataError(f"{name} predicts {num_classes} classes, not the {val.num_classes} digits of the "
                         "built-in data; pass --data with the model's own labelled validation images")
+    from ..data.folders import check_class_match
+
+    check_class_match(val, num_classes, name)  # folders by name, never shifted by a missing one
     if val.num_classes and val.num_classes > num_classes:
         raise DataError(f"data {s.data} has {val.num_classes} classes but {name} predicts {num_classes}; "
                         "pass --data with the model's own validation images")

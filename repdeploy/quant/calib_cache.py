@@ -23,6 +23,11 @@ from ..models.plain import PlainNet
 from ..models.specs import ArchSpec
 
 CACHE_FORMAT = "repdeploy-calib/1"
+#: A cached amax more than this many times the largest value the data produces (or less than
+#: 1/PLAUSIBLE_RATIO of it) is not a calibration of this model on such data: an edited or foreign
+#: range. Honest caches stay well inside: max vs entropy/percentile on another sample of the same
+#: data differ by 1-4x.
+PLAUSIBLE_RATIO = 10.0
 
 
 def weights_fingerprint(plain: PlainNet) -> str:
@@ -92,16 +97,17 @@ class CalibrationCache:
             tensors = {}
             for name, r in d["tensors"].items():
                 tr = TensorRange(float(r["amax"]), float(r.get("min", -r["amax"])), float(r.get("max", r["amax"])))
-                if not math.isfinite(tr.amax) or tr.amax < 0:
-                    raise CalibrationError(f"{source}: amax of {name} must be finite and >= 0, got {r['amax']}")
+                if not all(math.isfinite(v) for v in (tr.amax, tr.min, tr.max)) or tr.amax < 0:
+                    raise CalibrationError(f"{source}: amax, min and max of {name} must be finite (amax >= 0), got "
+                                           f"{r.get('amax')}, {r.get('min')}, {r.get('max')}")
                 tensors[name] = tr
             return cls(arch=dict(d["model"]["arch"]), weights_sha256=str(d["model"]["weights_sha256"]),
-                       method=str(d["method"]), samples=int(d["samples"]), tensors=tensors,
+                       method=str(d["method"]), samples=_count(d["samples"], source), tensors=tensors,
                        percentile=d.get("percentile"), bins=d.get("bins"), target=d.get("target"),
                        data=dict(d.get("data") or {}))
         except CalibrationError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise CalibrationError(f"{source} is malformed ({type(exc).__name__}: {exc}); re-run calibration") from exc
 
     @classmethod
@@ -111,9 +117,27 @@ class CalibrationCache:
             d = json.loads(p.read_text())
         except FileNotFoundError as exc:
             raise CalibrationError(f"calibration cache {p} does not exist; drop --calib-cache to calibrate") from exc
+        except RecursionError:
+            raise CalibrationError(f"calibration cache {p} is nested too deeply to be a calibration cache; re-run "
+                                   "calibration") from None
         except (OSError, ValueError) as exc:
             raise CalibrationError(f"calibration cache {p} is not readable JSON ({exc}); re-run calibration") from exc
         return cls.from_dict(d, source=str(p))
+
+    def check_plausible(self, observed: Mapping[str, float], *, source: str = "calibration cache",
+                        data: str = "the data") -> None:
+        """Refuse ranges the data cannot explain: `observed` is each tensor's largest |value| on a
+        sample of the images (a max calibration). An amax of 1e38 quantizes every activation to zero
+        while the report would still read PASSED."""
+        for name, seen in observed.items():
+            amax = self.tensors[name].amax if name in self.tensors else None
+            if amax is None or not math.isfinite(seen) or seen <= 0:
+                continue
+            if amax > PLAUSIBLE_RATIO * seen or amax < seen / PLAUSIBLE_RATIO:
+                raise CalibrationError(
+                    f"{source}: the range of {name} (amax {amax:.4g}) is implausible for {data}, whose largest value "
+                    f"there is {seen:.4g} (allowed: within {PLAUSIBLE_RATIO:g}x); the cache was edited or made for "
+                    "other data: drop --calib-cache to recalibrate")
 
     def check_model(self, plain: PlainNet, source: str = "calibration cache") -> None:
         """Refuse a cache made for another architecture or other weights."""
@@ -128,3 +152,12 @@ class CalibrationCache:
                 f"{source} was made for other weights of {spec.name} (fingerprint differs); "
                 "drop --calib-cache to recalibrate"
             )
+
+
+def _count(value, source: str) -> int:
+    from ..validate import integer
+
+    try:
+        return integer("samples", value, low=0, high=10**9, allow_none=False)  # type: ignore[return-value]
+    except Exception as exc:  # noqa: BLE001 - InputError: reworded for the cache
+        raise CalibrationError(f"{source}: {exc}; re-run calibration") from None

@@ -27,7 +27,8 @@ from .. import defaults
 from ..version import __version__
 from ..errors import AccuracyGateError, DataError, InputError, VerificationError
 from ..io import ensure_writable_dir, write_json_atomic
-from ..rundir import clean_stale_scratch, commit_files, make_scratch_dir, refuse_overwriting_inputs
+from ..rundir import (clean_stale_scratch, commit_files, make_scratch_dir, refuse_foreign_outputs,
+                      refuse_overwriting_inputs)
 from ..models.plain import PlainNet
 from .calib import calibrate
 from .calib_cache import CalibrationCache
@@ -116,6 +117,7 @@ def quantize(
     paths = [v for v in (source_path, calib_data, eval_data) if isinstance(v, (str, os.PathLike))]  # not in-memory data
     refuse_overwriting_inputs(paths, files=[Path(output_dir) / n for n in names.values()])
     refuse_overwriting_inputs([calib_cache], files=[Path(output_dir) / n for k, n in names.items() if k != "calib"])
+    refuse_foreign_outputs(output_dir, names.values())  # the user's own fused.pt or report.json is never replaced
     created = not Path(output_dir).exists()
     out = ensure_writable_dir(output_dir)
     try:
@@ -210,6 +212,10 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     elif cache_in is None and forward_loop is None:
         calib_source = open_calibration_data(calib_data, samples=calib_samples, seed=seed, image_size=spec.input_size,
                                              channels=spec.in_channels, batch_size=BATCH, mean=mean, std=std)
+    if eval_set is not None:
+        from ..data.folders import check_class_match
+
+        check_class_match(eval_set, spec.num_classes, info["variant"])  # by name, never shifted by position
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_set.source} has no labels; give a class-folder layout or labels in the .npz")
     n_verify = images_for(spec.input_size, VERIFY_IMAGES, 32)
@@ -264,6 +270,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         verify_set = image_set(calib_data if calib_data is not None else "builtin", "val")
         verify_name = verify_set.source
         x_verify = torch.cat([x for x, _ in verify_set.batches(BATCH, limit=n_verify)])
+    if cache_in is not None:  # a hand-edited range must not pass as calibration (issue 21 N9)
+        observed = calibrate(QuantPlainNet(plain, target), [x_verify], method="max", data={"source": verify_name})
+        cache_in.check_plausible(observed.amax, source=str(calib_cache), data=verify_name)
     # The record the model is fed with from now on: what calibration (or the evaluation) used.
     # In-memory tensors carry none: the caller prepared them, and the outputs say so (None).
     fed = next((d for d in (calib_set, eval_set, verify_set) if d is not None), None)

@@ -61,7 +61,7 @@ def check_quantize_arguments(calib_method: str, target: str, calib_samples: int,
     validate.number("--percentile", percentile, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)
     validate.seed("--seed", seed)
-    validate.integer("--resize", resize, low=1)
+    validate.resize("--resize", resize)
     if calib_method not in METHODS:
         raise InputError(f"unknown calibration method {calib_method!r}; use one of {', '.join(METHODS)}")
     if target not in TARGETS:

@@ -50,7 +50,7 @@ from ..errors import DataError, InputError, VerificationError
 from ..io import ensure_writable_dir
 from ..optim.priors import QuantSGSHook, branch_scales_from_bn, set_prior_multipliers
 from ..optim.sharpness import sharpness, stable_lr
-from ..rundir import refuse_overwriting_inputs
+from ..rundir import refuse_foreign_outputs, refuse_overwriting_inputs
 from ..train import TrainConfig, label_smoothing_loss, top1_accuracy
 from ..version import __version__
 from .calib_cache import weights_fingerprint
@@ -167,6 +167,7 @@ def qat(
     refuse_overwriting_inputs([model, train_data, val_data, calib_cache, calib_data, scales_path],
                               files=[Path(output_dir) / n for n in [*names.values(), STATE_FILE]
                                      if not (n == STATE_FILE and resume)])
+    refuse_foreign_outputs(output_dir, names.values())  # the user's own fused.pt or report.json is never replaced
     world = init_world(device)
     where = world.device
     if not world.is_main:

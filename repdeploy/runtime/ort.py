@@ -138,12 +138,18 @@ class OrtRunner(Runner):
         if len(inputs) != 1:
             raise InputError(f"{self.path} has {len(inputs)} inputs; repdeploy runs single-image-input classifiers")
         self._input_name = inputs[0].name
+        batch = inputs[0].shape[0] if inputs[0].shape else None
+        self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
 
     def deactivate_impl(self) -> None:
         self._session = None
 
     def infer_impl(self, x: np.ndarray) -> np.ndarray:
+        if getattr(self, "_fixed_batch", None) and x.shape[0] != self._fixed_batch:
+            raise InputError(f"{self.path} has a fixed batch of {self._fixed_batch} and was given {x.shape[0]} images; "
+                             f"use --batch-size {self._fixed_batch} (eval) or --batches {self._fixed_batch} (bench), "
+                             "or re-export it with a dynamic batch (`repdeploy export`)")
         if self._input_dtype is np.float16:  # an FP16 graph: fp16 in, fp16 logits out
             return self._session.run(None, {self._input_name: x.astype(np.float16)})[0].astype(np.float32)
         return self._session.run(None, {self._input_name: x})[0]
@@ -155,7 +161,15 @@ class OrtRunner(Runner):
 
         nominal = self._session.get_modelmeta().custom_metadata_map.get(META_INPUT_SIZE)
         dtype = "float16" if self._input_dtype is np.float16 else "float32"
-        return InputMetadata(meta.name, shape, dtype, int(nominal) if nominal and nominal.isdigit() else None)
+        size = int(nominal) if nominal and nominal.isdigit() else None
+        if size is not None:
+            from ..validate import input_size
+
+            try:
+                input_size(f"{self.path} metadata {META_INPUT_SIZE}", size)  # 100000 would ask for terabytes
+            except InputError as exc:
+                raise InputError(f"{exc}; re-export the model with `repdeploy export`") from None
+        return InputMetadata(meta.name, shape, dtype, size)
 
     def describe(self) -> dict:
         threads = self._session.get_session_options().intra_op_num_threads if self._session else None
