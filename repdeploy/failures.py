@@ -41,7 +41,9 @@ def describe_failure(exc: BaseException) -> tuple[str, int]:
     """The one line (without `error: `) and the exit code for an error that escaped a command or a row."""
     if isinstance(exc, RepDeployError):
         return _one_line(str(exc)), exc.exit_code
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt) or _interrupt_seen:
+        # A Ctrl-C that lands inside a C++ writer (torch.save) surfaces as that writer's
+        # RuntimeError, not as KeyboardInterrupt: the recorded signal says what really happened.
         return _interrupted(), INTERRUPTED
     if isinstance(exc, MemoryError):
         return ("out of memory; use a smaller --batch-size, input size or --calib-samples, or a machine with more "
@@ -112,9 +114,21 @@ def install_early_interrupt() -> None:
         signal.signal(signal.SIGINT, _exit_interrupted)
 
 
+#: set by the command's SIGINT handler; read by describe_failure
+_interrupt_seen = False
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    global _interrupt_seen
+    _interrupt_seen = True
+    raise KeyboardInterrupt
+
+
 def restore_interrupt() -> None:
+    """From here on Ctrl-C unwinds (KeyboardInterrupt), and is remembered even where a C++ layer
+    turns it into another exception."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is _exit_interrupted:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_interrupt)
