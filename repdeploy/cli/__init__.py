@@ -2,6 +2,8 @@
 
 Each module in this package registers the commands of one area of the data flow; the group
 here only wires them up, so `repdeploy --help` stays fast (heavy imports happen per command).
+The areas are registered on the first look at the commands, so `repdeploy --version` imports
+click and nothing else (some option declarations import torch-side modules).
 """
 
 from __future__ import annotations
@@ -11,7 +13,24 @@ import click
 from ..version import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _AreaGroup(click.Group):
+    """A click group that imports its command modules when its commands are first looked at."""
+
+    _registered = False
+
+    @property
+    def commands(self) -> dict:
+        if not self._registered:
+            self._registered = True
+            _register(self)
+        return self._commands
+
+    @commands.setter
+    def commands(self, value: dict) -> None:
+        self._commands = value
+
+
+@click.group(cls=_AreaGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="repdeploy")
 @click.option("--debug", is_flag=True, help="Show the traceback of unexpected errors (for bug reports).")
 def main(debug: bool) -> None:
@@ -32,7 +51,7 @@ def main(debug: bool) -> None:
         common.DEBUG = True
 
 
-def _register() -> None:
+def _register(group: click.Group) -> None:
     import importlib
 
     for area in ("core", "train", "quant", "run", "pipeline", "qat", "compare", "doctor"):
@@ -43,7 +62,4 @@ def _register() -> None:
                 continue  # that area is not part of this build yet
             raise
         for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()
+            group.add_command(command)
