@@ -191,14 +191,29 @@ def preprocessing_of(path: str | Path) -> Preprocessing | None:
 
 
 def class_names_of(path: str | Path) -> list[str] | None:
-    """The class names an ONNX file records (metadata `repdeploy.class_names`); None when it has none."""
+    """The class names a model file records: ONNX metadata `repdeploy.class_names`, or a fused.pt's
+    `extra["class_names"]`; None when it records none."""
     from .metadata import class_names_in
 
-    try:
-        props = onnx_metadata(path)
-    except (OSError, ValueError):
+    p = Path(path)
+    if not p.is_file():
         return None
-    return class_names_in(props, str(path))
+    if p.suffix.lower() == ".onnx":
+        try:
+            props = onnx_metadata(p)
+        except (OSError, ValueError):
+            return None
+        return class_names_in(props, str(p))
+    if p.suffix.lower() in (".pt", ".pth"):
+        import torch
+
+        try:
+            raw = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - not a repdeploy file (or not loadable safely): no names
+            return None
+        names = (raw.get("extra") or {}).get("class_names") if isinstance(raw, dict) else None
+        return [str(n) for n in names] if isinstance(names, list) else None
+    return None
 
 
 __all__ = ["Preprocessing", "preprocess", "preprocessing_of", "class_names_of", "set_onnx_metadata",

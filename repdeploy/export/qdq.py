@@ -68,6 +68,11 @@ def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | N
         builder.build()
     except KeyError as exc:
         raise ExportError(f"{fp32_onnx} does not match the quantized {qnet.spec.name}: no {exc}") from exc
+    from ..metadata import stamp
+
+    # The FP32 file's metadata (preprocessing, class names, input size) carries over; the precision
+    # is this graph's own.
+    stamp(model, precision=f"int8-{target}")
     if target == "ort":
         from ..runtime.ort import record_session_config
 
