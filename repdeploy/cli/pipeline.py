@@ -10,6 +10,7 @@ from .. import defaults
 from ..zoo import ZOOS
 from .common import (checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
                      preprocessing_options, quiet_option)
+from .core import labels_option
 
 
 @click.command("pipeline")
@@ -60,6 +61,7 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @preprocessing_options
+@labels_option
 @device_option
 @checkpoint_options
 @json_option
@@ -67,7 +69,7 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs,
+                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, force, prep, labels, device, load_kwargs,
                  as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
@@ -105,7 +107,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
             bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
-            fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
+            fallback_float=fallback_float, allow_mismatch=allow_mismatch, labels=labels, **prep,
         )
     for w in caught:
         status(f"warning: {w.message}")

@@ -45,6 +45,7 @@ class PipelineSettings:
     std: tuple[float, ...] | None = None
     resize: int | None = None
     device: str = "auto"  # where torch steps (calibration, verification, QAT) run
+    labels: str | None = None  # class names file (one per line) for the ONNX metadata; default: the data's
 
     def to_dict(self) -> dict:
         return asdict(self)

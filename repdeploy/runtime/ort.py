@@ -18,10 +18,12 @@ def default_threads() -> int:
 
     ORT on its own sizes every session to all physical cores; a process that limited torch
     (`torch.set_num_threads`, OMP_NUM_THREADS, a test worker) would still oversubscribe the CPU.
+    A process without torch loaded (the serving runtime) gets 0: ORT's own default.
     """
-    import torch
+    import sys
 
-    return torch.get_num_threads()
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else 0
 
 
 # The recorded session config (metadata `repdeploy.ort_session_config`, META_SESSION_CONFIG) and
