@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.repdeploy-installed
 
-.PHONY: setup demo demo-qat test bench clean
+.PHONY: setup demo demo-qat test bench serving-check clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,18 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# The serving runtime in a venv without torch (numpy, onnxruntime, Pillow, then repdeploy with
+# --no-deps: the route docs/serving.md documents), against `repdeploy eval` on the same JPEGs.
+# About 45 s on a fresh machine with pip's cache warm; too long for the suite, which runs the
+# same check with torch blocked from importing instead (tests/test_serving.py).
+SERVE_VENV ?= runs/serving-venv
+serving-check: setup
+	rm -rf $(SERVE_VENV)
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install -q numpy onnxruntime Pillow
+	$(SERVE_VENV)/bin/python -m pip install -q --no-deps .
+	$(PY) tools/serving_check.py --serving-python $(SERVE_VENV)/bin/python --work runs/serving-check
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
