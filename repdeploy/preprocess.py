@@ -101,6 +101,13 @@ class Preprocessing:
             changes["resize"] = int(resize)
         return replace(self, **changes) if changes else self
 
+    def at_size(self, input_size: int) -> "Preprocessing":
+        """This record for another input size: the crop keeps its ratio to the resize (as open_dataset does)."""
+        if input_size == self.input_size:
+            return self
+        resize = max(input_size, int(round(self.resize * input_size / self.input_size)))
+        return replace(self, input_size=int(input_size), resize=resize)
+
     def summary(self) -> str:
         """One readable line for reports and logs."""
         crop = f"resize {self.resize}, centre crop {self.crop}" if self.resize != self.crop else f"resize {self.crop}"

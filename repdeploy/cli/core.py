@@ -271,15 +271,17 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
     prep = loaded.extra.get("preprocessing") if isinstance(loaded.extra, dict) else None
     prep = Preprocessing.from_dict(prep, f"{checkpoint} extra.preprocessing") if isinstance(prep, dict) else None
     if prep is not None and prep.input_size != size:
-        prep = None  # exported at another size: the recorded crop no longer applies
+        prep = prep.at_size(size)  # exported at another size: the crop keeps its ratio
+    prep_from = "the model's record" if prep is not None else "the default eval and quantize feed it with"
+    if prep is None:
+        from ..data.labels import default_preprocessing
+
+        prep = default_preprocessing(checkpoint, size, plain.spec.in_channels)
     from ..data.labels import class_names_for
 
     extra = loaded.extra if isinstance(loaded.extra, dict) else {}
     names = class_names_for(plain.spec.num_classes, labels=labels, recorded=extra.get("class_names"),
                             model_path=checkpoint)
-    if input_format != "float" and prep is None:
-        raise InputError(f"--input-format {input_format} needs the model's preprocessing record, which {checkpoint} "
-                         "does not carry; export the fused.pt that `repdeploy quantize` wrote")
     x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     # fp16 rounds every activation to 11 significant bits: its gate is looser, and stated.
     tolerance = 1e-2 if precision == "fp16" else PARITY_TOLERANCE
@@ -302,7 +304,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
         "precision": precision, "input_size": size, "dynamic_axes": ["batch", "height", "width"],
         "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),
         "ort_parity_tolerance": tolerance, "ort_parity_passed": passed,
-        "preprocessing": prep.to_dict() if prep is not None else None,
+        "preprocessing": prep.to_dict(), "preprocessing_from": prep_from,
         "class_names": names, "input_format": input_format, "input_format_verdict": in_graph,
     }
     emit(record, as_json, lambda r: (

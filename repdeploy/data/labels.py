@@ -32,3 +32,23 @@ def class_names_for(num_classes: int, *, labels: str | Path | None = None, recor
         if names and len(names) == num_classes:
             return [str(n) for n in names]
     return None
+
+
+def default_preprocessing(model_path: str | Path | None, input_size: int, channels: int):
+    """The record a model with none of its own is fed with by `eval` and `quantize`: a zoo model the
+    built-in digits' (it was trained on them), any other the image-folder default (ImageNet mean and
+    std, shorter side input_size / 0.875, centre crop). Export writes it, so no ONNX goes without one."""
+    from ..preprocess import Preprocessing
+    from .dataset import IMAGENET_MEAN, IMAGENET_STD, normalisation
+    from .folders import CROP_RATIO
+
+    if model_path is not None:
+        from ..zoo import is_zoo_path
+
+        if is_zoo_path(model_path):
+            from .sources import open_dataset
+
+            return open_dataset("builtin", split="val", image_size=input_size, channels=channels).preprocessing
+    mean, std = normalisation(None, None, IMAGENET_MEAN, IMAGENET_STD, channels)
+    return Preprocessing(input_size, max(input_size, int(round(input_size / CROP_RATIO))), mean, std,
+                         "L" if channels == 1 else "RGB")
