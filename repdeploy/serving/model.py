@@ -131,12 +131,18 @@ class Model:
 
     def classify(self, batch: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """Top-k classes of each image of a preprocessed batch: the step after `inputs`."""
-        logits = self.logits(batch)
+        return self.rank(self.logits(batch), top_k)
+
+    def rank(self, logits: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+        """Logits (N, classes) -> each row's top-k classes with names and softmax scores."""
         k = max(1, min(int(top_k), logits.shape[-1]))
+        top = np.argpartition(-logits, k - 1, axis=-1)[:, :k] if k < logits.shape[-1] else \
+            np.tile(np.arange(logits.shape[-1]), (len(logits), 1))
+        rows = np.arange(len(logits))[:, None]
+        top = np.take_along_axis(top, np.argsort(-logits[rows, top], axis=-1, kind="stable"), axis=-1)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         scores = np.exp(shifted)
         scores /= scores.sum(axis=-1, keepdims=True)
-        top = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
         names = self.class_names
         return [[Prediction(int(i), names[i] if i < len(names) else str(i), float(row[i])) for i in idx]
                 for idx, row in zip(top, scores)]
