@@ -204,7 +204,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
       repdeploy export RepVGG-A0-train.pth -o a0.onnx
       repdeploy export fused.pt -o a0.onnx --input-size 256 --json
       repdeploy export fused.pt -o a0_fp16.onnx --precision fp16
-      repdeploy export fused.pt -o a0_uint8.onnx --input-format uint8-nhwc --labels labels.txt
+      repdeploy export fused.pt -o a0_uint8.onnx --input-format uint8-nhwc
       repdeploy export out/model_int8_ort.onnx -o int8_uint8.onnx --input-format uint8-nhwc
       repdeploy export fused.pt -o a0.engine --format trt --precision fp16   # needs TensorRT + GPU
       repdeploy export out/model_int8_tensorrt.onnx -o a0_int8.engine --format trt \\

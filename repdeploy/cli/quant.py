@@ -104,7 +104,7 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
       repdeploy quantize ckpt.pth --int8 --calib-cache out/calib.json --target tensorrt -o out_trt/
       repdeploy quantize --int8 --eval-data builtin --max-drop 1.0 -o runs/zoo
       repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ --max-drop 1 --fallback-float -o out/
-      repdeploy quantize ckpt.pth --int8 --calib-data calib/ --labels labels.txt --input-format uint8-nhwc -o out/
+      repdeploy quantize ckpt.pth --int8 --calib-data calib/ --input-format uint8-nhwc -o out_uint8/
     """
     from ..errors import AccuracyGateError, VerificationError
     from ..quant.ptq import quantize
