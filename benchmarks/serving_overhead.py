@@ -145,7 +145,7 @@ def main() -> None:
         result = {"import": import_costs(args.imports),
                   "overhead": overhead(onnx_path, image, args.rounds, args.iterations, args.threads),
                   "environment": environment()}
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
