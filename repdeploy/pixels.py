@@ -5,16 +5,18 @@ calibration, evaluation and training (data/), the public `preprocess`, and the t
 runtime (serving/). So a service feeds a model bit for bit as repdeploy calibrated and evaluated it.
 
 The steps, as `preprocess.Preprocessing` records them:
-  1. channels: grey or RGB as `channel_order` says (Pillow's conversion for images and 8-bit arrays;
-     grey is replicated for a 3-channel model, alpha dropped);
-  2. resize so the shorter side is `resize` (bilinear, antialiased when shrinking: Pillow's filter),
-     then centre-crop `input_size` square. 8-bit pixels are resized in 8 bits, as Pillow resizes a
-     decoded JPEG; any other pixels (16-bit, float) in float32 per channel;
+  1. channels: grey or RGB as `channel_order` says (Pillow's conversion for images, ITU-R 601 luma in
+     float for arrays; grey is replicated for a 3-channel model, alpha dropped);
+  2. resize so the shorter side is `resize` (bilinear, antialiased when shrinking: Pillow's filter,
+     in float32 per channel, so no step rounds to whole grey levels), then centre-crop
+     `input_size` square;
   3. scale the pixel range to [0, 1] (8-bit images by 255, 16-bit images by 65535, arrays by the
      record's `value_range`), subtract `mean`, divide by `std`; NCHW float32.
 
-Steps 1-2 alone (`to_pixels`) give the uint8 NHWC batch a model with preprocessing inside its graph
-takes (export --input-format uint8-nhwc); step 3 is then the graph's own Cast/Sub/Div.
+Steps 1-2 alone, rounded to whole levels (`to_pixels`), give the uint8 NHWC batch a model with
+preprocessing inside its graph takes (export --input-format uint8-nhwc); step 3 is then the
+graph's own Cast/Sub/Div. That rounding (at most half a grey level, only where a resize happened)
+is the one difference between feeding such a graph and feeding the float graph.
 """
 
 from __future__ import annotations
@@ -92,11 +94,7 @@ def _match_channels(a: np.ndarray, channels: int) -> np.ndarray:
     if c == 1 and channels == 3:
         return np.repeat(a, 3, axis=-1)
     if c == 3 and channels == 1:
-        if a.dtype == np.uint8:
-            from PIL import Image
-
-            return np.asarray(Image.fromarray(np.ascontiguousarray(a), "RGB").convert("L"))[..., None]
-        return (a @ LUMA)[..., None].astype(np.float32)
+        return (a.astype(np.float32) @ LUMA)[..., None]
     raise DataError(f"preprocess: {c}-channel images cannot feed a {channels}-channel model")
 
 
@@ -110,15 +108,10 @@ def resize_crop(a: np.ndarray, size: int, resize: int) -> np.ndarray:
     scale = resize / min(h, w)
     nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
     if (nh, nw) != (h, w):
-        if a.dtype == np.uint8:
-            mode = "L" if a.shape[-1] == 1 else "RGB"
-            im = Image.fromarray(np.ascontiguousarray(a[..., 0] if mode == "L" else a), mode)
-            r = np.asarray(im.resize((nw, nh), Image.Resampling.BILINEAR))
-            a = r[..., None] if r.ndim == 2 else r
-        else:
-            planes = [np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), "F").resize(
-                (nw, nh), Image.Resampling.BILINEAR)) for c in range(a.shape[-1])]
-            a = np.stack(planes, axis=-1)
+        a = a.astype(np.float32, copy=False)
+        planes = [np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), "F").resize(
+            (nw, nh), Image.Resampling.BILINEAR)) for c in range(a.shape[-1])]
+        a = np.stack(planes, axis=-1)
     top, left = (nh - size) // 2, (nw - size) // 2
     return a[top : top + size, left : left + size]
 
@@ -131,17 +124,18 @@ def normalise(a: np.ndarray, value_range: tuple[float, float], mean, std) -> np.
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def _cropped(images, record) -> Iterable[tuple[np.ndarray, tuple[float, float]]]:
+def _cropped(images, record) -> Iterable[tuple[np.ndarray, tuple[float, float], bool]]:
     for image in split_images(images):
+        eight_bit = image.mode not in HIGH_BIT_MODES if _is_pil(image) else image.dtype == np.uint8
         a, value_range = image_array(image, record.channels, tuple(record.value_range))
-        yield resize_crop(a, record.input_size, record.resize), value_range
+        yield resize_crop(a, record.input_size, record.resize), value_range, eight_bit
 
 
 def to_input(images, record, *, normalised: bool = True) -> np.ndarray:
     """Images -> the model's float32 NCHW input (steps 1-3). `normalised=False`: float pixels that
     are model inputs already (their producer normalised them) are only resized and cropped."""
     batch = []
-    for a, value_range in _cropped(images, record):
+    for a, value_range, _ in _cropped(images, record):
         batch.append(normalise(a, value_range, record.mean, record.std) if normalised
                      else np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32))
     return np.stack(batch)
@@ -150,9 +144,9 @@ def to_input(images, record, *, normalised: bool = True) -> np.ndarray:
 def to_pixels(images, record) -> np.ndarray:
     """Images -> the uint8 NHWC batch (steps 1-2) that a graph with preprocessing inside it takes."""
     batch = []
-    for a, value_range in _cropped(images, record):
-        if a.dtype != np.uint8 or value_range != (0.0, 255.0):
+    for a, value_range, eight_bit in _cropped(images, record):
+        if not eight_bit or value_range != (0.0, 255.0):
             raise DataError("preprocess: a uint8-input model takes 8-bit images (PIL, files or uint8 arrays); "
                             f"got {a.dtype} pixels in the range {value_range}")
-        batch.append(a)
+        batch.append(a if a.dtype == np.uint8 else np.clip(np.rint(a), 0, 255).astype(np.uint8))
     return np.stack(batch)

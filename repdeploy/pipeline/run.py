@@ -84,11 +84,13 @@ def run_pipeline(
     resize: int | None = None,
     force: bool = False,
     device: str = "auto",
+    labels: str | Path | None = None,
 ) -> PipelineResult:
     """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
 
     Each run directory is staged and swapped in whole (rundir.OutputSet); an existing one must be
     repdeploy's (its manifest lists every file) unless `force`, and no output may be an input.
+    `labels` (a file, one class name per line) names the classes in every ONNX's metadata.
 
     >>> result = run_pipeline(["a.pth", "b.pth"], data="val/", output_dir="runs/x", max_drop=1.0)  # doctest: +SKIP
     >>> result.exit_code                                                                          # doctest: +SKIP
@@ -125,6 +127,10 @@ def run_pipeline(
     validate.integer("--resize", resize, low=1)
     if fallback_float and max_drop is None:
         raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
+    if labels is not None:
+        from ..metadata import read_labels
+
+        read_labels(labels)  # an unreadable or empty file is refused before the first model starts
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -143,6 +149,7 @@ def run_pipeline(
         qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
         fallback_float=fallback_float,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
+        labels=str(labels) if labels is not None else None,
     )
     if checkpoints:
         jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]

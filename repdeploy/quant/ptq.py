@@ -224,9 +224,8 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
                                              channels=spec.in_channels, batch_size=BATCH, mean=mean, std=std)
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_set.source} has no labels; give a class-folder layout or labels in the .npz")
-    class_names = class_names_for(spec.num_classes, labels=labels, datasets=(calib_set, eval_set), model_path=model
-                                  if isinstance(model, (str, os.PathLike)) else None,
-                                  recorded=class_names_of(model) if isinstance(model, (str, os.PathLike)) else None)
+    if labels is not None:
+        class_names_for(spec.num_classes, labels=labels)  # a labels file that does not fit fails before any work
     n_verify = images_for(spec.input_size, VERIFY_IMAGES, 32)
     if eval_limit is not None:
         n_verify = max(1, min(n_verify, eval_limit))
@@ -284,6 +283,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     fed = next((d for d in (calib_set, eval_set, verify_set) if d is not None), None)
     record = fed.preprocessing if fed is not None else preprocessing
     record_dict = record.to_dict() if record is not None else None
+    path = model if isinstance(model, (str, os.PathLike)) else None
+    class_names = class_names_for(spec.num_classes, labels=labels, recorded=class_names_of(path) if path else None,
+                                  datasets=(calib_set, eval_set, verify_set), model_path=path)
 
     stage = make_scratch_dir(out, "set", "quantize")
     try:
