@@ -49,7 +49,7 @@ def add_pixel_input(model, record, input_format: str) -> None:
     old = inputs[0]
     elem = old.type.tensor_type.elem_type
     if elem not in (TensorProto.FLOAT, TensorProto.FLOAT16):
-        raise ExportError("in-graph preprocessing needs a float image input; this graph takes uint8 pixels already")
+        raise InputError("--input-format: this graph takes uint8 pixels already; give the float-input ONNX")
     dims = [d.dim_param or d.dim_value for d in old.type.tensor_type.shape.dim]  # N, C, H, W
     channels = dims[1]
     if channels != record.channels:

@@ -298,7 +298,7 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
         if not passed:
             raise ExportError(f"{output}: ONNX Runtime differs from torch by {parity.max_rel_diff:.3g} of the logit "
                               f"scale (> {tolerance:g}) for {precision} at opset {opset}: FAILED, nothing was written")
-        in_graph = _pixel_input(float_onnx, staged, prep, input_format) if input_format != "float" else None
+        in_graph = _pixel_input(float_onnx, staged, prep, input_format, output) if input_format != "float" else None
     record = {
         "input": str(checkpoint), "variant": loaded.variant, "output": str(output), "opset": opset,
         "precision": precision, "input_size": size, "dynamic_axes": ["batch", "height", "width"],
@@ -316,12 +316,13 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
     ))
 
 
-def _pixel_input(float_onnx, output, record, input_format: str) -> dict:
-    """Write `output` with the normalisation inside the graph; its verdict against host preprocessing."""
+def _pixel_input(float_onnx, staged, record, input_format: str, output) -> dict:
+    """Write `staged` (becoming `output`) with the normalisation inside the graph; its verdict
+    against host preprocessing."""
     from ..errors import ExportError
     from ..ingraph import write_checked
 
-    verdict = write_checked(float_onnx, output, record, input_format)
+    verdict = write_checked(float_onnx, staged, record, input_format)
     if not verdict.passed:
         raise ExportError(f"{output}: {verdict.line()}, nothing was written")
     return verdict.to_dict()
@@ -338,7 +339,7 @@ def _pixel_input_from_onnx(source, output, input_format: str, as_json: bool) -> 
         raise InputError(f"{source} carries no preprocessing record, which --input-format {input_format} needs; "
                          "re-export it with repdeploy")
     with atomic_path(output) as staged:
-        verdict = _pixel_input(source, staged, record, input_format)
+        verdict = _pixel_input(source, staged, record, input_format, output)
     emit({"input": str(source), "output": str(output), "input_format": input_format,
           "preprocessing": record.to_dict(), "input_format_verdict": verdict}, as_json,
          lambda r: f"{r['input']} -> {r['output']} ({input_format} input)\n  input:       {verdict['line']}")
