@@ -70,10 +70,17 @@ def test_every_onnx_tells_its_precision_preprocessing_and_class_names(prepared, 
     work, ready = prepared
     r = cli("export", ZOO["repvgg_mini"], "-o", tmp_path / "fp16.onnx", "--precision", "fp16")
     assert r.exit_code == 0, r.output
-    r = cli("quantize", ready["models"][0].replace("model_int8_ort.onnx", "fused.pt"), "--calib-data", "builtin",
-            "--calib-samples", "32", "--calib-method", "max", "--target", "tensorrt", "-o", tmp_path / "trt")
-    assert r.exit_code == 0, r.output
     int8 = Path(ready["models"][0])
+    # the tensorrt layout from the same ranges, written as quantize writes it (export_qdq)
+    from repdeploy.checkpoints import load_fused
+    from repdeploy.export.qdq import export_qdq
+    from repdeploy.quant import QuantPlainNet
+    from repdeploy.quant.calib_cache import CalibrationCache
+
+    qnet = QuantPlainNet(load_fused(int8.parent / "fused.pt")[0], "tensorrt")
+    qnet.load_ranges(CalibrationCache.load(int8.parent / "calib.json").amax)
+    (tmp_path / "trt").mkdir()
+    export_qdq(qnet, int8.parent / "model_fp32.onnx", tmp_path / "trt" / "model_int8_tensorrt.onnx")
     files = {int8.parent / "model_fp32.onnx": "fp32", tmp_path / "fp16.onnx": "fp16", int8: "int8-ort",
              tmp_path / "trt" / "model_int8_tensorrt.onnx": "int8-tensorrt", Path(ready["models"][1]): "int8-ort"}
     for path, precision in files.items():
@@ -129,6 +136,8 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
     r = cli("export", int8, "-o", tmp_path / "cli.onnx", "--input-format", "uint8-nchw", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["input_format_verdict"]["passed"]
+    r = cli("export", tmp_path / "cli.onnx", "-o", tmp_path / "twice.onnx", "--input-format", "uint8-nhwc")
+    assert r.exit_code == 2 and "takes uint8 pixels already" in r.output and not (tmp_path / "twice.onnx").exists()
 
 
 def test_inputs_of_every_form_agree_and_bad_ones_are_refused(prepared, tmp_path):
