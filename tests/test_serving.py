@@ -83,8 +83,12 @@ def test_every_onnx_tells_its_precision_preprocessing_and_class_names(prepared, 
     export_qdq(qnet, int8.parent / "model_fp32.onnx", tmp_path / "trt" / "model_int8_tensorrt.onnx")
     files = {int8.parent / "model_fp32.onnx": "fp32", tmp_path / "fp16.onnx": "fp16", int8: "int8-ort",
              tmp_path / "trt" / "model_int8_tensorrt.onnx": "int8-tensorrt", Path(ready["models"][1]): "int8-ort"}
+    import onnx
+
     for path, precision in files.items():
         meta = onnx_metadata(path)
+        # the hand-written reader (no onnx package in a service) reads what onnx itself reads
+        assert meta == {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         assert meta["repdeploy.precision"] == precision, path
         assert class_names_of(path) == DIGITS, path
         assert preprocessing_of(path) is not None, path
@@ -171,6 +175,10 @@ def test_inputs_of_every_form_agree_and_bad_ones_are_refused(prepared, tmp_path)
         model.predict(path)[1:]
     with pytest.raises(InputError, match="threads"):
         Model(ready["models"][0], threads=0)
+    truncated = tmp_path / "truncated.onnx"  # a damaged file: one clear error, not a protobuf trace
+    truncated.write_bytes(Path(ready["models"][0]).read_bytes()[:-7])
+    with pytest.raises(InputError, match="truncated.onnx"):
+        Model(truncated)
 
 
 def test_concurrent_callers_get_the_serial_answers(prepared):
