@@ -40,6 +40,7 @@ serving-check: setup
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/python -m pip install -q numpy onnxruntime Pillow
 	$(SERVE_VENV)/bin/python -m pip install -q --no-deps .
+	@! $(SERVE_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "error: torch is importable in $(SERVE_VENV)"; exit 1)
 	$(PY) tools/serving_check.py --serving-python $(SERVE_VENV)/bin/python --work runs/serving-check
 
 clean:

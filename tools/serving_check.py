@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,7 +122,9 @@ def main() -> None:
     ap.add_argument("--serving-python", default=sys.executable, help="interpreter of the torch-free venv")
     ap.add_argument("--work", type=Path, default=Path("runs/serving-check"))
     args = ap.parse_args()
-    summary = check(args.serving_python, args.work)
+    # absolute, not resolved: a venv's python is a symlink whose target is outside the venv
+    python = os.path.abspath(args.serving_python) if os.sep in args.serving_python else args.serving_python
+    summary = check(python, args.work.absolute())
     print(json.dumps(summary, indent=2))
     sys.exit(0 if summary["passed"] else 1)
 
