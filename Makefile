@@ -32,7 +32,8 @@ bench: setup
 
 # The serving runtime in a venv without torch (numpy, onnxruntime, Pillow, then repdeploy with
 # --no-deps: the route docs/serving.md documents), against `repdeploy eval` on the same JPEGs.
-# About 45 s on a fresh machine with pip's cache warm; too long for the suite, which runs the
+# About 25 s of CPU (1.7 min of wall time on the loaded 2-core machine) with pip's cache warm;
+# too long for the suite, which runs the
 # same check with torch blocked from importing instead (tests/test_serving.py).
 SERVE_VENV ?= runs/serving-venv
 serving-check: setup
