@@ -140,6 +140,8 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
     r = cli("export", int8, "-o", tmp_path / "cli.onnx", "--input-format", "uint8-nchw", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["input_format_verdict"]["passed"]
+    r = cli("eval", tmp_path / "cli.onnx", "--eval-data", "builtin", "--eval-limit", "8")
+    assert r.exit_code == 2 and "takes uint8 pixels" in r.output  # the runners feed float: one clear line
     r = cli("export", tmp_path / "cli.onnx", "-o", tmp_path / "twice.onnx", "--input-format", "uint8-nhwc")
     assert r.exit_code == 2 and "takes uint8 pixels already" in r.output and not (tmp_path / "twice.onnx").exists()
 

@@ -118,6 +118,10 @@ class OrtRunner(Runner):
         if len(inputs) != 1:
             raise InputError(f"{self.path} has {len(inputs)} inputs; repdeploy runs single-image-input classifiers")
         self._input_name = inputs[0].name
+        if inputs[0].type == "tensor(uint8)":
+            raise InputError(f"{self.path} takes uint8 pixels and normalises them in its graph (--input-format); "
+                             "evaluate, benchmark or compare the float-input ONNX beside it, or serve it with "
+                             "repdeploy.serving")
         self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
 
     def deactivate_impl(self) -> None:
