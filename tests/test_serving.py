@@ -146,6 +146,29 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
     assert r.exit_code == 2 and "takes uint8 pixels already" in r.output and not (tmp_path / "twice.onnx").exists()
 
 
+def test_pipeline_stages_pass_labels_and_the_uint8_model_through(tmp_path):
+    from repdeploy.pipeline import ModelJob, PipelineSettings, assemble_row
+    from repdeploy.pipeline.stages import export_fp32, load_checkpoint, open_evaluation_data, quantize_int8
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class {i}\n" for i in range(10)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    job = ModelJob(name="repvgg_mini", checkpoint=ZOO["repvgg_mini"], run_dir=run_dir, final_dir=tmp_path / "final",
+                   load_kwargs={"arch": "RepVGG-mini"})
+    s = PipelineSettings(calib_samples=32, eval_limit=64, labels=str(labels), input_format="uint8-nhwc")
+    fused = load_checkpoint(job)
+    prepared = open_evaluation_data(job, fused, s)
+    exported = export_fp32(job, fused, prepared)
+    quantized = quantize_int8(job, fused, prepared, s)
+    names = [f"class {i}" for i in range(10)]
+    pixels = run_dir / "model_int8_ort_uint8_nhwc.onnx"
+    for path in (exported.fp32_onnx, quantized.int8_onnx, pixels, prepared.fused_pt):
+        assert class_names_of(path) == names, path
+    row = assemble_row(job, s, fused=fused, prepared=prepared, quantized=quantized)
+    assert [v["check"] for v in row.verdicts][-1] == "input_uint8_nhwc" and row.verdicts[-1]["passed"]
+
+
 def test_inputs_of_every_form_agree_and_bad_ones_are_refused(prepared, tmp_path):
     from repdeploy.serving import Model
 

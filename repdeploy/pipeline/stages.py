@@ -136,7 +136,8 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
     # quantize() judges its own hand-offs; the pipeline turns those verdicts into the row's status.
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
                               "target": s.target, "seed": s.seed, "device": s.device, "allow_mismatch": True,
-                              "preprocessing": prepared.val.preprocessing, "labels": s.labels}
+                              "preprocessing": prepared.val.preprocessing, "labels": s.labels,
+                              "input_format": s.input_format}
     if s.fallback_float:  # layers are chosen on a holdout of the calibration source, never on --data
         kwargs.update(fallback=True, max_drop=s.max_drop)
     if s.calib_method:
@@ -145,6 +146,9 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
         result = quantize(fused.plain, **kwargs)
         int8 = job.run_dir / result.int8_onnx.name
         result.int8_onnx.replace(int8)
+        pixels = result.report["files"].get("int8_pixels")  # --input-format: the uint8-input copy, judged
+        if pixels:
+            (scratch / pixels).replace(job.run_dir / pixels)
         calib_cache = job.run_dir / "calib.json"
         result.calib_cache.replace(calib_cache)
     finally:
