@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.repdeploy-installed
 
-.PHONY: setup demo demo-qat test bench serve-check clean
+.PHONY: setup demo demo-qat test bench serve-check serving-check clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,20 @@ $(SERVE_VENV)/.installed:
 serve-check: setup $(SERVE_VENV)/.installed
 	$(PY) tools/triton_serve_check.py prepare $(SERVE_OUT)
 	$(SERVE_VENV)/bin/python tools/triton_serve_check.py serve $(SERVE_OUT)
+
+# The serving runtime in a venv without torch (numpy, onnxruntime, Pillow, then repdeploy with
+# --no-deps: the route docs/serving.md documents), against `repdeploy eval` on the same JPEGs.
+# About 25 s of CPU (1.7 min of wall time on the loaded 2-core machine) with pip's cache warm;
+# too long for the suite, which runs the
+# same check with torch blocked from importing instead (tests/test_serving.py).
+SERVING_VENV ?= runs/serving-venv
+serving-check: setup
+	rm -rf $(SERVING_VENV)
+	$(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/python -m pip install -q numpy onnxruntime Pillow
+	$(SERVING_VENV)/bin/python -m pip install -q --no-deps .
+	@! $(SERVING_VENV)/bin/python -c "import torch" 2>/dev/null || (echo "error: torch is importable in $(SERVING_VENV)"; exit 1)
+	$(PY) tools/serving_check.py --serving-python $(SERVING_VENV)/bin/python --work runs/serving-check
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) runs build *.egg-info

@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["fuse_latency", "train_throughput", "ptq_latency", "calib_cost", "ptq_accuracy", "qat", "ort_latency",
-           "bench_overhead", "onnx_dynamic_shape", "demo_stability"]
+           "bench_overhead", "onnx_dynamic_shape", "demo_stability", "serving_overhead"]
 # benchmarks/gpu_latency.py is run by hand on a GPU machine (it exits 4 without one).
 
 

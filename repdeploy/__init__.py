@@ -14,27 +14,53 @@ docs/api.md has a worked example with data in memory. Library functions log thro
 `repdeploy` logger and never print; the command line installs the handler.
 """
 
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 from .version import __version__
 from .failures import install_early_interrupt as _install_early_interrupt
 
 _install_early_interrupt()  # the command line imports torch for seconds: Ctrl-C then is one line, exit 130
 
-# Imported eagerly on purpose: several API functions share their module's name (`fuse`,
-# `evaluate`, `bench`), and a lazy lookup would hand back the submodule once it was imported.
-from .bench import bench, bench_interleaved, bench_sessions  # noqa: E402
-from .checkpoints import load, load_fused, save_fused  # noqa: E402
-from .compare import compare  # noqa: E402
-from .evaluate import evaluate  # noqa: E402
-from .export.onnx import export_onnx  # noqa: E402
-from .fuse import fuse  # noqa: E402
-from .pipeline import run_pipeline  # noqa: E402
-from .preprocess import Preprocessing, preprocess, preprocessing_of  # noqa: E402
-from .quant.ptq import QuantizeResult, quantize  # noqa: E402
-from .quant.qat import qat  # noqa: E402
-from .runtime import open_runner  # noqa: E402
+# The facade is lazy (PEP 562): `import repdeploy.serving` (or `repdeploy.errors`) must not load
+# torch, so each API name is imported from its module on first use. Several API functions share
+# their module's name (`fuse`, `evaluate`, `bench`, `compare`, `preprocess`): importing such a
+# submodule makes Python bind it on the package, which would hide the function. `_Facade` refuses
+# those bindings, so `repdeploy.fuse` is the function however the submodules were imported, as it
+# was when the facade imported everything eagerly.
+_API = {
+    "bench": ".bench", "bench_interleaved": ".bench", "bench_sessions": ".bench",
+    "load": ".checkpoints", "load_fused": ".checkpoints", "save_fused": ".checkpoints",
+    "compare": ".compare", "evaluate": ".evaluate", "export_onnx": ".export.onnx", "fuse": ".fuse",
+    "run_pipeline": ".pipeline", "Preprocessing": ".preprocess", "preprocess": ".preprocess",
+    "preprocessing_of": ".preprocess", "QuantizeResult": ".quant.ptq", "quantize": ".quant.ptq",
+    "qat": ".quant.qat", "open_runner": ".runtime",
+}
 
-__all__ = [
-    "__version__", "load", "load_fused", "save_fused", "fuse", "export_onnx", "quantize", "qat",
-    "QuantizeResult", "evaluate", "bench", "bench_interleaved", "bench_sessions", "open_runner", "run_pipeline",
-    "compare", "preprocess", "preprocessing_of", "Preprocessing",
-]
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the module dict directly: _Facade's guard is for the import system
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+class _Facade(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return  # a submodule named like an API function: the function keeps the name
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Facade
+
+__all__ = ["__version__", *_API]

@@ -5,13 +5,15 @@ with it: fused.pt (`extra["preprocessing"]`), calib.json (`data.preprocessing`),
 the ONNX `metadata_props` (key `repdeploy.preprocessing`, JSON). eval, bench, quantize, qat and
 pipeline read it back and use it unless the user overrides a field with --mean/--std/--resize.
 
-The transform, for pixel arrays and image files alike:
+The transform, for pixel arrays and image files alike (its math is written once, in numpy, in
+pixels.py: every data source, `preprocess` and the serving runtime call it):
   1. grey or RGB as `channel_order` says (grey is replicated when the model takes 3 channels);
   2. resize so the shorter side is `resize` (bilinear), then centre-crop `input_size` square
      (resize == input_size: a plain resize of square images, no crop);
   3. scale `value_range` to [0, 1], subtract `mean`, divide by `std` per channel; NCHW float32.
 
-Services call `preprocess(images, record)`:
+This module imports neither torch nor onnx (the serving runtime needs it without them). Services
+call `preprocess(images, record)`, or use `repdeploy.serving`, which does it for them:
 
 >>> record = preprocessing_of("runs/demo/repvgg_mini/model_fp32.onnx")   # doctest: +SKIP
 >>> x = preprocess(uint8_images, record)                                 # doctest: +SKIP
@@ -27,14 +29,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import DataError, InputError
+from .errors import InputError
 
-ONNX_METADATA_KEY = "repdeploy.preprocessing"
-#: The other ONNX metadata keys: the nominal input size (calibration, benchmarks) of a graph whose
-#: height and width are dynamic, and the precision it was exported in. Export writes them and the
-#: runtimes read them, so they live here, below both (docs/architecture.md, "Layer order").
-META_INPUT_SIZE = "repdeploy.input_size"
-META_PRECISION = "repdeploy.precision"
+# The ONNX metadata keys, reader and writer live in metadata.py; the names below are kept for the
+# callers that import them from here.
+from .metadata import META_INPUT_SIZE, META_PRECISION, onnx_metadata, set_metadata_prop, stamp  # noqa: E402
+from .metadata import META_PREPROCESSING as ONNX_METADATA_KEY  # noqa: E402
+
 RECORD_VERSION = 1
 
 
@@ -112,6 +113,13 @@ class Preprocessing:
             changes["resize"] = int(resize)
         return replace(self, **changes) if changes else self
 
+    def at_size(self, input_size: int) -> "Preprocessing":
+        """This record for another input size: the crop keeps its ratio to the resize (as open_dataset does)."""
+        if input_size == self.input_size:
+            return self
+        resize = max(input_size, int(round(self.resize * input_size / self.input_size)))
+        return replace(self, input_size=int(input_size), resize=resize)
+
     def summary(self) -> str:
         """One readable line for reports and logs."""
         crop = f"resize {self.resize}, centre crop {self.crop}" if self.resize != self.crop else f"resize {self.crop}"
@@ -129,82 +137,24 @@ def _per_channel(values: Sequence[float], channels: int, option: str) -> tuple[f
     return v
 
 
-# -- the transform ------------------------------------------------------------------------------
-
-
-def transform(x, record: Preprocessing, *, already_scaled: bool = False):
-    """Resize/crop and normalise a float torch batch (N, C, H, W) of raw pixel values.
-
-    The one implementation behind `preprocess` and the array sources of data/arrays.py, so a service
-    and the evaluation feed a model identically.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    size = record.input_size
-    h, w = x.shape[-2:]
-    if (h, w) != (size, size) or record.resize != size:
-        scale = record.resize / min(h, w)
-        nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
-        if (nh, nw) != (h, w):
-            # antialias only matters when shrinking; bilinear upsampling is the same either way
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=nh < h or nw < w)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        x = x[..., top : top + size, left : left + size]
-    if already_scaled:
-        return x.contiguous()
-    lo, hi = record.value_range
-    x = (x - lo) / (hi - lo)
-    mean = torch.tensor(record.mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(record.std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((x - mean) / std).contiguous()
+# -- the math (pixels.py, in numpy) ------------------------------------------------------------------
 
 
 def preprocess(images, record: Preprocessing | dict) -> np.ndarray:
     """Raw images -> the model's float32 NCHW input, exactly as repdeploy fed it.
 
     `images`: one PIL image, a list of them, or a numpy array (H,W), (H,W,C), (N,H,W) or
-    (N,H,W,C) of raw pixel values (uint8 0-255 by default; see `record.value_range`).
+    (N,H,W,C) of raw pixel values (uint8 0-255 by default; see `record.value_range`). The math is
+    pixels.py's, the one every data source and the serving runtime use; no torch is involved.
 
     >>> preprocess(np.zeros((8, 8), np.uint8), record).shape              # doctest: +SKIP
     (1, 3, 32, 32)
     """
+    from .pixels import to_input
+
     if isinstance(record, dict):
         record = Preprocessing.from_dict(record)
-    if hasattr(images, "convert") or (isinstance(images, (list, tuple)) and images and hasattr(images[0], "convert")):
-        pil = [images] if hasattr(images, "convert") else list(images)
-        mode = "L" if record.channel_order == "L" else "RGB"
-        arrays = [np.asarray(im.convert(mode), dtype=np.float32) for im in pil]
-        batch = [_to_nchw(a[None], record) for a in arrays]
-        return np.concatenate([transform(b, record).numpy() for b in batch])
-    a = np.asarray(images)
-    if a.dtype.kind not in "uif":
-        raise DataError(f"preprocess: images of dtype {a.dtype} are not pixel values")
-    if a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (1, 3, 4)):
-        a = a[None]  # one image: (H, W) or (H, W, C)
-    if a.ndim not in (3, 4):
-        raise DataError(f"preprocess: array of shape {a.shape} is not (H,W), (H,W,C), (N,H,W) or (N,H,W,C)")
-    x = _to_nchw(a, record)
-    return transform(x, record).numpy().astype(np.float32, copy=False)
-
-
-def _to_nchw(a: np.ndarray, record: Preprocessing):
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(a)).float()
-    if x.ndim == 3:
-        x = x.unsqueeze(1)  # (N, H, W) grey
-    elif x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3):
-        x = x.permute(0, 3, 1, 2)
-    c = x.shape[1]
-    if c == 4:
-        x, c = x[:, :3], 3
-    if record.channels == 3 and c == 1:
-        x = x.expand(-1, 3, -1, -1)
-    elif record.channels == 1 and c == 3:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601 luma, as Pillow's "L"
-        x = (x * w).sum(1, keepdim=True)
-    return x
+    return to_input(images, record)
 
 
 # -- where the record lives ----------------------------------------------------------------------
@@ -224,69 +174,7 @@ def write_onnx_metadata(path: str | Path, record: Preprocessing) -> None:
 
 def set_onnx_metadata(model, record: Preprocessing) -> None:
     """Set the record on an in-memory onnx.ModelProto."""
-    set_metadata_prop(model, ONNX_METADATA_KEY, json.dumps(record.to_dict(), sort_keys=True))
-
-
-def set_metadata_prop(model, key: str, value: str) -> None:
-    """Set one metadata_props entry of an in-memory onnx.ModelProto, replacing an earlier one."""
-    for prop in list(model.metadata_props):
-        if prop.key == key:
-            model.metadata_props.remove(prop)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = key, value
-
-
-def onnx_metadata(path: str | Path) -> dict[str, str]:
-    """An ONNX file's metadata_props, read without parsing its graph.
-
-    Every ORT runner activation and every `preprocessing_of` reads them; `onnx.load` would parse
-    all weights first (0.6 s for B1's FP32 file), while the top-level fields of the ModelProto can
-    be stepped over by their lengths (metadata_props is field 14). Raises ValueError on a file that is not a ModelProto.
-    """
-    import mmap
-
-    from onnx import StringStringEntryProto
-
-    props: dict[str, str] = {}
-    with open(path, "rb") as f:
-        if not f.seek(0, 2):
-            raise ValueError(f"{path} is empty")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            pos, end = 0, len(buf)
-            while pos < end:
-                key, pos = _varint(buf, pos)
-                field, wire = key >> 3, key & 7
-                if wire == 0:
-                    _, pos = _varint(buf, pos)
-                elif wire == 1 or wire == 5:
-                    pos += 8 if wire == 1 else 4
-                elif wire == 2:
-                    length, pos = _varint(buf, pos)
-                    if field == 14:
-                        try:
-                            entry = StringStringEntryProto.FromString(buf[pos:pos + length])
-                        except Exception as exc:  # protobuf's DecodeError: a damaged entry
-                            raise ValueError(f"{path}: unreadable metadata entry at byte {pos}") from exc
-                        props[entry.key] = entry.value
-                    pos += length
-                else:
-                    raise ValueError(f"{path} is not an ONNX model (wire type {wire} at byte {pos})")
-            if pos != end:
-                raise ValueError(f"{path} is truncated")
-    return props
-
-
-def _varint(buf, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated or invalid varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+    stamp(model, preprocessing=record)
 
 
 def preprocessing_of(path: str | Path) -> Preprocessing | None:
@@ -332,5 +220,31 @@ def preprocessing_of(path: str | Path) -> Preprocessing | None:
     return None
 
 
-__all__ = ["Preprocessing", "preprocess", "preprocessing_of", "transform", "set_onnx_metadata",
+def class_names_of(path: str | Path) -> list[str] | None:
+    """The class names a model file records: ONNX metadata `repdeploy.class_names`, or a fused.pt's
+    `extra["class_names"]`; None when it records none."""
+    from .metadata import class_names_in
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if p.suffix.lower() == ".onnx":
+        try:
+            props = onnx_metadata(p)
+        except (OSError, ValueError):
+            return None
+        return class_names_in(props, str(p))
+    if p.suffix.lower() in (".pt", ".pth"):
+        import torch
+
+        try:
+            raw = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - not a repdeploy file (or not loadable safely): no names
+            return None
+        names = (raw.get("extra") or {}).get("class_names") if isinstance(raw, dict) else None
+        return [str(n) for n in names] if isinstance(names, list) else None
+    return None
+
+
+__all__ = ["Preprocessing", "preprocess", "preprocessing_of", "class_names_of", "set_onnx_metadata",
            "write_onnx_metadata", "set_metadata_prop", "onnx_metadata", "ONNX_METADATA_KEY", "META_INPUT_SIZE", "META_PRECISION"]

@@ -2,6 +2,8 @@
 
 Each module in this package registers the commands of one area of the data flow; the group
 here only wires them up, so `repdeploy --help` stays fast (heavy imports happen per command).
+The areas are registered on the first look at the commands, so `repdeploy --version` imports
+click and nothing else (some option declarations import torch-side modules).
 """
 
 from __future__ import annotations
@@ -12,7 +14,21 @@ from ..version import __version__
 
 
 class _Main(click.Group):
-    """The command group; a usage error under `--json` is also one JSON object on stdout."""
+    """The command group: imports its command modules when its commands are first looked at
+    (so `--version` loads no torch), and under `--json` a usage error is also one JSON object on stdout."""
+
+    _registered = False
+
+    @property
+    def commands(self) -> dict:
+        if not self._registered:
+            self._registered = True
+            _register(self)
+        return self._commands
+
+    @commands.setter
+    def commands(self, value: dict) -> None:
+        self._commands = value
 
     def invoke(self, ctx: click.Context):
         wants_json = "--json" in ctx.args  # read now: invoking the command consumes them
@@ -47,7 +63,7 @@ def main(debug: bool) -> None:
         common.DEBUG = True
 
 
-def _register() -> None:
+def _register(group: click.Group) -> None:
     import importlib
 
     for area in ("core", "train", "quant", "run", "pipeline", "qat", "compare", "package", "doctor"):
@@ -58,7 +74,4 @@ def _register() -> None:
                 continue  # that area is not part of this build yet
             raise
         for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register()
+            group.add_command(command)

@@ -151,6 +151,22 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
     ))
 
 
+def labels_option(f):
+    """--labels FILE: the class names a model's ONNX records (one per line, in the order of the logits)."""
+    return click.option("--labels", type=click.Path(), default=None,
+                        help="Class names, one per line in the order of the logits, recorded in the ONNX "
+                             "(default: the model's own, the data's class folders, or the zoo's digits).")(f)
+
+
+def input_format_option(f):
+    """--input-format: float NCHW input, or uint8 pixels that the graph itself normalises."""
+    from ..metadata import INPUT_FORMATS
+
+    return click.option("--input-format", type=click.Choice(INPUT_FORMATS), default="float", show_default=True,
+                        help="float: the preprocessed NCHW input. uint8-nhwc / uint8-nchw: raw 8-bit pixels "
+                             "(resized and cropped), normalised inside the graph (docs/serving.md).")(f)
+
+
 @click.command("export")
 @click.argument("checkpoint", type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output .onnx (or .engine with --format trt).")
@@ -168,12 +184,14 @@ def fuse_cmd(checkpoint, output, tolerance, load_kwargs, as_json):
 @click.option("--cache-dir", type=click.Path(), default=None,
               help="trt: timing and engine caches (default: trt_cache/ beside the output).")
 @click.option("--verbose", is_flag=True, help="trt: show TensorRT's build log.")
+@labels_option
+@input_format_option
 @checkpoint_options
 @json_option
 @quiet_option
 @handle_errors
 def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, min_shapes, opt_shapes, max_shapes,
-               cache_dir, verbose, load_kwargs, as_json):
+               cache_dir, verbose, labels, input_format, load_kwargs, as_json):
     """Export a checkpoint (train, deploy or fused form) to ONNX, or build a TensorRT engine.
 
     The model is fused and verified first; the ONNX (dynamic batch, height and width) is
@@ -187,6 +205,8 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
       repdeploy export RepVGG-A0-train.pth -o a0.onnx
       repdeploy export fused.pt -o a0.onnx --input-size 256 --json
       repdeploy export fused.pt -o a0_fp16.onnx --precision fp16
+      repdeploy export fused.pt -o a0_uint8.onnx --input-format uint8-nhwc
+      repdeploy export out/model_int8_ort.onnx -o int8_uint8.onnx --input-format uint8-nhwc
       repdeploy export fused.pt -o a0.engine --format trt --precision fp16   # needs TensorRT + GPU
       repdeploy export out/model_int8_tensorrt.onnx -o a0_int8.engine --format trt \\
           --min-shapes input:1x3x224x224 --opt-shapes input:8x3x224x224 --max-shapes input:64x3x224x224
@@ -233,6 +253,9 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
             f"  profile: {profile_summary(build.profiles)}"))
         return
     ensure_writable_file(output)
+    if is_onnx and input_format != "float":
+        _pixel_input_from_onnx(checkpoint, output, input_format, as_json)
+        return
     refuse_other_kind(output, "onnx")
     if is_onnx:
         raise InputError(f"{checkpoint} is already ONNX; give a checkpoint, or --format trt to build an engine from it")
@@ -250,32 +273,78 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
     prep = loaded.extra.get("preprocessing") if isinstance(loaded.extra, dict) else None
     prep = Preprocessing.from_dict(prep, f"{checkpoint} extra.preprocessing") if isinstance(prep, dict) else None
     if prep is not None and prep.input_size != size:
-        prep = None  # exported at another size: the recorded crop no longer applies
+        prep = prep.at_size(size)  # exported at another size: the crop keeps its ratio
+    prep_from = "the model's record" if prep is not None else "the default eval and quantize feed it with"
+    if prep is None:
+        from ..data.labels import default_preprocessing
+
+        prep = default_preprocessing(checkpoint, size, plain.spec.in_channels)
+    from ..data.labels import class_names_for
+
+    extra = loaded.extra if isinstance(loaded.extra, dict) else {}
+    names = class_names_for(plain.spec.num_classes, labels=labels, recorded=extra.get("class_names"),
+                            model_path=checkpoint)
     x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
     # fp16 rounds every activation to 11 significant bits: its gate is looser, and stated.
     tolerance = 1e-2 if precision == "fp16" else PARITY_TOLERANCE
     # The file appears under its name only once ORT has run it and agreed with torch.
-    with atomic_path(output) as staged:
-        export_onnx(plain, staged, input_size=size, in_channels=plain.spec.in_channels, opset=opset,
-                    precision=precision, preprocessing=prep)
-        parity = ort_parity(plain, staged, x)
+    import tempfile
+    from pathlib import Path
+
+    with atomic_path(output) as staged, tempfile.TemporaryDirectory(prefix="repdeploy-export-") as scratch:
+        float_onnx = staged if input_format == "float" else Path(scratch) / "float.onnx"
+        export_onnx(plain, float_onnx, input_size=size, in_channels=plain.spec.in_channels, opset=opset,
+                    precision=precision, preprocessing=prep, class_names=names)
+        parity = ort_parity(plain, float_onnx, x)
         passed = parity.max_rel_diff <= tolerance
         if not passed:
             raise ExportError(f"{output}: ONNX Runtime differs from torch by {parity.max_rel_diff:.3g} of the logit "
                               f"scale (> {tolerance:g}) for {precision} at opset {opset}: FAILED, nothing was written")
+        in_graph = _pixel_input(float_onnx, staged, prep, input_format, output) if input_format != "float" else None
     record = {
         "input": str(checkpoint), "variant": loaded.variant, "output": str(output), "opset": opset,
         "precision": precision, "input_size": size, "dynamic_axes": ["batch", "height", "width"],
         "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),
         "ort_parity_tolerance": tolerance, "ort_parity_passed": passed,
-        "preprocessing": prep.to_dict() if prep is not None else None,
+        "preprocessing": prep.to_dict(), "preprocessing_from": prep_from,
+        "class_names": names, "input_format": input_format, "input_format_verdict": in_graph,
     }
     emit(record, as_json, lambda r: (
         f"exported {r['variant']} -> {r['output']} ({precision}, opset {r['opset']}, dynamic batch and HxW, "
         f"nominal {size}x{size})\n"
         f"  ORT vs torch: max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g} "
         f"(tolerance {tolerance:g}), top-1 agreement {parity.top1_agreement:.0%}: PASSED"
+        + (f"\n  input:       {in_graph['line']}" if in_graph else "")
     ))
+
+
+def _pixel_input(float_onnx, staged, record, input_format: str, output) -> dict:
+    """Write `staged` (becoming `output`) with the normalisation inside the graph; its verdict
+    against host preprocessing."""
+    from ..errors import ExportError
+    from ..ingraph import write_checked
+
+    verdict = write_checked(float_onnx, staged, record, input_format)
+    if not verdict.passed:
+        raise ExportError(f"{output}: {verdict.line()}, nothing was written")
+    return verdict.to_dict()
+
+
+def _pixel_input_from_onnx(source, output, input_format: str, as_json: bool) -> None:
+    """`export model.onnx --input-format uint8-nhwc`: the same graph, taking uint8 pixels."""
+    from ..errors import InputError
+    from ..io import atomic_path
+    from ..preprocess import preprocessing_of
+
+    record = preprocessing_of(source)
+    if record is None:
+        raise InputError(f"{source} carries no preprocessing record, which --input-format {input_format} needs; "
+                         "re-export it with repdeploy")
+    with atomic_path(output) as staged:
+        verdict = _pixel_input(source, staged, record, input_format, output)
+    emit({"input": str(source), "output": str(output), "input_format": input_format,
+          "preprocessing": record.to_dict(), "input_format_verdict": verdict}, as_json,
+         lambda r: f"{r['input']} -> {r['output']} ({input_format} input)\n  input:       {verdict['line']}")
 
 
 COMMANDS = [inspect_cmd, fuse_cmd, export_cmd]

@@ -10,6 +10,7 @@ from .. import defaults
 from ..zoo import ZOOS
 from .common import (checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
                      preprocessing_options, quiet_option)
+from .core import input_format_option, labels_option
 
 
 @click.command("pipeline")
@@ -62,6 +63,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
 @preprocessing_options
+@labels_option
+@input_format_option
 @device_option
 @checkpoint_options
 @json_option
@@ -69,8 +72,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, triton_repo, force, prep, device,
-                 load_kwargs, as_json):
+                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, triton_repo, force, prep, labels,
+                 input_format, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -108,7 +111,8 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
             bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
-            fallback_float=fallback_float, allow_mismatch=allow_mismatch, triton_repo=triton_repo, **prep,
+            fallback_float=fallback_float, allow_mismatch=allow_mismatch, triton_repo=triton_repo, labels=labels,
+            input_format=input_format, **prep,
         )
     for w in caught:
         status(f"warning: {w.message}")

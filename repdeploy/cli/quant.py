@@ -9,6 +9,7 @@ import click
 from .. import defaults
 from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
                      quiet_option)
+from .core import input_format_option, labels_option
 
 
 def _text(r: dict) -> str:
@@ -79,6 +80,8 @@ def _text(r: dict) -> str:
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a model whose verification failed; the report records that it was allowed.")
 @preprocessing_options
+@labels_option
+@input_format_option
 @click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @device_option
@@ -87,8 +90,8 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, prep, seed, output_dir, device,
-                 load_kwargs, as_json):
+                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, prep, labels, input_format, seed, output_dir,
+                 device, load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -101,6 +104,7 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
       repdeploy quantize ckpt.pth --int8 --calib-cache out/calib.json --target tensorrt -o out_trt/
       repdeploy quantize --int8 --eval-data builtin --max-drop 1.0 -o runs/zoo
       repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ --max-drop 1 --fallback-float -o out/
+      repdeploy quantize ckpt.pth --int8 --calib-data calib/ --input-format uint8-nhwc -o out_uint8/
     """
     from ..errors import AccuracyGateError, VerificationError
     from ..quant.ptq import quantize
@@ -109,7 +113,7 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
     common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
                   eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
-                  allow_mismatch=allow_mismatch, device=device, **prep)
+                  allow_mismatch=allow_mismatch, device=device, labels=labels, input_format=input_format, **prep)
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
     records, failed, mismatched = [], [], []

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..preprocess import Preprocessing, transform
+from ..pixels import to_input
+from ..preprocess import Preprocessing
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, normalisation
 
 
@@ -153,29 +154,19 @@ def array_dataset(name: str, images: np.ndarray, labels: np.ndarray | None, clas
 
     def load(items: np.ndarray) -> torch.Tensor:
         batch = np.asarray(images[items])  # fancy indexing reads only these rows of a memmap
-        x = torch.from_numpy(np.ascontiguousarray(batch)).float()
-        if layout == "NHW":
-            x = x.unsqueeze(1)
-        elif layout == "NHWC":
-            x = x.permute(0, 3, 1, 2)
-        x = _match_channels(name, x, channels)
-        # float arrays are model inputs already: their producer normalised them
-        return transform(x, record, already_scaled=is_float)
+        if layout == "NCHW":
+            batch = batch.transpose(0, 2, 3, 1)
+        _check_channels(name, batch.shape[-1] if layout != "NHW" else 1, channels)
+        # the one preprocessing math (pixels.py); float arrays are model inputs already: their
+        # producer normalised them, so they are only resized
+        return torch.from_numpy(to_input(list(batch), record, normalised=not is_float))
 
     return ImageDataset(name, image_size, channels, tuple(mean), tuple(std), classes, labels, load,
                         resize=record.resize, split=split, value_range=record.value_range)
 
 
-def _match_channels(name: str, x: torch.Tensor, channels: int) -> torch.Tensor:
-    c = x.shape[1]
-    if c == channels:
-        return x
-    if c == 4 and channels == 3:
-        return x[:, :3]  # RGBA: drop alpha
-    if c == 1 and channels == 3:
-        return x.expand(-1, 3, -1, -1)
-    if c in (3, 4) and channels == 1:
-        # ITU-R 601 luma, as Pillow's "L" conversion uses.
-        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
-        return (x[:, :3] * w).sum(1, keepdim=True)
-    raise DataError(f"data {name}: {c}-channel images cannot feed a {channels}-channel model")
+def _check_channels(name: str, c: int, channels: int) -> None:
+    # pixels.py converts RGBA, grey and RGB into each other; nothing else can feed a model
+    if c != channels and not (c == 4 and channels == 3) and not (c == 1 and channels == 3) \
+            and not (c in (3, 4) and channels == 1):
+        raise DataError(f"data {name}: {c}-channel images cannot feed a {channels}-channel model")

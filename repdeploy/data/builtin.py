@@ -23,3 +23,11 @@ def builtin_path() -> Path:
 def is_builtin(source) -> bool:
     """Whether a data source names the built-in set (None, "builtin" or "digits")."""
     return source is None or str(source).lower() in BUILTIN_NAMES
+
+
+def builtin_classes() -> list[str]:
+    """The digits' class names, as the shipped archive lists them ("0" .. "9")."""
+    import numpy as np
+
+    with np.load(builtin_path(), allow_pickle=False) as archive:
+        return [str(c) for c in archive["classes"]]

@@ -21,7 +21,7 @@ from ..errors import ExportError
 #: Serializes torch.onnx.export across threads (its state is process-global; issue 21 N10).
 EXPORT_LOCK = threading.RLock()
 from ..io import atomic_path
-from ..preprocess import META_INPUT_SIZE, META_PRECISION
+from ..metadata import META_INPUT_SIZE, META_PRECISION, stamp  # noqa: F401 (META_*: callers import them from here)
 
 OPSET = 17
 #: QDQ with per-channel axes needs opset 13; the TorchScript exporter stops at 20.
@@ -53,6 +53,7 @@ def export_onnx(
     dynamic_spatial: bool = True,
     precision: str = "fp32",
     preprocessing=None,
+    class_names=None,
 ) -> Path:
     """Export `model` (eval mode) to one self-contained ONNX file, checked with onnx.checker.
 
@@ -63,7 +64,8 @@ def export_onnx(
     "fp16" exports fp16 weights, activations, input and logits (ONNX Runtime runs it on the CPU;
     TensorRT builds it strongly typed). `preprocessing` (a preprocess.Preprocessing) is stored in
     the metadata too (`repdeploy.preprocessing`), so whoever runs the ONNX feeds it as it was
-    calibrated; the INT8 graphs derived from this file inherit it.
+    calibrated, and `class_names` (one per logit) as `repdeploy.class_names`; the INT8 graphs
+    derived from this file inherit both (metadata.py lists every key).
 
     >>> export_onnx(plain, "model.onnx", input_size=224)   # doctest: +SKIP
     """
@@ -79,6 +81,11 @@ def export_onnx(
     validate.input_size("input_size", input_size)
     validate.integer("in_channels", in_channels, low=1, high=64, allow_none=False)
     check_opset(opset)
+    if class_names is not None:
+        from ..metadata import check_class_names
+
+        num_classes = getattr(getattr(model, "spec", None), "num_classes", len(class_names))
+        class_names = check_class_names(class_names, num_classes, "the class names")
     if precision not in PRECISIONS:
         raise ExportError(f"ONNX precision {precision!r}: use one of {', '.join(PRECISIONS)} (INT8 comes from quantize)")
     model = model.eval()
@@ -105,13 +112,8 @@ def export_onnx(
                     do_constant_folding=True,
                 )
             graph = onnx.load(str(tmp))
-            for key, value in ((META_INPUT_SIZE, str(input_size)), (META_PRECISION, precision)):
-                entry = graph.metadata_props.add()
-                entry.key, entry.value = key, value
-            if preprocessing is not None:
-                from ..preprocess import set_onnx_metadata
-
-                set_onnx_metadata(graph, preprocessing)
+            stamp(graph, input_size=input_size, precision=precision, input_format="float",
+                  preprocessing=preprocessing, class_names=class_names)
             onnx.checker.check_model(graph, full_check=True)
             onnx.save(graph, str(tmp))
         except (ExportError, OSError, MemoryError):

@@ -65,6 +65,11 @@ def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | N
         raise ExportError(f"QuantPlainNet was built for target {qnet.target!r}, not {target!r}; rebuild it")
     model = onnx.load(str(fp32_onnx))
     _QdqBuilder(model, qnet, target, Path(fp32_onnx).name).build()
+    from ..metadata import stamp
+
+    # The FP32 file's metadata (preprocessing, class names, input size) carries over; the precision
+    # is this graph's own.
+    stamp(model, precision=f"int8-{target}")
     if target == "ort":
         from ..runtime.ort import record_session_config
 

@@ -95,6 +95,8 @@ def run_pipeline(
     force: bool = False,
     device: str = "auto",
     triton_repo: str | Path | None = None,
+    labels: str | Path | None = None,
+    input_format: str = "float",
 ) -> PipelineResult:
     """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
 
@@ -102,6 +104,9 @@ def run_pipeline(
     repdeploy's (its manifest lists every file) unless `force`, and no output may be an input.
     With `triton_repo`, the INT8 models that passed are packaged there as a Triton model repository
     (repdeploy/triton/, docs/triton.md) after the report.
+    `labels` (a file, one class name per line) names the classes in every ONNX's metadata;
+    `input_format` "uint8-nhwc"/"uint8-nchw" also writes the INT8 model that normalises uint8
+    pixels in its graph (docs/serving.md), judged like every other hand-off.
 
     >>> result = run_pipeline(["a.pth", "b.pth"], data="val/", output_dir="runs/x", max_drop=1.0)  # doctest: +SKIP
     >>> result.exit_code                                                                          # doctest: +SKIP
@@ -137,6 +142,13 @@ def run_pipeline(
     validate.resize("--resize", resize)
     if fallback_float and max_drop is None:
         raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
+    if labels is not None:
+        from ..metadata import read_labels
+
+        read_labels(labels)  # an unreadable or empty file is refused before the first model starts
+    from ..ingraph import check_input_format
+
+    check_input_format(input_format)
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -155,6 +167,7 @@ def run_pipeline(
         qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
         fallback_float=fallback_float,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
+        labels=str(labels) if labels is not None else None, input_format=input_format,
     )
     if checkpoints:
         jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]

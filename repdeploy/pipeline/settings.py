@@ -45,6 +45,8 @@ class PipelineSettings:
     std: tuple[float, ...] | None = None
     resize: int | None = None
     device: str = "auto"  # where torch steps (calibration, verification, QAT) run
+    labels: str | None = None  # class names file (one per line) for the ONNX metadata; default: the data's
+    input_format: str = "float"  # uint8-nhwc / uint8-nchw: also write the INT8 model that normalises in its graph
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -55,8 +55,18 @@ def open_evaluation_data(job: ModelJob, fused: Fused, s: PipelineSettings) -> Pr
                        mean=s.mean, std=s.std, resize=s.resize, preprocessing=preprocessing_of(job.checkpoint))
     path = save_fused(fused.plain, job.run_dir / "fused.pt",
                       extra={"source": str(job.checkpoint), "source_sha256": job.sha256, "equivalence": fused.fusion,
-                             "preprocessing": val.preprocessing.to_dict()})
+                             "preprocessing": val.preprocessing.to_dict(),
+                             "class_names": model_class_names(job, fused, val, s)})
     return Prepared(val=val, fused_pt=Path(path))
+
+
+def model_class_names(job: ModelJob, fused: Fused, val, s: PipelineSettings) -> list[str] | None:
+    """The class names the model's files record (data/labels.py: --labels, the model's own, the data's)."""
+    from ..data.labels import class_names_for
+    from ..preprocess import class_names_of
+
+    return class_names_for(fused.spec.num_classes, labels=s.labels, recorded=class_names_of(job.checkpoint),
+                           datasets=(val,), model_path=job.checkpoint)
 
 
 def check_labels(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSettings) -> None:
@@ -79,9 +89,12 @@ def check_labels(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSet
 # -- export, quantize, tensorrt -------------------------------------------------------------------
 def export_fp32(job: ModelJob, fused: Fused, prepared: Prepared) -> Exported:
     from ..export.onnx import export_onnx
+    from ..preprocess import class_names_of
 
+    # fused.pt (written by open_evaluation_data) holds the names the model's files record
     return Exported(export_onnx(fused.plain, job.run_dir / "model_fp32.onnx", input_size=fused.input_size,
-                                in_channels=fused.spec.in_channels, preprocessing=prepared.val.preprocessing))
+                                in_channels=fused.spec.in_channels, preprocessing=prepared.val.preprocessing,
+                                class_names=class_names_of(prepared.fused_pt)))
 
 
 def has_train_split(source: str) -> bool:
@@ -126,7 +139,8 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
     # quantize() judges its own hand-offs; the pipeline turns those verdicts into the row's status.
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
                               "target": s.target, "seed": s.seed, "device": s.device, "allow_mismatch": True,
-                              "preprocessing": prepared.val.preprocessing}
+                              "preprocessing": prepared.val.preprocessing, "labels": s.labels,
+                              "input_format": s.input_format}
     if s.fallback_float:  # layers are chosen on a holdout of the calibration source, never on --data
         kwargs.update(fallback=True, max_drop=s.max_drop)
     if s.calib_method:
@@ -135,6 +149,9 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
         result = quantize(fused.plain, **kwargs)
         int8 = job.run_dir / result.int8_onnx.name
         result.int8_onnx.replace(int8)
+        pixels = result.report["files"].get("int8_pixels")  # --input-format: the uint8-input copy, judged
+        if pixels:
+            (scratch / pixels).replace(job.run_dir / pixels)
         calib_cache = job.run_dir / "calib.json"
         result.calib_cache.replace(calib_cache)
     finally:

@@ -125,11 +125,17 @@ def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: d
     tuned, spec = qnet.float_model(), qnet.spec
     stage = make_scratch_dir(out, "set", "qat")
     try:
+        from ..data.labels import class_names_for
+        from ..preprocess import class_names_of
+
         record = train_set.preprocessing
+        path = model if isinstance(model, (str, Path)) else None
+        class_names = class_names_for(spec.num_classes, recorded=class_names_of(path) if path else None,
+                                      datasets=(train_set, val_set), model_path=path)
         save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True,
-                                                        "preprocessing": record.to_dict()})
+                                                        "preprocessing": record.to_dict(), "class_names": class_names})
         export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
-                    preprocessing=record)
+                    preprocessing=record, class_names=class_names)
         export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
         # The cache now describes the tuned weights and the trained ranges, so it stays reusable.
         cache.weights_sha256 = weights_fingerprint(tuned)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from ..errors import ExportError, InputError
-from ..preprocess import onnx_metadata, set_metadata_prop
+from ..metadata import META_SESSION_CONFIG, SESSION_CONFIG_KEYS, onnx_metadata, session_config_in, set_metadata_prop
 from .base import InputMetadata, Runner
 
 
@@ -19,24 +18,17 @@ def default_threads() -> int:
 
     ORT on its own sizes every session to all physical cores; a process that limited torch
     (`torch.set_num_threads`, OMP_NUM_THREADS, a test worker) would still oversubscribe the CPU.
+    A process without torch loaded (the serving runtime) gets 0: ORT's own default.
     """
-    import torch
+    import sys
 
-    return torch.get_num_threads()
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else 0
 
 
-#: ONNX metadata key under which an exporter records the ORT session config entries (a JSON
-#: object, config key -> value) its model is meant to run with; `OrtRunner` applies them, so
-#: `repdeploy bench`, `eval` and API users get the settings the model was measured with.
-META_SESSION_CONFIG = "repdeploy.ort_session_config"
-
-#: Config entries a recorded model may set: only scheduling knobs, which change speed and never
-#: results. Anything else in a file (a key that writes files, say) is not applied.
-SESSION_CONFIG_KEYS = frozenset({
-    "session.intra_op.allow_spinning", "session.intra_op.spin_duration_us", "session.intra_op.spin_backoff_max",
-    "session.inter_op.allow_spinning", "session.inter_op.spin_duration_us", "session.inter_op.spin_backoff_max",
-    "session.dynamic_block_base", "session.force_spinning_stop",
-})
+# The recorded session config (metadata `repdeploy.ort_session_config`, META_SESSION_CONFIG) and
+# the keys a model may set (SESSION_CONFIG_KEYS) live in metadata.py, beside the other metadata
+# keys, so the torch-free serving runtime reads them as the runners do.
 
 
 def session_options(threads: int | None = None, *, inter_op_threads: int | None = None, optimize: bool = True,
@@ -78,22 +70,10 @@ def recorded_session_config(path: str | Path) -> dict[str, str]:
     {'session.intra_op.spin_duration_us': '100'}
     """
     try:
-        raw = onnx_metadata(path).get(META_SESSION_CONFIG)
+        props = onnx_metadata(path)
     except (OSError, ValueError):  # an unreadable file is reported by the session that opens it
         return {}
-    if raw is None:
-        return {}
-    try:
-        entries = json.loads(raw)
-    except ValueError:
-        entries = None
-    if not isinstance(entries, dict):
-        warnings.warn(f"{path}: metadata {META_SESSION_CONFIG} is not a JSON object; ORT defaults apply")
-        return {}
-    ignored = sorted(k for k in entries if k not in SESSION_CONFIG_KEYS)
-    if ignored:
-        warnings.warn(f"{path}: ignoring recorded session config {ignored} (not a scheduling setting)")
-    return {str(k): str(v) for k, v in entries.items() if k in SESSION_CONFIG_KEYS}
+    return session_config_in(props, str(path))
 
 
 class OrtRunner(Runner):
@@ -138,6 +118,10 @@ class OrtRunner(Runner):
         if len(inputs) != 1:
             raise InputError(f"{self.path} has {len(inputs)} inputs; repdeploy runs single-image-input classifiers")
         self._input_name = inputs[0].name
+        if inputs[0].type == "tensor(uint8)":
+            raise InputError(f"{self.path} takes uint8 pixels and normalises them in its graph (--input-format); "
+                             "evaluate, benchmark or compare the float-input ONNX beside it, or serve it with "
+                             "repdeploy.serving")
         batch = inputs[0].shape[0] if inputs[0].shape else None
         self._fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._input_dtype = np.float16 if inputs[0].type == "tensor(float16)" else np.float32
@@ -157,7 +141,7 @@ class OrtRunner(Runner):
     def get_input_metadata_impl(self) -> InputMetadata:
         meta = self._session.get_inputs()[0]
         shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
-        from ..preprocess import META_INPUT_SIZE
+        from ..metadata import META_INPUT_SIZE
 
         nominal = self._session.get_modelmeta().custom_metadata_map.get(META_INPUT_SIZE)
         dtype = "float16" if self._input_dtype is np.float16 else "float32"
