@@ -33,11 +33,22 @@ def exported(tmp_path_factory):
     """The zoo RepVGG-mini as FP32, INT8 ort layout and INT8 tensorrt layout ONNX."""
     from repdeploy import quantize
 
+    from repdeploy.data.builtin import builtin_classes
+
     out = tmp_path_factory.mktemp("models")
     for target in ("ort", "tensorrt"):
         quantize(zoo_entry("repvgg").file, output_dir=out / target, target=target, calib_samples=32)
-    return {"fp32": out / "ort" / "model_fp32.onnx", "int8_ort": out / "ort" / "model_int8_ort.onnx",
-            "int8_tensorrt": out / "tensorrt" / "model_int8_tensorrt.onnx"}
+    files = {"fp32": out / "ort" / "model_fp32.onnx", "int8_ort": out / "ort" / "model_int8_ort.onnx",
+             "int8_tensorrt": out / "tensorrt" / "model_int8_tensorrt.onnx"}
+    # quantize records the zoo's class names; the tests below start from unnamed models (as a
+    # user's own ONNX may be) and name them through --labels or the metadata themselves.
+    for path in files.values():
+        model = onnx.load(str(path))
+        recorded = [p for p in model.metadata_props if p.key == META_CLASS_NAMES]
+        assert [json.loads(p.value) for p in recorded] == [list(builtin_classes())]
+        model.metadata_props.remove(recorded[0])
+        onnx.save(model, str(path))
+    return files
 
 
 def with_class_names(src, dst, names=DIGITS):
