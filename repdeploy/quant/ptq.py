@@ -33,11 +33,11 @@ from .calib import calibrate
 from .calib_cache import CalibrationCache
 from .calibrators import DEFAULT_PERCENTILE
 from .fidelity import VERIFY_IMAGES, images_for, onnx_accuracy, verify_int8
-from .ptq_inputs import check_quantize_arguments, load_plain
+from .ptq_inputs import at_input_size, check_quantize_arguments, load_plain
 from .ptq_report import QuantizeResult, accuracy_gate
 from .quantizer import QuantPlainNet
 
-DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
+DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one hooked float and fake-quant pass over them)
 BATCH = 32
 FALLBACK_HOLDOUT = 256  # labelled calibration-source images the float layers are chosen on
 
@@ -64,7 +64,9 @@ def quantize(
     allow_mismatch: bool = False,
     resize: int | None = None,
     preprocessing=None,
-    device: str | torch.device | None = "auto",
+    device: str | torch.device | None = defaults.DEVICE,
+    diagnostics: str = defaults.DIAGNOSTICS,
+    input_size: int | None = None,
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
@@ -92,6 +94,9 @@ def quantize(
     `device` ("auto", "cpu", "cuda[:N]") is where calibration and the torch side of the
     verification run; export, diagnostics and files are computed on the CPU from the same
     ranges, so the outputs do not depend on it beyond float tolerance.
+    `input_size` feeds the model at that size instead of its variant's (recorded in every output).
+    `diagnostics` ("sample", "full", "off"; quant/diagnostics.py) sets what the report's
+    per-layer `layers` cost; report `timings` gives every stage's seconds.
 
     Every numeric hand-off gets a verdict (report `verdicts`, see repdeploy/verify.py): fusion,
     ORT FP32 vs torch FP32, ORT INT8 vs torch fake-quant. A failed one makes the report FAILED
@@ -104,9 +109,11 @@ def quantize(
     >>> r = quantize(plain, calib_data=torch_loader, output_dir="out/")                    # doctest: +SKIP
     """
     from ..devices import resolve_device
+    from .diagnostics import check_mode
 
+    check_mode(diagnostics)
     check_quantize_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit,
-                             seed, fallback, resize)
+                             seed, fallback, resize, input_size)
     where = resolve_device(device)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
@@ -121,7 +128,8 @@ def quantize(
     try:
         return _quantize(model, out, names, calib_data, forward_loop, calib_samples, calib_method, percentile,
                          calib_cache, target, eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std,
-                         where, allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing)
+                         where, allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing,
+                         diagnostics=diagnostics, input_size=input_size)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -133,7 +141,8 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
               percentile: float,
               calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
               seed: int, load_kwargs: dict | None, mean, std, where, *, allow_mismatch: bool = False,
-              resize: int | None = None, preprocessing=None) -> QuantizeResult:
+              resize: int | None = None, preprocessing=None, diagnostics: str = defaults.DIAGNOSTICS,
+              input_size: int | None = None) -> QuantizeResult:
     from ..checkpoints import save_fused
     from ..data import ImageDataset, calibration_sample, from_arrays, holdout_split, open_dataset, same_images
     from .calib_data import from_dataset, labelled_arrays, open_calibration_data
@@ -147,7 +156,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     started = time.perf_counter()
     timings: dict[str, float] = {}
     plain, info = load_plain(model, load_kwargs or {})
+    plain = at_input_size(plain, input_size)
     spec = plain.spec
+    timings["load_s"] = time.perf_counter() - started
     status(f"quantize: {info['variant']} from {info['source']} -> {target} INT8")
 
     # Everything that can reject the input is checked before any expensive step.
@@ -217,12 +228,15 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         n_verify = max(1, min(n_verify, eval_limit))
 
     qnet = QuantPlainNet(plain, target).to(where)
+    timings["data_s"] = time.perf_counter() - started - timings["load_s"]
     t0 = time.perf_counter()
     seen: list[torch.Tensor] = []  # the first calibration images, to verify on when there is no eval data
     if cache_in is not None:
         qnet.load_ranges(cache_in.amax)
         cache = cache_in
     else:
+        status(f"quantize: calibrating ({calib_method}) on "
+               + (calib_source.source if calib_source is not None else "the forward_loop's data"))
         cache = calibrate(qnet, calib_source.batches() if calib_source is not None else None,
                           forward_loop=forward_loop, method=calib_method, percentile=percentile,
                           total_batches=calib_source.total_batches if calib_source is not None else None,
@@ -237,6 +251,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         from .sensitivity import restore_sensitive_layers
 
         t0 = time.perf_counter()
+        status(f"quantize: measuring the top-1 drop on {len(holdout)} held-out calibration images")
         xs, ys = zip(*holdout.batches(BATCH))
         fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
         fallback_record.holdout_source = holdout.source
@@ -273,6 +288,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     stage = make_scratch_dir(out, "set", "quantize")
     try:
         t0 = time.perf_counter()
+        status("quantize: exporting fused.pt, FP32 and INT8 ONNX")
         save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record_dict})
         export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
                     preprocessing=record)
@@ -281,6 +297,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         timings["export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
+        status(f"quantize: verifying ONNX Runtime against torch on {len(x_verify)} images")
         report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
         fusion = fusion_verdict(info.get("fusion"))
         if fusion is not None:
@@ -297,13 +314,17 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
 
         if eval_set is not None:
             t0 = time.perf_counter()
+            status(f"quantize: evaluating FP32 and INT8 on {eval_set.source}")
             report.update(onnx_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
             timings["eval_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         from .diagnostics import diagnose, summary
 
-        layers = diagnose(plain, qnet, x_verify[: images_for(spec.input_size, DIAGNOSE_IMAGES, 8)])
+        sample = x_verify[: images_for(spec.input_size, DIAGNOSE_IMAGES, 8)]
+        if diagnostics != "off":
+            status(f"quantize: per-layer diagnostics ({diagnostics}) on {len(sample)} images")
+        layers = diagnose(plain, qnet, sample, mode=diagnostics)
         timings["diagnostics_s"] = time.perf_counter() - t0
         timings["total_s"] = time.perf_counter() - started
 
@@ -329,6 +350,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
             "fallback": fallback_record.to_dict() if fallback_record is not None else None,
+            "diagnostics": {"mode": diagnostics, "images": len(sample) if diagnostics != "off" else 0},
             "layers_summary": summary(layers),
             "layers": [r.to_dict() for r in layers],
             "files": dict(names),

@@ -51,12 +51,30 @@ def load_plain(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
                      f"module) or what repdeploy.load() returned, not {type(model).__name__}")
 
 
+def at_input_size(plain: PlainNet, input_size: int | None) -> PlainNet:
+    """`plain` fed at `input_size` (None: its own), e.g. a D2se trained at 224 whose variant says 320.
+
+    The network is fully convolutional with global pooling, so only the recorded size changes;
+    a shallow copy keeps the caller's model as it was, and every output records the new size.
+    """
+    import copy
+    import dataclasses
+
+    if input_size is None or input_size == plain.spec.input_size:
+        return plain
+    resized = copy.copy(plain)
+    resized.spec = dataclasses.replace(plain.spec, input_size=input_size)
+    return resized
+
+
 def check_quantize_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
                              max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0,
-                             fallback: bool = False, resize: int | None = None) -> None:
+                             fallback: bool = False, resize: int | None = None,
+                             input_size: int | None = None) -> None:
     """Raise InputError naming the first bad option of a `quantize` call."""
     from .. import validate
 
+    validate.input_size("--input-size", input_size)
     validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
     validate.number("--percentile", percentile, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)
