@@ -8,8 +8,10 @@ leaves errors only. Progress bars appear only under the CLI, on a terminal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import time
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -63,6 +65,22 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 def status(message: str) -> None:
     """One progress line for a stage, logged at INFO on the `repdeploy` logger."""
     log.info(message)
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str, message: str | None = None) -> Iterator[None]:
+    """Log `message` as the stage's progress line, and record its wall seconds as timings[key].
+
+    Every step that can take more than a few seconds runs under one, so a terminal never goes
+    quiet for long and report.json's `timings` gives each stage's time (issue 22).
+    """
+    if message:
+        status(message)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - start
 
 
 _warned: set[str] = set()

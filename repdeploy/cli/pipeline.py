@@ -8,8 +8,8 @@ import click
 
 from .. import defaults
 from ..zoo import ZOOS
-from .common import (checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
-                     preprocessing_options, quiet_option)
+from .common import (checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit, handle_errors,
+                     input_size_option, json_option, preprocessing_options, quiet_option)
 
 
 @click.command("pipeline")
@@ -19,8 +19,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
               help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
 @click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --eval-data.")
 @click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
-@click.option("--calib-method", default=None, type=click.Choice(["max", "percentile", "entropy", "mse"]),
-              help="Calibration method; default: the PTQ default.")
+@click.option("--calib-method", default=defaults.CALIB_METHOD, show_default=True,
+              type=click.Choice(["max", "percentile", "entropy", "mse"]), help="How activation ranges are chosen.")
 @click.option("--engine", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="Runtime for eval and bench.")
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=None,
               help="INT8 graph layout; default: ort for --engine ort, tensorrt for --engine trt.")
@@ -43,7 +43,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
                    "them.")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
-@click.option("--qat-epochs", type=int, default=2, show_default=True)
+@click.option("--qat-epochs", type=int, default=defaults.QAT_EPOCHS, show_default=True,
+              help="QAT epochs (the same default as `qat --epochs`).")
 @click.option("--qat-lr", type=float, default=None,
               help="QAT learning rate (default: qat's, sgd 0.01 capped by the loss's sharpness, docs/benchmarks.md).")
 @click.option("--zoo", type=click.Choice(ZOOS), default=None,
@@ -59,7 +60,9 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @deprecated_alias("--batch", "--batch-size")
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
+@input_size_option
 @preprocessing_options
+@diagnostics_option
 @device_option
 @checkpoint_options
 @json_option
@@ -67,8 +70,8 @@ from .common import (checkpoint_options, deprecated_alias, device_option, emit, 
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, force, prep, device, load_kwargs,
-                 as_json):
+                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, force, input_size, prep, diagnostics,
+                 device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -105,7 +108,8 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
             bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
-            fallback_float=fallback_float, allow_mismatch=allow_mismatch, **prep,
+            fallback_float=fallback_float, allow_mismatch=allow_mismatch, input_size=input_size,
+            diagnostics=diagnostics, **prep,
         )
     for w in caught:
         status(f"warning: {w.message}")

@@ -6,8 +6,8 @@ import click
 
 from .. import defaults
 from ..quant.ranges import DEFAULT_RANGE_LR
-from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
-                     preprocessing_options, quiet_option)
+from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit,
+                     handle_errors, input_size_option, json_option, preprocessing_options, quiet_option)
 
 
 def _text(r: dict) -> str:
@@ -58,7 +58,9 @@ def _text(r: dict) -> str:
 @click.option("--seed", type=int, default=defaults.SEED, show_default=True)
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a QAT model whose verification failed; the report records it.")
+@input_size_option
 @preprocessing_options
+@diagnostics_option
 @device_option
 @amp_option
 @deprecated_alias("--val-data", "--eval-data")
@@ -68,8 +70,8 @@ def _text(r: dict) -> str:
 @handle_errors
 def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, learnable_ranges, range_lr, resume, checkpoint_every, seed, allow_mismatch, prep, device, amp,
-            load_kwargs, as_json):
+            train_samples, learnable_ranges, range_lr, resume, checkpoint_every, seed, allow_mismatch, input_size, prep,
+            diagnostics, device, amp, load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains the weights and the activation
@@ -94,7 +96,7 @@ def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_siz
         calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
         learnable_ranges=learnable_ranges, range_lr=range_lr, resume=resume,
         checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch,
-        device=device, amp=amp, **prep,
+        device=device, amp=amp, input_size=input_size, diagnostics=diagnostics, **prep,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return

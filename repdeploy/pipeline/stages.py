@@ -34,14 +34,16 @@ OPTIONAL_STAGES = ("tensorrt", "qat")  # --engine trt (before evaluate), --qat (
 # -- load -----------------------------------------------------------------------------------------
 def load_checkpoint(job: ModelJob) -> Fused:
     from ..checkpoints import load_fused
+    from ..quant.ptq_inputs import at_input_size
 
     if not job.checkpoint.is_file():
         raise InputError(f"checkpoint {job.checkpoint} does not exist; check the path")
     plain, loaded, equivalence = load_fused(job.checkpoint, **job.load_kwargs)
+    plain = at_input_size(plain, job.input_size)  # --input-size or the zoo entry's: every stage feeds that
     return Fused(plain=plain, variant=loaded.variant, family=loaded.family, form=loaded.form,
                  detected=loaded.to_dict(),
                  fusion=equivalence.to_dict() if equivalence is not None else {"already_plain": True},
-                 input_size=job.input_size or plain.spec.input_size)
+                 input_size=plain.spec.input_size)
 
 
 def open_evaluation_data(job: ModelJob, fused: Fused, s: PipelineSettings) -> Prepared:
@@ -123,7 +125,7 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
     # quantize() judges its own hand-offs; the pipeline turns those verdicts into the row's status.
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
                               "target": s.target, "seed": s.seed, "device": s.device, "allow_mismatch": True,
-                              "preprocessing": prepared.val.preprocessing}
+                              "preprocessing": prepared.val.preprocessing, "diagnostics": s.diagnostics}
     if s.fallback_float:  # layers are chosen on a holdout of the calibration source, never on --data
         kwargs.update(fallback=True, max_drop=s.max_drop)
     if s.calib_method:

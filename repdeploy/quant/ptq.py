@@ -37,7 +37,6 @@ from .ptq_inputs import at_input_size, check_quantize_arguments, load_plain
 from .ptq_report import QuantizeResult, accuracy_gate
 from .quantizer import QuantPlainNet
 
-DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one hooked float and fake-quant pass over them)
 BATCH = 32
 FALLBACK_HOLDOUT = 256  # labelled calibration-source images the float layers are chosen on
 
@@ -149,7 +148,8 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..preprocess import Preprocessing, preprocessing_of
-    from ..progress import status
+    from ..progress import status, timed
+    from .diagnostics import diagnostics_record
     from ..verify import failed, fusion_verdict, sanity_warnings
 
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
@@ -229,35 +229,30 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
 
     qnet = QuantPlainNet(plain, target).to(where)
     timings["data_s"] = time.perf_counter() - started - timings["load_s"]
-    t0 = time.perf_counter()
     seen: list[torch.Tensor] = []  # the first calibration images, to verify on when there is no eval data
-    if cache_in is not None:
-        qnet.load_ranges(cache_in.amax)
-        cache = cache_in
-    else:
-        status(f"quantize: calibrating ({calib_method}) on "
-               + (calib_source.source if calib_source is not None else "the forward_loop's data"))
-        cache = calibrate(qnet, calib_source.batches() if calib_source is not None else None,
-                          forward_loop=forward_loop, method=calib_method, percentile=percentile,
-                          total_batches=calib_source.total_batches if calib_source is not None else None,
-                          data=calib_source.describe() if calib_source is not None else {"source": "forward_loop"},
-                          keep_inputs=seen, keep_limit=n_verify)
-    qnet.cpu()
-    timings["calibration_s"] = time.perf_counter() - t0
+    with timed(timings, "calibration_s", None if cache_in is not None else f"quantize: calibrating ({calib_method}) "
+               f"on {calib_source.source if calib_source is not None else 'the forward_loop data'}"):
+        if cache_in is not None:
+            qnet.load_ranges(cache_in.amax)
+            cache = cache_in
+        else:
+            cache = calibrate(qnet, calib_source.batches() if calib_source is not None else None,
+                              forward_loop=forward_loop, method=calib_method, percentile=percentile,
+                              total_batches=calib_source.total_batches if calib_source is not None else None,
+                              data=calib_source.describe() if calib_source is not None else {"source": "forward_loop"},
+                              keep_inputs=seen, keep_limit=n_verify)
+        qnet.cpu()
     timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
 
     fallback_record = None
     if holdout is not None:
         from .sensitivity import restore_sensitive_layers
 
-        t0 = time.perf_counter()
-        status(f"quantize: measuring the top-1 drop on {len(holdout)} held-out calibration images")
-        xs, ys = zip(*holdout.batches(BATCH))
-        fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
-        fallback_record.holdout_source = holdout.source
-        fallback_record.holdout_split = holdout.split
+        with timed(timings, "fallback_s", f"quantize: top-1 drop on {len(holdout)} held-out calibration images"):
+            xs, ys = zip(*holdout.batches(BATCH))
+            fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
+        fallback_record.holdout_source, fallback_record.holdout_split = holdout.source, holdout.split
         fallback_record.holdout_images = len(holdout)
-        timings["fallback_s"] = time.perf_counter() - t0
         if fallback_record.float_layers:
             status(f"quantize: left in float to meet --max-drop {max_drop}: {', '.join(fallback_record.float_layers)}")
 
@@ -287,14 +282,12 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
 
     stage = make_scratch_dir(out, "set", "quantize")
     try:
-        t0 = time.perf_counter()
-        status("quantize: exporting fused.pt, FP32 and INT8 ONNX")
-        save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record_dict})
-        export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
-                    preprocessing=record)
-        export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
-        cache.save(stage / names["calib"])
-        timings["export_s"] = time.perf_counter() - t0
+        with timed(timings, "export_s", "quantize: exporting fused.pt, FP32 and INT8 ONNX"):
+            save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record_dict})
+            export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
+                        preprocessing=record)
+            export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
+            cache.save(stage / names["calib"])
 
         t0 = time.perf_counter()
         status(f"quantize: verifying ONNX Runtime against torch on {len(x_verify)} images")
@@ -313,19 +306,10 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         timings["verify_s"] = time.perf_counter() - t0
 
         if eval_set is not None:
-            t0 = time.perf_counter()
-            status(f"quantize: evaluating FP32 and INT8 on {eval_set.source}")
-            report.update(onnx_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
-            timings["eval_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        from .diagnostics import diagnose, summary
-
-        sample = x_verify[: images_for(spec.input_size, DIAGNOSE_IMAGES, 8)]
-        if diagnostics != "off":
-            status(f"quantize: per-layer diagnostics ({diagnostics}) on {len(sample)} images")
-        layers = diagnose(plain, qnet, sample, mode=diagnostics)
-        timings["diagnostics_s"] = time.perf_counter() - t0
+            with timed(timings, "eval_s", f"quantize: evaluating FP32 and INT8 on {eval_set.source}"):
+                report.update(onnx_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
+        with timed(timings, "diagnostics_s"):
+            per_layer = diagnostics_record(plain, qnet, x_verify, diagnostics)
         timings["total_s"] = time.perf_counter() - started
 
         mismatches = failed(report["verdicts"])
@@ -350,9 +334,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
             "fallback": fallback_record.to_dict() if fallback_record is not None else None,
-            "diagnostics": {"mode": diagnostics, "images": len(sample) if diagnostics != "off" else 0},
-            "layers_summary": summary(layers),
-            "layers": [r.to_dict() for r in layers],
+            **per_layer,
             "files": dict(names),
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
