@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DataError
 from ..preprocess import Preprocessing, transform
-from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, normalisation
+from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, digest, normalisation
 
 
 def as_numpy(name: str, value) -> np.ndarray:
@@ -162,8 +162,12 @@ def array_dataset(name: str, images: np.ndarray, labels: np.ndarray | None, clas
         # float arrays are model inputs already: their producer normalised them
         return transform(x, record, already_scaled=is_float)
 
+    def content(items: np.ndarray) -> list[bytes]:
+        # the stored pixels (not the normalised inputs), so the same photos in two arrays match
+        return [digest(np.ascontiguousarray(images[int(i)]).tobytes()) for i in items]
+
     return ImageDataset(name, image_size, channels, tuple(mean), tuple(std), classes, labels, load,
-                        resize=record.resize, split=split, value_range=record.value_range)
+                        resize=record.resize, split=split, value_range=record.value_range, content_digest=content)
 
 
 def _match_channels(name: str, x: torch.Tensor, channels: int) -> torch.Tensor:

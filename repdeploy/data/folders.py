@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .dataset import ImageDataset
+from .dataset import ImageDataset, digest
 
 # ImageNet evaluation convention: resize to 256 for a 224 crop.
 CROP_RATIO = 0.875
@@ -88,4 +88,6 @@ def open_folder(path: Path, split: str, image_size: int, channels: int, mean, st
         return torch.from_numpy(np.stack([load_one(files[int(i)]) for i in items]).astype(np.float32))
 
     return ImageDataset(str(root), image_size, channels, tuple(mean), tuple(std), classes,
-                        np.asarray(labels, dtype=np.int64), load, resize=resize_to, split=split if has_split else None)
+                        np.asarray(labels, dtype=np.int64), load, resize=resize_to, split=split if has_split else None,
+                        content_digest=lambda items: [digest(files[int(i)].read_bytes()) for i in items],
+                        content_size=lambda items: [files[int(i)].stat().st_size for i in items])

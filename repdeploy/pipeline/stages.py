@@ -115,6 +115,11 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
     from ..quant.ptq import quantize
 
     source, on_eval_data = calibration_source(s)
+    if s.calib_data and not on_eval_data:  # another path may still hold the same photos
+        from ..data import open_dataset, same_images
+
+        calib = open_dataset(source, split="train", image_size=fused.input_size, channels=fused.spec.in_channels)
+        on_eval_data = same_images(calib, prepared.val)
     if on_eval_data:
         status(f"  warning: calibrating on the evaluation data {s.data}: INT8 accuracy will look better than it is; "
                "pass --calib-data")
