@@ -38,8 +38,8 @@ def load_checkpoint(job: ModelJob) -> Fused:
 
     if not job.checkpoint.is_file():
         raise InputError(f"checkpoint {job.checkpoint} does not exist; check the path")
-    plain, loaded, equivalence = load_fused(job.checkpoint, **job.load_kwargs)
-    plain = at_input_size(plain, job.input_size)  # --input-size or the zoo entry's: every stage feeds that
+    fused = load_fused(job.checkpoint, **job.load_kwargs)
+    plain, loaded, equivalence = at_input_size(fused.plain, job.input_size), fused.loaded, fused.equivalence  # --input-size or the zoo entry's: every stage feeds that
     return Fused(plain=plain, variant=loaded.variant, family=loaded.family, form=loaded.form,
                  detected=loaded.to_dict(),
                  fusion=equivalence.to_dict() if equivalence is not None else {"already_plain": True},

@@ -93,16 +93,6 @@ def weight_diagnostics(qnet: QuantPlainNet) -> list[LayerDiagnostics]:
 #: deep model at 224-320 px); "off" writes no per-layer records.
 MODES = ("full", "sample", "off")
 HOOK_BATCH = 8  # images per hooked pass: one batch's layer outputs are held, never the sample's
-SAMPLE_IMAGES = 32  # at <= 64 px; fewer at larger inputs (sample_size), never under 8
-
-
-def sample_size(input_size: int) -> int:
-    """Images the diagnostics run on at `input_size` (32 at 32 px, 8 at 224 px)."""
-    from .fidelity import images_for
-
-    return images_for(input_size, SAMPLE_IMAGES, HOOK_BATCH)
-
-
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         from ..errors import InputError
@@ -222,18 +212,6 @@ def diagnose(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, *, mode: str
         r.own_sqnr_db = sq[r.layer]["own_sqnr_db"]
         r.isolated_sqnr_db = isolated.get(r.layer)
     return records
-
-
-def diagnostics_record(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, mode: str) -> dict:
-    """The per-layer part of a quantize/qat report.json: `diagnostics`, `layers_summary`, `layers`."""
-    from ..progress import status
-
-    x = x[: sample_size(plain.spec.input_size)]
-    if mode != "off":
-        status(f"per-layer diagnostics ({mode}) on {len(x)} images")
-    layers = diagnose(plain, qnet, x, mode=mode)
-    return {"diagnostics": {"mode": mode, "images": len(x) if mode != "off" else 0},
-            "layers_summary": summary(layers), "layers": [r.to_dict() for r in layers]}
 
 
 def summary(records: list[LayerDiagnostics]) -> dict:

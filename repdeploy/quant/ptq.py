@@ -34,7 +34,7 @@ from .calib_cache import CalibrationCache
 from .calibrators import DEFAULT_PERCENTILE
 from .fidelity import VERIFY_IMAGES, images_for, onnx_accuracy, verify_int8
 from .ptq_inputs import at_input_size, check_quantize_arguments, load_plain
-from .ptq_report import QuantizeResult, accuracy_gate
+from .ptq_report import QuantizeResult, accuracy_gate, diagnostics_record
 from .quantizer import QuantPlainNet
 
 BATCH = 32
@@ -143,13 +143,12 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
               resize: int | None = None, preprocessing=None, diagnostics: str = defaults.DIAGNOSTICS,
               input_size: int | None = None) -> QuantizeResult:
     from ..checkpoints import save_fused
-    from ..data import ImageDataset, calibration_sample, from_arrays, holdout_split, open_dataset, same_images
-    from .calib_data import from_dataset, labelled_arrays, open_calibration_data
+    from ..data import ImageDataset, as_dataset, calibration_sample, holdout_split, same_images
+    from .calib_data import from_dataset, open_calibration_data
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..preprocess import Preprocessing, preprocessing_of
     from ..progress import status, timed
-    from .diagnostics import diagnostics_record
     from ..verify import failed, fusion_verdict, sanity_warnings
 
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
@@ -174,15 +173,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     def in_memory(source) -> bool:
         return not isinstance(source, (str, os.PathLike, ImageDataset))
 
-    def image_set(source, split: str):
-        if isinstance(source, ImageDataset):
-            return source
-        if in_memory(source):  # (images, labels) arrays or a loader: tensors as the caller prepared them
-            images, labels = labelled_arrays(source)
-            return from_arrays(images, labels, image_size=spec.input_size, channels=spec.in_channels,
-                               mean=mean, std=std, name=f"{type(source).__name__} (in memory)")
-        return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels,
-                            mean=mean, std=std, resize=resize, preprocessing=preprocessing)
+    def image_set(source, split: str):  # the forms `evaluate` takes too (data/forms.py)
+        return as_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels, mean=mean,
+                          std=std, resize=resize, preprocessing=preprocessing, what=f"{split} data")
 
     if forward_loop is not None and calib_data is not None:
         raise InputError("give calib_data or forward_loop, not both")

@@ -42,11 +42,12 @@ def load_plain(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
         path = Path(model)
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist; give a .pth/.pt/.safetensors file")
-        plain, loaded, equivalence = load_fused(path, **load_kwargs)
+        fused = load_fused(path, **load_kwargs)
+        loaded, equivalence = fused.loaded, fused.equivalence
         info = {"source": str(path), "variant": loaded.spec.name, "format": loaded.format, "form": loaded.form,
                 "zoo": is_zoo_path(path),
                 "fusion": equivalence.to_dict() if equivalence is not None else None}
-        return plain.eval(), info
+        return fused.plain.eval(), info
     raise InputError(f"quantize takes a checkpoint path, a repdeploy model (PlainNet or a RepVGG/RepOpt-VGG "
                      f"module) or what repdeploy.load() returned, not {type(model).__name__}")
 

@@ -55,7 +55,8 @@ from ..train import TrainConfig, label_smoothing_loss, top1_accuracy
 from ..version import __version__
 from .calib_cache import weights_fingerprint
 from .calibrators import DEFAULT_PERCENTILE
-from .diagnostics import check_mode, diagnostics_record, sample_size as diagnostics_sample
+from .diagnostics import check_mode
+from .ptq_report import diagnostics_record, sample_size as diagnostics_sample
 from .ptq_inputs import at_input_size
 from .qat_io import QATResult, export_tuned, load_fused_model, open_datasets, starting_ranges
 from .quantizer import TARGETS, QuantPlainNet

@@ -13,6 +13,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..errors import InputError
 from .base import InputMetadata, Runner
 
@@ -41,17 +42,17 @@ def open_runner(
     compile: bool = False,
     name: str | None = None,
     workdir: str | Path | None = None,
-    device: str | None = "cpu",
+    device: str | None = defaults.DEVICE,
     **load_kwargs: Any,
 ) -> Runner:
     """Return an inactive runner for `model` on `engine` ("torch", "ort" or "trt").
 
     `model` is an nn.Module or a path. `load_kwargs` go to `checkpoints.load_fused` (arch,
     use_ema, trust_checkpoint, allow_nonfinite). Intermediate ONNX/engine files are written to
-    `workdir`, or to a temporary directory removed with the runner. `device` (cpu by default
-    for library callers; auto, cuda[:N]; the CLI's --device defaults to auto) places the torch
-    engine's module; ORT runs on its CPU provider and TensorRT on
-    the GPU whatever it says.
+    `workdir`, or to a temporary directory removed with the runner. `device` ("auto", the
+    default everywhere: the first CUDA GPU if there is one, else the CPU; "cpu"; "cuda[:N]")
+    places the torch engine's module; ORT runs on its CPU provider and TensorRT on the GPU
+    whatever it says.
 
     >>> with open_runner("runs/a0/model_int8_ort.onnx", engine="ort", threads=2) as r:  # doctest: +SKIP
     ...     r.infer(batch).argmax(1)
@@ -87,7 +88,7 @@ def open_runner(
             return _trt_from_onnx(path, name, workdir)
         from ..checkpoints import load_fused
 
-        model, _, _ = load_fused(path, **load_kwargs)
+        model = load_fused(path, **load_kwargs).plain
 
     name = name or type(model).__name__
     if engine == "torch":
