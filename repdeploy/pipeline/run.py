@@ -86,6 +86,7 @@ def run_pipeline(
     device: str = defaults.DEVICE,
     input_size: int | None = None,
     diagnostics: str = defaults.DIAGNOSTICS,
+    seed: int = defaults.SEED,
 ) -> PipelineResult:
     """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
 
@@ -126,6 +127,7 @@ def run_pipeline(
                          "given; drop one of them")
     validate.integer("--resize", resize, low=1)
     validate.input_size("--input-size", input_size)
+    validate.seed("--seed", seed)
     from ..quant.diagnostics import check_mode
 
     check_mode(diagnostics)
@@ -147,7 +149,7 @@ def run_pipeline(
         duration=duration, iterations=iterations, max_duration=max_duration, bench_sessions=bench_sessions,
         eval_limit=eval_limit, qat=qat,
         qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
-        fallback_float=fallback_float, input_size=input_size, diagnostics=diagnostics,
+        fallback_float=fallback_float, input_size=input_size, diagnostics=diagnostics, seed=seed,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
     )
     if checkpoints:

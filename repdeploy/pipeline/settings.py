@@ -34,7 +34,7 @@ class PipelineSettings:
     max_duration: float = DEFAULT_MAX_DURATION_S
     bench_sessions: int = DEFAULT_BENCH_SESSIONS
     eval_limit: int | None = None
-    seed: int = 0
+    seed: int = defaults.SEED
     qat: bool = False  # add a QAT column: fine-tune from the PTQ ranges, evaluate its INT8 model
     qat_epochs: int = defaults.QAT_EPOCHS
     qat_lr: float | None = None  # None: qat's default (sgd 0.01)

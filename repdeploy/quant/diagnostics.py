@@ -119,9 +119,9 @@ class _Power:
         self.signal = self.noise = 0.0
 
     def add(self, ref: torch.Tensor, cand: torch.Tensor) -> None:
-        ref64 = ref.double()
-        self.signal += float(ref64.square().sum())
-        self.noise += float((ref64 - cand.double()).square().sum())
+        # float64 accumulators over float32 elements: no double copy of a layer's output
+        self.signal += float(ref.square().sum(dtype=torch.float64))
+        self.noise += float((ref - cand).square().sum(dtype=torch.float64))
 
     def db(self) -> float:
         return _db(self.signal, self.noise)
