@@ -61,7 +61,7 @@ def run_pipeline(
     target: str | None = None,
     max_drop: float | None = None,
     calib_samples: int = defaults.CALIB_SAMPLES,
-    calib_method: str | None = None,
+    calib_method: str | None = defaults.CALIB_METHOD,
     bench_batch: int = 1,
     threads: int | None = None,
     warmup: float = DEFAULT_WARMUP_S,

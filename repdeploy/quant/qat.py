@@ -144,7 +144,7 @@ def qat(
     preprocessing=None,
     allow_mismatch: bool = False,
     device: str | torch.device | None = defaults.DEVICE,
-    amp: str | None = None,
+    amp: str | None = "none",
     input_size: int | None = None,
     diagnostics: str = defaults.DIAGNOSTICS,
 ) -> QATResult:
