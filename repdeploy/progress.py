@@ -12,7 +12,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -60,6 +60,20 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     from rich.progress import track as rich_track
 
     yield from rich_track(items, description=description, total=total, console=_stderr_console(), transient=True)
+
+
+@contextlib.contextmanager
+def steps(description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A bar advanced by hand (one call per step), for work driven from hooks rather than a loop:
+    `with steps("diagnostics", n) as advance: ...`. Plain (no bar) off a terminal."""
+    if not interactive():
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=_stderr_console(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
 
 
 def status(message: str) -> None:

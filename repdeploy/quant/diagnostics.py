@@ -22,6 +22,7 @@ from torch import nn
 
 from ..evaluate import sqnr_db
 from ..models.plain import PlainNet
+from ..progress import steps
 from .quantizer import QuantConv2d, QuantPlainNet
 
 
@@ -145,27 +146,32 @@ def layer_sqnr(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, *, batch: 
     own = {n: _Power() for n in layers}
     reference: dict[str, torch.Tensor] = {}
     in_quant_pass = [False]  # the float hooks call the quantized layers too; only the quant pass counts
+    batches = x.split(batch)
+    advance = [lambda: None]  # a terminal's bar, one step per layer and pass (deep models take a while)
 
     def float_hook(name: str):
         def hook(_m, inputs, output):
             reference[name] = output
             own[name].add(output, layers[name](inputs[0]))  # this layer's quantizers only
+            advance[0]()
         return hook
 
     def quant_hook(name: str):
         def hook(_m, _inputs, output):
             if in_quant_pass[0]:
                 cumulative[name].add(reference[name], output)
+                advance[0]()
         return hook
 
     handles = [float_modules[n].register_forward_hook(float_hook(n)) for n in layers]
     handles += [m.register_forward_hook(quant_hook(n)) for n, m in layers.items()]
     try:
-        for xb in x.split(batch):
-            in_quant_pass[0] = False
-            plain(xb)
-            in_quant_pass[0] = True
-            qnet(xb)
+        with steps("per-layer diagnostics", 2 * len(layers) * len(batches)) as advance[0]:
+            for xb in batches:
+                in_quant_pass[0] = False
+                plain(xb)
+                in_quant_pass[0] = True
+                qnet(xb)
     finally:
         for h in handles:
             h.remove()
