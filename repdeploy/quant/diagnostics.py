@@ -83,7 +83,8 @@ def weight_diagnostics(qnet: QuantPlainNet) -> list[LayerDiagnostics]:
             weight_max=float(w.max()), weight_std=float(w.std()), centre_std=centre_std,
             centre_share=centre_share,
             channel_range_ratio=float(per_channel.max()) / median if median > 0 else float("inf"),
-            weight_sqnr_db=sqnr_db(w.numpy(), w_fq.numpy()),
+            weight_sqnr_db=_db(float(w.square().sum(dtype=torch.float64)),
+                               float((w - w_fq).square().sum(dtype=torch.float64))),
             activation_amax=ranges.get(layer.input_quantizer.name),
         ))
     return out

@@ -275,10 +275,11 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
 
     stage = make_scratch_dir(out, "set", "quantize")
     try:
-        with timed(timings, "export_s", "quantize: exporting fused.pt, FP32 and INT8 ONNX"):
+        with timed(timings, "export_s", "quantize: exporting fused.pt and the FP32 ONNX"):
             save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record_dict})
             export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
                         preprocessing=record)
+            status(f"quantize: writing the INT8 QDQ graph ({target} layout)")  # seconds apart on a big model
             export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
             cache.save(stage / names["calib"])
 
