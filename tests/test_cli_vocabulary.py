@@ -40,7 +40,7 @@ def test_the_same_thing_has_the_same_name_everywhere():
     assert "--batches" in options("bench") and options("pipeline")["--batches"].type is click.INT
     assert "--samples" not in options("compare") and "--eval-limit" in options("compare")
     # --input-size wherever a model is built to be fed (D2se trained at 224 is not forced to 320)
-    for name in ("export", "train", "hypersearch", "quantize", "qat", "pipeline"):
+    for name in ("export", "train", "hypersearch", "quantize", "qat", "pipeline", "eval"):
         assert options(name)["--input-size"].type is click.INT, name
     for name in ("quantize", "qat", "pipeline"):
         assert options(name)["--diagnostics"].default == defaults.DIAGNOSTICS, name
@@ -249,6 +249,13 @@ def test_input_size_feeds_the_model_at_that_size(tmp_path):
     bad = CliRunner().invoke(main, ["quantize", str(zoo_entry("repvgg").file), "--input-size", "0",
                                     "-o", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "--input-size" in bad.stderr
+    # eval builds the checkpoint's model at that size too, and feeds the data at it
+    ev = CliRunner().invoke(main, ["eval", str(zoo_entry("repvgg").file), "--engine", "torch", "--input-size", "48",
+                                   "--eval-limit", "20", "--json", "-q"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["preprocessing"]["input_size"] == 48
+    graph = CliRunner().invoke(main, ["eval", str(tmp_path / "model_int8_ort.onnx"), "--input-size", "64"])
+    assert graph.exit_code == 2 and "export the checkpoint again" in graph.stderr
 
 
 def test_renamed_options_keep_their_old_spelling_for_a_release(int8_onnx):

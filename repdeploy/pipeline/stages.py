@@ -34,12 +34,13 @@ OPTIONAL_STAGES = ("tensorrt", "qat")  # --engine trt (before evaluate), --qat (
 # -- load -----------------------------------------------------------------------------------------
 def load_checkpoint(job: ModelJob) -> Fused:
     from ..checkpoints import load_fused
-    from ..quant.ptq_inputs import at_input_size
+    from ..models.plain import at_input_size
 
     if not job.checkpoint.is_file():
         raise InputError(f"checkpoint {job.checkpoint} does not exist; check the path")
     fused = load_fused(job.checkpoint, **job.load_kwargs)
-    plain, loaded, equivalence = at_input_size(fused.plain, job.input_size), fused.loaded, fused.equivalence  # --input-size or the zoo entry's: every stage feeds that
+    # --input-size, else the zoo entry's: every stage feeds the model at that size
+    plain, loaded, equivalence = at_input_size(fused.plain, job.input_size), fused.loaded, fused.equivalence
     return Fused(plain=plain, variant=loaded.variant, family=loaded.family, form=loaded.form,
                  detected=loaded.to_dict(),
                  fusion=equivalence.to_dict() if equivalence is not None else {"already_plain": True},

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, InputError
-from ..models.plain import PlainNet
+from ..models.plain import PlainNet, at_input_size  # noqa: F401 - at_input_size: quantize's own step
 from ..zoo import is_zoo_path
 from .calibrators import METHODS
 from .quantizer import TARGETS
@@ -50,22 +50,6 @@ def load_plain(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
         return fused.plain.eval(), info
     raise InputError(f"quantize takes a checkpoint path, a repdeploy model (PlainNet or a RepVGG/RepOpt-VGG "
                      f"module) or what repdeploy.load() returned, not {type(model).__name__}")
-
-
-def at_input_size(plain: PlainNet, input_size: int | None) -> PlainNet:
-    """`plain` fed at `input_size` (None: its own), e.g. a D2se trained at 224 whose variant says 320.
-
-    The network is fully convolutional with global pooling, so only the recorded size changes;
-    a shallow copy keeps the caller's model as it was, and every output records the new size.
-    """
-    import copy
-    import dataclasses
-
-    if input_size is None or input_size == plain.spec.input_size:
-        return plain
-    resized = copy.copy(plain)
-    resized.spec = dataclasses.replace(plain.spec, input_size=input_size)
-    return resized
 
 
 def check_quantize_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,

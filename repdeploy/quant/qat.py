@@ -57,7 +57,7 @@ from .calib_cache import weights_fingerprint
 from .calibrators import DEFAULT_PERCENTILE
 from .diagnostics import check_mode
 from .ptq_report import diagnostics_record, sample_size as diagnostics_sample
-from .ptq_inputs import at_input_size
+from ..models.plain import at_input_size
 from .qat_io import QATResult, export_tuned, load_fused_model, open_datasets, starting_ranges
 from .quantizer import TARGETS, QuantPlainNet
 from .ranges import (DEFAULT_RANGE_LR, WithRangeAdam, freeze_ranges, is_range_param, make_ranges_learnable,
