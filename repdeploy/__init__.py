@@ -38,6 +38,14 @@ _API = {
     "run_pipeline": ".pipeline", "Preprocessing": ".preprocess", "preprocess": ".preprocess",
     "preprocessing_of": ".preprocess", "QuantizeResult": ".quant.ptq", "quantize": ".quant.ptq",
     "qat": ".quant.qat", "open_runner": ".runtime",
+    # result types (dataclasses) and errors, typed (py.typed)
+    "FusedModel": ".checkpoints", "Loaded": ".checkpoints", "FuseResult": ".fuse", "Equivalence": ".fuse",
+    "QATResult": ".quant.qat", "Accuracy": ".evaluate", "BenchResult": ".bench", "Comparison": ".compare",
+    "PipelineResult": ".pipeline",
+    **{name: ".errors" for name in (
+        "RepDeployError", "InputError", "CheckpointError", "UnsafeCheckpointError", "NonFiniteWeightsError",
+        "DataError", "OutputError", "CalibrationError", "FusionError", "ExportError", "VerificationError",
+        "AccuracyGateError", "ToleranceError", "BackendMissingError")},
 }
 
 

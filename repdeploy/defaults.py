@@ -12,6 +12,14 @@ CALIB_SAMPLES = 512
 CALIB_METHOD = "entropy"
 CALIB_PERCENTILE = 99.99
 
+#: Per-layer diagnostics after quantization (quant/diagnostics.py MODES): "sample" is one float
+#: and one fake-quant pass over a few images; "full" adds one forward per layer; "off" none.
+DIAGNOSTICS = "sample"
+
+#: Where torch steps run (calibration, verification, QAT; evaluation of torch models):
+#: "auto" is the first CUDA GPU when there is one, else the CPU (devices.resolve_device).
+DEVICE = "auto"
+
 #: INT8 graph layout when nothing else decides it.
 TARGET = "ort"
 
@@ -33,7 +41,8 @@ BENCH_MAX_DURATION_S = 6.0
 #: only an interval across sessions predicts what a rerun will show.
 BENCH_SESSIONS = 3
 
-#: Training-side defaults of QAT (the short fine-tune from the PTQ ranges).
+#: Training-side defaults of QAT (the short fine-tune from the PTQ ranges); `pipeline --qat`
+#: fine-tunes for as many epochs as `qat` does.
 QAT_EPOCHS = 3
 QAT_BATCH_SIZE = 64
 

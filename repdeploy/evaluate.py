@@ -38,18 +38,21 @@ class Accuracy:
 
 def open_eval_data(runner: Runner, source, *, split: str = "val", preprocessing=None, mean=None, std=None,
                    resize: int | None = None):
-    """Open `source` (path, 'builtin' or None) preprocessed for the runner's input size.
+    """`source` in any data form (data/forms.py: path, 'builtin', tensor or array, (images,
+    labels), iterable of batches, DataLoader) as a dataset at the runner's input size.
 
     `preprocessing` is the model's own record (preprocess.preprocessing_of(model_file)), so the
     images are fed as the model was calibrated; mean/std/resize override single fields.
     """
-    from .data import open_dataset
+    from .data import ImageDataset, as_dataset
 
+    if isinstance(source, ImageDataset):
+        return source
     meta = runner.get_input_metadata()
     if meta.image_size is None:
         raise DataError(f"{runner.name}: cannot tell its input size from shape {meta.shape}")
-    return open_dataset(source, split=split, image_size=meta.image_size, channels=meta.channels or 3,
-                        preprocessing=preprocessing, mean=mean, std=std, resize=resize)
+    return as_dataset(source, split=split, image_size=meta.image_size, channels=meta.channels or 3, what="eval data",
+                      preprocessing=preprocessing, mean=mean, std=std, resize=resize)
 
 
 def collect_logits(runner: Runner, dataset, *, batch_size: int = 64, limit: int | None = None,
@@ -83,27 +86,22 @@ def accuracy_from_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[float,
 
 def evaluate(runner: Runner, dataset, *, batch_size: int = 64, limit: int | None = None,
              keep_logits: bool = False) -> Accuracy:
-    """Top-1 and top-5 of an active runner on a labelled dataset.
+    """Top-1 and top-5 of an active runner on labelled data, in any form `quantize` takes too
+    (an opened dataset, a path or 'builtin', an (images, labels) pair, a DataLoader, ...).
 
     >>> with open_runner("model.onnx", "ort") as r:                       # doctest: +SKIP
-    ...     acc = evaluate(r, open_eval_data(r, "builtin"))
-
-    `dataset` may also be a source (a path or "builtin"): it is then opened for the runner.
+    ...     acc = evaluate(r, (images, labels))
     """
     from .errors import InputError
 
     if not isinstance(runner, Runner):
         raise InputError(f"evaluate: runner must be an active repdeploy Runner (from open_runner), not "
                          f"{type(runner).__name__}")
-    if isinstance(dataset, (str, bytes)) or hasattr(dataset, "__fspath__"):
-        dataset = open_eval_data(runner, dataset)
-    if not hasattr(dataset, "has_labels") or not hasattr(dataset, "batches"):
-        raise InputError(f"evaluate: dataset must be a repdeploy dataset (open_eval_data) or a source path, not "
-                         f"{type(dataset).__name__}")
     from . import validate
 
     validate.integer("batch_size", batch_size, low=1, high=4096, allow_none=False)
     validate.integer("limit", limit, low=1)
+    dataset = open_eval_data(runner, dataset)
     if not dataset.has_labels:
         raise DataError(f"data {dataset.source} has no labels; evaluation needs a class-folder layout or labels in the .npz")
     start = time.perf_counter()

@@ -8,9 +8,11 @@ leaves errors only. Progress bars appear only under the CLI, on a terminal.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from typing import Iterable, Iterator, TypeVar
+import time
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -60,9 +62,39 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     yield from rich_track(items, description=description, total=total, console=_stderr_console(), transient=True)
 
 
+@contextlib.contextmanager
+def steps(description: str, total: int) -> Iterator[Callable[[], None]]:
+    """A bar advanced by hand (one call per step), for work driven from hooks rather than a loop:
+    `with steps("diagnostics", n) as advance: ...`. Plain (no bar) off a terminal."""
+    if not interactive():
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=_stderr_console(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
 def status(message: str) -> None:
     """One progress line for a stage, logged at INFO on the `repdeploy` logger."""
     log.info(message)
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], key: str, message: str | None = None) -> Iterator[None]:
+    """Log `message` as the stage's progress line, and record its wall seconds as timings[key].
+
+    Every step that can take more than a few seconds runs under one, so a terminal never goes
+    quiet for long and report.json's `timings` gives each stage's time (issue 22).
+    """
+    if message:
+        status(message)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - start
 
 
 _warned: set[str] = set()

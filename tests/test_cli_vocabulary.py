@@ -35,10 +35,97 @@ def test_the_same_thing_has_the_same_name_everywhere():
         assert "--eval-data" in options(name), name
     for name in ("eval", "quantize", "pipeline"):
         assert "--eval-limit" in options(name), name
-    for name in ("eval", "pipeline", "qat", "train"):
+    for name in ("eval", "qat", "train", "compare"):
         assert options(name)["--batch-size"].type is click.INT, name
-    assert "--batches" in options("bench")
-    assert "--input-size" in options("export") and "--input-size" in options("train")
+    assert "--batches" in options("bench") and options("pipeline")["--batches"].type is click.INT
+    assert "--samples" not in options("compare") and "--eval-limit" in options("compare")
+    # --input-size wherever a model is built to be fed (D2se trained at 224 is not forced to 320)
+    for name in ("export", "train", "hypersearch", "quantize", "qat", "pipeline", "eval"):
+        assert options(name)["--input-size"].type is click.INT, name
+    for name in ("quantize", "qat", "pipeline"):
+        assert options(name)["--diagnostics"].default == defaults.DIAGNOSTICS, name
+    assert options("qat")["--epochs"].default == options("pipeline")["--qat-epochs"].default == defaults.QAT_EPOCHS
+
+
+def docs_cli() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+
+
+def every_option() -> dict[str, dict[str, click.Option]]:
+    """{--name: {command: option}} over every visible option of every command."""
+    out: dict[str, dict[str, click.Option]] = {}
+    for name in main.commands:
+        for opt, param in options(name).items():
+            out.setdefault(opt, {})[name] = param
+    return out
+
+
+def signature_of(param: click.Option) -> tuple:
+    """What must agree between two commands' options of one name: the kind of value and the default."""
+    kind = type(param.type).__name__
+    if isinstance(param.type, click.Choice):
+        kind = ("Choice", tuple(param.type.choices))
+    elif isinstance(param.type, click.Path):
+        kind = "Path"
+    default = None if "Sentinel" in repr(param.default) or param.default is False else param.default
+    return kind, param.is_flag, repr(default)
+
+
+def test_every_option_is_written_in_docs_cli():
+    doc = docs_cli()
+    missing = sorted(o for o in every_option() if f"`{o}" not in doc)
+    assert not missing, f"options not in docs/cli.md: {missing}"
+
+
+def documented_differences() -> set[str]:
+    doc = docs_cli()
+    section = doc[doc.index("### Defaults that differ by command"):]
+    section = section[: section.index("\n## ")]
+    return {line.split("`")[1] for line in section.splitlines() if line.startswith("| `--")}
+
+
+def test_one_name_has_one_type_and_one_default_except_where_docs_say_why():
+    differing = {o for o, by in every_option().items() if len({signature_of(p) for p in by.values()}) > 1}
+    documented = documented_differences()
+    assert differing - documented == set(), f"options that differ between commands without a reason in docs/cli.md"
+    assert documented - differing == set(), "docs/cli.md lists a difference that no longer exists"
+
+
+def test_the_check_catches_a_planted_divergence(monkeypatch):
+    """A command whose --calib-samples default drifts, or an undocumented option, fails the checks."""
+    param = options("qat")["--calib-samples"]
+    monkeypatch.setattr(param, "default", 256)
+    differing = {o for o, by in every_option().items() if len({signature_of(p) for p in by.values()}) > 1}
+    assert "--calib-samples" in differing - documented_differences()
+    monkeypatch.setattr(param, "default", defaults.CALIB_SAMPLES)
+    monkeypatch.setattr(param, "opts", ["--calibration-samples"])
+    assert "--calibration-samples" in every_option() and "`--calibration-samples" not in docs_cli()
+
+
+def test_python_functions_default_as_their_commands_do():
+    import inspect
+
+    from repdeploy import qat, quantize, run_pipeline
+
+    for command, fn, renamed in (("quantize", quantize, {}), ("qat", qat, {"eval_data": "val_data"}),
+                                 ("pipeline", run_pipeline, {"eval_data": "data"})):
+        signature = inspect.signature(fn).parameters
+        checked = 0
+        for param in main.commands[command].params:
+            name = renamed.get(param.name, param.name)
+            if not isinstance(param, click.Option) or param.hidden or name not in signature:
+                continue
+            api = signature[name].default
+            if api is inspect.Parameter.empty:  # required in Python (output_dir): nothing to agree on
+                continue
+            cli = None if "Sentinel" in repr(param.default) else param.default
+            if param.is_flag and cli is None:
+                cli = False
+            assert api == cli or (api is None and cli is None), (command, name, api, cli)
+            checked += 1
+        assert checked >= 8, (command, checked)
 
 
 def test_one_defaults_module_feeds_every_command():
@@ -145,3 +232,39 @@ def test_json_out_to_a_bad_place_is_one_line_and_the_cli_leaves_no_handler(int8_
     status("a library stage line")
     assert capsys.readouterr().err == ""
     assert logging.getLogger("repdeploy").handlers == []
+
+
+def test_input_size_feeds_the_model_at_that_size(tmp_path):
+    """quantize --input-size: the model is calibrated, verified and recorded at that size."""
+    r = CliRunner().invoke(main, ["quantize", str(zoo_entry("repvgg").file), "--calib-data", "builtin",
+                                  "--calib-samples", "16", "--input-size", "48", "--diagnostics", "off",
+                                  "-o", str(tmp_path), "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert report["arch"]["input_size"] == 48 and report["preprocessing"]["input_size"] == 48
+    assert report["diagnostics"] == {"mode": "off", "images": 0} and report["layers"] == []
+    import repdeploy
+
+    assert repdeploy.load_fused(tmp_path / "fused.pt").plain.spec.input_size == 48
+    bad = CliRunner().invoke(main, ["quantize", str(zoo_entry("repvgg").file), "--input-size", "0",
+                                    "-o", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "--input-size" in bad.stderr
+    # eval builds the checkpoint's model at that size too, and feeds the data at it
+    ev = CliRunner().invoke(main, ["eval", str(zoo_entry("repvgg").file), "--engine", "torch", "--input-size", "48",
+                                   "--eval-limit", "20", "--json", "-q"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["preprocessing"]["input_size"] == 48
+    graph = CliRunner().invoke(main, ["eval", str(tmp_path / "model_int8_ort.onnx"), "--input-size", "64"])
+    assert graph.exit_code == 2 and "export the checkpoint again" in graph.stderr
+
+
+def test_renamed_options_keep_their_old_spelling_for_a_release(int8_onnx):
+    runner = CliRunner()
+    fp32 = int8_onnx.parent / "model_fp32.onnx"
+    new = runner.invoke(main, ["compare", str(fp32), str(int8_onnx), "--eval-limit", "4", "--atol", "10",
+                               "--rtol", "10", "--json"])
+    old = runner.invoke(main, ["compare", str(fp32), str(int8_onnx), "--samples", "4", "--atol", "10",
+                               "--rtol", "10", "--json"])
+    assert new.exit_code == old.exit_code == 0, old.output
+    assert json.loads(new.stdout)["images"] == json.loads(old.stdout)["images"] == 4
+    assert "--samples is deprecated" in old.stderr and "use --eval-limit" in old.stderr

@@ -20,9 +20,9 @@ from ..models import PlainNet, build, get_spec
 from .files import read_file, unwrap
 from .formats import (FORMAT_SCALES, FORMAT_TIMM, Loaded, check_dtypes, check_finite, describe, detect_format,
                       infer_spec, load_strict, timm_to_official, to_module_keys)
-from .fused import REPDEPLOY_MARKER, read_fused, save_fused
+from .fused import REPDEPLOY_MARKER, FusedModel, read_fused, save_fused
 
-__all__ = ["Loaded", "load", "load_fused", "save_fused"]
+__all__ = ["FusedModel", "Loaded", "load", "load_fused", "save_fused"]
 
 
 def load(
@@ -69,10 +69,11 @@ def load(
     return Loaded(p, model.eval(), spec, fmt, form, container, variant, len(sd))
 
 
-def load_fused(path: str | Path, **kwargs: Any):
-    """Load any checkpoint and return (PlainNet, Loaded, Equivalence or None).
+def load_fused(path: str | Path, **kwargs: Any) -> FusedModel:
+    """Load any checkpoint as its fused PlainNet: a `FusedModel` (plain, loaded, equivalence).
 
-    Train, target and hs forms are fused and verified; deploy and fused forms are already plain.
+    Train, target and hs forms are fused and verified; deploy and fused forms are already plain
+    (equivalence None). `kwargs` are `load`'s.
     """
     from ..fuse import fuse
 
@@ -80,6 +81,6 @@ def load_fused(path: str | Path, **kwargs: Any):
     if loaded.model is None:
         raise CheckpointError(f"{path} is a RepOpt-VGG scales file: it carries no weights; {loaded.deploy_steps}")
     if isinstance(loaded.model, PlainNet):
-        return loaded.model, loaded, None
+        return FusedModel(loaded.model, loaded, None)
     result = fuse(loaded.model)
-    return result.plain, loaded, result.equivalence
+    return FusedModel(result.plain, loaded, result.equivalence)

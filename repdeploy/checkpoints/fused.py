@@ -6,8 +6,9 @@ it by its marker key and reads it back here, checking the record as it would any
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from ..version import __version__
 from ..errors import CheckpointError, InputError
@@ -16,7 +17,29 @@ from ..models import ArchSpec, PlainNet, get_spec
 from .files import is_state_dict
 from .formats import FORMAT_REPDEPLOY, Loaded, check_dtypes, check_finite, load_strict
 
+if TYPE_CHECKING:
+    from ..fuse import Equivalence
+
 REPDEPLOY_MARKER = "repdeploy_format"
+
+
+@dataclass(frozen=True)
+class FusedModel:
+    """What `load_fused` returns: the inference-form model, what was loaded, and the fusion check.
+
+    `equivalence` is None when the checkpoint was already plain (deploy form or fused.pt).
+    Unpacks as the (plain, loaded, equivalence) triple it replaces, for existing callers.
+
+    >>> fused = load_fused("RepVGG-A0-train.pth")     # doctest: +SKIP
+    >>> fused.plain.spec.name, fused.equivalence.max_abs_diff
+    """
+
+    plain: PlainNet
+    loaded: Loaded
+    equivalence: Equivalence | None
+
+    def __iter__(self) -> Iterator:
+        return iter((self.plain, self.loaded, self.equivalence))
 
 
 def save_fused(plain: PlainNet, path: str | Path, extra: dict | None = None) -> Path:

@@ -370,3 +370,19 @@ def preprocessing_options(fn: Callable) -> Callable:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def diagnostics_option(fn: Callable) -> Callable:
+    """--diagnostics full|sample|off: what the per-layer records of the report cost (quant/diagnostics.py)."""
+    from .. import defaults
+    from ..quant.diagnostics import MODES
+
+    return click.option("--diagnostics", type=click.Choice(MODES), default=defaults.DIAGNOSTICS, show_default=True,
+                        help="Per-layer SQNR and weight statistics: sample (one float and one INT8 pass over a few "
+                             "images), full (adds each layer's isolated logit SQNR: one pass per layer), off.")(fn)
+
+
+def input_size_option(fn: Callable) -> Callable:
+    """--input-size N: feed the model at N px instead of its variant's size (every command that builds one)."""
+    return click.option("--input-size", type=int, default=None,
+                        help="Input size in pixels (default: the model's own; e.g. 224 for a D2se trained at 224).")(fn)

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from .. import defaults
 from .common import checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option, quiet_option
 
 
@@ -33,16 +34,19 @@ def _text(r: dict) -> str:
 @click.option("--engine", "engines", multiple=True, type=click.Choice(["torch", "ort", "trt"]),
               help="Runtime for both models, or give it twice (A then B). Default: trt for engines, ort for "
                    ".onnx, torch for checkpoints.")
-@click.option("--eval-data", default=None,
+@click.option("--eval-data", type=click.Path(), default=None,
               help="Images to feed (class folders, .npy/.npz or 'builtin'); default: seeded random inputs.")
-@click.option("--samples", default=16, show_default=True, help="How many inputs.")
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--eval-limit", "samples", type=int, default=16, show_default=True,
+              help="How many inputs: the first N images of --eval-data, or N random ones.")
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help="Inputs per inference (8 fits the default TensorRT profile of `export`).")
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Absolute tolerance per logit.")
 @click.option("--rtol", type=float, default=1e-5, show_default=True, help="Relative tolerance per logit (of A).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of the random inputs.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
 @device_option
 @deprecated_alias("--data", "--eval-data")
+@deprecated_alias("--samples", "--eval-limit")
 @checkpoint_options
 @json_option
 @quiet_option

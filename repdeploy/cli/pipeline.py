@@ -8,27 +8,27 @@ import click
 
 from .. import defaults
 from ..zoo import ZOOS
-from .common import (checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
-                     preprocessing_options, quiet_option)
+from .common import (checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit, handle_errors,
+                     input_size_option, json_option, preprocessing_options, quiet_option)
 from .core import input_format_option, labels_option
 
 
 @click.command("pipeline")
 @click.argument("checkpoints", nargs=-1, type=click.Path())
 @click.option("-o", "--output", required=True, type=click.Path(), help="Output directory (one run directory per model).")
-@click.option("--eval-data", default=None,
+@click.option("--eval-data", type=click.Path(), default=None,
               help="Labelled validation images (class folders or .npz); default: built-in digits val split.")
-@click.option("--calib-data", default=None, help="Calibration images; default: the built-in train split, else --eval-data.")
+@click.option("--calib-data", type=click.Path(), default=None, help="Calibration images; default: the built-in train split, else --eval-data.")
 @click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
-@click.option("--calib-method", default=None, type=click.Choice(["max", "percentile", "entropy", "mse"]),
-              help="Calibration method; default: the PTQ default.")
+@click.option("--calib-method", default=defaults.CALIB_METHOD, show_default=True,
+              type=click.Choice(["max", "percentile", "entropy", "mse"]), help="How activation ranges are chosen.")
 @click.option("--engine", type=click.Choice(["ort", "trt"]), default="ort", show_default=True, help="Runtime for eval and bench.")
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=None,
               help="INT8 graph layout; default: ort for --engine ort, tensorrt for --engine trt.")
 @click.option("--max-drop", type=float, default=None,
               help="Accuracy gate: max top-1 drop in absolute points; models over it are FAILED and the exit code is 3.")
-@click.option("--batch-size", "bench_batch", type=int, default=defaults.BENCH_BATCH_SIZE, show_default=True,
-              help="Batch size for the latency figures.")
+@click.option("--batches", "bench_batch", type=int, default=defaults.BENCH_BATCH_SIZE, show_default=True,
+              help="Batch size of the latency figures (one; `bench --batches` takes a list).")
 @click.option("--threads", type=int, default=None, help="CPU threads for ORT (default: ORT's choice).")
 @click.option("--warmup", type=float, default=defaults.BENCH_WARMUP_S, show_default=True,
               help="Warm-up seconds per benchmark session.")
@@ -44,27 +44,33 @@ from .core import input_format_option, labels_option
                    "them.")
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N validation images only.")
 @click.option("--qat", is_flag=True, help="Add a QAT column: fine-tune from the PTQ ranges (distilled) and evaluate.")
-@click.option("--qat-epochs", type=int, default=2, show_default=True)
+@click.option("--qat-epochs", type=int, default=defaults.QAT_EPOCHS, show_default=True,
+              help="QAT epochs (the same default as `qat --epochs`).")
 @click.option("--qat-lr", type=float, default=None,
               help="QAT learning rate (default: qat's, sgd 0.01 capped by the loss's sharpness, docs/benchmarks.md).")
 @click.option("--zoo", type=click.Choice(ZOOS), default=None,
               help="Built-in models to run when no checkpoint is given: default (`make demo`) or stress (a RepVGG / "
                    "RepOpt-VGG pair whose RepVGG loses accuracy in PTQ; docs/training.md).  [default: default]")
-@click.option("--train-data", default=None, help="QAT training images; default: the train split of --eval-data.")
+@click.option("--train-data", type=click.Path(), default=None,
+              help="QAT training images; default: the train split of --eval-data.")
+@click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of the calibration sample.")
 @click.option("--fallback-float", is_flag=True,
               help="With --max-drop: leave the most sensitive layers in float until the drop fits, chosen on a "
                    "holdout of the calibration images (never --eval-data).")
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) models whose verification failed; the report marks them.")
 @deprecated_alias("--data", "--eval-data")
-@deprecated_alias("--batch", "--batch-size")
+@deprecated_alias("--batch", "--batches")
+@deprecated_alias("--batch-size", "--batches")
 @click.option("--triton-repo", type=click.Path(), default=None,
               help="Also package the INT8 models that passed as a Triton model repository here (docs/triton.md).")
 @click.option("--force", is_flag=True,
               help="Write into run directories that hold files no repdeploy manifest lists (those are kept).")
+@input_size_option
 @preprocessing_options
 @labels_option
 @input_format_option
+@diagnostics_option
 @device_option
 @checkpoint_options
 @json_option
@@ -72,8 +78,8 @@ from .core import input_format_option, labels_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
                  bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, qat_lr, zoo, train_data, fallback_float, allow_mismatch, triton_repo, force, prep, labels,
-                 input_format, device, load_kwargs, as_json):
+                 qat_epochs, qat_lr, zoo, train_data, seed, fallback_float, allow_mismatch, triton_repo, force, input_size,
+                 prep, labels, input_format, diagnostics, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -112,7 +118,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
             eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
             load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
             fallback_float=fallback_float, allow_mismatch=allow_mismatch, triton_repo=triton_repo, labels=labels,
-            input_format=input_format, **prep,
+            input_format=input_format, input_size=input_size, diagnostics=diagnostics, seed=seed, **prep,
         )
     for w in caught:
         status(f"warning: {w.message}")

@@ -6,8 +6,8 @@ import click
 
 from .. import defaults
 from ..quant.ranges import DEFAULT_RANGE_LR
-from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
-                     preprocessing_options, quiet_option)
+from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit,
+                     handle_errors, input_size_option, json_option, preprocessing_options, quiet_option)
 
 
 def _text(r: dict) -> str:
@@ -26,8 +26,8 @@ def _text(r: dict) -> str:
 
 @click.command("qat")
 @click.argument("checkpoint", required=False, type=click.Path())
-@click.option("--train-data", default=None, help="Training images: ImageFolder tree, labelled .npz, or 'builtin'.")
-@click.option("--eval-data", default=None, help="Validation images (default: the source's val split or 10% held out).")
+@click.option("--train-data", type=click.Path(), default=None, help="Training images: ImageFolder tree, labelled .npz, or 'builtin'.")
+@click.option("--eval-data", type=click.Path(), default=None, help="Validation images (default: the source's val split or 10% held out).")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @click.option("--epochs", type=int, default=defaults.QAT_EPOCHS, show_default=True)
 @click.option("--lr", type=float, default=None,
@@ -41,10 +41,12 @@ def _text(r: dict) -> str:
 @click.option("--distill/--no-distill", default=False, help="Distil from the FP32 model (KL on logits).")
 @click.option("--temperature", default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--calib-cache", type=click.Path(), default=None, help="Start from these ranges instead of calibrating.")
-@click.option("--calib-data", default=None, help="Calibration images (default: the training data).")
+@click.option("--calib-data", type=click.Path(), default=None, help="Calibration images (default: the training data).")
 @click.option("--calib-method", type=click.Choice(["max", "percentile", "entropy", "mse"]),
               default=defaults.CALIB_METHOD, show_default=True)
 @click.option("--calib-samples", type=int, default=defaults.CALIB_SAMPLES, show_default=True)
+@click.option("--percentile", type=float, default=defaults.CALIB_PERCENTILE, show_default=True,
+              help="For --calib-method percentile.")
 @click.option("--target", type=click.Choice(["ort", "tensorrt"]), default=defaults.TARGET, show_default=True)
 @click.option("--train-samples", type=int, default=None, help="Train on a seeded subset of N images.")
 @click.option("--learnable-ranges/--frozen-ranges", default=True, show_default=True,
@@ -58,7 +60,9 @@ def _text(r: dict) -> str:
 @click.option("--seed", type=int, default=defaults.SEED, show_default=True)
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a QAT model whose verification failed; the report records it.")
+@input_size_option
 @preprocessing_options
+@diagnostics_option
 @device_option
 @amp_option
 @deprecated_alias("--val-data", "--eval-data")
@@ -67,9 +71,9 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
-            grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, target,
-            train_samples, learnable_ranges, range_lr, resume, checkpoint_every, seed, allow_mismatch, prep, device, amp,
-            load_kwargs, as_json):
+            grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, percentile, target,
+            train_samples, learnable_ranges, range_lr, resume, checkpoint_every, seed, allow_mismatch, input_size, prep,
+            diagnostics, device, amp, load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains the weights and the activation
@@ -91,10 +95,10 @@ def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_siz
         checkpoint, train_data=train_data, val_data=eval_data, output_dir=output_dir, epochs=epochs, lr=lr,
         batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, grad_mult=grad_mult,
         distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
-        calib_method=calib_method, calib_samples=calib_samples, target=target, train_samples=train_samples,
+        calib_method=calib_method, calib_samples=calib_samples, percentile=percentile, target=target, train_samples=train_samples,
         learnable_ranges=learnable_ranges, range_lr=range_lr, resume=resume,
         checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch,
-        device=device, amp=amp, **prep,
+        device=device, amp=amp, input_size=input_size, diagnostics=diagnostics, **prep,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from .. import defaults
-from .common import (checkpoint_options, device_option, emit, handle_errors, json_option, preprocessing_options,
-                     quiet_option)
+from .common import (checkpoint_options, device_option, diagnostics_option, emit, handle_errors, input_size_option,
+                     json_option, preprocessing_options, quiet_option)
 from .core import input_format_option, labels_option
 
 
@@ -32,7 +32,7 @@ def _text(r: dict) -> str:
         top5 = f", top-5 {r['fp32_top5']:.2f} -> {r['int8_top5']:.2f}" if r.get("fp32_top5") is not None else ""
         lines.append(f"  accuracy    top-1 {r['fp32_top1']:.2f} -> {r['int8_top1']:.2f} "
                      f"(drop {r['top1_drop']:.2f}){top5} on {r['eval_images']} images")
-    s = r["layers_summary"]
+    s = r.get("layers_summary") or {}
     if s.get("mean_centre_share") is not None:
         lines.append(f"  weights     centre-tap share {s['mean_centre_share']:.2f} (flat kernel: 0.11), "
                      f"most sensitive: {', '.join(s['most_sensitive_layers'])}")
@@ -79,9 +79,11 @@ def _text(r: dict) -> str:
               help="With --max-drop: leave the most sensitive layers in float until the drop fits.")
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a model whose verification failed; the report records that it was allowed.")
+@input_size_option
 @preprocessing_options
 @labels_option
 @input_format_option
+@diagnostics_option
 @click.option("--seed", type=int, default=defaults.SEED, show_default=True, help="Seed of the calibration sample.")
 @click.option("-o", "--output", "output_dir", required=True, type=click.Path(), help="Output directory.")
 @device_option
@@ -90,8 +92,8 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, prep, labels, input_format, seed, output_dir,
-                 device, load_kwargs, as_json):
+                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, input_size, prep, labels, input_format,
+                 diagnostics, seed, output_dir, device, load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -113,7 +115,8 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
     common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
                   eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
-                  allow_mismatch=allow_mismatch, device=device, labels=labels, input_format=input_format, **prep)
+                  allow_mismatch=allow_mismatch, device=device, labels=labels, input_format=input_format,
+                  input_size=input_size, diagnostics=diagnostics, **prep)
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
     records, failed, mismatched = [], [], []

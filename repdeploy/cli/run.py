@@ -7,8 +7,8 @@ import sys
 import click
 
 from .. import defaults
-from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option,
-                     log_warning, preprocessing_options, quiet_option)
+from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, device_option, emit, handle_errors,
+                     input_size_option, json_option, log_warning, preprocessing_options, quiet_option)
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 
@@ -42,6 +42,7 @@ def _eval_text(r: dict) -> str:
 @click.option("--batch-size", type=int, default=defaults.EVAL_BATCH_SIZE, show_default=True)
 @click.option("--eval-limit", type=int, default=None, help="Evaluate only the first N images.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch / ORT.")
+@input_size_option
 @preprocessing_options
 @device_option
 @deprecated_alias("--data", "--eval-data")
@@ -50,7 +51,8 @@ def _eval_text(r: dict) -> str:
 @json_option
 @quiet_option
 @handle_errors
-def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, prep, device, load_kwargs, as_json):
+def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, input_size, prep, device, load_kwargs,
+             as_json):
     """Top-1 and top-5 accuracy of a checkpoint, fused .pt, .onnx or engine.
 
     Images are fed with the preprocessing record the model carries (ONNX metadata, fused.pt),
@@ -75,7 +77,7 @@ def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, prep, de
     engine = engine or ("trt" if model_kind(model) == "engine" else "ort")
     kwargs = load_kwargs if model_kind(model) == "checkpoint" else {}
     record = preprocessing_of(model)
-    with open_runner(model, engine, threads=threads, device=device, **kwargs) as runner:
+    with open_runner(model, engine, threads=threads, device=device, input_size=input_size, **kwargs) as runner:
         dataset = open_eval_data(runner, eval_data, preprocessing=record, **prep)
         acc = evaluate(runner, dataset, batch_size=batch_size, limit=eval_limit)
     out = acc.to_dict()

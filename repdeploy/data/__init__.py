@@ -22,7 +22,8 @@ those defaults. Float arrays are taken as already-preprocessed model inputs and 
 Folders stream from disk one image at a time; nothing decodes the whole folder up front.
 
 The package follows those steps: `dataset` (the `ImageDataset` record), `sources` (opening a source
-by name) over `builtin`, `folders` and `arrays`, and `splits` (seeded samples, holdouts, splits).
+by name) over `builtin`, `folders` and `arrays`, `forms` (every form an API caller may hold data in:
+path, array, (images, labels), iterable, DataLoader) and `splits` (seeded samples, holdouts, splits).
 The names below are its public interface.
 """
 
@@ -30,11 +31,12 @@ from __future__ import annotations
 
 from .builtin import DIGITS_MEAN, DIGITS_STD, builtin_path
 from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, same_images
+from .forms import as_dataset
 from .sources import SPLITS, from_arrays, open_dataset
 from .splits import calibration_sample, holdout_split, open_train_val, split_dataset
 
 __all__ = [
-    "ImageDataset", "open_dataset", "from_arrays", "same_images", "holdout_split", "open_train_val",
+    "ImageDataset", "open_dataset", "from_arrays", "as_dataset", "same_images", "holdout_split", "open_train_val",
     "calibration_sample", "split_dataset", "builtin_path",
     "IMAGENET_MEAN", "IMAGENET_STD", "DIGITS_MEAN", "DIGITS_STD", "SPLITS",
 ]

@@ -17,7 +17,7 @@ import torch
 from ..errors import DataError
 from ..pixels import to_input
 from ..preprocess import Preprocessing
-from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, normalisation
+from .dataset import IMAGENET_MEAN, IMAGENET_STD, ImageDataset, digest, normalisation
 
 
 def as_numpy(name: str, value) -> np.ndarray:
@@ -161,8 +161,12 @@ def array_dataset(name: str, images: np.ndarray, labels: np.ndarray | None, clas
         # producer normalised them, so they are only resized
         return torch.from_numpy(to_input(list(batch), record, normalised=not is_float))
 
+    def content(items: np.ndarray) -> list[bytes]:
+        # the stored pixels (not the normalised inputs), so the same photos in two arrays match
+        return [digest(np.ascontiguousarray(images[int(i)]).tobytes()) for i in items]
+
     return ImageDataset(name, image_size, channels, tuple(mean), tuple(std), classes, labels, load,
-                        resize=record.resize, split=split, value_range=record.value_range)
+                        resize=record.resize, split=split, value_range=record.value_range, content_digest=content)
 
 
 def _check_channels(name: str, c: int, channels: int) -> None:

@@ -1,11 +1,14 @@
 """The dataset record every source becomes: `ImageDataset` (images preprocessed on access, labels).
 
 Also what all sources share: the normalisation statistics (`normalisation`, ImageNet's by
-default) and `same_images`, which tells whether two datasets draw on the same images.
+default) and `same_images`, which tells whether two datasets draw on the same images, by
+content: a copy of the calibration photos given as eval data is the same images under another
+path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -20,6 +23,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 BatchLoader = Callable[[np.ndarray], torch.Tensor]
+#: per item: a digest of its content (the file's bytes, or the array row's raw pixels)
+ContentDigest = Callable[[np.ndarray], list[bytes]]
+#: per item: a cheap number that equal contents share (a file's size), to skip most digests
+ContentSize = Callable[[np.ndarray], list[int]]
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 @dataclass
@@ -42,6 +53,8 @@ class ImageDataset:
     resize: int | None = None  # shorter side before the centre crop (None: image_size)
     split: str | None = None  # the split actually read; None when the source has no splits
     value_range: tuple[float, float] = (0.0, 255.0)  # raw pixel values mapped to [0, 1] (uint16: 65535)
+    content_digest: ContentDigest | None = field(default=None, repr=False)
+    content_size: ContentSize | None = field(default=None, repr=False)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -76,7 +89,7 @@ class ImageDataset:
         pos = np.asarray(positions, dtype=np.int64)
         return ImageDataset(self.source, self.image_size, self.channels, self.mean, self.std,
                             self.classes, self.labels, self._load, self.indices[pos], self.resize, self.split,
-                            self.value_range)
+                            self.value_range, self.content_digest, self.content_size)
 
     def batches(self, batch_size: int, *, limit: int | None = None, shuffle: bool = False,
                 seed: int = 0, skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -109,13 +122,35 @@ class ImageDataset:
 
 
 def same_images(a: ImageDataset, b: ImageDataset) -> bool:
-    """Whether two datasets draw on the same images (one source without separate splits, or the
-    same split of it): calibrating on `a` then evaluating on `b` would flatter the INT8 accuracy."""
-    if a.source != b.source:
+    """Whether two datasets share an image: calibrating on `a` then evaluating on `b` would
+    flatter the INT8 accuracy. The same items of one source count, and so does the same content
+    under another path (a copied folder, the same array passed twice): file bytes for image
+    files, raw pixels for arrays, compared by digest."""
+    if a.source == b.source and not (a.split is not None and b.split is not None and a.split != b.split):
+        if np.intersect1d(a.indices, b.indices).size:
+            return True
+    return shares_content(a, b)
+
+
+def shares_content(a: ImageDataset, b: ImageDataset, chunk: int = 256) -> bool:
+    """Whether any item of `a` has the content of an item of `b`.
+
+    Where both sources know a cheap size per item (files), only items whose size occurs on both
+    sides are read and hashed, so an eval folder of 50,000 JPEGs costs a directory's stat calls.
+    """
+    if a.content_digest is None or b.content_digest is None or not len(a) or not len(b):
         return False
-    if a.split is not None and b.split is not None and a.split != b.split:
-        return False
-    return bool(np.intersect1d(a.indices, b.indices).size)
+    ia, ib = a.indices, b.indices
+    if a.content_size is not None and b.content_size is not None:
+        sa, sb = np.asarray(a.content_size(ia)), np.asarray(b.content_size(ib))
+        common = np.intersect1d(sa, sb)
+        ia, ib = ia[np.isin(sa, common)], ib[np.isin(sb, common)]
+        if not len(ia):
+            return False
+    (small, i_small), (large, i_large) = sorted(((a, ia), (b, ib)), key=lambda pair: len(pair[1]))
+    seen = set(small.content_digest(i_small))
+    return any(seen.intersection(large.content_digest(i_large[start:start + chunk]))
+               for start in range(0, len(i_large), chunk))
 
 
 def normalisation(mean, std, default_mean, default_std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

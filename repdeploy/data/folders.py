@@ -16,7 +16,7 @@ import torch
 from ..errors import DataError
 from ..pixels import to_input
 from ..preprocess import Preprocessing
-from .dataset import ImageDataset
+from .dataset import ImageDataset, digest
 
 # ImageNet evaluation convention: resize to 256 for a 224 crop.
 CROP_RATIO = 0.875
@@ -106,4 +106,6 @@ def open_folder(path: Path, split: str, image_size: int, channels: int, mean, st
         return torch.from_numpy(np.stack([load_one(files[int(i)]) for i in items]).astype(np.float32))
 
     return ImageDataset(str(root), image_size, channels, tuple(mean), tuple(std), classes,
-                        np.asarray(labels, dtype=np.int64), load, resize=resize_to, split=split if has_split else None)
+                        np.asarray(labels, dtype=np.int64), load, resize=resize_to, split=split if has_split else None,
+                        content_digest=lambda items: [digest(files[int(i)].read_bytes()) for i in items],
+                        content_size=lambda items: [files[int(i)].stat().st_size for i in items])

@@ -35,3 +35,19 @@ class PlainNet(StagedNet):
 
     def __init__(self, spec: ArchSpec) -> None:
         super().__init__(spec, lambda layer: PlainBlock(layer, spec.use_se))
+
+
+def at_input_size(plain: nn.Module, input_size: int | None) -> nn.Module:
+    """`plain` fed at `input_size` (None: its own), e.g. a D2se trained at 224 whose variant says 320.
+
+    The network is fully convolutional with global pooling, so only the recorded size changes;
+    a shallow copy keeps the caller's model as it was, and every output records the new size.
+    """
+    import copy
+    import dataclasses
+
+    if input_size is None or input_size == plain.spec.input_size:
+        return plain
+    resized = copy.copy(plain)
+    resized.spec = dataclasses.replace(plain.spec, input_size=input_size)
+    return resized

@@ -71,7 +71,7 @@ def run_pipeline(
     target: str | None = None,
     max_drop: float | None = None,
     calib_samples: int = defaults.CALIB_SAMPLES,
-    calib_method: str | None = None,
+    calib_method: str | None = defaults.CALIB_METHOD,
     bench_batch: int = 1,
     threads: int | None = None,
     warmup: float = DEFAULT_WARMUP_S,
@@ -81,7 +81,7 @@ def run_pipeline(
     max_duration: float = DEFAULT_MAX_DURATION_S,
     bench_sessions: int = DEFAULT_BENCH_SESSIONS,
     qat: bool = False,
-    qat_epochs: int = 2,
+    qat_epochs: int = defaults.QAT_EPOCHS,
     qat_lr: float | None = None,
     train_data: str | None = None,
     zoo: str | None = None,
@@ -93,7 +93,10 @@ def run_pipeline(
     std: Sequence[float] | None = None,
     resize: int | None = None,
     force: bool = False,
-    device: str = "auto",
+    device: str = defaults.DEVICE,
+    input_size: int | None = None,
+    diagnostics: str = defaults.DIAGNOSTICS,
+    seed: int = defaults.SEED,
     triton_repo: str | Path | None = None,
     labels: str | Path | None = None,
     input_format: str = "float",
@@ -140,6 +143,11 @@ def run_pipeline(
         raise InputError(f"--zoo {zoo} with checkpoints: --zoo picks the built-in models run when no checkpoint is "
                          "given; drop one of them")
     validate.resize("--resize", resize)
+    validate.input_size("--input-size", input_size)
+    validate.seed("--seed", seed)
+    from ..quant.diagnostics import check_mode
+
+    check_mode(diagnostics)
     if fallback_float and max_drop is None:
         raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
     if labels is not None:
@@ -165,14 +173,14 @@ def run_pipeline(
         duration=duration, iterations=iterations, max_duration=max_duration, bench_sessions=bench_sessions,
         eval_limit=eval_limit, qat=qat,
         qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
-        fallback_float=fallback_float,
+        fallback_float=fallback_float, input_size=input_size, diagnostics=diagnostics, seed=seed,
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
         labels=str(labels) if labels is not None else None, input_format=input_format,
     )
     if checkpoints:
-        jobs = [(Path(c), None, None, Path(c).name) for c in checkpoints]
+        jobs = [(Path(c), None, input_size, Path(c).name) for c in checkpoints]
     else:
-        jobs = [(e.file, e.arch, e.input_size, e.name) for e in builtin_zoo(zoo or "default")]
+        jobs = [(e.file, e.arch, input_size or e.input_size, e.name) for e in builtin_zoo(zoo or "default")]
     names = _unique_names([name for *_, name in jobs])
     out = Path(output_dir)
     inputs = [path for path, *_ in jobs] + [data, calib_data, train_data]

@@ -34,9 +34,9 @@ class PipelineSettings:
     max_duration: float = DEFAULT_MAX_DURATION_S
     bench_sessions: int = DEFAULT_BENCH_SESSIONS
     eval_limit: int | None = None
-    seed: int = 0
+    seed: int = defaults.SEED
     qat: bool = False  # add a QAT column: fine-tune from the PTQ ranges, evaluate its INT8 model
-    qat_epochs: int = 2
+    qat_epochs: int = defaults.QAT_EPOCHS
     qat_lr: float | None = None  # None: qat's default (sgd 0.01)
     train_data: str | None = None  # QAT training images; default: the train split of --data
     allow_mismatch: bool = False  # keep models whose verification failed (recorded per row)
@@ -44,7 +44,9 @@ class PipelineSettings:
     mean: tuple[float, ...] | None = None  # preprocessing overrides (None: the model's record or the data's)
     std: tuple[float, ...] | None = None
     resize: int | None = None
-    device: str = "auto"  # where torch steps (calibration, verification, QAT) run
+    device: str = defaults.DEVICE  # where torch steps (calibration, verification, QAT) run
+    input_size: int | None = None  # every model fed at this size (None: the zoo entry's, else the model's)
+    diagnostics: str = defaults.DIAGNOSTICS  # quantize's per-layer records (quant/diagnostics.py MODES)
     labels: str | None = None  # class names file (one per line) for the ONNX metadata; default: the data's
     input_format: str = "float"  # uint8-nhwc / uint8-nchw: also write the INT8 model that normalises in its graph
 

@@ -34,14 +34,17 @@ OPTIONAL_STAGES = ("tensorrt", "qat")  # --engine trt (before evaluate), --qat (
 # -- load -----------------------------------------------------------------------------------------
 def load_checkpoint(job: ModelJob) -> Fused:
     from ..checkpoints import load_fused
+    from ..models.plain import at_input_size
 
     if not job.checkpoint.is_file():
         raise InputError(f"checkpoint {job.checkpoint} does not exist; check the path")
-    plain, loaded, equivalence = load_fused(job.checkpoint, **job.load_kwargs)
+    fused = load_fused(job.checkpoint, **job.load_kwargs)
+    # --input-size, else the zoo entry's: every stage feeds the model at that size
+    plain, loaded, equivalence = at_input_size(fused.plain, job.input_size), fused.loaded, fused.equivalence
     return Fused(plain=plain, variant=loaded.variant, family=loaded.family, form=loaded.form,
                  detected=loaded.to_dict(),
                  fusion=equivalence.to_dict() if equivalence is not None else {"already_plain": True},
-                 input_size=job.input_size or plain.spec.input_size)
+                 input_size=plain.spec.input_size)
 
 
 def open_evaluation_data(job: ModelJob, fused: Fused, s: PipelineSettings) -> Prepared:
@@ -129,6 +132,11 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
     from ..quant.ptq import quantize
 
     source, on_eval_data = calibration_source(s)
+    if s.calib_data and not on_eval_data:  # another path may still hold the same photos
+        from ..data import open_dataset, same_images
+
+        calib = open_dataset(source, split="train", image_size=fused.input_size, channels=fused.spec.in_channels)
+        on_eval_data = same_images(calib, prepared.val)
     if on_eval_data:
         status(f"  warning: calibrating on the evaluation data {s.data}: INT8 accuracy will look better than it is; "
                "pass --calib-data")
@@ -140,7 +148,7 @@ def quantize_int8(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSe
     kwargs: dict[str, Any] = {"output_dir": scratch, "calib_data": source, "calib_samples": s.calib_samples,
                               "target": s.target, "seed": s.seed, "device": s.device, "allow_mismatch": True,
                               "preprocessing": prepared.val.preprocessing, "labels": s.labels,
-                              "input_format": s.input_format}
+                              "input_format": s.input_format, "diagnostics": s.diagnostics}
     if s.fallback_float:  # layers are chosen on a holdout of the calibration source, never on --data
         kwargs.update(fallback=True, max_drop=s.max_drop)
     if s.calib_method:

@@ -8,7 +8,9 @@ Accepted, as ModelOpt and ONNX Runtime users expect:
   array, or a tuple/list whose first element is one ((images, labels) from a DataLoader). The
   first `samples` images are used, in order; nothing is decoded beyond them.
 
-A `forward_loop=callable(model)` is the fourth form; `calibrate` runs it directly.
+- an (images, labels) pair: its images (data/forms.py, the adapter `evaluate` shares).
+
+A `forward_loop=callable(model)` is the last form; `calibrate` runs it directly.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from ..data import ImageDataset, calibration_sample, from_arrays, open_dataset
+from ..data import ImageDataset, as_dataset, calibration_sample
+from ..data.forms import as_pair, in_memory_arrays
 from ..errors import DataError, InputError
 
 ACCEPTED = ("a path (image folder, .npy/.npz) or 'builtin', a tensor or array of images (N,C,H,W), "
@@ -56,16 +59,11 @@ def open_calibration_data(calib_data: Any, *, samples: int, seed: int, image_siz
     """
     if samples < 1:
         raise InputError(f"calib_samples must be >= 1, got {samples}")
-    if isinstance(calib_data, (str, os.PathLike)):
-        dataset = open_dataset(calib_data, split="train", image_size=image_size, channels=channels,
-                               mean=mean, std=std)
+    # Everything but a stream of batches is a dataset to draw the seeded sample from.
+    if isinstance(calib_data, (str, os.PathLike, ImageDataset, torch.Tensor, np.ndarray)) or as_pair(calib_data):
+        dataset = as_dataset(calib_data, split="train", image_size=image_size, channels=channels, mean=mean, std=std,
+                             what="calib_data")
         return from_dataset(calibration_sample(dataset, samples, seed), batch_size)
-    if isinstance(calib_data, (torch.Tensor, np.ndarray)):
-        dataset = from_arrays(calib_data, image_size=image_size, channels=channels, mean=mean, std=std,
-                              name=f"{type(calib_data).__name__} {tuple(calib_data.shape)} (in memory)")
-        return from_dataset(calibration_sample(dataset, samples, seed), batch_size)
-    if isinstance(calib_data, ImageDataset):
-        return from_dataset(calibration_sample(calib_data, samples, seed), batch_size)
     if isinstance(calib_data, Iterable) and not isinstance(calib_data, (bytes, dict)):
         name = type(calib_data).__name__
         return CalibrationData(
@@ -107,24 +105,7 @@ def _stream(batches: Iterable, name: str, samples: int, image_size: int, channel
             return
 
 
-def labelled_arrays(eval_data: Any) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]:
-    """(images, labels) from an (images, labels) pair, or from an iterable of (images, labels)
-    batches such as a torch DataLoader (read once, into memory)."""
-    def is_array(v: Any) -> bool:
-        return isinstance(v, (torch.Tensor, np.ndarray))
-
-    if isinstance(eval_data, (tuple, list)) and len(eval_data) == 2 and all(is_array(v) for v in eval_data):
-        return eval_data[0], eval_data[1]
-    if isinstance(eval_data, Iterable) and not isinstance(eval_data, (str, bytes, dict)):
-        xs, ys = [], []
-        for i, item in enumerate(eval_data):
-            if not (isinstance(item, (tuple, list)) and len(item) >= 2 and is_array(item[0])):
-                raise DataError(f"eval_data batch {i} is a {type(item).__name__}; evaluation needs "
-                                "(images, labels) batches")
-            xs.append(torch.as_tensor(item[0]))
-            ys.append(torch.as_tensor(item[1]).reshape(-1))
-        if not xs:
-            raise DataError("eval_data yielded no batches")
-        return torch.cat(xs), torch.cat(ys)
-    raise InputError(f"eval_data of type {type(eval_data).__name__}: give a path or 'builtin', an (images, labels) "
-                     "pair of arrays or tensors, or a DataLoader of (images, labels) batches")
+def labelled_arrays(eval_data: Any) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray | None]:
+    """(images, labels) of in-memory data: an array, an (images, labels) pair, or an iterable of
+    batches such as a torch DataLoader (read once, into memory); labels None where it has none."""
+    return in_memory_arrays(eval_data, "eval_data")

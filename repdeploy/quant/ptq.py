@@ -35,11 +35,10 @@ from .calib_cache import CalibrationCache
 from .calibrators import DEFAULT_PERCENTILE
 from .fidelity import VERIFY_IMAGES, images_for, onnx_accuracy, verify_int8
 from ..ingraph import check_input_format
-from .ptq_inputs import check_quantize_arguments, load_plain
-from .ptq_report import QuantizeResult, accuracy_gate
+from .ptq_inputs import at_input_size, check_quantize_arguments, load_plain
+from .ptq_report import QuantizeResult, accuracy_gate, diagnostics_record
 from .quantizer import QuantPlainNet
 
-DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
 BATCH = 32
 FALLBACK_HOLDOUT = 256  # labelled calibration-source images the float layers are chosen on
 
@@ -66,9 +65,11 @@ def quantize(
     allow_mismatch: bool = False,
     resize: int | None = None,
     preprocessing=None,
-    device: str | torch.device | None = "auto",
+    device: str | torch.device | None = defaults.DEVICE,
     labels: str | os.PathLike | None = None,
     input_format: str = "float",
+    diagnostics: str = defaults.DIAGNOSTICS,
+    input_size: int | None = None,
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
@@ -100,6 +101,9 @@ def quantize(
     model's own names, the data's class folders, the zoo's digits: data/labels.py). `input_format`
     "uint8-nhwc"/"uint8-nchw" also writes model_int8_<target>_uint8_nhwc.onnx (or _nchw), which
     takes 8-bit pixels and normalises them in the graph (ingraph.py), with its own verdict.
+    `input_size` feeds the model at that size instead of its variant's (recorded in every output).
+    `diagnostics` ("sample", "full", "off"; quant/diagnostics.py) sets what the report's
+    per-layer `layers` cost; report `timings` gives every stage's seconds.
 
     Every numeric hand-off gets a verdict (report `verdicts`, see repdeploy/verify.py): fusion,
     ORT FP32 vs torch FP32, ORT INT8 vs torch fake-quant. A failed one makes the report FAILED
@@ -112,9 +116,11 @@ def quantize(
     >>> r = quantize(plain, calib_data=torch_loader, output_dir="out/")                    # doctest: +SKIP
     """
     from ..devices import resolve_device
+    from .diagnostics import check_mode
 
+    check_mode(diagnostics)
     check_quantize_arguments(calib_method, target, calib_samples, percentile, max_drop, eval_data, eval_limit,
-                             seed, fallback, resize)
+                             seed, fallback, resize, input_size)
     where = resolve_device(device)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
@@ -133,7 +139,7 @@ def quantize(
         return _quantize(model, out, names, calib_data, forward_loop, calib_samples, calib_method, percentile,
                          calib_cache, target, eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std,
                          where, allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing,
-                         labels=labels, input_format=input_format)
+                         labels=labels, input_format=input_format, diagnostics=diagnostics, input_size=input_size)
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -145,23 +151,26 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
               percentile: float,
               calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
               seed: int, load_kwargs: dict | None, mean, std, where, *, allow_mismatch: bool = False,
-              resize: int | None = None, preprocessing=None, labels=None, input_format: str = "float") -> QuantizeResult:
+              resize: int | None = None, preprocessing=None, labels=None, input_format: str = "float",
+              diagnostics: str = defaults.DIAGNOSTICS, input_size: int | None = None) -> QuantizeResult:
     from ..checkpoints import save_fused
-    from ..data import ImageDataset, calibration_sample, from_arrays, holdout_split, open_dataset, same_images
-    from .calib_data import from_dataset, labelled_arrays, open_calibration_data
+    from ..data import ImageDataset, as_dataset, calibration_sample, holdout_split, same_images
+    from .calib_data import from_dataset, open_calibration_data
     from ..export.onnx import export_onnx
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..data.labels import class_names_for
     from ..ingraph import pixels_from_inputs, write_checked
     from ..preprocess import Preprocessing, class_names_of, preprocessing_of
-    from ..progress import status
+    from ..progress import status, timed
     from ..verify import failed, fusion_verdict, sanity_warnings
 
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
     plain, info = load_plain(model, load_kwargs or {})
+    plain = at_input_size(plain, input_size)
     spec = plain.spec
+    timings["load_s"] = time.perf_counter() - started
     status(f"quantize: {info['variant']} from {info['source']} -> {target} INT8")
 
     # Everything that can reject the input is checked before any expensive step.
@@ -177,15 +186,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     def in_memory(source) -> bool:
         return not isinstance(source, (str, os.PathLike, ImageDataset))
 
-    def image_set(source, split: str):
-        if isinstance(source, ImageDataset):
-            return source
-        if in_memory(source):  # (images, labels) arrays or a loader: tensors as the caller prepared them
-            images, labels = labelled_arrays(source)
-            return from_arrays(images, labels, image_size=spec.input_size, channels=spec.in_channels,
-                               mean=mean, std=std, name=f"{type(source).__name__} (in memory)")
-        return open_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels,
-                            mean=mean, std=std, resize=resize, preprocessing=preprocessing)
+    def image_set(source, split: str):  # the forms `evaluate` takes too (data/forms.py)
+        return as_dataset(source, split=split, image_size=spec.input_size, channels=spec.in_channels, mean=mean,
+                          std=std, resize=resize, preprocessing=preprocessing, what=f"{split} data")
 
     if forward_loop is not None and calib_data is not None:
         raise InputError("give calib_data or forward_loop, not both")
@@ -237,32 +240,31 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         n_verify = max(1, min(n_verify, eval_limit))
 
     qnet = QuantPlainNet(plain, target).to(where)
-    t0 = time.perf_counter()
+    timings["data_s"] = time.perf_counter() - started - timings["load_s"]
     seen: list[torch.Tensor] = []  # the first calibration images, to verify on when there is no eval data
-    if cache_in is not None:
-        qnet.load_ranges(cache_in.amax)
-        cache = cache_in
-    else:
-        cache = calibrate(qnet, calib_source.batches() if calib_source is not None else None,
-                          forward_loop=forward_loop, method=calib_method, percentile=percentile,
-                          total_batches=calib_source.total_batches if calib_source is not None else None,
-                          data=calib_source.describe() if calib_source is not None else {"source": "forward_loop"},
-                          keep_inputs=seen, keep_limit=n_verify)
-    qnet.cpu()
-    timings["calibration_s"] = time.perf_counter() - t0
+    with timed(timings, "calibration_s", None if cache_in is not None else f"quantize: calibrating ({calib_method}) "
+               f"on {calib_source.source if calib_source is not None else 'the forward_loop data'}"):
+        if cache_in is not None:
+            qnet.load_ranges(cache_in.amax)
+            cache = cache_in
+        else:
+            cache = calibrate(qnet, calib_source.batches() if calib_source is not None else None,
+                              forward_loop=forward_loop, method=calib_method, percentile=percentile,
+                              total_batches=calib_source.total_batches if calib_source is not None else None,
+                              data=calib_source.describe() if calib_source is not None else {"source": "forward_loop"},
+                              keep_inputs=seen, keep_limit=n_verify)
+        qnet.cpu()
     timings.update({f"calibration_{stage}": v for stage, v in cache.timings.items()})
 
     fallback_record = None
     if holdout is not None:
         from .sensitivity import restore_sensitive_layers
 
-        t0 = time.perf_counter()
-        xs, ys = zip(*holdout.batches(BATCH))
-        fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
-        fallback_record.holdout_source = holdout.source
-        fallback_record.holdout_split = holdout.split
+        with timed(timings, "fallback_s", f"quantize: top-1 drop on {len(holdout)} held-out calibration images"):
+            xs, ys = zip(*holdout.batches(BATCH))
+            fallback_record = restore_sensitive_layers(plain, qnet, torch.cat(xs), torch.cat(ys), max_drop=max_drop)
+        fallback_record.holdout_source, fallback_record.holdout_split = holdout.source, holdout.split
         fallback_record.holdout_images = len(holdout)
-        timings["fallback_s"] = time.perf_counter() - t0
         if fallback_record.float_layers:
             status(f"quantize: left in float to meet --max-drop {max_drop}: {', '.join(fallback_record.float_layers)}")
 
@@ -298,16 +300,17 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
 
     stage = make_scratch_dir(out, "set", "quantize")
     try:
-        t0 = time.perf_counter()
-        save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record_dict,
-                                                         "class_names": class_names})
-        export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
-                    preprocessing=record, class_names=class_names)
-        export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
-        cache.save(stage / names["calib"])
-        timings["export_s"] = time.perf_counter() - t0
+        with timed(timings, "export_s", "quantize: exporting fused.pt and the FP32 ONNX"):
+            save_fused(plain, stage / names["fused"], extra={"source": info["source"], "preprocessing": record_dict,
+                                                             "class_names": class_names})
+            export_onnx(plain, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
+                        preprocessing=record, class_names=class_names)
+            status(f"quantize: writing the INT8 QDQ graph ({target} layout)")  # seconds apart on a big model
+            export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
+            cache.save(stage / names["calib"])
 
         t0 = time.perf_counter()
+        status(f"quantize: verifying ONNX Runtime against torch on {len(x_verify)} images")
         report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
         fusion = fusion_verdict(info.get("fusion"))
         if fusion is not None:
@@ -329,15 +332,10 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         timings["verify_s"] = time.perf_counter() - t0
 
         if eval_set is not None:
-            t0 = time.perf_counter()
-            report.update(onnx_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
-            timings["eval_s"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        from .diagnostics import diagnose, summary
-
-        layers = diagnose(plain, qnet, x_verify[: images_for(spec.input_size, DIAGNOSE_IMAGES, 8)])
-        timings["diagnostics_s"] = time.perf_counter() - t0
+            with timed(timings, "eval_s", f"quantize: evaluating FP32 and INT8 on {eval_set.source}"):
+                report.update(onnx_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
+        with timed(timings, "diagnostics_s"):
+            per_layer = diagnostics_record(plain, qnet, x_verify, diagnostics)
         timings["total_s"] = time.perf_counter() - started
 
         mismatches = failed(report["verdicts"])
@@ -362,8 +360,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
             "accuracy_gate": gate,
             "float_layers": qnet.float_layers(),
             "fallback": fallback_record.to_dict() if fallback_record is not None else None,
-            "layers_summary": summary(layers),
-            "layers": [r.to_dict() for r in layers],
+            **per_layer,
             "files": dict(names),
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }

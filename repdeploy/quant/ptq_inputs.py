@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, InputError
-from ..models.plain import PlainNet
+from ..models.plain import PlainNet, at_input_size  # noqa: F401 - at_input_size: quantize's own step
 from ..zoo import is_zoo_path
 from .calibrators import METHODS
 from .quantizer import TARGETS
@@ -42,21 +42,24 @@ def load_plain(model: Any, load_kwargs: dict) -> tuple[PlainNet, dict]:
         path = Path(model)
         if not path.exists():
             raise CheckpointError(f"checkpoint {path} does not exist; give a .pth/.pt/.safetensors file")
-        plain, loaded, equivalence = load_fused(path, **load_kwargs)
+        fused = load_fused(path, **load_kwargs)
+        loaded, equivalence = fused.loaded, fused.equivalence
         info = {"source": str(path), "variant": loaded.spec.name, "format": loaded.format, "form": loaded.form,
                 "zoo": is_zoo_path(path),
                 "fusion": equivalence.to_dict() if equivalence is not None else None}
-        return plain.eval(), info
+        return fused.plain.eval(), info
     raise InputError(f"quantize takes a checkpoint path, a repdeploy model (PlainNet or a RepVGG/RepOpt-VGG "
                      f"module) or what repdeploy.load() returned, not {type(model).__name__}")
 
 
 def check_quantize_arguments(calib_method: str, target: str, calib_samples: int, percentile: float,
                              max_drop: float | None, eval_data=None, eval_limit: int | None = None, seed: int = 0,
-                             fallback: bool = False, resize: int | None = None) -> None:
+                             fallback: bool = False, resize: int | None = None,
+                             input_size: int | None = None) -> None:
     """Raise InputError naming the first bad option of a `quantize` call."""
     from .. import validate
 
+    validate.input_size("--input-size", input_size)
     validate.integer("--calib-samples", calib_samples, low=1, high=10_000_000, allow_none=False)
     validate.number("--percentile", percentile, allow_none=False)
     validate.integer("--eval-limit", eval_limit, low=1)

@@ -1,4 +1,5 @@
-"""What a `quantize` run hands back: `QuantizeResult`, and the accuracy gate on its top-1 drop.
+"""What a `quantize` run hands back: `QuantizeResult`, the accuracy gate on its top-1 drop, and
+the per-layer part of its report (shared with `qat`).
 
 The result is built from report.json's content, so the typed figures a caller reads are the ones
 the report holds.
@@ -9,7 +10,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from ..models.plain import PlainNet
+from .diagnostics import HOOK_BATCH, diagnose, summary
+from .fidelity import images_for
 from .quantizer import QuantPlainNet
+
+SAMPLE_IMAGES = 32  # at <= 64 px; fewer at larger inputs (sample_size), never under 8
+
+
+def sample_size(input_size: int) -> int:
+    """Images the diagnostics run on at `input_size` (32 at 32 px, 8 at 224 px)."""
+    return images_for(input_size, SAMPLE_IMAGES, HOOK_BATCH)
+
+
+def diagnostics_record(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, mode: str) -> dict:
+    """The per-layer part of a quantize/qat report.json: `diagnostics`, `layers_summary`, `layers`."""
+    from ..progress import status
+
+    x = x[: sample_size(plain.spec.input_size)]
+    if mode != "off":
+        status(f"per-layer diagnostics ({mode}) on {len(x)} images")
+    layers = diagnose(plain, qnet, x, mode=mode)
+    return {"diagnostics": {"mode": mode, "images": len(x) if mode != "off" else 0},
+            "layers_summary": summary(layers), "layers": [r.to_dict() for r in layers]}
 
 
 @dataclass

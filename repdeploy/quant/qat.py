@@ -55,6 +55,9 @@ from ..train import TrainConfig, label_smoothing_loss, top1_accuracy
 from ..version import __version__
 from .calib_cache import weights_fingerprint
 from .calibrators import DEFAULT_PERCENTILE
+from .diagnostics import check_mode
+from .ptq_report import diagnostics_record, sample_size as diagnostics_sample
+from ..models.plain import at_input_size
 from .qat_io import QATResult, export_tuned, load_fused_model, open_datasets, starting_ranges
 from .quantizer import TARGETS, QuantPlainNet
 from .ranges import (DEFAULT_RANGE_LR, WithRangeAdam, freeze_ranges, is_range_param, make_ranges_learnable,
@@ -140,8 +143,10 @@ def qat(
     resize=None,
     preprocessing=None,
     allow_mismatch: bool = False,
-    device: str | torch.device | None = "auto",
-    amp: str | None = None,
+    device: str | torch.device | None = defaults.DEVICE,
+    amp: str | None = "none",
+    input_size: int | None = None,
+    diagnostics: str = defaults.DIAGNOSTICS,
 ) -> QATResult:
     """Fine-tune a checkpoint's fused model with fake quantization and export its INT8 ONNX.
 
@@ -151,17 +156,20 @@ def qat(
     `lr=None` takes DEFAULT_LR, for SGD capped by `stable_lr`; `range_lr` is the ranges' Adam
     lr in log space. Calibration and training run on `device` (under torchrun: this rank's GPU,
     see `init_world`), with `amp` ("bf16"/"fp16") autocast in training; export runs on the CPU.
+    `input_size` and `diagnostics` mean what they mean for `quantize`; the report's `timings`
+    gives each stage's seconds.
 
     >>> r = qat("repvgg.pth", train_data="train/", val_data="val/", output_dir="qat/")  # doctest: +SKIP
     >>> r.report["ptq_top1"], r.report["qat_top1"]                                       # doctest: +SKIP
     """
     from ..data import calibration_sample
     from ..devices import amp_dtype
-    from ..progress import set_quiet, status
+    from ..progress import set_quiet, status, timed
     from ..zoo import zoo_entry
 
     # 1. every option is checked before loading or calibrating anything
     mult_kind, scales_path = _check_options(locals())
+    check_mode(diagnostics)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
     refuse_overwriting_inputs([model, train_data, val_data, calib_cache, calib_data, scales_path],
@@ -180,16 +188,21 @@ def qat(
         model, train_data, val_data = str(zoo_entry("repvgg").file), train_data or "builtin", val_data or "builtin"
     if train_data is None:
         raise DataError("QAT needs --train-data (an ImageFolder tree, labelled .npz, or 'builtin')")
+    timings: dict[str, float] = {}
     loaded, plain, equivalence = load_fused_model(model, load_kwargs)
+    plain = at_input_size(plain, input_size)
     prep, train_set, val_set = open_datasets(model, plain, train_data, val_data, calib_cache, train_samples, seed,
                                              dict(mean=mean, std=std, resize=resize, preprocessing=preprocessing))
 
     # 3. calibration: the PTQ starting point, and the figures QAT is judged against
+    timings["load_s"] = time.perf_counter() - started
     qnet = QuantPlainNet(plain, target).to(where)
     plain.to(where)  # the FP32 figure and the distillation teacher run beside the student
-    cache = starting_ranges(qnet, plain, calib_cache, calib_data or train_data, prep, calib_method, calib_samples,
-                            percentile, seed)
-    fp32_top1, ptq_top1 = _top1(plain, val_set), _top1(qnet, val_set)
+    with timed(timings, "calibration_s", f"qat: starting ranges ({calib_cache or calib_method})"):
+        cache = starting_ranges(qnet, plain, calib_cache, calib_data or train_data, prep, calib_method,
+                                calib_samples, percentile, seed)
+    with timed(timings, "ptq_eval_s", "qat: FP32 and PTQ top-1" if val_set is not None else None):
+        fp32_top1, ptq_top1 = _top1(plain, val_set), _top1(qnet, val_set)
     status(f"qat: {loaded.variant}: FP32 top-1 {fp32_top1}, PTQ ({cache.method}) top-1 {ptq_top1}")
 
     # 4. what trains, how: the prior, the trainable ranges, the loss and the learning rate
@@ -227,8 +240,9 @@ def qat(
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=step_lr, weight_decay=weight_decay,
                          warmup_epochs=0.0, label_smoothing=0.0, seed=seed, augment="none",
                          checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps)
-    result = _fine_tune(qnet, world, optimizer, step_lr, range_lr, train_set, val_set, config, multipliers, hooks,
-                        loss_fn, out / STATE_FILE, resume, identity, amp_dtype(amp, where))
+    with timed(timings, "training_s"):  # train.py draws its own per-epoch bar and line
+        result = _fine_tune(qnet, world, optimizer, step_lr, range_lr, train_set, val_set, config, multipliers,
+                            hooks, loss_fn, out / STATE_FILE, resume, identity, amp_dtype(amp, where))
     learned = freeze_ranges(qnet)
     qnet.set_weight_ranges()
     qnet.eval()
@@ -254,6 +268,10 @@ def qat(
         "fp32_top1": fp32_top1, "ptq_top1": ptq_top1, "qat_top1_torch": _top1(qnet, val_set),
         "training": result.to_dict(),
     }
+    with timed(timings, "diagnostics_s"):
+        sample = next((val_set or train_set).batches(diagnostics_sample(plain.spec.input_size)))[0]
+        report.update(diagnostics_record(qnet.float_model(), qnet, sample, diagnostics))
+    report["timings"] = {k: round(v, 3) for k, v in timings.items()}  # export_tuned adds the rest
     export_tuned(qnet, model, cache, learned, train_set, val_set, target, names, out, report, allow_mismatch, started)
     mismatches = [v["line"] for v in report["verdicts"] if not v["passed"]]
     if mismatches and not allow_mismatch:
@@ -282,6 +300,7 @@ def _check_options(o: dict) -> tuple[str, str | None]:
     validate.integer("--calib-samples", o["calib_samples"], low=1, high=10_000_000, allow_none=False)
     validate.integer("--train-samples", o["train_samples"], low=1)
     validate.number("--percentile", o["percentile"], low=0.0, low_open=True, high=100.0, allow_none=False)
+    validate.input_size("--input-size", o["input_size"])
     return parsed
 
 

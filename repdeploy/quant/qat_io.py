@@ -124,6 +124,7 @@ def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: d
 
     tuned, spec = qnet.float_model(), qnet.spec
     stage = make_scratch_dir(out, "set", "qat")
+    t0 = time.perf_counter()
     try:
         from ..data.labels import class_names_for
         from ..preprocess import class_names_of
@@ -160,6 +161,9 @@ def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: d
         report["allow_mismatch"] = allow_mismatch
         report["files"] = dict(names)
         report["seconds"] = round(time.perf_counter() - started, 2)
+        timings = report.setdefault("timings", {})
+        timings["export_verify_s"] = round(time.perf_counter() - t0, 3)
+        timings["total_s"] = round(time.perf_counter() - started, 3)
         write_json_atomic(stage / names["report"], report)
         commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
     finally:

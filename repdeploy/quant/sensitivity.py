@@ -1,7 +1,8 @@
 """Accuracy-controlled mixed precision: leave the most sensitive layers in float until the drop fits.
 
 As NNCF's accuracy-aware quantization and YOLOv6's practice do: rank layers by how much
-quantizing each one alone hurts (the isolated logit SQNR of diagnostics.layer_sqnr), then return
+quantizing each one alone hurts (the isolated logit SQNR of diagnostics.isolated_sqnr, one
+forward per layer: paid only when the drop is over budget), then return
 them to float one by one, most sensitive first, re-measuring top-1 of the fake-quant model
 after each, until the drop is within the budget. What was reverted is listed in the report.
 """
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from ..models.plain import PlainNet
-from .diagnostics import layer_sqnr
+from .diagnostics import isolated_sqnr
 from .quantizer import QuantPlainNet
 
 
@@ -61,8 +62,7 @@ def top1(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, bat
 
 def sensitivity_ranking(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor) -> list[tuple[str, float]]:
     """Layers, most sensitive first, with their isolated logit SQNR (dB)."""
-    sq = layer_sqnr(plain, qnet, x, isolated=True)
-    ranked = [(n, r["isolated_sqnr_db"]) for n, r in sq.items()]
+    ranked = list(isolated_sqnr(plain, qnet, x).items())
     return sorted(ranked, key=lambda item: item[1] if np.isfinite(item[1]) else np.inf)
 
 

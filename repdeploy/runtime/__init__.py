@@ -13,6 +13,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..errors import InputError
 from .base import InputMetadata, Runner
 
@@ -41,17 +42,19 @@ def open_runner(
     compile: bool = False,
     name: str | None = None,
     workdir: str | Path | None = None,
-    device: str | None = "cpu",
+    device: str | None = defaults.DEVICE,
+    input_size: int | None = None,
     **load_kwargs: Any,
 ) -> Runner:
     """Return an inactive runner for `model` on `engine` ("torch", "ort" or "trt").
 
     `model` is an nn.Module or a path. `load_kwargs` go to `checkpoints.load_fused` (arch,
     use_ema, trust_checkpoint, allow_nonfinite). Intermediate ONNX/engine files are written to
-    `workdir`, or to a temporary directory removed with the runner. `device` (cpu by default
-    for library callers; auto, cuda[:N]; the CLI's --device defaults to auto) places the torch
-    engine's module; ORT runs on its CPU provider and TensorRT on
-    the GPU whatever it says.
+    `workdir`, or to a temporary directory removed with the runner. `device` ("auto", the
+    default everywhere: the first CUDA GPU if there is one, else the CPU; "cpu"; "cuda[:N]")
+    places the torch engine's module; ORT runs on its CPU provider and TensorRT on the GPU
+    whatever it says. `input_size` feeds a checkpoint or module at that size instead of its
+    variant's (an ONNX file or engine carries its own).
 
     >>> with open_runner("runs/a0/model_int8_ort.onnx", engine="ort", threads=2) as r:  # doctest: +SKIP
     ...     r.infer(batch).argmax(1)
@@ -62,6 +65,9 @@ def open_runner(
 
     check_threads("--threads", threads)  # 100000 threads ran past 120 s and 12 GB before failing
     check_threads("inter_op_threads", inter_op_threads)
+    from ..validate import input_size as check_input_size
+
+    check_input_size("--input-size", input_size)
     if engine == "trt":
         from ..export.tensorrt import import_tensorrt
 
@@ -73,6 +79,9 @@ def open_runner(
             raise InputError(f"model {path} does not exist; give a checkpoint, fused .pt, .onnx or engine file")
         kind = model_kind(path)
         name = name or path.name
+        if input_size is not None and kind in ("onnx", "engine"):
+            raise InputError(f"--input-size: {path} is an exported graph and runs at the size it was exported at; "
+                             "export the checkpoint again with --input-size")
         if kind == "engine":
             if engine != "trt":
                 raise InputError(f"{path} is a TensorRT engine; run it with --engine trt")
@@ -87,8 +96,14 @@ def open_runner(
             return _trt_from_onnx(path, name, workdir)
         from ..checkpoints import load_fused
 
-        model, _, _ = load_fused(path, **load_kwargs)
+        model = load_fused(path, **load_kwargs).plain
 
+    if input_size is not None:
+        from ..models.plain import at_input_size
+
+        if getattr(model, "spec", None) is None:
+            raise InputError(f"--input-size: {type(model).__name__} has no ArchSpec to resize")
+        model = at_input_size(model, input_size)
     name = name or type(model).__name__
     if engine == "torch":
         from .torch import TorchRunner

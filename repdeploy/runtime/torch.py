@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import defaults
 from .base import InputMetadata, Runner
 
 
@@ -23,7 +24,7 @@ class TorchRunner(Runner):
 
     def __init__(self, module, *, name: str | None = None, input_size: int | None = None,
                  in_channels: int | None = None, threads: int | None = None, compile: bool = False,
-                 device: str | None = "cpu") -> None:
+                 device: str | None = defaults.DEVICE) -> None:
         super().__init__(name or type(module).__name__)
         self.module = module
         spec = getattr(module, "spec", None)
