@@ -32,9 +32,10 @@ from ..models.plain import PlainNet
 from .calib import calibrate
 from .calib_cache import CalibrationCache
 from .calibrators import DEFAULT_PERCENTILE
-from .fidelity import VERIFY_IMAGES, images_for, onnx_accuracy, verify_int8
+from ..tolerance import MIN_VERIFY_IMAGES
+from .fidelity import VERIFY_IMAGES, images_for, onnx_accuracy, verification_split, verify_int8
 from .ptq_inputs import check_quantize_arguments, load_plain
-from .ptq_report import QuantizeResult, accuracy_gate
+from .ptq_report import QuantizeResult, accuracy_gate, check_fidelity_bounds, fidelity_gate, status_word
 from .quantizer import QuantPlainNet
 
 DIAGNOSE_IMAGES = 32  # images for per-layer SQNR (one forward per layer for the isolated figure)
@@ -65,6 +66,8 @@ def quantize(
     resize: int | None = None,
     preprocessing=None,
     device: str | torch.device | None = "auto",
+    min_sqnr: float | None = None,
+    min_agreement: float | None = None,
 ) -> QuantizeResult:
     """Quantize a checkpoint (or a fused PlainNet) to INT8 and verify it.
 
@@ -96,7 +99,10 @@ def quantize(
     Every numeric hand-off gets a verdict (report `verdicts`, see repdeploy/verify.py): fusion,
     ORT FP32 vs torch FP32, ORT INT8 vs torch fake-quant. A failed one makes the report FAILED
     and raises VerificationError (exit 1) after the outputs are written, unless `allow_mismatch`,
-    which the report then records.
+    which the report then records. Verdicts are computed on the eval images when given, else on
+    images held out of calibration (report `verify_images`, `verify_disjoint`). `min_sqnr` (dB) /
+    `min_agreement` (0-1) gate the INT8 ONNX's fidelity to FP32 on them, without labels, with
+    AccuracyGateError (exit 3) as `max_drop` does with labels.
 
     >>> r = quantize("ckpt.pth", calib_data="calib/", eval_data="val/", output_dir="out/")  # doctest: +SKIP
     >>> r.top1_drop, r.int8_onnx.name                                                      # doctest: +SKIP
@@ -121,7 +127,8 @@ def quantize(
     try:
         return _quantize(model, out, names, calib_data, forward_loop, calib_samples, calib_method, percentile,
                          calib_cache, target, eval_data, eval_limit, max_drop, fallback, seed, load_kwargs, mean, std,
-                         where, allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing)
+                         where, allow_mismatch=allow_mismatch, resize=resize, preprocessing=preprocessing,
+                         fidelity_bounds=check_fidelity_bounds(min_sqnr, min_agreement))
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
@@ -133,7 +140,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
               percentile: float,
               calib_cache, target: str, eval_data, eval_limit: int | None, max_drop: float | None, fallback: bool,
               seed: int, load_kwargs: dict | None, mean, std, where, *, allow_mismatch: bool = False,
-              resize: int | None = None, preprocessing=None) -> QuantizeResult:
+              resize: int | None = None, preprocessing=None, fidelity_bounds: dict | None = None) -> QuantizeResult:
     from ..checkpoints import save_fused
     from ..data import ImageDataset, calibration_sample, from_arrays, holdout_split, open_dataset, same_images
     from .calib_data import from_dataset, labelled_arrays, open_calibration_data
@@ -187,7 +194,10 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     eval_set = image_set(eval_data, "val") if eval_data is not None else None
     if preprocessing is None and eval_set is not None:
         preprocessing = eval_set.preprocessing
-    calib_set = holdout = None
+    n_verify = images_for(spec.input_size, VERIFY_IMAGES, MIN_VERIFY_IMAGES)
+    if eval_limit is not None:
+        n_verify = max(1, min(n_verify, eval_limit))
+    calib_set = holdout = held_out = None
     if fallback and max_drop is not None:
         if calib_data is None:
             raise DataError("--fallback-float with --calib-cache needs --calib-data too: the layers to leave in "
@@ -203,7 +213,10 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         if cache_in is None:
             calib_set = calibration_sample(pool, calib_samples, seed)
     elif cache_in is None and forward_loop is None and not in_memory(calib_data):
-        calib_set = calibration_sample(image_set(calib_data, "train"), calib_samples, seed)
+        pool = image_set(calib_data, "train")
+        if eval_set is None:  # verdicts on images calibration never saw
+            pool, held_out = verification_split(pool, calib_samples, n_verify, seed)
+        calib_set = calibration_sample(pool, calib_samples, seed)
     calib_source = None
     if calib_set is not None:
         calib_source = from_dataset(calib_set, BATCH)
@@ -212,9 +225,6 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
                                              channels=spec.in_channels, batch_size=BATCH, mean=mean, std=std)
     if eval_set is not None and not eval_set.has_labels:
         raise DataError(f"eval data {eval_set.source} has no labels; give a class-folder layout or labels in the .npz")
-    n_verify = images_for(spec.input_size, VERIFY_IMAGES, 32)
-    if eval_limit is not None:
-        n_verify = max(1, min(n_verify, eval_limit))
 
     qnet = QuantPlainNet(plain, target).to(where)
     t0 = time.perf_counter()
@@ -246,11 +256,17 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         if fallback_record.float_layers:
             status(f"quantize: left in float to meet --max-drop {max_drop}: {', '.join(fallback_record.float_layers)}")
 
-    # Verification images: the eval set when given, otherwise the first calibration images.
+    # Verification images: the eval set when given, else images held out of calibration, else
+    # (forward_loop, in-memory data) the first calibration images, which the report says.
     verify_set = None
+    disjoint = held_out is not None or (eval_set is not None and not (calib_set is not None and
+                                                                     same_images(calib_set, eval_set)))
     if eval_set is not None:
         verify_name = eval_set.source
         x_verify = torch.cat([x for x, _ in eval_set.batches(BATCH, limit=n_verify)])
+    elif held_out is not None:
+        verify_name = f"{held_out.source} (held out of calibration)"
+        x_verify = torch.cat([x for x, _ in held_out.batches(BATCH, limit=n_verify)])
     elif seen:
         verify_name = calib_source.source if calib_source is not None else "forward_loop inputs"
         x_verify = torch.cat(seen)
@@ -262,6 +278,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         x_verify = torch.cat(list(first.batches()))
     else:  # cache given, no eval data: the first images of the val split
         verify_set = image_set(calib_data if calib_data is not None else "builtin", "val")
+        disjoint = verify_set.split == "val"
         verify_name = verify_set.source
         x_verify = torch.cat([x for x, _ in verify_set.batches(BATCH, limit=n_verify)])
     # The record the model is fed with from now on: what calibration (or the evaluation) used.
@@ -281,7 +298,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         timings["export_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where)
+        report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where,
+                             record=record)
+        report["verify_disjoint"] = bool(disjoint)  # no verification image is a calibration image
         fusion = fusion_verdict(info.get("fusion"))
         if fusion is not None:
             report["verdicts"].insert(0, fusion.to_dict())
@@ -312,12 +331,14 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
             fp32_top1=report.get("fp32_top1"), num_classes=spec.num_classes, eval_images=report.get("eval_images"),
             calib_on_eval=eval_set is not None and calib_set is not None and same_images(calib_set, eval_set))
         gate = accuracy_gate(max_drop, report)
-        verdict = "FAILED" if (mismatches and not allow_mismatch) or (gate and gate["passed"] is False) else "PASSED"
+        fgate = fidelity_gate(fidelity_bounds, report)
+        gate_failures = ([f"top-1 drop {report['top1_drop']:.2f} points > --max-drop {max_drop:g}"]
+                         if gate and gate["passed"] is False else []) + (fgate or {}).get("failures", [])
+        verdict = status_word(mismatches, allow_mismatch, gate_failures)
         report = {
             "tool": f"repdeploy {__version__}",
             "status": verdict,
-            "failures": mismatches + ([f"top-1 drop {report['top1_drop']:.2f} points > --max-drop {max_drop:g}"]
-                                      if gate and gate["passed"] is False else []),
+            "failures": mismatches + gate_failures,
             "allow_mismatch": allow_mismatch,
             "model": info["variant"], "source": info["source"], "arch": spec.to_dict(),
             "fusion": info.get("fusion"),
@@ -327,6 +348,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
             "preprocessing": record_dict,
             **report,
             "accuracy_gate": gate,
+            "fidelity_gate": fgate,
             "float_layers": qnet.float_layers(),
             "fallback": fallback_record.to_dict() if fallback_record is not None else None,
             "layers_summary": summary(layers),
@@ -344,9 +366,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     if mismatches and not allow_mismatch:
         raise VerificationError(f"{info['variant']}: {mismatches[0]}; the INT8 model does not compute what was "
                                 f"measured (see {result.report_path} verdicts); pass --allow-mismatch to keep it anyway")
-    if gate is not None and gate["passed"] is False:
-        raise AccuracyGateError(
-            f"{info['variant']}: INT8 top-1 dropped {report['top1_drop']:.2f} points > --max-drop {max_drop}; "
-            f"see {result.report_path} (layers_summary.most_sensitive_layers) or try QAT"
-        )
+    if gate_failures:
+        raise AccuracyGateError(f"{info['variant']}: INT8 {gate_failures[0]}; see {result.report_path} "
+                                "(layers_summary.most_sensitive_layers) or try QAT")
     return result
