@@ -19,9 +19,9 @@ Three rules (docs/quantization.md, "Verification gates", has the numbers behind 
   fake-quant, or the verified QDQ graph for TensorRT), judged by the measurement itself, not by a
   fixed floor. Given the FP32 logits R, the simulated S and the deployed D on the same images:
   the deviation rms(D - S) may be at most `max_deviation` of the quantization noise rms(S - R)
-  (catches gross errors); the deployed SQNR vs FP32 may be at most 10 log10(1 + max_deviation^2)
-  dB below the simulated SQNR vs FP32 (what an independent deviation that large would cost); and
-  the images where the simulation picks FP32's class but the deployment does not ("lost") may
+  (catches gross errors); the deployed SQNR vs FP32 may sit at most `min_loss_db` below the
+  simulated SQNR vs FP32, measured on the same images (the deployment may not be less faithful to
+  FP32 than the simulation the user chose it by); and the images where the simulation picks FP32's class but the deployment does not ("lost") may
   outnumber those the other way round ("gained") only within a one-sided binomial (sign) test at
   `alpha`: near-tied logits flip either way in a correct deployment, a broken one loses.
 - `structure`: the INT8 graph quantizes exactly the layers the simulation quantizes (counted).
@@ -49,21 +49,20 @@ class Tolerance:
     max_abs: float | None = None  # relative: on max_abs_diff (a garbage logit scale passes a relative bound)
     max_deviation: float | None = None  # deployment: rms(D - S) / rms(S - R)
     alpha: float | None = None  # deployment: level of the sign test on lost vs gained images
+    min_loss_db: float | None = None  # deployment: SQNR loss vs FP32 (dB) below the simulation's tolerated
     atol: float | None = None  # allclose
     rtol: float | None = None
 
-    @property
-    def max_sqnr_loss_db(self) -> float | None:
-        """Deployment: how far the deployed SQNR vs FP32 may sit below the simulated one."""
-        if self.max_deviation is None:
-            return None
-        return 10.0 * math.log10(1.0 + self.max_deviation ** 2)
 
 
-#: Deployed-vs-simulation deviation allowed, as a fraction of the quantization noise (rms). Correct
-#: real-size deployments measured 0.01-0.27 (A0/B0/B1g4 at 224, both layouts); a layer's scale
-#: halved, one conv's weights transposed or quantized per tensor measured 0.43-0.86.
-DEPLOYMENT_DEVIATION = 0.5
+#: Deployed-vs-simulation deviation allowed, as a fraction of the quantization noise (rms): a gross
+#: error is as large as the noise itself. Correct real-size deployments measured up to 0.45 (A0 at
+#: 224, ORT's integer kernels: they requantize another way, not worse: that one was 0.13 dB *more*
+#: faithful to FP32 than its simulation).
+DEPLOYMENT_DEVIATION = 1.0
+#: SQNR loss vs the simulation's SQNR tolerated: correct real-size deployments measured -0.13..+0.01 dB
+#: (the same images, so the two estimates share their sampling noise); planted faults 0.16-5 dB.
+DEPLOYMENT_MIN_LOSS_DB = 0.1
 #: Sign-test level: a correct deployment is failed by chance about once in a thousand runs.
 DEPLOYMENT_ALPHA = 1e-3
 #: Fewer verification images and the sign test cannot reject at DEPLOYMENT_ALPHA (it needs >= 10
@@ -79,7 +78,7 @@ TOLERANCES: dict[str, Tolerance] = {t.check: t for t in (
     # fp16 keeps 11 significant bits in every activation: A0 at 224 measured 1.0-1.7e-3.
     Tolerance("ort_fp16", "ONNX Runtime FP16 vs torch FP32", "relative", max_rel=1e-2),
     Tolerance("ort_int8", "ONNX Runtime INT8 vs torch fake-quant (vs torch FP32)", "deployment",
-              max_deviation=DEPLOYMENT_DEVIATION, alpha=DEPLOYMENT_ALPHA),
+              max_deviation=DEPLOYMENT_DEVIATION, alpha=DEPLOYMENT_ALPHA, min_loss_db=DEPLOYMENT_MIN_LOSS_DB),
     # A missing Q/DQ pair moves the logits less than integer rounding may: counted, not measured.
     Tolerance("int8_graph", "INT8 ONNX vs torch fake-quant: convs/gemms quantized", "structure"),
     # TensorRT may run FP32 layers in TF32 (10-bit mantissa) on Ampere and later.
@@ -88,7 +87,7 @@ TOLERANCES: dict[str, Tolerance] = {t.check: t for t in (
     # TensorRT's fused INT8 kernels round differently from ORT's: judged like ORT INT8, with the
     # verified QDQ graph on ONNX Runtime as the simulation and ORT FP32 as the reference.
     Tolerance("trt_int8", "TensorRT INT8 vs ONNX Runtime INT8 (vs ONNX Runtime FP32)", "deployment",
-              max_deviation=DEPLOYMENT_DEVIATION, alpha=DEPLOYMENT_ALPHA),
+              max_deviation=DEPLOYMENT_DEVIATION, alpha=DEPLOYMENT_ALPHA, min_loss_db=DEPLOYMENT_MIN_LOSS_DB),
     Tolerance("compare", "MODEL_B vs MODEL_A (repdeploy compare, Polygraphy's defaults)", "allclose",
               atol=1e-5, rtol=1e-5),
 )}
@@ -174,6 +173,7 @@ class Verdict:
     simulated_sqnr_db: float | None = None  # simulation vs FP32
     deployed_sqnr_db: float | None = None  # deployment vs FP32
     min_sqnr_db: float | None = None  # simulated - the allowed loss
+    max_sqnr_loss_db: float | None = None  # the allowed loss
     deviation: float | None = None  # rms(D - S) / rms(S - R)
     max_deviation: float | None = None
     simulated_agreement: float | None = None  # with FP32, 0-1
@@ -279,7 +279,8 @@ def judge_deployment(check: str, fp32: np.ndarray, simulated: np.ndarray, deploy
     dev_rms = math.sqrt(float(np.mean((d - s) ** 2))) if f["finite"] else math.inf
     # No quantization noise at all (everything left in float): the deployment must then match exactly.
     deviation = dev_rms / noise if noise > 0 else (0.0 if dev_rms == 0 else math.inf)
-    min_sq = sim_sq - rule.max_sqnr_loss_db
+    max_loss = rule.min_loss_db
+    min_sq = sim_sq - max_loss
     sim_ok, dep_ok = r.argmax(1) == s.argmax(1), r.argmax(1) == d.argmax(1)
     lost, gained = int((sim_ok & ~dep_ok).sum()), int((~sim_ok & dep_ok).sum())
     p = sign_test_p(lost, gained)
@@ -290,11 +291,11 @@ def judge_deployment(check: str, fp32: np.ndarray, simulated: np.ndarray, deploy
         max_abs_diff=f["max_abs_diff"], max_rel_diff=f["max_rel_diff"], passed=passed, images=f["images"],
         top1_agreement=f["top1_agreement"], sqnr_db=f["sqnr_db"], fp32=fp32_name,
         simulated_sqnr_db=finite_or_none(sim_sq), deployed_sqnr_db=finite_or_none(dep_sq),
-        min_sqnr_db=finite_or_none(min_sq), deviation=deviation, max_deviation=rule.max_deviation,
+        min_sqnr_db=finite_or_none(min_sq), max_sqnr_loss_db=max_loss, deviation=deviation, max_deviation=rule.max_deviation,
         simulated_agreement=float(sim_ok.mean()), deployed_agreement=float(dep_ok.mean()),
         lost=lost, gained=gained, sign_p=p, alpha=rule.alpha)
 
 
-__all__ = ["DEPLOYMENT_ALPHA", "DEPLOYMENT_DEVIATION", "MIN_VERIFY_IMAGES", "TOLERANCES", "Tolerance", "Verdict",
+__all__ = ["DEPLOYMENT_ALPHA", "DEPLOYMENT_DEVIATION", "DEPLOYMENT_MIN_LOSS_DB", "MIN_VERIFY_IMAGES", "TOLERANCES", "Tolerance", "Verdict",
            "allclose_rule", "figures", "judge", "judge_deployment", "mismatched", "sign_test_p", "sqnr_db",
            "tolerance", "top1_agreement"]

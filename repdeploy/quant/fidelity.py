@@ -100,14 +100,16 @@ def graph_verdict(qnet: QuantPlainNet, int8_onnx: Path):
 
 @torch.no_grad()
 def int8_verdicts(ref, fake, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-                  record=None, fp32_name: str = "torch FP32", fake_name: str = "torch fake-quant") -> tuple[list, dict]:
+                  record=None, fp32_name: str = "torch FP32", fake_name: str = "torch fake-quant",
+                  fp32_ort: np.ndarray | None = None) -> tuple[list, dict]:
     """The verdicts on the exported pair, given the torch FP32 and fake-quant logits on `x`:
     ORT FP32 vs torch FP32, ORT INT8 (fed as its metadata says) as a deployment of the fake-quant
-    model, and the INT8 graph's quantized layers. Returns (verdicts, the ORT logits by name)."""
+    model, and the INT8 graph's quantized layers. Returns (verdicts, the ORT logits by name).
+    `fp32_ort`: the FP32 ONNX's logits on `x` when already computed."""
     from ..preprocess import preprocessing_of
     from ..tolerance import judge, judge_deployment
 
-    fp32 = run_ort(fp32_onnx, x)
+    fp32 = run_ort(fp32_onnx, x) if fp32_ort is None else fp32_ort
     int8 = run_ort(int8_onnx, as_deployed(x, record, preprocessing_of(int8_onnx)))
     verdicts = [judge("ort_fp32", ref, fp32, reference_name=fp32_name, candidate_name="ORT FP32"),
                 judge_deployment("ort_int8", ref, fake, int8, fp32_name=fp32_name, simulated_name=fake_name,
