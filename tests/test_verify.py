@@ -144,3 +144,23 @@ def test_pipeline_mismatch_is_failed_in_every_format_and_exit_1(strict_int8_pari
     assert "MISMATCH allowed" in [w["flag"] for w in row["warnings"]]
     md = (allowed / "report.md").read_text()
     assert "MISMATCH (ort_int8) allowed" in md and "kept by --allow-mismatch" in md
+
+
+def test_quantize_verifies_on_held_out_images_and_gates_fidelity_without_labels(tmp_path):
+    args = ["quantize", str(ZOO["repvgg_mini"]), "--calib-method", "max", "--calib-samples", "64", "--json"]
+    r = CliRunner().invoke(main, [*args, "--min-agreement", "0.5", "-o", str(tmp_path / "a")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    # the built-in train split: 64 calibrated on, 256 others verified on, none of them shared
+    assert report["verify_images"] == 256 and report["verify_disjoint"] is True
+    assert "held out of calibration" in report["verify_data"]
+    assert report["fidelity_gate"]["passed"] and report["fidelity_gate"]["images"] == 256
+    assert all(v["passed"] for v in report["verdicts"])
+
+    r = CliRunner().invoke(main, [*args, "--min-sqnr", "99", "-o", str(tmp_path / "b")], catch_exceptions=False)
+    assert r.exit_code == 3, r.output
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["status"] == "FAILED" and not report["fidelity_gate"]["passed"]
+    assert "< --min-sqnr 99" in report["failures"][0]
+    bad = CliRunner().invoke(main, [*args, "--min-agreement", "95", "-o", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "--min-agreement 95.0: give a fraction 0-1" in bad.output
