@@ -196,7 +196,7 @@ def test_pipeline_qat_column(tmp_path):
     assert row.status == "PASSED", row.error
     # the QAT graphs are verified like the PTQ ones, and judged with them
     qat_checks = {v["check"]: v["passed"] for v in row.verdicts if v["check"].startswith("qat_")}
-    assert qat_checks == {"qat_ort_fp32": True, "qat_ort_int8": True}
+    assert qat_checks == {"qat_ort_fp32": True, "qat_ort_int8": True, "qat_int8_graph": True}
     assert row.qat_top1 is not None and row.qat_drop == pytest.approx(row.fp32_top1 - row.qat_top1)
     run_dir = Path(row.run_dir)
     assert (run_dir / "qat_int8_ort.onnx").exists() and (run_dir / "qat_report.json").exists()
