@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, InputError, ToleranceError
-from .tolerance import TOLERANCES, allclose_rule, judge
+from .tolerance import TOLERANCES, allclose_rule, figures, judge
 
 #: Polygraphy's defaults (the table's `compare` entry); an FP16 or INT8 model against FP32 needs looser ones.
 DEFAULT_ATOL = TOLERANCES["compare"].atol
@@ -59,8 +59,7 @@ def compare_logits(a: np.ndarray, b: np.ndarray, *, atol: float = DEFAULT_ATOL,
                    rtol: float = DEFAULT_RTOL) -> dict:
     """The comparison figures and allclose verdict for two logit arrays (`a` is the reference)."""
     v = judge("compare", a, b, reference_name="A", candidate_name="B", rule=allclose_rule(atol, rtol))
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return {"max_abs_diff": v.max_abs_diff, "mean_abs_diff": float(np.abs(a64 - b64).mean()),
+    return {"max_abs_diff": v.max_abs_diff, "mean_abs_diff": figures(a, b)["mean_abs_diff"],
             "max_rel_diff": v.max_rel_diff, "top1_agreement": v.top1_agreement, "sqnr_db": v.sqnr_db,
             "mismatched": v.mismatched, "passed": v.passed, "atol": atol, "rtol": rtol}
 

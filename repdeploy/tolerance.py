@@ -131,14 +131,15 @@ def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def figures(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """max_abs_diff, max_rel_diff, logit_scale, sqnr_db (None: identical), top1_agreement, images."""
+    """max_abs_diff, mean_abs_diff, max_rel_diff, logit_scale, sqnr_db (None: identical), top1_agreement, images."""
     ref, cand = _pair(reference, candidate)
     finite = bool(np.isfinite(ref).all() and np.isfinite(cand).all())
     diff = float(np.abs(ref - cand).max()) if ref.size and finite else (0.0 if not ref.size else math.inf)
     scale = float(np.abs(ref).max()) if ref.size and finite else (0.0 if not ref.size else math.inf)
     rel = diff / scale if scale > 0 and math.isfinite(scale) else (0.0 if diff == 0 else math.inf)
     sq = sqnr_db(ref, cand) if finite else -math.inf
-    return {"max_abs_diff": diff, "max_rel_diff": rel, "logit_scale": scale,
+    mean = float(np.abs(ref - cand).mean()) if ref.size and finite else (0.0 if not ref.size else math.inf)
+    return {"max_abs_diff": diff, "mean_abs_diff": mean, "max_rel_diff": rel, "logit_scale": scale,
             "sqnr_db": None if sq == math.inf else sq,
             "top1_agreement": top1_agreement(ref, cand) if ref.ndim == 2 and len(ref) else None,
             "images": int(ref.shape[0]) if ref.ndim else None, "finite": finite}
