@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .tolerance import Verdict, tolerance
+from .tolerance import MIN_VERIFY_IMAGES, Verdict, tolerance
 
 #: fewer evaluation images than this and a top-1 figure moves by more than a point per image
 MIN_EVAL_IMAGES = 100
@@ -54,7 +54,7 @@ def parity_cell(verdicts: Sequence[dict], allowed: bool = False) -> str:
 
 
 def sanity_warnings(*, fp32_top1: float | None, num_classes: int | None, eval_images: int | None,
-                    calib_on_eval: bool) -> list[dict]:
+                    calib_on_eval: bool, verify_images: int | None = None) -> list[dict]:
     """Warnings that do not fail a model but must stand beside its figures.
 
     Each is {"flag": a short label for the table's notes column, "message": the full sentence}.
@@ -69,6 +69,10 @@ def sanity_warnings(*, fp32_top1: float | None, num_classes: int | None, eval_im
     if eval_images is not None and eval_images < MIN_EVAL_IMAGES:
         warnings.append(warning(f"{eval_images} eval images", f"only {eval_images} evaluation images "
                                 f"(< {MIN_EVAL_IMAGES}): one image moves top-1 by {100.0 / max(1, eval_images):.1f} points"))
+    if verify_images is not None and verify_images < MIN_VERIFY_IMAGES:
+        warnings.append(warning(f"{verify_images} verify images", f"verdicts on only {verify_images} images "
+                                f"(< {MIN_VERIFY_IMAGES}): the agreement test can hardly fail; give more calibration "
+                                "images (some are held out) or --eval-data"))
     if calib_on_eval:
         warnings.append(warning("calibrated on eval", "calibrated on the evaluation images: the INT8 accuracy is "
                                 "optimistic; pass --calib-data"))

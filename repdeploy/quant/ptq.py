@@ -328,7 +328,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         mismatches = failed(report["verdicts"])
         report["warnings"] = sanity_warnings(
             fp32_top1=report.get("fp32_top1"), num_classes=spec.num_classes, eval_images=report.get("eval_images"),
-            calib_on_eval=overlap)
+            calib_on_eval=overlap, verify_images=report["verify_images"])
         gate = accuracy_gate(max_drop, report)
         fgate = fidelity_gate(fidelity_bounds, report)
         gate_failures = ([f"top-1 drop {report['top1_drop']:.2f} points > --max-drop {max_drop:g}"]
