@@ -365,6 +365,8 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         raise VerificationError(f"{info['variant']}: {mismatches[0]}; the INT8 model does not compute what was "
                                 f"measured (see {result.report_path} verdicts); pass --allow-mismatch to keep it anyway")
     if gate_failures:
-        raise AccuracyGateError(f"{info['variant']}: INT8 {gate_failures[0]}; see {result.report_path} "
+        dropped = (f"INT8 top-1 dropped {report['top1_drop']:.2f} points > --max-drop {max_drop}"
+                   if gate and gate["passed"] is False else f"INT8 {gate_failures[0]}")
+        raise AccuracyGateError(f"{info['variant']}: {dropped}; see {result.report_path} "
                                 "(layers_summary.most_sensitive_layers) or try QAT")
     return result
