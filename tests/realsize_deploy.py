@@ -50,7 +50,7 @@ def _logits(model, x: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def deploy_all(arch: str, seed: int, targets: tuple[str, ...], directory: Path,
-               images: int = MIN_VERIFY_IMAGES) -> dict[str, Deployment]:
+               images: int = MIN_VERIFY_IMAGES, calib_images: int = CALIB_IMAGES) -> dict[str, Deployment]:
     """One calibration (the cache serves both layouts, as calib.json does), one export per target."""
     plain = fuse(realistic_model(arch, seed)).plain.eval()
     x = photo_batch(images, 224, seed=5000 + seed)
@@ -58,7 +58,7 @@ def deploy_all(arch: str, seed: int, targets: tuple[str, ...], directory: Path,
     directory.mkdir(parents=True, exist_ok=True)
     fp32_onnx = export_onnx(plain, directory / "model_fp32.onnx", input_size=224, preprocessing=RECORD)
     fp32_ort = run_ort(fp32_onnx, x)
-    calib = photo_batch(CALIB_IMAGES, 224, seed=4000 + seed)
+    calib = photo_batch(calib_images, 224, seed=4000 + seed)
     ranges = None
     out = {}
     for target in targets:

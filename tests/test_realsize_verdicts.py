@@ -24,13 +24,16 @@ pytestmark = pytest.mark.slow  # real-size models: still run by `make test`
 
 @pytest.fixture(scope="module")
 def a0(tmp_path_factory):
-    """A0's correct deployments in both layouts, per seed (built once per test process)."""
+    """A0's correct deployments per seed (built once per test process): seed 0 in both layouts, the
+    others in the ort layout, to stay within the suite's budget (the benchmark runs every seed in
+    both: docs/quantization.md's table)."""
     cache: dict = {}
 
     def get(seed: int):
         if seed not in cache:
             torch.manual_seed(seed)
-            cache[seed] = deploy_all("RepVGG-A0", seed, ("ort", "tensorrt"), tmp_path_factory.mktemp(f"a0s{seed}"))
+            targets = ("ort", "tensorrt") if seed == 0 else ("ort",)
+            cache[seed] = deploy_all("RepVGG-A0", seed, targets, tmp_path_factory.mktemp(f"a0s{seed}"))
         return cache[seed]
 
     return get
@@ -41,7 +44,7 @@ def failed(verdicts: dict) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_correct_a0_int8_deployments_pass_in_both_layouts(a0, seed):
+def test_correct_a0_int8_deployments_pass(a0, seed):
     for target, d in a0(seed).items():
         v = judge(d)
         assert not failed(v), (target, failed(v))
@@ -93,8 +96,8 @@ def test_tensorrt_double_engines_pass_the_pipelines_checks(a0, fake_tensorrt, tm
     from repdeploy.runtime import open_runner
 
     d = a0(0)["tensorrt"]
-    x = d.x[:32]
-    engines = {k: build_engine(p, tmp_path / f"{k}.engine", precision=k, batch_sizes=(1, 8, 32), input_size=224).engine
+    x = d.x[:16]  # the double runs its engines in ONNX Runtime: few images say as much as many
+    engines = {k: build_engine(p, tmp_path / f"{k}.engine", precision=k, batch_sizes=(1, 8, 16), input_size=224).engine
                for k, p in (("fp32", d.fp32_onnx), ("int8", d.int8_onnx))}
     logits = {}
     for k, engine in engines.items():
@@ -103,13 +106,15 @@ def test_tensorrt_double_engines_pass_the_pipelines_checks(a0, fake_tensorrt, tm
     val = from_arrays(x.numpy(), torch.zeros(len(x), dtype=torch.long).numpy(), image_size=224, channels=3,
                       name="verification crops")
     verdicts = _tensorrt_verdicts(SimpleNamespace(val=val), SimpleNamespace(fp32_onnx=d.fp32_onnx),
-                                  SimpleNamespace(int8_onnx=d.int8_onnx), logits["fp32"], logits["int8"], images=32)
+                                  SimpleNamespace(int8_onnx=d.int8_onnx), logits["fp32"], logits["int8"], images=16)
     assert [v["check"] for v in verdicts] == ["trt_fp32", "trt_int8"]
     assert all(v["passed"] for v in verdicts), [v["line"] for v in verdicts]
 
 
 def test_b1g4_correct_deployment_passes_and_a_transposed_conv_fails(tmp_path):
-    d = deploy_all("RepVGG-B1g4", 0, ("ort",), tmp_path, images=64)["ort"]
+    # 32 images keep B1g4 within the suite's budget: the SQNR and deviation rules still judge (the
+    # sign test needs 64 to reject, which the A0 cases and the benchmark exercise).
+    d = deploy_all("RepVGG-B1g4", 0, ("ort",), tmp_path, images=32, calib_images=16)["ort"]
     v = judge(d)
     assert not failed(v), failed(v)
     bad = judge(d, plant(d.int8_onnx, "weights transposed", "stage3.4.conv", tmp_path))
