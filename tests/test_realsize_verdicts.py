@@ -75,14 +75,13 @@ def test_planted_faults_fail_and_name_the_check(a0, tmp_path, fault, layer, chec
     assert "FAILED" in v[check]["line"]
 
 
-def test_fp16_onnx_of_a_real_size_model_passes_its_check(a0, tmp_path):
-    from realsize import photo_batch
+def test_fp16_onnx_of_a_real_size_model_passes_its_check(tmp_path):
+    from realsize import photo_batch, realistic_model
 
     from repdeploy.export.onnx import export_onnx, ort_parity
-    from repdeploy.quant.quantizer import QuantPlainNet
+    from repdeploy.fuse import fuse
 
-    qnet: QuantPlainNet = a0(0)["ort"].qnet
-    plain = qnet.float_model()
+    plain = fuse(realistic_model("RepVGG-A0", 0)).plain
     path = export_onnx(plain, tmp_path / "fp16.onnx", input_size=224, precision="fp16", preprocessing=RECORD)
     parity = ort_parity(plain, path, photo_batch(16, 224, seed=7))
     assert parity.passed and parity.verdict["check"] == "ort_fp16", parity.verdict["line"]
