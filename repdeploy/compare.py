@@ -2,10 +2,11 @@
 
 What `polygraphy run --onnxrt --trt` does for one pair of backends, for any two model files a
 user has (checkpoint, fused .pt, FP32/FP16/INT8 ONNX, engine): identical batches go through
-both runners, and the logits are compared with numpy's `allclose` rule per element
-(|a - b| <= atol + rtol * |b|, b being the reference MODEL_A as in Polygraphy), plus the figures
-that matter for a classifier: max absolute and relative difference, top-1 agreement and SQNR.
-A comparison past the tolerances is FAILED (ToleranceError, exit 3).
+both runners, and the logits are judged by the `compare` entry of the one tolerance table
+(repdeploy/tolerance.py): numpy's `allclose` rule per element (|a - b| <= atol + rtol * |a|, a
+being the reference MODEL_A as in Polygraphy), with the figures every hand-off reports: max
+absolute and relative difference (over the logit scale), top-1 agreement and SQNR. A comparison
+past the tolerances is FAILED (ToleranceError, a verification error: exit 1).
 
 Inputs: images from `data` (preprocessed for the first model's input size) or, without data,
 seeded standard-normal batches, as Polygraphy's default data loader does.
@@ -13,7 +14,6 @@ seeded standard-normal batches, as Polygraphy's default data loader does.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError, InputError, ToleranceError
+from .tolerance import TOLERANCES, allclose_rule, figures, judge
 
-#: Polygraphy's defaults; an FP16 or INT8 model against FP32 needs looser ones (and says so).
-DEFAULT_ATOL = 1e-5
-DEFAULT_RTOL = 1e-5
+#: Polygraphy's defaults (the table's `compare` entry); an FP16 or INT8 model against FP32 needs looser ones.
+DEFAULT_ATOL = TOLERANCES["compare"].atol
+DEFAULT_RTOL = TOLERANCES["compare"].rtol
 DEFAULT_SAMPLES = 16
 
 
@@ -40,7 +41,7 @@ class Comparison:
     images: int
     max_abs_diff: float
     mean_abs_diff: float
-    max_rel_diff: float  # max over elements of |a - b| / |a|, zero-reference elements left out
+    max_rel_diff: float  # max |a - b| over the largest |a| (tolerance.figures)
     top1_agreement: float  # fraction 0-1
     sqnr_db: float | None  # None when both are identical (infinite)
     atol: float
@@ -56,24 +57,11 @@ class Comparison:
 
 def compare_logits(a: np.ndarray, b: np.ndarray, *, atol: float = DEFAULT_ATOL,
                    rtol: float = DEFAULT_RTOL) -> dict:
-    """The comparison figures for two logit arrays (`a` is the reference)."""
-    from .evaluate import sqnr_db, top1_agreement
-
-    if a.shape != b.shape:
-        raise DataError(f"cannot compare outputs of shapes {a.shape} and {b.shape}: the models differ in classes")
-    if not (math.isfinite(atol) and math.isfinite(rtol)) or atol < 0 or rtol < 0:
-        raise InputError(f"--atol {atol} / --rtol {rtol}: give non-negative numbers")
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    diff = np.abs(a64 - b64)
-    nonzero = np.abs(a64) > 0
-    rel = diff[nonzero] / np.abs(a64[nonzero]) if nonzero.any() else np.zeros(1)
-    bad = diff > atol + rtol * np.abs(a64)
-    if not (np.isfinite(a64).all() and np.isfinite(b64).all()):
-        bad |= ~(np.isfinite(a64) & np.isfinite(b64))
-    sqnr = sqnr_db(a64, b64)
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "max_rel_diff": float(rel.max()),
-            "top1_agreement": top1_agreement(a, b), "sqnr_db": sqnr if math.isfinite(sqnr) else None,
-            "mismatched": int(bad.sum()), "passed": not bad.any(), "atol": atol, "rtol": rtol}
+    """The comparison figures and allclose verdict for two logit arrays (`a` is the reference)."""
+    v = judge("compare", a, b, reference_name="A", candidate_name="B", rule=allclose_rule(atol, rtol))
+    return {"max_abs_diff": v.max_abs_diff, "mean_abs_diff": figures(a, b)["mean_abs_diff"],
+            "max_rel_diff": v.max_rel_diff, "top1_agreement": v.top1_agreement, "sqnr_db": v.sqnr_db,
+            "mismatched": v.mismatched, "passed": v.passed, "atol": atol, "rtol": rtol}
 
 
 def default_engine(model: Any) -> str:
@@ -102,7 +90,7 @@ def compare(
     load_kwargs: dict | None = None,
     check: bool = True,
 ) -> Comparison:
-    """Compare two models on the same inputs; raise ToleranceError (exit 3) past the tolerances.
+    """Compare two models on the same inputs; raise ToleranceError (exit 1) past the tolerances.
 
     >>> compare("model_fp32.onnx", "model.engine", atol=1e-3, rtol=1e-3).top1_agreement  # doctest: +SKIP
     1.0

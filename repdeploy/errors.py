@@ -71,5 +71,8 @@ class BackendMissingError(RepDeployError):
     exit_code = 4
 
 
-class ToleranceError(AccuracyGateError):
-    """Two models' outputs differ by more than the tolerances the user allowed (`repdeploy compare`)."""
+class ToleranceError(VerificationError):
+    """Two models' outputs differ by more than the tolerances the user allowed (`repdeploy compare`).
+
+    A failed comparison is a failed verification (exit 1), as in `quantize` and `pipeline`; exit 3
+    belongs to accuracy and fidelity gates (docs/cli.md)."""

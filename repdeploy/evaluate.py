@@ -1,4 +1,4 @@
-"""Accuracy of any runner on a labelled dataset, and agreement between two sets of logits.
+"""Accuracy of any runner on a labelled dataset (agreement and SQNR between logits: tolerance.py).
 
 Accuracies are in percent (0-100) because the accuracy gate and the report speak in absolute
 top-1 points.
@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import DataError
 from .runtime.base import Runner
+from .tolerance import sqnr_db, top1_agreement  # noqa: F401  (the one definition; re-exported)
 
 
 @dataclass
@@ -119,31 +120,3 @@ def evaluate(runner: Runner, dataset, *, batch_size: int = 64, limit: int | None
     top1, top5 = accuracy_from_logits(logits, labels)
     return Accuracy(runner.name, runner.engine, dataset.source, len(labels), top1, top5, seconds,
                     logits if keep_logits else None, labels if keep_logits else None)
-
-
-def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Fraction (0-1) of rows where both logit arrays pick the same class."""
-    _same_shape(reference, candidate)
-    return float((reference.argmax(1) == candidate.argmax(1)).mean())
-
-
-def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB: 10 log10(sum ref^2 / sum (ref - cand)^2).
-
-    inf when the two are identical; higher is closer (8-bit quantization of a well-behaved
-    network typically lands around 20-40 dB on the logits).
-    """
-    _same_shape(reference, candidate)
-    ref = np.asarray(reference, dtype=np.float64)
-    noise = float(np.sum((ref - np.asarray(candidate, dtype=np.float64)) ** 2))
-    signal = float(np.sum(ref**2))
-    if noise == 0.0:
-        return float("inf")
-    if signal == 0.0:
-        return float("-inf")
-    return 10.0 * float(np.log10(signal / noise))
-
-
-def _same_shape(a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise DataError(f"cannot compare logits of shapes {a.shape} and {b.shape}")

@@ -20,13 +20,13 @@ from .models.layers import ConvBN, StagedNet
 from .models.plain import PlainBlock
 from .models.repoptvgg import RepOptVGGBlock, RepOptVGGSearchBlock
 from .models.repvgg import RepVGGBlock
+from .tolerance import TOLERANCES, figures
 
-# Max |fused - trained| over the logit scale; upstream fusion error is 1e-8..5e-5 absolute.
-DEFAULT_TOLERANCE = 1e-4
-# And in absolute logits: a relative bound alone passes garbage whose logit scale is itself
-# garbage (a damaged file gave a 1.2e25 error on a 1e29 scale). Float32 fusion of B1g4 with
-# random BN statistics (logit scale 3e3) errs by 2e-3; trained models by ~1e-5.
-ABSOLUTE_TOLERANCE = 1e-2
+# The fusion entry of the one tolerance table (tolerance.py): max |fused - trained| over the logit
+# scale, and in absolute logits (float32 fusion of B1g4 with random BN statistics, logit scale 3e3,
+# errs by 2e-3; trained models by ~1e-5).
+DEFAULT_TOLERANCE = TOLERANCES["fusion"].max_rel
+ABSOLUTE_TOLERANCE = TOLERANCES["fusion"].max_abs
 
 
 def fold_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,15 +141,11 @@ def compare(
     seed: int = 0,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> Equivalence:
-    """Run both modules in eval mode on the same seeded input and measure the logit error."""
+    """Run both modules in eval mode on the same seeded input and measure the logit error (tolerance.figures)."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(*input_shape, generator=generator)
-    ref = reference.eval()(x)
-    out = candidate.eval()(x)
-    diff = (ref - out).abs().max().item()
-    scale = ref.abs().max().item()
-    rel = diff / scale if scale > 0 else diff
-    return Equivalence(diff, rel, scale, tolerance, tuple(input_shape), seed)
+    f = figures(reference.eval()(x).numpy(), candidate.eval()(x).numpy())
+    return Equivalence(f["max_abs_diff"], f["max_rel_diff"], f["logit_scale"], tolerance, tuple(input_shape), seed)
 
 
 @dataclass

@@ -8,7 +8,7 @@ front of the graph's first node (the first QuantizeLinear of an INT8 graph):
 
 The nodes compute exactly what the host does (pixels.normalise: the same float32 operations in the
 same order), so the logits equal those of the float graph fed host-preprocessed pixels; the check
-here proves it on every file written (verify.judge_logits, FP32 tolerance). The normalisation stays
+here proves it on every file written (tolerance.judge, the table's `input_graph` entry). The normalisation stays
 its own nodes: folding it into the first conv would be wrong at padded borders, where the conv
 sees zeros of the normalised image, not normalised zeros. Resize and centre crop stay on the host
 (the record still says how); the serving runtime does them (serving/).
@@ -26,8 +26,6 @@ from .metadata import INPUT_FORMATS, onnx_metadata, stamp
 PIXEL_INPUT = "pixels"
 #: images the in-graph normalisation is checked on (seeded uint8 pixels of the nominal size)
 CHECK_IMAGES = 4
-#: relative bound for FP16 graphs (11 significant bits per activation), as export's fp16 parity gate
-FP16_REL_TOL = 1e-2
 
 
 def check_input_format(value: str) -> str:
@@ -119,11 +117,11 @@ def check_pixel_input(float_onnx: str | Path, pixel_onnx: str | Path, record, pi
                       *, threads: int = 1):
     """The verdict on a pixel-input graph: its logits against the float graph's on host-preprocessed
     pixels (`pixels_nhwc`, uint8 N x size x size x C; seeded random images when None). FP32-vs-FP32:
-    the tight relative bound of the tolerance table (verify.FP32_ORT_REL_TOL)."""
+    the tight relative bound of the tolerance table (tolerance.py `input_graph`)."""
     import onnxruntime as ort
 
-    from . import verify
     from .runtime.ort import session_options
+    from .tolerance import judge, tolerance
 
     input_format = onnx_metadata(pixel_onnx).get("repdeploy.input_format", "float")
     if pixels_nhwc is None:
@@ -141,11 +139,10 @@ def check_pixel_input(float_onnx: str | Path, pixel_onnx: str | Path, record, pi
     # An FP16 graph: ORT's CPU runs fp16 convs through fp32 and drops the graph's fp32 -> fp16 ->
     # fp32 cast pair, so the graph's normalised input skips the fp16 rounding the host's has; the
     # fp16 bound is the one `repdeploy export --precision fp16` gates ORT against torch with.
-    tolerance = FP16_REL_TOL if fp16 else verify.FP32_ORT_REL_TOL
-    return verify.judge_logits("input_" + input_format.replace("-", "_"), logits[0], logits[1],
-                               reference_name="float input, host preprocessing",
-                               candidate_name=f"{input_format} input, preprocessing in the graph",
-                               tolerance=tolerance)
+    return judge("input_" + input_format.replace("-", "_"), logits[0], logits[1],
+                 reference_name="float input, host preprocessing",
+                 candidate_name=f"{input_format} input, preprocessing in the graph",
+                 rule=tolerance("ort_fp16" if fp16 else "input_graph"))
 
 
 def pixels_from_inputs(x: np.ndarray, record) -> np.ndarray:

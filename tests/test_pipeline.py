@@ -58,7 +58,7 @@ def test_every_artifact_and_field_for_the_good_models(result):
                                                           "model_int8_ort.onnx")}
         assert len(set(records.values())) == 1 and records["fused.pt"].mean == pytest.approx((0.3058,) * 3)
         assert record["parity"] == "ok" and record["eval_images"] == 120 and record["latency_noisy"] in (True, False)
-        assert [v["check"] for v in record["verdicts"]] == ["fusion", "ort_fp32", "ort_int8"]
+        assert [v["check"] for v in record["verdicts"]] == ["fusion", "ort_fp32", "ort_int8", "int8_graph"]
         lo, hi = record["speedup_ci"]
         assert lo <= record["speedup"] <= hi
         manifest = json.loads((run / "manifest.json").read_text())
@@ -192,3 +192,15 @@ def test_pipeline_fallback_float_chooses_on_a_calibration_holdout(tmp_path):
     assert row.status == ("PASSED" if row.top1_drop <= 1.0 else "FAILED"), row.error
     with pytest.raises(Exception, match="--fallback-float needs --max-drop"):
         run_pipeline([model], output_dir=tmp_path / "x", fallback_float=True, **FAST)
+
+
+def test_label_free_fidelity_gate_marks_failed_and_exit_code_3():
+    s = PipelineSettings(min_sqnr=20.0, min_agreement=0.9)
+    low = ModelRow("a", "a.pth", "a", sqnr_db=15.0, top1_agreement=95.0)
+    disagreeing = ModelRow("b", "b.pth", "b", sqnr_db=25.0, top1_agreement=80.0)
+    fine = ModelRow("c", "c.pth", "c", sqnr_db=25.0, top1_agreement=95.0)
+    for row in (low, disagreeing, fine):
+        _gate(row, s)
+    assert low.status == "FAILED" and low.exit_code == 3 and "15.00 dB < --min-sqnr 20" in low.error
+    assert disagreeing.status == "FAILED" and "80.0% < --min-agreement 90.0%" in disagreeing.error
+    assert fine.status == "PASSED" and PipelineResult(None, [fine, low], None, s).exit_code == 3

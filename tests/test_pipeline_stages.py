@@ -47,11 +47,11 @@ def test_stages_compose_from_their_records_alone(loaded):
     assert row.status == "PASSED", row.error
     assert row.run_dir == str(job.final_dir) and row.arch == "RepVGG-mini" and row.num_classes == 10
     assert row.top1_drop == pytest.approx(row.fp32_top1 - row.int8_top1) and row.eval_images == 64
-    assert [v["check"] for v in row.verdicts] == ["fusion", "ort_fp32", "ort_int8"]
+    assert [v["check"] for v in row.verdicts] == ["fusion", "ort_fp32", "ort_int8", "int8_graph"]
     assert row.calibration["method"] == quantized.report["calib_method"] and row.diagnostics["layers"]
     assert row.fp32_ms is None and row.bench == []  # no Timed record: no latency figures
     judge_row(row, s)  # judging twice adds the fusion verdict once
-    assert [v["check"] for v in row.verdicts] == ["fusion", "ort_fp32", "ort_int8"] and row.status == "PASSED"
+    assert [v["check"] for v in row.verdicts] == ["fusion", "ort_fp32", "ort_int8", "int8_graph"] and row.status == "PASSED"
 
 
 def test_an_error_row_keeps_what_the_earlier_stages_found(loaded):

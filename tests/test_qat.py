@@ -102,13 +102,20 @@ def test_qat_recovers_accuracy_ptq_lost(tmp_path, inflated_cache):
     assert files == ["calib.json", "fused.pt", "model_fp32.onnx", "model_int8_ort.onnx", "qat_state.pt", "report.json"]
 
 
-def test_qat_exports_a_tensorrt_layout_that_passes_its_rules(tmp_path):
-    result = qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=1, train_samples=128,
-                 calib_samples=64, target="tensorrt", optimizer="adamw", grad_mult="sgs")
-    model = onnx.load(str(result.int8_onnx))
+def test_qat_exports_a_tensorrt_layout_that_passes_its_rules_and_the_fidelity_gate_exits_3(tmp_path):
+    from repdeploy.errors import AccuracyGateError
+
+    with pytest.raises(AccuracyGateError, match="--min-sqnr 99") as info:  # written first, then gated
+        qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=1, train_samples=128,
+            calib_samples=64, target="tensorrt", optimizer="adamw", grad_mult="sgs", min_sqnr=99.0)
+    assert info.value.exit_code == 3
+    model = onnx.load(str(tmp_path / "model_int8_tensorrt.onnx"))
     onnx.checker.check_model(model, full_check=True)
     assert check_tensorrt_qdq(model) == []
-    assert result.report["tensorrt_rule_violations"] == []
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["tensorrt_rule_violations"] == [] and all(v["passed"] for v in report["verdicts"])
+    assert report["status"] == "FAILED" and report["fidelity_gate"]["passed"] is False
+    assert report["verify_images"] == report["fidelity_gate"]["images"] > 0 and report["verify_disjoint"]
 
 
 def run_cli(*args, env=None):
@@ -196,7 +203,7 @@ def test_pipeline_qat_column(tmp_path):
     assert row.status == "PASSED", row.error
     # the QAT graphs are verified like the PTQ ones, and judged with them
     qat_checks = {v["check"]: v["passed"] for v in row.verdicts if v["check"].startswith("qat_")}
-    assert qat_checks == {"qat_ort_fp32": True, "qat_ort_int8": True}
+    assert qat_checks == {"qat_ort_fp32": True, "qat_ort_int8": True, "qat_int8_graph": True}
     assert row.qat_top1 is not None and row.qat_drop == pytest.approx(row.fp32_top1 - row.qat_top1)
     run_dir = Path(row.run_dir)
     assert (run_dir / "qat_int8_ort.onnx").exists() and (run_dir / "qat_report.json").exists()

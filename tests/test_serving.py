@@ -120,12 +120,12 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
             assert verdict.passed and verdict.max_abs_diff == 0.0, verdict.line()  # the same float ops
     import repdeploy
     from repdeploy.checkpoints import load_fused
-    from repdeploy.ingraph import FP16_REL_TOL
+    from repdeploy.tolerance import tolerance
 
     fp16 = repdeploy.export_onnx(load_fused(ZOO["repvgg_mini"])[0], tmp_path / "fp16.onnx", input_size=32,
                                  precision="fp16", preprocessing=record)
     verdict = write_checked(fp16, tmp_path / "fp16_uint8.onnx", record, "uint8-nhwc")
-    assert verdict.passed and verdict.tolerance == FP16_REL_TOL, verdict.line()
+    assert verdict.passed and verdict.tolerance == tolerance("ort_fp16").max_rel, verdict.line()
     # planted fault: the graph normalises with another mean than the host
     wrong = Preprocessing(record.input_size, record.resize, (0.5,) * 3, record.std)
     write_pixel_input(int8, tmp_path / "wrong.onnx", wrong, "uint8-nhwc")

@@ -56,7 +56,8 @@ def compare_cmd(model_a, model_b, engines, eval_data, samples, batch_size, atol,
     """Run the same inputs through MODEL_A and MODEL_B and compare their logits, like Polygraphy.
 
     Reports max absolute/relative difference, top-1 agreement and SQNR; every logit must satisfy
-    |a - b| <= atol + rtol * |a| (A is the reference). Exit 3 past the tolerances.
+    |a - b| <= atol + rtol * |a| (A is the reference). Exit 1 past the tolerances (a failed
+    verification, as in quantize and pipeline).
 
     \b
     Examples:

@@ -27,6 +27,10 @@ from .core import input_format_option, labels_option
               help="INT8 graph layout; default: ort for --engine ort, tensorrt for --engine trt.")
 @click.option("--max-drop", type=float, default=None,
               help="Accuracy gate: max top-1 drop in absolute points; models over it are FAILED and the exit code is 3.")
+@click.option("--min-sqnr", type=float, default=None,
+              help="Label-free gate: INT8 vs FP32 SQNR (dB) on the eval images; models under it are FAILED, exit 3.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Label-free gate: INT8 vs FP32 top-1 agreement (fraction 0-1); models under it are FAILED, exit 3.")
 @click.option("--batches", "bench_batch", type=int, default=defaults.BENCH_BATCH_SIZE, show_default=True,
               help="Batch size of the latency figures (one; `bench --batches` takes a list).")
 @click.option("--threads", type=int, default=None, help="CPU threads for ORT (default: ORT's choice).")
@@ -77,9 +81,9 @@ from .core import input_format_option, labels_option
 @quiet_option
 @handle_errors
 def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, calib_method, engine, target, max_drop,
-                 bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions, eval_limit, qat,
-                 qat_epochs, qat_lr, zoo, train_data, seed, fallback_float, allow_mismatch, triton_repo, force, input_size,
-                 prep, labels, input_format, diagnostics, device, load_kwargs, as_json):
+                 min_sqnr, min_agreement, bench_batch, threads, warmup, duration, iterations, max_duration, bench_sessions,
+                 eval_limit, qat, qat_epochs, qat_lr, zoo, train_data, seed, fallback_float, allow_mismatch, triton_repo,
+                 force, input_size, prep, labels, input_format, diagnostics, device, load_kwargs, as_json):
     """Every checkpoint end to end: fuse+verify, export FP32, quantize INT8, evaluate, benchmark, report.
 
     Writes one run directory per model and report.json/.csv/.md/.html in OUTPUT, then prints the
@@ -87,7 +91,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
     A model that fails a stage is reported as ERROR and the others still run.
     Every numeric hand-off is verified (fusion, ORT vs torch, INT8 vs fake-quant, TensorRT vs ORT).
     Exit codes: 0 all passed, 1 a model failed verification (unless --allow-mismatch), 3 a model
-    is over --max-drop, else the first failed model's code.
+    is over --max-drop, --min-sqnr or --min-agreement, else the first failed model's code.
 
     \b
     Examples:
@@ -109,7 +113,7 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
         warnings.simplefilter("always")
         result = run_pipeline(
             list(checkpoints), output_dir=output, data=eval_data, calib_data=calib_data, engine=engine, target=target,
-            max_drop=max_drop, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
+            max_drop=max_drop, min_sqnr=min_sqnr, min_agreement=min_agreement, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
             threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
             duration=DEFAULT_DURATION_S if duration is None else duration,
             iterations=DEFAULT_ITERATIONS if iterations is None else iterations,

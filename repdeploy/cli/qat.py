@@ -21,6 +21,14 @@ def _text(r: dict) -> str:
     lines.append(f"  INT8 ONNX ({r['target']}): {r['int8_onnx']}")
     for v in r.get("verdicts") or []:
         lines.append(f"  verify {v['line']}")
+    fg = r.get("fidelity_gate")
+    if fg:
+        lines.append(f"  gate   fidelity on {fg.get('images')} images: "
+                     f"{'PASSED' if fg['passed'] else 'FAILED: ' + '; '.join(fg['failures'])}")
+    if r.get("status") == "KEPT":
+        from ..verify import kept_line
+
+        lines.append(f"  status {kept_line([v['line'] for v in r.get('verdicts') or [] if not v['passed']])}")
     return "\n".join(lines)
 
 
@@ -61,6 +69,10 @@ def _text(r: dict) -> str:
 @click.option("--allow-mismatch", is_flag=True,
               help="Keep (exit 0) a QAT model whose verification failed; the report records it.")
 @input_size_option
+@click.option("--min-sqnr", type=float, default=None,
+              help="Fail with exit code 3 if the INT8 ONNX's SQNR vs FP32 (dB, eval images) is lower; needs no labels.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Fail with exit code 3 if INT8 and FP32 agree on fewer than this fraction (0-1) of the images.")
 @preprocessing_options
 @diagnostics_option
 @device_option
@@ -72,8 +84,8 @@ def _text(r: dict) -> str:
 @handle_errors
 def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_size, weight_decay, optimizer,
             grad_mult, distill, temperature, calib_cache, calib_data, calib_method, calib_samples, percentile, target,
-            train_samples, learnable_ranges, range_lr, resume, checkpoint_every, seed, allow_mismatch, input_size, prep,
-            diagnostics, device, amp, load_kwargs, as_json):
+            train_samples, learnable_ranges, range_lr, resume, checkpoint_every, seed, allow_mismatch, min_sqnr,
+            min_agreement, input_size, prep, diagnostics, device, amp, load_kwargs, as_json):
     """Fine-tune a checkpoint's fused model with fake quantization, then export its INT8 ONNX.
 
     Starts from the PTQ calibration (or --calib-cache), trains the weights and the activation
@@ -98,7 +110,8 @@ def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_siz
         calib_method=calib_method, calib_samples=calib_samples, percentile=percentile, target=target, train_samples=train_samples,
         learnable_ranges=learnable_ranges, range_lr=range_lr, resume=resume,
         checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch,
-        device=device, amp=amp, input_size=input_size, diagnostics=diagnostics, **prep,
+        min_sqnr=min_sqnr, min_agreement=min_agreement, device=device, amp=amp, input_size=input_size,
+        diagnostics=diagnostics, **prep,
     )
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return

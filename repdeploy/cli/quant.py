@@ -49,9 +49,19 @@ def _text(r: dict) -> str:
                      f"({fb.get('holdout_source')}); accuracy above measured after the choice")
     for w in r.get("warnings") or []:
         lines.append(f"  warning     {w['message']}")
-    if r.get("allow_mismatch") and any(not v.get("passed") for v in r.get("verdicts") or []):
-        lines.append("  note        a verification FAILED and --allow-mismatch kept the model anyway")
-    lines.append(f"  status      {r.get('status', '-')}" + (f": {'; '.join(r['failures'])}" if r.get("failures") else ""))
+    fg = r.get("fidelity_gate")
+    if fg:
+        lines.append(f"  gate        fidelity on {fg.get('images')} verification images: "
+                     f"{'PASSED' if fg['passed'] else 'FAILED: ' + '; '.join(fg['failures'])}")
+    if r.get("verify_images") is not None:
+        lines.append(f"  verified on {r['verify_images']} images of {r.get('verify_data')}"
+                     + ("" if r.get("verify_disjoint") else " (NOT held out of calibration)"))
+    if r.get("status") == "KEPT":
+        from ..verify import kept_line
+
+        lines.append(f"  status      {kept_line(r.get('failures') or [])}")
+    else:
+        lines.append(f"  status      {r.get('status', '-')}" + (f": {'; '.join(r['failures'])}" if r.get("failures") else ""))
     return "\n".join(lines)
 
 
@@ -75,6 +85,12 @@ def _text(r: dict) -> str:
 @click.option("--eval-limit", type=int, default=None, help="Evaluate on the first N images only.")
 @click.option("--max-drop", type=float, default=None,
               help="Fail with exit code 3 if INT8 top-1 drops more than this many points (needs --eval-data).")
+@click.option("--min-sqnr", type=float, default=None,
+              help="Fail with exit code 3 if the INT8 ONNX's SQNR vs FP32 (dB, verification images) is lower; "
+                   "needs no labels.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Fail with exit code 3 if INT8 and FP32 pick the same class on fewer than this fraction (0-1) "
+                   "of the verification images; needs no labels.")
 @click.option("--fallback-float", "fallback", is_flag=True,
               help="With --max-drop: leave the most sensitive layers in float until the drop fits.")
 @click.option("--allow-mismatch", is_flag=True,
@@ -92,8 +108,8 @@ def _text(r: dict) -> str:
 @quiet_option
 @handle_errors
 def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, percentile, calib_cache, target,
-                 eval_data, eval_limit, max_drop, fallback, allow_mismatch, input_size, prep, labels, input_format,
-                 diagnostics, seed, output_dir, device, load_kwargs, as_json):
+                 eval_data, eval_limit, max_drop, min_sqnr, min_agreement, fallback, allow_mismatch, input_size, prep,
+                 labels, input_format, diagnostics, seed, output_dir, device, load_kwargs, as_json):
     """Quantize a checkpoint to a verified INT8 ONNX, with a report of what it cost.
 
     Writes fused.pt, model_fp32.onnx, model_int8_<target>.onnx, calib.json and report.json
@@ -116,7 +132,8 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
                   percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
                   eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
                   allow_mismatch=allow_mismatch, device=device, labels=labels, input_format=input_format,
-                  input_size=input_size, diagnostics=diagnostics, **prep)
+                  input_size=input_size, diagnostics=diagnostics, min_sqnr=min_sqnr, min_agreement=min_agreement,
+                  **prep)
     jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
         (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
     records, failed, mismatched = [], [], []

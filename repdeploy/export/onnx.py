@@ -26,8 +26,6 @@ from ..metadata import META_INPUT_SIZE, META_PRECISION, stamp  # noqa: F401 (MET
 OPSET = 17
 #: QDQ with per-channel axes needs opset 13; the TorchScript exporter stops at 20.
 MIN_OPSET, MAX_OPSET = 13, 20
-#: ORT FP32 vs torch, relative to the logit scale; float reordering gives ~1e-6.
-PARITY_TOLERANCE = 1e-3
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp32", "fp16")
@@ -125,17 +123,19 @@ def export_onnx(
 
 @dataclass
 class Parity:
-    """Agreement of an ONNX Runtime session with the torch module on the same input."""
+    """Agreement of an ONNX Runtime session with the torch module on the same input: the verdict of
+    the `ort_fp32` or `ort_fp16` entry of the one tolerance table (repdeploy/tolerance.py)."""
 
     max_abs_diff: float
     max_rel_diff: float  # over the largest |logit| of the torch model
     top1_agreement: float
     batch: int
+    verdict: dict | None = None
 
     @property
     def passed(self) -> bool:
-        """Whether ORT computes what torch does (within float reordering error)."""
-        return bool(np.isfinite(self.max_rel_diff)) and self.max_rel_diff <= PARITY_TOLERANCE
+        """Whether ORT computes what torch does, within the hand-off's tolerance."""
+        return bool(self.verdict and self.verdict["passed"])
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -153,16 +153,17 @@ def ort_session(onnx_path: str | Path, threads: int | None = None, optimize: boo
 
 @torch.no_grad()
 def ort_parity(model: nn.Module, onnx_path: str | Path, x: torch.Tensor) -> Parity:
-    """Run `x` through the torch module and the ONNX file and compare logits."""
+    """Run `x` through the torch FP32 module and the FP32 or FP16 ONNX file and judge the logits."""
+    from ..tolerance import judge
+
     session = ort_session(onnx_path)
     ref = model.eval()(x).numpy()
     meta = session.get_inputs()[0]
-    dtype = np.float16 if meta.type == "tensor(float16)" else np.float32
-    out = session.run(None, {meta.name: x.numpy().astype(dtype)})[0].astype(np.float32)
-    diff = float(np.abs(ref - out).max())
-    scale = float(np.abs(ref).max()) or 1.0
-    agree = float((ref.argmax(1) == out.argmax(1)).mean())
-    return Parity(diff, diff / scale, agree, int(x.shape[0]))
+    fp16 = meta.type == "tensor(float16)"
+    out = session.run(None, {meta.name: x.numpy().astype(np.float16 if fp16 else np.float32)})[0].astype(np.float32)
+    v = judge("ort_fp16" if fp16 else "ort_fp32", ref, out, reference_name="torch FP32",
+              candidate_name=f"ORT {'FP16' if fp16 else 'FP32'}")
+    return Parity(v.max_abs_diff, v.max_rel_diff, v.top1_agreement, int(x.shape[0]), v.to_dict())
 
 
 def _layout_check(model, path: str | Path) -> dict:

@@ -20,7 +20,7 @@ class ModelRow:
     name: str
     checkpoint: str
     run_dir: str
-    status: str = "ERROR"  # PASSED | FAILED (a verdict or the accuracy gate) | ERROR (a stage raised)
+    status: str = "ERROR"  # PASSED | FAILED (a verdict or a gate) | KEPT (--allow-mismatch) | ERROR (a stage raised)
     failed_stage: str | None = None
     error: str | None = None
     exit_code: int = 0
@@ -120,9 +120,10 @@ def _fill_latency(row: ModelRow, timed: Timed) -> None:
 
 
 def judge_row(row: ModelRow, s: PipelineSettings) -> None:
-    """The row's verdict: FAILED (exit 1) on a failed hand-off unless --allow-mismatch, FAILED
-    (exit 3) over --max-drop, else PASSED; sanity warnings and the parity cell either way."""
-    from ..verify import failed, fusion_verdict, parity_cell, sanity_warnings, warning
+    """The row's verdict: FAILED (exit 1) on a failed hand-off unless --allow-mismatch (then KEPT,
+    never PASSED), FAILED (exit 3) over --max-drop or under --min-sqnr / --min-agreement, else
+    PASSED; sanity warnings and the parity cell either way."""
+    from ..verify import failed, fusion_verdict, kept_line, parity_cell, sanity_warnings, warning
 
     fusion = fusion_verdict(row.fusion)
     if fusion is not None and not any(v.get("check") == "fusion" for v in row.verdicts):
@@ -142,8 +143,10 @@ def judge_row(row: ModelRow, s: PipelineSettings) -> None:
             row.status, row.exit_code, row.failed_stage = "FAILED", 1, "verification"
             row.error = "verification failed: " + "; ".join(mismatches)
             return
+        row.status = "KEPT"
         row.warnings.append(warning("MISMATCH allowed", "verification FAILED but kept by --allow-mismatch: "
                                     + "; ".join(mismatches)))
+        row.error = kept_line(mismatches)
     # With --qat the user deploys whichever INT8 model is better, so the gate judges that one.
     drops = [d for d in (row.top1_drop, row.qat_drop) if d is not None]
     drop = min(drops) if drops else None
@@ -151,3 +154,12 @@ def judge_row(row: ModelRow, s: PipelineSettings) -> None:
         row.status = "FAILED"
         row.error = f"top-1 drop {drop:.2f} points > --max-drop {s.max_drop:g}"
         row.exit_code = 3
+        return
+    # Without labels the drop means nothing; fidelity to FP32 (the eval images) still does.
+    agreement = row.top1_agreement / 100.0 if row.top1_agreement is not None else None
+    low = ([f"SQNR vs FP32 {row.sqnr_db:.2f} dB < --min-sqnr {s.min_sqnr:g}"]
+           if s.min_sqnr is not None and row.sqnr_db is not None and row.sqnr_db < s.min_sqnr else [])
+    low += ([f"top-1 agreement with FP32 {agreement:.1%} < --min-agreement {s.min_agreement:.1%}"]
+            if s.min_agreement is not None and agreement is not None and agreement < s.min_agreement else [])
+    if low:
+        row.status, row.error, row.exit_code = "FAILED", "; ".join(low), 3

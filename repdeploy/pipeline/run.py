@@ -70,6 +70,8 @@ def run_pipeline(
     engine: str = "ort",
     target: str | None = None,
     max_drop: float | None = None,
+    min_sqnr: float | None = None,
+    min_agreement: float | None = None,
     calib_samples: int = defaults.CALIB_SAMPLES,
     calib_method: str | None = defaults.CALIB_METHOD,
     bench_batch: int = 1,
@@ -131,6 +133,9 @@ def run_pipeline(
         checkpoints = [checkpoints]  # one path, not a sequence of its characters
     # Every option is checked before the first model starts, not after four stages.
     validate.max_drop("--max-drop", max_drop)
+    from ..quant.ptq_report import check_fidelity_bounds
+
+    check_fidelity_bounds(min_sqnr, min_agreement)
     validate.bench_options(batch=bench_batch, warmup=warmup, duration=duration, iterations=iterations,
                            threads_=threads)
     validate.number("--max-duration", max_duration, low=0.0, high=validate.MAX_SECONDS, allow_none=False)
@@ -169,7 +174,7 @@ def run_pipeline(
     settings = PipelineSettings(
         data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples,
         calib_method=calib_method or defaults.CALIB_METHOD,  # the report names the method used, never None
-        engine=engine, target=target, max_drop=max_drop, bench_batch=bench_batch, threads=threads, warmup=warmup,
+        engine=engine, target=target, max_drop=max_drop, min_sqnr=min_sqnr, min_agreement=min_agreement, bench_batch=bench_batch, threads=threads, warmup=warmup,
         duration=duration, iterations=iterations, max_duration=max_duration, bench_sessions=bench_sessions,
         eval_limit=eval_limit, qat=qat,
         qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, device=device, allow_mismatch=allow_mismatch,

@@ -26,6 +26,8 @@ class PipelineSettings:
     engine: str = "ort"
     target: str = "ort"
     max_drop: float | None = None
+    min_sqnr: float | None = None  # label-free gate: INT8 vs FP32 SQNR (dB) on the eval images, exit 3
+    min_agreement: float | None = None  # label-free gate: INT8 vs FP32 top-1 agreement (0-1), exit 3
     bench_batch: int = 1
     threads: int | None = None
     warmup: float = DEFAULT_WARMUP_S

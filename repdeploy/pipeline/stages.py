@@ -216,21 +216,24 @@ def evaluate_pair(job: ModelJob, prepared: Prepared, exported: Exported, quantiz
 
 def _tensorrt_verdicts(prepared: Prepared, exported: Exported, quantized: Quantized, fp32_logits, int8_logits,
                        images: int = 64) -> tuple[dict, ...]:
-    """TensorRT vs ONNX Runtime on the first evaluation images, FP32 and INT8 graphs alike."""
+    """TensorRT vs ONNX Runtime on the first evaluation images (tolerance.py's trt_fp32 and trt_int8):
+    the FP32 engine on a relative bound, the INT8 engine as a deployment of the verified QDQ graph
+    (ORT INT8 the simulation, ORT FP32 the reference)."""
     import numpy as np
 
     from ..export.onnx import ort_session
-    from ..verify import TRT_MIN_AGREEMENT, TRT_MIN_SQNR_DB, judge_logits
+    from ..tolerance import judge, judge_deployment
 
     x = np.concatenate([b.numpy() for b, _ in prepared.val.batches(32, limit=images)])
-    out = []
-    for label, path, logits in (("fp32", exported.fp32_onnx, fp32_logits), ("int8", quantized.int8_onnx, int8_logits)):
+    ort = {}
+    for label, path in (("fp32", exported.fp32_onnx), ("int8", quantized.int8_onnx)):
         session = ort_session(path)
-        ref = session.run(None, {session.get_inputs()[0].name: x})[0]
-        out.append(judge_logits(f"trt_{label}", ref, logits[: len(ref)], reference_name=f"ORT {label.upper()}",
-                                candidate_name=f"TensorRT {label.upper()}", min_sqnr_db=TRT_MIN_SQNR_DB,
-                                min_agreement=TRT_MIN_AGREEMENT).to_dict())
-    return tuple(out)
+        ort[label] = session.run(None, {session.get_inputs()[0].name: x})[0]
+    n = len(x)
+    return (judge("trt_fp32", ort["fp32"], fp32_logits[:n], reference_name="ORT FP32",
+                  candidate_name="TensorRT FP32").to_dict(),
+            judge_deployment("trt_int8", ort["fp32"], ort["int8"], int8_logits[:n], fp32_name="ORT FP32",
+                             simulated_name="ORT INT8", deployed_name="TensorRT INT8").to_dict())
 
 
 def benchmark_pair(job: ModelJob, exported: Exported, quantized: Quantized, built: Built | None,

@@ -3,7 +3,11 @@
 On the same images, in ONNX Runtime: the FP32 ONNX against the torch FP32 model, the INT8 ONNX
 against the torch fake-quant model (parity: the graph computes what was calibrated or trained)
 and against the FP32 ONNX (fidelity: SQNR and top-1 agreement); with labelled data, top-1/top-5
-of both ONNX files. The verdicts and their tolerances are repdeploy.verify's.
+of both ONNX files. The verdicts and their tolerances are the one comparison's
+(repdeploy/tolerance.py); ORT INT8 is judged as a deployment of the fake-quant model, fed as its
+own metadata says (so a wrong mean/std in the deployed file shows), plus a check that the graph
+quantizes every layer the simulation quantizes. Verification images are held out of calibration
+(`verification_split`) unless the user's own eval set is given.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from ..models.plain import PlainNet
 from .quantizer import QuantPlainNet
 
 VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
+# (scaled down with the pixels, never below tolerance.MIN_VERIFY_IMAGES: the deployment rule's sign test)
 VERIFY_BATCH = 32  # images per forward pass and per ORT run
 
 
@@ -40,15 +45,87 @@ def run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
     return np.concatenate([session.run(None, {name: chunk.numpy()})[0] for chunk in x.split(VERIFY_BATCH)])
 
 
+def verification_split(dataset, calib_samples: int, n_verify: int, seed: int = 0):
+    """Seeded (calibration pool, verification images) that share no image.
+
+    The images a calibration sample of `calib_samples` leaves over are verified on, up to
+    `n_verify`; when too few are left, up to half of the set is held out of calibration instead.
+    """
+    import numpy as np
+
+    total = len(dataset)
+    spare = total - min(calib_samples, total)
+    k = min(n_verify, max(spare, total // 2))
+    if k < 1 or total - k < 1:
+        return dataset, None
+    perm = np.random.default_rng(seed + 2).permutation(total)  # a stream of its own (splits.py uses seed, seed + 1)
+    return dataset.subset(np.sort(perm[k:])), dataset.subset(np.sort(perm[:k]))
+
+
+def as_deployed(x: torch.Tensor, fed, deployed) -> torch.Tensor:
+    """Images normalised with record `fed`, renormalised as the deployed file's record says.
+
+    A service feeds the deployed model as its metadata says; a record that differs from the one
+    the model was calibrated with shows up here as a deviation instead of going unseen.
+    """
+    if fed is None or deployed is None or (fed.mean, fed.std) == (deployed.mean, deployed.std):
+        return x
+    if len(fed.mean) != len(deployed.mean) or len(fed.mean) != x.shape[1]:
+        return x  # a channel mismatch fails the runtime's own shape check instead
+    shape = (1, -1, 1, 1)
+    raw = x * torch.tensor(fed.std).reshape(shape) + torch.tensor(fed.mean).reshape(shape)
+    return (raw - torch.tensor(deployed.mean).reshape(shape)) / torch.tensor(deployed.std).reshape(shape)
+
+
+def graph_verdict(qnet: QuantPlainNet, int8_onnx: Path):
+    """Whether the INT8 graph quantizes (activation and weight through DequantizeLinear) as many
+    convs/gemms as the simulation does: a missing Q/DQ pair changes the logits less than integer
+    rounding may, so it is counted rather than measured."""
+    import onnx
+
+    from ..tolerance import Verdict
+
+    graph = onnx.load(str(int8_onnx)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    weighted = [n for n in graph.node if n.op_type in ("Conv", "Gemm")]
+    float_nodes = [n.name or n.output[0] for n in weighted
+                   if not (producer.get(n.input[0]) == "DequantizeLinear" and producer.get(n.input[1]) == "DequantizeLinear")]
+    wanted = sum(1 for q in qnet.layers().values() if q.input_quantizer.enabled and q.weight_quantizer.enabled)
+    quantized = len(weighted) - len(float_nodes)
+    detail = (f"{quantized} of {len(weighted)} convs/gemms read int8 activations and weights, the simulation "
+              f"quantizes {wanted}" + (f"; in float: {', '.join(float_nodes[:4])}" if quantized != wanted else ""))
+    return Verdict("int8_graph", "torch fake-quant", f"INT8 ONNX ({int8_onnx.name})", "structure", 0.0, 0.0,
+                   quantized == wanted, mismatched=abs(wanted - quantized), detail=detail)
+
+
+@torch.no_grad()
+def int8_verdicts(ref, fake, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
+                  record=None, fp32_name: str = "torch FP32", fake_name: str = "torch fake-quant",
+                  fp32_ort: np.ndarray | None = None) -> tuple[list, dict]:
+    """The verdicts on the exported pair, given the torch FP32 and fake-quant logits on `x`:
+    ORT FP32 vs torch FP32, ORT INT8 (fed as its metadata says) as a deployment of the fake-quant
+    model, and the INT8 graph's quantized layers. Returns (verdicts, the ORT logits by name).
+    `fp32_ort`: the FP32 ONNX's logits on `x` when already computed."""
+    from ..preprocess import preprocessing_of
+    from ..tolerance import judge, judge_deployment
+
+    fp32 = run_ort(fp32_onnx, x) if fp32_ort is None else fp32_ort
+    int8 = run_ort(int8_onnx, as_deployed(x, record, preprocessing_of(int8_onnx)))
+    verdicts = [judge("ort_fp32", ref, fp32, reference_name=fp32_name, candidate_name="ORT FP32"),
+                judge_deployment("ort_int8", ref, fake, int8, fp32_name=fp32_name, simulated_name=fake_name,
+                                 deployed_name="ORT INT8"),
+                graph_verdict(qnet, int8_onnx)]
+    return verdicts, {"fp32": fp32, "int8": int8}
+
+
 @torch.no_grad()
 def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-                target: str, device: torch.device = torch.device("cpu")) -> dict:
-    """Fidelity of the deployed INT8 ONNX vs FP32, and parity of ORT vs the torch fake-quant model.
+                target: str, device: torch.device = torch.device("cpu"), record=None) -> dict:
+    """Fidelity of the deployed INT8 ONNX vs FP32, and its verdicts (`int8_verdicts`).
 
     The torch models run on `device` and are back on the CPU afterwards.
     """
     from ..evaluate import sqnr_db, top1_agreement
-    from .. import verify
 
     def logits(model) -> np.ndarray:
         # Batched: a whole verification set at 224 px through one forward would need gigabytes.
@@ -60,13 +137,9 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
 
     ref = logits(plain)
     fake = logits(qnet)
-    fp32 = run_ort(fp32_onnx, x)
-    int8 = run_ort(int8_onnx, x)
-    fp32_verdict = verify.judge_logits("ort_fp32", ref, fp32, reference_name="torch FP32", candidate_name="ORT FP32",
-                                         tolerance=verify.FP32_ORT_REL_TOL)
-    int8_verdict = verify.judge_logits("ort_int8", fake, int8, reference_name="torch fake-quant",
-                                         candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
-                                         min_agreement=verify.INT8_ORT_MIN_AGREEMENT)
+    verdicts, ort = int8_verdicts(ref, fake, qnet, fp32_onnx, int8_onnx, x, record)
+    fp32, int8 = ort["fp32"], ort["int8"]
+    int8_verdict = verdicts[1]
     parity = {"max_abs_diff": int8_verdict.max_abs_diff, "max_rel_diff": int8_verdict.max_rel_diff,
               "top1_agreement": int8_verdict.top1_agreement, "images": int(x.shape[0]), "passed": int8_verdict.passed}
     record = {
@@ -76,8 +149,8 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
         "torch_sqnr_db": _json_float(sqnr_db(ref, fake)),
         "torch_top1_agreement": top1_agreement(ref, fake),
         "ort_parity": parity,
-        "fp32_ort_parity_max_abs_diff": fp32_verdict.max_abs_diff,
-        "verdicts": [fp32_verdict.to_dict(), int8_verdict.to_dict()],
+        "fp32_ort_parity_max_abs_diff": verdicts[0].max_abs_diff,
+        "verdicts": [v.to_dict() for v in verdicts],
     }
     if target == "tensorrt":
         record["note"] = ("tensorrt layout: ONNX Runtime runs it unfused (in float) only to verify it; "

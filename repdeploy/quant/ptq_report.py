@@ -91,3 +91,41 @@ def accuracy_gate(max_drop: float | None, figures: dict) -> dict | None:
     if max_drop is not None:
         return {"max_drop": max_drop, "passed": None, "note": "no --eval-data: drop not measured"}
     return None
+
+
+def check_fidelity_bounds(min_sqnr: float | None, min_agreement: float | None) -> dict | None:
+    """The label-free gate's bounds, checked before any work: SQNR in dB, agreement as a fraction 0-1."""
+    import math
+
+    from ..errors import InputError
+
+    if min_sqnr is not None and not math.isfinite(min_sqnr):
+        raise InputError(f"--min-sqnr {min_sqnr}: give a finite number of dB (e.g. 20)")
+    if min_agreement is not None and not (math.isfinite(min_agreement) and 0.0 <= min_agreement <= 1.0):
+        raise InputError(f"--min-agreement {min_agreement}: give a fraction 0-1 (e.g. 0.9 for 90 %)")
+    if min_sqnr is None and min_agreement is None:
+        return None
+    return {"min_sqnr_db": min_sqnr, "min_agreement": min_agreement}
+
+
+def fidelity_gate(bounds: dict | None, figures: dict) -> dict | None:
+    """The label-free gate: INT8 ONNX vs FP32 ONNX SQNR and top-1 agreement on the verification
+    images, against --min-sqnr / --min-agreement (exit 3, as --max-drop with labels)."""
+    if bounds is None:
+        return None
+    failures = []
+    sq, agree = figures.get("sqnr_db"), figures.get("top1_agreement")
+    if bounds["min_sqnr_db"] is not None and sq is not None and sq < bounds["min_sqnr_db"]:
+        failures.append(f"SQNR vs FP32 {sq:.2f} dB < --min-sqnr {bounds['min_sqnr_db']:g}")
+    if bounds["min_agreement"] is not None and agree is not None and agree < bounds["min_agreement"]:
+        failures.append(f"top-1 agreement with FP32 {agree:.1%} < --min-agreement {bounds['min_agreement']:.1%}")
+    return {**bounds, "sqnr_db": sq, "top1_agreement": agree, "images": figures.get("verify_images"),
+            "passed": not failures, "failures": failures}
+
+
+def status_word(mismatches: list, allow_mismatch: bool, gate_failures: list) -> str:
+    """FAILED on a failed verdict or gate; KEPT when --allow-mismatch kept a model whose check
+    failed (never PASSED); PASSED otherwise."""
+    if (mismatches and not allow_mismatch) or gate_failures:
+        return "FAILED"
+    return "KEPT" if mismatches else "PASSED"

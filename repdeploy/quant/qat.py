@@ -143,6 +143,8 @@ def qat(
     resize=None,
     preprocessing=None,
     allow_mismatch: bool = False,
+    min_sqnr: float | None = None,
+    min_agreement: float | None = None,
     device: str | torch.device | None = defaults.DEVICE,
     amp: str | None = "none",
     input_size: int | None = None,
@@ -170,6 +172,9 @@ def qat(
     # 1. every option is checked before loading or calibrating anything
     mult_kind, scales_path = _check_options(locals())
     check_mode(diagnostics)
+    from .ptq_report import check_fidelity_bounds
+
+    bounds = check_fidelity_bounds(min_sqnr, min_agreement)  # the label-free gate (exit 3)
     names = {"fused": "fused.pt", "fp32": "model_fp32.onnx", "int8": f"model_int8_{target}.onnx",
              "calib": "calib.json", "report": "report.json"}
     refuse_overwriting_inputs([model, train_data, val_data, calib_cache, calib_data, scales_path],
@@ -272,11 +277,17 @@ def qat(
         sample = next((val_set or train_set).batches(diagnostics_sample(plain.spec.input_size)))[0]
         report.update(diagnostics_record(qnet.float_model(), qnet, sample, diagnostics))
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}  # export_tuned adds the rest
-    export_tuned(qnet, model, cache, learned, train_set, val_set, target, names, out, report, allow_mismatch, started)
+    export_tuned(qnet, model, cache, learned, train_set, val_set, target, names, out, report, allow_mismatch, started,
+                 fidelity_bounds=bounds)
     mismatches = [v["line"] for v in report["verdicts"] if not v["passed"]]
     if mismatches and not allow_mismatch:
         raise VerificationError(f"{loaded.variant} after QAT: {mismatches[0]}; see {out / names['report']} "
                                 "verdicts; pass --allow-mismatch to keep it anyway")
+    if report["fidelity_gate"] and not report["fidelity_gate"]["passed"]:  # the label-free gate, exit 3
+        from ..errors import AccuracyGateError
+
+        raise AccuracyGateError(f"{loaded.variant} after QAT: INT8 {report['fidelity_gate']['failures'][0]}; "
+                                f"see {out / names['report']}")
     return QATResult(out, out / names["int8"], report, qnet)
 
 

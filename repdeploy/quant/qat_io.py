@@ -115,7 +115,8 @@ def starting_ranges(qnet: QuantPlainNet, plain: PlainNet, calib_cache, calib_sou
 
 
 def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: dict[str, float], train_set, val_set,
-            target: str, names: dict, out: Path, report: dict, allow_mismatch: bool, started: float) -> None:
+            target: str, names: dict, out: Path, report: dict, allow_mismatch: bool, started: float,
+            fidelity_bounds: dict | None = None) -> None:
     """Write the tuned model's files into `out` as one commit; completes `report` with figures and verdicts."""
     from ..checkpoints import save_fused
     from ..export.onnx import export_onnx
@@ -154,10 +155,15 @@ def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: d
 
             report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
         # The same verdicts as PTQ (verify.py): the exported graphs must compute what was trained.
-        report["verdicts"] = _verdicts(tuned, qnet, stage / names["fp32"], stage / names["int8"],
-                                       val_set if val_set is not None else train_set, spec.input_size)
-        failed = any(not v["passed"] for v in report["verdicts"])
-        report["status"] = "FAILED" if failed and not allow_mismatch else "PASSED"
+        verify_set = val_set if val_set is not None else train_set
+        report["verdicts"], figures = _verdicts(tuned, qnet, stage / names["fp32"], stage / names["int8"],
+                                                verify_set, spec.input_size, verify_set.preprocessing)
+        report.update(figures, verify_data=verify_set.source, verify_disjoint=val_set is not None)
+        from .ptq_report import fidelity_gate, status_word
+
+        report["fidelity_gate"] = fidelity_gate(fidelity_bounds, report)
+        failed = [v["line"] for v in report["verdicts"] if not v["passed"]]
+        report["status"] = status_word(failed, allow_mismatch, (report["fidelity_gate"] or {}).get("failures", []))
         report["allow_mismatch"] = allow_mismatch
         report["files"] = dict(names)
         report["seconds"] = round(time.perf_counter() - started, 2)
@@ -172,21 +178,21 @@ def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: d
 
 @torch.no_grad()
 def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, dataset,
-              input_size: int) -> list[dict]:
-    """ORT FP32 vs the tuned torch model and ORT INT8 vs its fake-quant model, as ptq judges them."""
-    from .. import verify
-    from .fidelity import VERIFY_IMAGES, images_for
-    from .fidelity import run_ort as _run_ort
+              input_size: int, record=None) -> tuple[list[dict], dict]:
+    """The verdicts PTQ gives (fidelity.int8_verdicts) on the tuned model, and the INT8 ONNX's
+    fidelity to the FP32 ONNX on the same images."""
+    from ..evaluate import sqnr_db, top1_agreement
+    from ..tolerance import MIN_VERIFY_IMAGES
+    from .fidelity import VERIFY_IMAGES, images_for, int8_verdicts
 
-    n = images_for(input_size, VERIFY_IMAGES, 32)
+    n = images_for(input_size, VERIFY_IMAGES, MIN_VERIFY_IMAGES)
     x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])
     qnet.eval()
     ref = torch.cat([tuned(c) for c in x.split(BATCH)]).numpy()
     fake = torch.cat([qnet(c) for c in x.split(BATCH)]).numpy()
-    return [
-        verify.judge_logits("ort_fp32", ref, _run_ort(fp32_onnx, x), reference_name="torch FP32 (QAT-tuned)",
-                              candidate_name="ORT FP32", tolerance=verify.FP32_ORT_REL_TOL).to_dict(),
-        verify.judge_logits("ort_int8", fake, _run_ort(int8_onnx, x), reference_name="torch fake-quant (QAT)",
-                              candidate_name="ORT INT8", min_sqnr_db=verify.INT8_ORT_MIN_SQNR_DB,
-                              min_agreement=verify.INT8_ORT_MIN_AGREEMENT).to_dict(),
-    ]
+    verdicts, ort = int8_verdicts(ref, fake, qnet, fp32_onnx, int8_onnx, x, record,
+                                  fp32_name="torch FP32 (QAT-tuned)", fake_name="torch fake-quant (QAT)")
+    sq = sqnr_db(ort["fp32"], ort["int8"])
+    return [v.to_dict() for v in verdicts], {"verify_images": int(x.shape[0]),
+                                             "sqnr_db": sq if abs(sq) != float("inf") else None,
+                                             "top1_agreement": top1_agreement(ort["fp32"], ort["int8"])}
