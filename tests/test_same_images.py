@@ -15,10 +15,10 @@ from repdeploy.zoo import zoo_entry
 
 
 def photo_folder(directory, n: int, seed: int):
-    """`n` labelled class-folder photos (noise images; two classes) as PNG files."""
+    """`n` labelled class-folder photos (noise images; classes 0 and 1) as PNG files."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        cls = directory / f"c{i % 2}"
+        cls = directory / f"{i % 2}"  # index-named: matched to the model's classes 0 and 1
         cls.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(cls / f"{seed}_{i}.png")
     return directory
@@ -32,7 +32,7 @@ def test_a_copied_folder_is_the_same_images_and_a_different_one_is_not(tmp_path)
     assert same_images(opened["calib"], opened["copy"])  # another path, the same bytes
     assert not same_images(opened["calib"], opened["other"])
     # One copied photo among new ones is enough; a sample that leaves it out is not flagged.
-    shutil.copy(next((calib / "c0").iterdir()), tmp_path / "other" / "c0" / "copied.png")
+    shutil.copy(next((calib / "0").iterdir()), tmp_path / "other" / "0" / "copied.png")
     mixed = open_dataset(tmp_path / "other", split="val", image_size=32)
     assert same_images(opened["calib"], mixed)
     copied_at = [i for i in range(len(mixed)) if same_images(opened["calib"], mixed.subset([i]))]

@@ -77,7 +77,7 @@ def test_every_onnx_tells_its_precision_preprocessing_and_class_names(prepared, 
     from repdeploy.quant import QuantPlainNet
     from repdeploy.quant.calib_cache import CalibrationCache
 
-    qnet = QuantPlainNet(load_fused(int8.parent / "fused.pt")[0], "tensorrt")
+    qnet = QuantPlainNet(load_fused(int8.parent / "fused.pt").plain, "tensorrt")
     qnet.load_ranges(CalibrationCache.load(int8.parent / "calib.json").amax)
     (tmp_path / "trt").mkdir()
     export_qdq(qnet, int8.parent / "model_fp32.onnx", tmp_path / "trt" / "model_int8_tensorrt.onnx")
@@ -122,7 +122,7 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
     from repdeploy.checkpoints import load_fused
     from repdeploy.tolerance import tolerance
 
-    fp16 = repdeploy.export_onnx(load_fused(ZOO["repvgg_mini"])[0], tmp_path / "fp16.onnx", input_size=32,
+    fp16 = repdeploy.export_onnx(load_fused(ZOO["repvgg_mini"]).plain, tmp_path / "fp16.onnx", input_size=32,
                                  precision="fp16", preprocessing=record)
     verdict = write_checked(fp16, tmp_path / "fp16_uint8.onnx", record, "uint8-nhwc")
     assert verdict.passed and verdict.tolerance == tolerance("ort_fp16").max_rel, verdict.line()

@@ -65,7 +65,7 @@ def test_deployment_rule_judges_against_the_measured_simulation():
 
 def test_one_tolerance_table_names_every_hand_off():
     assert set(tolerance.TOLERANCES) == {"fusion", "ort_fp32", "ort_fp16", "ort_int8", "int8_graph", "trt_fp32",
-                                        "trt_fp16", "trt_int8", "compare"}
+                                        "trt_fp16", "trt_int8", "compare", "input_graph"}
     assert tolerance.tolerance("qat_ort_int8") is tolerance.TOLERANCES["ort_int8"]
     from repdeploy.compare import DEFAULT_ATOL
     from repdeploy.fuse import DEFAULT_TOLERANCE
