@@ -1,7 +1,11 @@
 """The built-in zoo: small models repdeploy trained on the built-in digits, listed in zoo.json.
 
 They are the default models of `pipeline`, `quantize` and `qat` when no checkpoint is given,
-and each entry records the exact command that made it (docs/training.md). Entries belong to a
+and each entry records the exact command that made it (docs/training.md). Beside the two 32-px
+minis, whose convolutions are too small for INT8 to beat per-call overhead, the default set has
+repvgg_a0_96: real RepVGG-A0 widths at 96 px, where INT8 runs at a fraction of FP32's latency, so
+`make demo` shows what INT8 is for. It is stored by `pack` (fused, float16: 14 MB) and loads like
+any repdeploy fused file. Entries belong to a
 named set ("zoo" key, default "default"): "stress" is a RepVGG / RepOpt-VGG pair trained so that
 PTQ of the RepVGG model really loses accuracy (`repdeploy pipeline --zoo stress --qat`).
 """
