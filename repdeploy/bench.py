@@ -217,6 +217,11 @@ def bench_sessions(
     from .validate import integer
 
     integer("sessions", sessions, low=1, high=100, allow_none=False)
+    if sessions == 1:  # one session is bench_interleaved (for one model, the plain harness)
+        with contextlib.ExitStack() as stack:
+            return bench_interleaved([stack.enter_context(r) for r in open_runners()], batch=batch, warmup=warmup,
+                                     duration=duration, iterations=iterations, max_duration=max_duration,
+                                     image_size=image_size, seed=seed)
     measured, runners = [], []
     for _ in range(sessions):
         with contextlib.ExitStack() as stack:
@@ -251,6 +256,10 @@ def _interleaved_rounds(runners: Sequence[Runner], *, batch: int, warmup: float,
     bench_options(batch=batch, warmup=warmup, duration=duration, iterations=iterations)
     _check_max_duration(max_duration)
     inputs = [_input_for(r, batch, image_size, seed) for r in runners]
+    if len({shape for shape, _ in inputs}) > 1:  # a speed-up between different inputs says nothing about the models
+        shapes = ", ".join(f"{r.name} {shape}" for r, (shape, _) in zip(runners, inputs))
+        raise InputError(f"the models take different inputs ({shapes}); compare latency at one input shape: "
+                         "pass image_size, or models exported at the same size")
     for r, (_, x) in zip(runners, inputs):
         _warm_up(r, x, warmup)
     slice_s = max(0.02, duration / 10)

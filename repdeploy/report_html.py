@@ -6,6 +6,7 @@ archived and still show everything.
 from __future__ import annotations
 
 import html
+from typing import Sequence
 
 from .report_plots import (layer_diagnostics, plot_drop_vs_speedup, plot_latency, plot_layer_diagnostics,
                            sensitive_layers, shared_layer_limits)
@@ -19,13 +20,61 @@ SETTING_LABELS = {
     "threads": "threads", "warmup": "warm-up", "duration": "min. duration per model", "iterations": "min. iterations",
     "max_duration": "max. duration per model", "eval_limit": "evaluation limit", "mean": "mean", "std": "std",
     "resize": "resize", "seed": "seed", "qat": "QAT", "qat_epochs": "QAT epochs", "qat_lr": "QAT learning rate",
-    "train_data": "QAT training data",
+    "train_data": "QAT training data", "ort_session": "ORT session settings (latency)",
 }
 
 
-def readable_settings(settings: dict) -> list[tuple[str, str]]:
-    """(label, value) pairs for people: defaults spelled out, units added, unset options left out."""
+def _used_counts(records: Sequence[dict], path: tuple[str, ...]) -> list[tuple[str, object]]:
+    """(model name, the value at `path` in its record) for every record that has one."""
+    out = []
+    for r in records:
+        value = r
+        for part in path:
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            out.append((str(r.get("name", "?")), value))
+    return out
+
+
+def _per_model(requested, used: list[tuple[str, object]], what: str) -> str:
+    """A count as used: one value when every model used the same, else per model; the request too
+    when it differs (512 calibration images asked of a 64-image folder uses 64)."""
+    values = {str(v) for _, v in used}
+    text = next(iter(values)) if len(values) == 1 else ", ".join(f"{name} {v}" for name, v in used)
+    if requested is not None and values != {str(requested)}:
+        text += f" ({requested} {what})"
+    return text
+
+
+def session_settings(records: Sequence[dict]) -> str | None:
+    """The ORT session config entries the latency pairs ran with, in words; None without latency."""
+    seen = {}
+    for r in records:
+        for b in r.get("bench") or []:
+            runner = b.get("runner") or {}
+            if "session_config" in runner:
+                config = runner["session_config"] or {}
+                seen[tuple(sorted(config.items()))] = config
+    if not seen:
+        return None
+    texts = [", ".join(f"{k}={v}" for k, v in key) or "ORT defaults" for key in seen]
+    same = " (the same for FP32 and INT8)" if len(seen) == 1 else " (differs between models)"
+    return "; ".join(texts) + same
+
+
+def readable_settings(settings: dict, records: Sequence[dict] = ()) -> list[tuple[str, str]]:
+    """(label, value) pairs for people: defaults spelled out, units added, unset options left out.
+
+    With the `records`, counts are the ones the models actually used (calibration images from
+    each record's `calibration.samples`), and the ORT session settings of the latency pairs are
+    named."""
     s = dict(settings or {})
+    used_calib = _used_counts(records, ("calibration", "samples"))
+    if used_calib:
+        s["calib_samples"] = _per_model(s.get("calib_samples"), used_calib, "requested")
+    sessions = session_settings(records)
+    if sessions:
+        s["ort_session"] = sessions
     defaults = {"calib_data": "train split of the evaluation data" if s.get("data") else None,
                 "calib_method": "the family's PTQ default", "threads": "runtime default",
                 "mean": "the model's record, else the data's own", "std": "the model's record, else the data's own",
@@ -73,7 +122,7 @@ def render_html(doc: dict, *, title: str = "repdeploy report") -> str:
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
              f"<style>{_CSS}</style></head><body>", f"<h1>{esc(title)}</h1>",
              f"<p>Created {esc(doc['created'])} by repdeploy {esc(str(doc.get('version')))}.</p>"]
-    readable = readable_settings(s)
+    readable = readable_settings(s, records)
     if readable:
         parts.append("<h2>Settings</h2><table class='settings'>" + "".join(
             f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in readable) + "</table>")

@@ -43,25 +43,63 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def plot_drop_vs_speedup(records: Sequence[dict], max_drop: float | None = None) -> str | None:
-    """INT8 top-1 change (points, better is up) against INT8 speed-up with its 95 % interval.
+#: a top-1 no better than this many times chance (100 / classes) says nothing about quantization
+CHANCE_FACTOR = 1.5
 
-    Noisy speed-ups are drawn hollow and labelled; the x axis always shows 1.0x (no speed-up)
-    and at least +-0.1x around the points, so noise never looks like a trend.
-    """
-    points = [r for r in records if is_number(r.get("top1_drop")) and is_number(r.get("speedup"))]
-    if not points:
+
+def top1_meaningful(record: dict) -> bool:
+    """Whether a record's top-1 figures can show an accuracy change: labelled data (a drop was
+    measured) and an FP32 top-1 clearly above chance. Otherwise agreement or SQNR must speak."""
+    if not (is_number(record.get("top1_drop")) and is_number(record.get("fp32_top1"))):
+        return False
+    classes = record.get("num_classes")
+    chance = 100.0 / classes if is_number(classes) and classes > 0 else 0.0
+    return record["fp32_top1"] > CHANCE_FACTOR * chance
+
+
+def scatter_metric(records: Sequence[dict]) -> tuple[str, str] | None:
+    """(record key, axis label) the accuracy-vs-speed-up plot uses for these records: the top-1
+    change where every model's top-1 means something, else INT8-vs-FP32 top-1 agreement, else SQNR."""
+    timed = [r for r in records if is_number(r.get("speedup"))]
+    if not timed:
         return None
+    if all(top1_meaningful(r) for r in timed):
+        return "top1_drop", "INT8 - FP32 top-1 (points; up is better)"
+    if all(is_number(r.get("top1_agreement")) for r in timed):
+        return "top1_agreement", "INT8 top-1 agreement with FP32 (%; up is better)"
+    if all(is_number(r.get("sqnr_db")) for r in timed):
+        return "sqnr_db", "INT8 SQNR against FP32 (dB; up is better)"
+    return None
+
+
+def plot_drop_vs_speedup(records: Sequence[dict], max_drop: float | None = None) -> str | None:
+    """INT8 accuracy against INT8 speed-up (FP32 time / INT8 time) with its 95 % interval.
+
+    The y axis is the top-1 change when every model has labels and a top-1 above chance, else
+    top-1 agreement with FP32, else SQNR (`scatter_metric`), and says which. Every model has its
+    own marker and colour, named in a legend beside the axes, so names never overprint however
+    close the points are. Noisy speed-ups are drawn hollow and say so in the legend; the x axis
+    always shows 1.0x (no speed-up) and at least +-0.1x around the points.
+    """
+    metric = scatter_metric(records)
+    if metric is None:
+        return None
+    key, ylabel = metric
+    points = [r for r in records if is_number(r.get("speedup")) and is_number(r.get(key))]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     xs = [1.0]
-    for r in points:
-        colour = "tab:red" if r.get("status") in ("FAILED", "ERROR") else "tab:blue"
-        x, y = r["speedup"], -r["top1_drop"]
+    markers = "osD^v<>ph*"
+    colours = plt.get_cmap("tab10").colors
+    ys = [0.0] if key == "top1_drop" else []
+    for i, r in enumerate(points):
+        x = r["speedup"]
+        y = -r[key] if key == "top1_drop" else r[key]
+        ys.append(y)
         ci = r.get("speedup_ci")
         xerr = None
         if ci and all(is_number(v) for v in ci):
@@ -69,24 +107,27 @@ def plot_drop_vs_speedup(records: Sequence[dict], max_drop: float | None = None)
             xs += list(ci)
         xs.append(x)
         noisy = bool(r.get("latency_noisy"))
-        ax.errorbar([x], [y], xerr=xerr, fmt="o", color=colour, mfc="white" if noisy else colour, capsize=4,
-                    markersize=7)
-        label = r.get("name", "?") + (" (noisy)" if noisy else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+        failed = r.get("status") in ("FAILED", "ERROR")
+        colour = colours[i % len(colours)]
+        label = f"{r.get('name', '?')}: {x:.2f}x" + (" (noisy)" if noisy else "") + (f" {r['status']}" if failed else "")
+        ax.errorbar([x], [y], xerr=xerr, fmt=markers[i % len(markers)], color=colour,
+                    mfc="white" if noisy else colour, capsize=4, markersize=8, label=label)
     lo, hi = min(xs), max(xs)
-    pad = max(0.1, 0.15 * (hi - lo))
-    ax.set_xlim(lo - pad, hi + pad)
-    ys = [-r["top1_drop"] for r in points] + [0.0] + ([-max_drop] if max_drop is not None else [])
+    pad = max(0.1, 0.08 * (hi - lo))
+    ax.set_xlim(max(0.0, lo - pad), hi + pad)
+    if key == "top1_drop" and max_drop is not None:
+        ys.append(-max_drop)
+        ax.axhline(-max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"gate: drop {max_drop:g} pts")
     ypad = max(0.5, 0.15 * (max(ys) - min(ys)))
     ax.set_ylim(min(ys) - ypad, max(ys) + ypad)
-    if max_drop is not None:
-        ax.axhline(-max_drop, color="tab:red", linestyle="--", linewidth=1, label=f"gate: drop {max_drop:g} pts")
-        ax.legend(fontsize=8, loc="lower right")
     ax.axvline(1.0, color="grey", linewidth=0.8)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xlabel("INT8 speed-up over FP32 (x), 95 % interval")
-    ax.set_ylabel("INT8 - FP32 top-1 (points; up is better)")
-    ax.set_title("Accuracy change vs speed-up (better: up and right)")
+    if key == "top1_drop":
+        ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    ax.set_xlabel("INT8 speed-up = FP32 time / INT8 time (x), 95 % interval")
+    ax.set_ylabel(ylabel)
+    what = {"top1_drop": "top-1 change", "top1_agreement": "top-1 agreement", "sqnr_db": "SQNR"}[key]
+    ax.set_title(f"INT8 {what} vs speed-up (better: up and right)", fontsize=10)
     ax.grid(alpha=0.3)
     return _png(fig)
 

@@ -243,3 +243,25 @@ def test_bench_cli_reports_and_ends_with_passed(tmp_path):
     r = subprocess.run(args[:5] + args[6:], capture_output=True, text=True)
     assert r.returncode == 0 and "&&&& PASSED repdeploy bench" in r.stdout
     assert "p99" in r.stdout and "throughput" in r.stdout
+
+
+class SizedSleeper(Sleeper):
+    def __init__(self, name, size):
+        super().__init__(name, 0.0)
+        self.size = size
+
+    def get_input_metadata_impl(self):
+        return InputMetadata("x", (None, 3, self.size, self.size))
+
+
+def test_a_pair_with_different_input_shapes_is_refused_not_timed():
+    """Planted fault: an INT8 file recording 224 px beside its 96-px FP32 twin gave a speed-up of
+    1.02x that compared 224-px INT8 against 96-px FP32 (found while building the demo's A0)."""
+    from repdeploy.bench import bench_interleaved
+
+    with SizedSleeper("fp32", 96) as a, SizedSleeper("int8", 224) as b:
+        with pytest.raises(InputError, match="different inputs"):
+            bench_interleaved([a, b], warmup=0.0, duration=0.01, iterations=1)
+    with SizedSleeper("fp32", 96) as a, SizedSleeper("int8", 96) as b:
+        results, speedup = bench_interleaved([a, b], warmup=0.0, duration=0.01, iterations=1)
+    assert [r.input_shape for r in results] == [(1, 3, 96, 96)] * 2 and speedup is not None

@@ -13,6 +13,7 @@ from repdeploy.bench import bench_interleaved, unique_labels
 from repdeploy.cli import main
 from repdeploy.runtime import open_runner
 from repdeploy.zoo import zoo_entry
+from repdeploy.errors import InputError
 
 FAST = ["--warmup", "0", "--duration", "0", "--iterations", "4"]
 
@@ -37,7 +38,7 @@ def runs(tmp_path_factory):
     return root
 
 
-def test_bench_two_runs_gets_distinct_labels_a_ratio_column_and_threads(runs):
+def test_bench_two_runs_gets_distinct_labels_a_speedup_column_and_threads(runs):
     a, b = runs / "ort" / "model_int8_ort.onnx", runs / "copy" / "model_int8_ort.onnx"
     fp32 = runs / "ort" / "model_fp32.onnx"
     r = CliRunner().invoke(main, ["bench", str(fp32), str(a), str(b), "--threads", "1", "--json", "-q", *FAST])
@@ -45,14 +46,40 @@ def test_bench_two_runs_gets_distinct_labels_a_ratio_column_and_threads(runs):
     doc = json.loads(r.stdout)
     labels = [x["label"] for x in doc["results"]]
     assert labels == ["model_fp32.onnx", "ort/model_int8_ort.onnx", "copy/model_int8_ort.onnx"]
-    assert doc["baseline"] == "model_fp32.onnx" and doc["results"][0]["ratio_vs_first"] == 1.0
-    for x in doc["results"]:
-        assert x["ratio_vs_first"] == pytest.approx(x["stats"]["p50_ms"] / doc["results"][0]["stats"]["p50_ms"])
+    assert doc["baseline"] == "model_fp32.onnx" and doc["results"][0]["speedup_vs_first"] == 1.0
+    for x in doc["results"]:  # speed-up = the baseline's time / this model's time, never the inverse
+        assert x["speedup_vs_first"] == pytest.approx(doc["results"][0]["stats"]["p50_ms"] / x["stats"]["p50_ms"])
         assert x["runner"]["intra_op_threads"] == 1
     text = CliRunner().invoke(main, ["bench", str(fp32), str(a), "-q", *FAST]).stdout
     assert "threads -" not in text and ("threads ORT default (" in text or re.search(r"threads \d+\b", text))
-    assert "ratio" in text and "ort/model_int8_ort.onnx" not in text  # no collision: plain file names
-    assert "model_int8_ort.onnx" in text and "x model_fp32.onnx" in text
+    assert "speed-up" in text and not re.search(r"\bratio\b", text) and "ort/model_int8_ort.onnx" not in text
+    assert "model_int8_ort.onnx" in text and "x over model_fp32.onnx" in text
+
+
+def test_bench_times_both_sides_under_one_named_ort_setting(runs):
+    """The INT8 file records a spin bound; bench gives it to the FP32 session too and names it.
+    Planted fault: the old behaviour (each runner applying only its own record) fails the first check."""
+    fp32, int8 = runs / "ort" / "model_fp32.onnx", runs / "ort" / "model_int8_ort.onnx"
+    for option, expected in ((None, {"session.intra_op.spin_duration_us": "100"}), ("default", {}),
+                             ("37", {"session.intra_op.spin_duration_us": "37"})):
+        extra = [] if option is None else ["--ort-spin-us", option]
+        r = CliRunner().invoke(main, ["bench", str(fp32), str(int8), "--json", "-q", *extra, *FAST])
+        assert r.exit_code == 0, r.output
+        doc = json.loads(r.stdout)
+        assert [x["runner"]["session_config"] for x in doc["results"]] == [expected, expected]
+        assert doc["ort_session"]["config"] == expected and doc["ort_session"]["applied_to"] == "every model"
+        sp = doc["speedups"][0]  # one word, one direction: the first model's time / the second's
+        assert (sp["reference"], sp["candidate"]) == ("model_fp32.onnx", "model_int8_ort.onnx")
+        assert sp["ci_low"] <= sp["speedup"] <= sp["ci_high"] and "ratio" not in sp
+    assert "recorded by model_int8_ort.onnx" in doc_text(fp32, int8)
+    bad = CliRunner().invoke(main, ["bench", str(fp32), str(int8), "--ort-spin-us", "-5", *FAST])
+    assert bad.exit_code == 2 and "--ort-spin-us" in bad.output
+
+
+def doc_text(*models) -> str:
+    r = CliRunner().invoke(main, ["bench", *map(str, models), "-q", *FAST])
+    assert r.exit_code == 0, r.output
+    return r.stdout
 
 
 def test_interleaved_bench_meets_the_minimums_and_keeps_order(runs):
@@ -107,3 +134,19 @@ def test_doctor_reports_versions_devices_tensorrt_and_threads():
     assert doc["threads"]["logical_cpus"] >= 1 and doc["torch"]["threads"] == torch.get_num_threads()
     text = CliRunner().invoke(main, ["doctor"]).stdout
     assert "tensorrt" in text and "threads" in text and "torch" in text
+
+
+def test_models_that_record_different_settings_are_refused_until_one_is_chosen(runs, tmp_path):
+    import onnx
+
+    from repdeploy.runtime.ort import SPIN_KEY, record_session_config, shared_session_config
+
+    int8 = runs / "ort" / "model_int8_ort.onnx"
+    other = tmp_path / "other_int8.onnx"
+    model = onnx.load(str(int8))
+    record_session_config(model, {SPIN_KEY: "20"})
+    onnx.save(model, str(other))
+    with pytest.raises(InputError, match="--ort-spin-us"):
+        shared_session_config([int8, other])
+    assert shared_session_config([int8, other], "250").config == {SPIN_KEY: "250"}
+    assert shared_session_config([runs / "ort" / "model_fp32.onnx"]).config == {}

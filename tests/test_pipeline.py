@@ -12,7 +12,7 @@ from repdeploy.checkpoints import load_fused, save_fused
 from repdeploy.preprocess import preprocessing_of
 from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, run_pipeline
 from repdeploy.pipeline import judge_row as _gate
-from repdeploy.zoo import builtin_zoo
+from repdeploy.zoo import builtin_zoo, zoo_entry
 
 FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0)
 RUN_FILES = {"manifest.json", "fused.pt", "model_fp32.onnx", "model_int8_ort.onnx", "calib.json", "report.json"}
@@ -52,6 +52,9 @@ def test_every_artifact_and_field_for_the_good_models(result):
         assert record["top1_drop"] == pytest.approx(record["fp32_top1"] - record["int8_top1"])
         assert record["speedup"] == pytest.approx(record["fp32_ms"] / record["int8_ms"])
         assert [b["precision"] for b in record["bench"]] == ["fp32", "int8"] and record["bench"][0]["stats"]["count"] >= 3
+        # both sides timed under one ORT setting: the INT8 file's spin bound reaches the FP32 session too
+        assert [b["runner"]["session_config"] for b in record["bench"]] == [
+            {"session.intra_op.spin_duration_us": "100"}] * 2
         assert record["diagnostics"]["layers"] and "sqnr_db" in record["diagnostics"]["layers"][0]
         # one preprocessing record in every artifact, the one the model was calibrated and evaluated with
         records = {f: preprocessing_of(run / f) for f in ("fused.pt", "calib.json", "report.json", "model_fp32.onnx",
@@ -115,8 +118,12 @@ def test_gate_marks_failed_and_exit_code_3():
 
 def test_builtin_zoo_is_what_make_demo_runs():
     entries = builtin_zoo()
-    assert {e.arch for e in entries} >= {"RepVGG-mini", "RepOpt-VGG-mini"}
-    assert all(e.file.is_file() and e.input_size == 32 for e in entries)
+    assert {e.arch for e in entries} >= {"RepVGG-mini", "RepOpt-VGG-mini", "RepVGG-A0"}
+    assert all(e.file.is_file() for e in entries)
+    # the minis at their 32 px; the speed model at real A0 widths and 96 px, where INT8 pays (issue 18)
+    assert {e.input_size for e in entries if e.arch != "RepVGG-A0"} == {32}
+    assert [e.input_size for e in entries if e.arch == "RepVGG-A0"] == [96]
+    assert zoo_entry("repvgg").name == "repvgg_mini"  # qat's and the examples' default stays the small model
 
 
 def outlier_model(path):

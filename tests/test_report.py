@@ -104,3 +104,36 @@ def test_plain_table_and_diagnostics_extraction():
     layers = layer_diagnostics(RECORDS[0])
     assert [row["layer"] for row in layers] == ["stage0", "stage1.0"] and layers[1]["sqnr_db"] == 25.0
     assert layer_diagnostics({"diagnostics": [{"name": "x", "sqnr_db": 1.0, "note": "text"}]}) == [{"layer": "x", "sqnr_db": 1.0}]
+
+
+def test_scatter_plots_agreement_or_sqnr_when_top1_says_nothing():
+    from repdeploy.report_plots import scatter_metric
+
+    def rec(**kw):
+        base = {"name": "m", "speedup": 3.0, "top1_drop": 0.5, "fp32_top1": 98.0, "num_classes": 10,
+                "top1_agreement": 97.0, "sqnr_db": 25.0}
+        return {**base, **kw}
+
+    assert scatter_metric([rec(), rec(name="n")])[0] == "top1_drop"
+    # planted: random-init 1000-class models at chance (0.1 %), and a run without labels
+    assert scatter_metric([rec(), rec(fp32_top1=0.1, num_classes=1000)])[0] == "top1_agreement"
+    assert scatter_metric([rec(top1_drop=None, fp32_top1=None)])[0] == "top1_agreement"
+    assert scatter_metric([rec(top1_drop=None, fp32_top1=None, top1_agreement=None)])[0] == "sqnr_db"
+    assert scatter_metric([rec(speedup=None)]) is None
+
+
+def test_settings_state_the_counts_used_and_the_session_settings():
+    from repdeploy.report import readable_settings
+
+    spin = {"session.intra_op.spin_duration_us": "100"}
+    records = [{"name": "a0", "calibration": {"samples": 64},
+                "bench": [{"runner": {"session_config": spin}}, {"runner": {"session_config": spin}}]}]
+    rows = dict(readable_settings({"calib_samples": 512}, records))
+    assert rows["calibration images"] == "64 (512 requested)"  # the issue: 512 shown when 64 were used
+    assert rows["ORT session settings (latency)"] == ("session.intra_op.spin_duration_us=100 "
+                                                     "(the same for FP32 and INT8)")
+    records[0]["bench"][0]["runner"]["session_config"] = {}  # planted: FP32 timed under ORT defaults
+    assert "differs" in dict(readable_settings({}, records))["ORT session settings (latency)"]
+    two = [{"name": "a", "calibration": {"samples": 512}}, {"name": "b", "calibration": {"samples": 64}}]
+    assert dict(readable_settings({"calib_samples": 512}, two))["calibration images"] == "a 512, b 64 (512 requested)"
+    assert dict(readable_settings({"calib_samples": 512}, two[:1]))["calibration images"] == "512"

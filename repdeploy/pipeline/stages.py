@@ -240,13 +240,17 @@ def benchmark_pair(job: ModelJob, exported: Exported, quantized: Quantized, buil
                    s: PipelineSettings) -> Timed:
     """FP32 and INT8 in interleaved rounds over fresh runtime sessions (bench.bench_sessions):
     medians with their intervals, and the speed-up as a ratio with an interval across sessions
-    and rounds."""
+    and rounds. Both sides run under one set of ORT session settings: what the INT8 file records
+    (its spin bound) is given to the FP32 session too, so the speed-up is the model's alone."""
     from ..bench import bench_sessions
+    from ..runtime.ort import shared_session_config
 
     models = runtime_models(exported, quantized, built)
+    shared = shared_session_config(models) if s.engine == "ort" else None
 
     def fresh_pair():
-        return [_runner(path, s, f"{job.name} {label}") for path, label in zip(models, ("fp32", "int8"))]
+        runners = [_runner(path, s, f"{job.name} {label}") for path, label in zip(models, ("fp32", "int8"))]
+        return [shared.apply(r) for r in runners] if shared is not None else runners
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -74,6 +75,70 @@ def recorded_session_config(path: str | Path) -> dict[str, str]:
     except (OSError, ValueError):  # an unreadable file is reported by the session that opens it
         return {}
     return session_config_in(props, str(path))
+
+
+#: the entry `--ort-spin-us` sets: how long ORT's idle intra-op threads spin before they sleep
+SPIN_KEY = "session.intra_op.spin_duration_us"
+
+
+@dataclass(frozen=True)
+class SharedSessionConfig:
+    """One set of ORT session config entries for every model of a latency comparison, and where it
+    came from, so that neither side of a speed-up gets a scheduling setting the other lacks."""
+
+    config: dict[str, str]
+    source: str  # "recorded by <file>", "--ort-spin-us N" or "ORT defaults"
+
+    def describe(self) -> str:
+        entries = ", ".join(f"{k}={v}" for k, v in sorted(self.config.items())) or "ORT defaults"
+        return f"{entries} ({self.source}; the same for every model)"
+
+    def to_dict(self) -> dict:
+        return {"config": dict(self.config), "source": self.source, "applied_to": "every model"}
+
+    def apply(self, runner: Runner) -> Runner:
+        """Give an inactive ORT runner this config (other engines have none); returns the runner."""
+        if isinstance(runner, OrtRunner):
+            runner.session_config = dict(self.config)
+        return runner
+
+
+def shared_session_config(paths, spin_us: str | int | None = None) -> SharedSessionConfig:
+    """The session config entries that every model of one comparison runs with.
+
+    `spin_us` None or "recorded": what the ONNX files record (`recorded_session_config`: the
+    INT8 `ort` layout records a 100 us spin bound), merged and applied to every model, the FP32
+    one included; files that record different values for one entry are refused. "default": no
+    entries, ORT's own defaults for every model. An integer N: `session.intra_op.spin_duration_us`
+    = N for every model. docs/benchmarks.md, "ORT session settings for services", says why.
+
+    >>> shared_session_config(["model_fp32.onnx", "model_int8_ort.onnx"]).config     # doctest: +SKIP
+    {'session.intra_op.spin_duration_us': '100'}
+    """
+    if spin_us is None or spin_us == "recorded":
+        merged: dict[str, str] = {}
+        owners: dict[str, str] = {}
+        for path in paths:
+            if not str(path).endswith(".onnx"):
+                continue
+            for key, value in recorded_session_config(path).items():
+                if key in merged and merged[key] != value:
+                    raise InputError(f"{owners[key]} records ORT {key}={merged[key]} but {Path(path).name} records "
+                                     f"{value}; time them under one setting with --ort-spin-us N (or default)")
+                merged[key], owners[key] = value, Path(path).name
+        if not merged:
+            return SharedSessionConfig({}, "no model records a session setting")
+        return SharedSessionConfig(merged, "recorded by " + ", ".join(sorted(set(owners.values()))))
+    if spin_us == "default":
+        return SharedSessionConfig({}, "--ort-spin-us default")
+    try:
+        value = int(spin_us)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 <= value <= 1_000_000 or isinstance(spin_us, bool):
+        raise InputError(f"--ort-spin-us {spin_us!r}: give microseconds as an integer 0-1000000, "
+                         "'recorded' (the models' own setting, for every model) or 'default' (ORT's)")
+    return SharedSessionConfig({SPIN_KEY: str(value)}, f"--ort-spin-us {value}")
 
 
 class OrtRunner(Runner):
