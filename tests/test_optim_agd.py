@@ -20,7 +20,7 @@ def test_one_step_matches_hand_computation():
     g1, g2 = w1.grad.clone(), w2.grad.clone()
     before1, before2 = w1.detach().clone(), w2.detach().clone()
 
-    # reference.md section 3, written out for L = 2 layers of shapes 8x4 and 3x8.
+    # docs/facts.md §3, written out for L = 2 layers of shapes 8x4 and 3x8.
     big_g = 0.5 * (math.sqrt(8 / 4) * g1.norm().item() + math.sqrt(3 / 8) * g2.norm().item())
     eta = math.log((1 + math.sqrt(1 + 4 * big_g)) / 2)
     expect1 = before1 - (eta / 2) * math.sqrt(8 / 4) * g1 / g1.norm()

@@ -76,7 +76,7 @@ def verify_sidecar_digest(p: Path) -> None:
     Zip checkpoints carry CRCs (verify_zip); safetensors and legacy (non-zip) torch files carry no
     checksum at all, so a flipped bit in a weight would load as a slightly different weight. A
     digest beside the file is the one check that catches it; without one, those formats are read
-    as they are (docs/checkpoints.md says so).
+    as they are (docs/formats.md says so).
     """
     side = sidecar_digest(p)
     if side is None:

@@ -27,7 +27,7 @@ FORMAT_REPOPT = "repopt-vgg"
 FORMAT_SCALES = "repopt-scales"
 FORMAT_REPDEPLOY = "repdeploy"
 
-# timm names -> official names (reference.md §1); applied in order, prefixes first.
+# timm names -> official names (docs/facts.md §1); applied in order, prefixes first.
 _TIMM_TO_OFFICIAL = [
     (re.compile(r"^stem\."), "stage0."),
     (re.compile(r"^stages\.(\d)\."), lambda m: f"stage{int(m.group(1)) + 1}."),

@@ -1,7 +1,7 @@
 """FP32 ONNX export of a fused model, checked and run once in ONNX Runtime.
 
 The TorchScript exporter (`dynamo=False`) is used for every flavour: it is the one that also
-exports fake-quant modules to Q/DQ with a dynamic batch in torch 2.13 (reference.md §4), so
+exports fake-quant modules to Q/DQ with a dynamic batch in torch 2.13 (docs/facts.md §4), so
 FP32 and INT8 graphs come out of the same exporter with the same node names.
 """
 
@@ -167,7 +167,7 @@ def ort_parity(model: nn.Module, onnx_path: str | Path, x: torch.Tensor) -> Pari
 
 
 def _layout_check(model, path: str | Path) -> dict:
-    """Name the INT8 layout and check that layout's own rules (reference.md §4), not the other's.
+    """Name the INT8 layout and check that layout's own rules (docs/facts.md §4), not the other's.
 
     tensorrt: TensorRT explicit quantization (signed int8, zero point 0, Q/DQ only on weighted-op
     inputs). ort: what ONNX Runtime CPU makes of it, i.e. how many convs/gemms its optimiser turned

@@ -273,7 +273,7 @@ def _array(tensor) -> np.ndarray:
 def check_tensorrt_qdq(model) -> list[str]:
     """Every way `model` breaks TensorRT explicit-quantization rules (empty list: it complies).
 
-    Rules (reference.md §4): opset >= 13; every Q/DQ signed int8 with zero point 0 and a positive
+    Rules (docs/facts.md §4): opset >= 13; every Q/DQ signed int8 with zero point 0 and a positive
     scale; every Conv/Gemm input and weight comes from a DequantizeLinear, weights per channel on
     axis 0 from int8 constants; no Q/DQ anywhere else (not on biases, not on outputs).
     """

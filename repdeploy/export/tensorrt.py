@@ -9,7 +9,7 @@ own tools build engines, not from a hand-written builder. Precisions:
 - `fp16`: from an FP16 ONNX (`export --precision fp16`), strongly typed: fp16 because the graph
   is. From an FP32 ONNX, weakly typed with the FP16 builder flag (10.x only: 11.x removed it).
 - `int8`: the `tensorrt` QDQ ONNX (`quantize --target tensorrt`), strongly typed: INT8 exactly
-  where the Q/DQ nodes put it (reference.md §4), no calibrator and no INT8 builder flag.
+  where the Q/DQ nodes put it (docs/facts.md §4), no calibrator and no INT8 builder flag.
 - `best`: the FP32 ONNX weakly typed with the FP16 and TF32 builder flags, letting TensorRT pick
   per layer. 11.x removed those flags, so there it is refused with the alternative.
 

@@ -120,7 +120,7 @@ class SGDWithMultipliers(torch.optim.SGD):
     """torch SGD whose gradients are first multiplied by a `MultiplierMap`.
 
     The multiplier acts on the loss gradient only: torch adds weight decay inside `step`, after
-    this multiplication, which is what keeps weight decay un-multiplied (reference.md section 3:
+    this multiplication, which is what keeps weight decay un-multiplied (docs/facts.md §3:
     constant-scale branches with decay equal the merged kernel with multiplied gradients and
     plain decay).
     """

@@ -59,7 +59,7 @@ def branch_scales_from_bn(train_model: nn.Module) -> dict[str, torch.Tensor]:
 
 def set_prior_multipliers(multipliers: MultiplierMap, qnet: nn.Module, scales: dict[str, torch.Tensor],
                           optimizer: str) -> None:
-    """RepOpt multipliers (reference.md §3) on the fake-quant model's (`QuantPlainNet`) conv weights.
+    """RepOpt multipliers (docs/facts.md §3) on the fake-quant model's (`QuantPlainNet`) conv weights.
 
     SGD squares the scales (gradient side); AdamW and AGD use them to the first power on the
     update, because those optimizers normalise the gradient and would cancel a gradient-side

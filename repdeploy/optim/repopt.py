@@ -14,7 +14,7 @@ in the upstream format (a plain dict of 1-D tensors keyed `stage{k}.{i}.scale_co
 AdamW: Adam's step is invariant to a positive gradient scale and flips with a negative one, so
 a branch with scale s contributes |s| * adam(G) to the merged kernel: the multiplier has power 1
 on |s|, |t| and is applied to the normalised update (not the gradient). With positive scales
-this is the "same with power 1" of reference.md; negative searched scales (they occur) need the
+this is the "same with power 1" of docs/facts.md §3; negative searched scales (they occur) need the
 absolute value for the equivalence to hold.
 """
 
@@ -94,7 +94,7 @@ def set_repopt_multipliers(multipliers: MultiplierMap, spec: ArchSpec, scales: M
 
 @torch.no_grad()
 def repopt_initialize(model: nn.Module, scales: Mapping[str, torch.Tensor], generator: torch.Generator | None = None) -> None:
-    """Initialise a RepOpt-VGG target model's kernels by the rule of reference.md section 3.
+    """Initialise a RepOpt-VGG target model's kernels by the rule of docs/facts.md §3.
 
     Each `conv.weight` (already initialised as a 3x3 conv) becomes s*W3x3 + t*pad(W1x1) (+ I),
     where W1x1 is drawn like a fresh 1x1 conv (torch's default Kaiming-uniform bound 1/sqrt(fan_in)).

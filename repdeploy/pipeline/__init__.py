@@ -1,7 +1,7 @@
 """The end-to-end job: for each checkpoint, load+fuse+verify, export FP32, quantize INT8,
 evaluate both, benchmark both, and write one row; then one report over all models.
 
-Each model gets its own run directory (shared/design.md):
+Each model gets its own run directory (docs/architecture.md):
 
     <out>/<model>/manifest.json   tool version, command, input sha256, detected arch, settings, timings
                   fused.pt  model_fp32.onnx  model_int8_<target>.onnx  calib.json  report.json

@@ -2,7 +2,7 @@
 
 - weight statistics per layer: range, std, and the share of kernel magnitude at the 3x3 centre
   tap. Fused RepVGG kernels carry the 1x1 and identity branches in that tap, which makes it an
-  outlier that stretches the per-channel int8 range (reference.md §4); RepOpt-VGG kernels do not.
+  outlier that stretches the per-channel int8 range (docs/facts.md §4); RepOpt-VGG kernels do not.
 - per-layer SQNR from forward hooks, in one pass of the float model and one of the fake-quant
   model: each layer's output in the fully quantized model against the float model (cumulative
   error up to that layer), and with only that layer's quantizers applied to its float input

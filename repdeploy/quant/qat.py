@@ -213,7 +213,7 @@ def qat(
     # 4. what trains, how: the prior, the trainable ranges, the loss and the learning rate
     multipliers, hooks = _prior(qnet, loaded.model, mult_kind, scales_path, optimizer, train_set, seed)
     if optimizer == "agd":
-        # AGD updates matrices only (reference.md §3): biases keep their fused values.
+        # AGD updates matrices only (docs/facts.md §3): biases keep their fused values.
         for p in qnet.parameters():
             if p.dim() < 2:
                 p.requires_grad_(False)

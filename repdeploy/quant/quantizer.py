@@ -75,7 +75,7 @@ class TensorQuantizer(nn.Module):
         self.amax = value if self.per_channel else value[:1].reshape(())
 
     def scale(self) -> torch.Tensor:
-        """Step size: amax/127 signed (range -128..127, reference.md §4), amax/255 unsigned."""
+        """Step size: amax/127 signed (range -128..127, docs/facts.md §4), amax/255 unsigned."""
         if not self.calibrated:
             raise CalibrationError(f"quantizer {self.name} has no range; calibrate or load a calib cache first")
         return self.amax.clamp_min(MIN_AMAX) / float(self.qmax)

@@ -9,7 +9,7 @@ the ranges' needs would otherwise dictate: LSQ trains the step size with the wei
 whose lr is far too small for a range to travel two decades in a short fine-tune.
 
 Written with public ops (clamp, a straight-through round) rather than torch's learnable
-fake-quant ops, which neither ONNX exporter accepts (reference.md §4); `freeze_ranges` turns
+fake-quant ops, which neither ONNX exporter accepts (docs/facts.md §4); `freeze_ranges` turns
 every quantizer back into a plain one with a fixed range before export.
 """
 
