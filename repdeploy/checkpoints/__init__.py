@@ -35,9 +35,10 @@ def load(
 ) -> Loaded:
     """Load a checkpoint into its module, detecting format, form and variant from the weights.
 
-    >>> loaded = load("RepVGG-A0-train.pth")        # doctest: +SKIP
+    >>> from repdeploy.zoo import builtin_zoo
+    >>> loaded = load(builtin_zoo()[0].file)          # the shipped RepVGG-mini, train form
     >>> loaded.variant, loaded.form
-    ('RepVGG-A0', 'deploy')
+    ('RepVGG-mini', 'train')
 
     `arch` names the expected variant; it is checked against the weights, never trusted blindly.
     """

@@ -30,8 +30,11 @@ class FusedModel:
     `equivalence` is None when the checkpoint was already plain (deploy form or fused.pt).
     Unpacks as the (plain, loaded, equivalence) triple it replaces, for existing callers.
 
-    >>> fused = load_fused("RepVGG-A0-train.pth")     # doctest: +SKIP
-    >>> fused.plain.spec.name, fused.equivalence.max_abs_diff
+    >>> from repdeploy.checkpoints import load_fused
+    >>> from repdeploy.zoo import builtin_zoo
+    >>> fused = load_fused(builtin_zoo()[0].file)
+    >>> fused.plain.spec.name, fused.equivalence.max_abs_diff < 1e-4
+    ('RepVGG-mini', True)
     """
 
     plain: PlainNet

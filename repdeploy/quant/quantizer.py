@@ -169,9 +169,12 @@ class QuantPlainNet(nn.Module):
     Weight ranges (per output channel) are set on construction: weights are known. After
     changing the weights in place, call `set_weight_ranges()` again.
 
-    >>> qnet = QuantPlainNet(plain, target="ort")       # doctest: +SKIP
-    >>> qnet.load_ranges(cache.amax)                    # or calibrate(qnet, batches)
+    >>> from repdeploy.checkpoints import load_fused
+    >>> from repdeploy.zoo import builtin_zoo
+    >>> qnet = QuantPlainNet(load_fused(builtin_zoo()[0].file).plain, target="ort")
     >>> qnet.disable("stage0.conv")                     # keep the first conv in float
+    >>> qnet.float_layers()
+    ['stage0.conv']
     """
 
     def __init__(self, plain: PlainNet, target: str = "ort") -> None:

@@ -73,7 +73,7 @@ def restore_sensitive_layers(plain: PlainNet, qnet: QuantPlainNet, images: torch
     """Disable quantization of the most sensitive layers of `qnet` until top-1 drop <= max_drop.
 
     >>> res = restore_sensitive_layers(plain, qnet, x_val, y_val, max_drop=1.0)  # doctest: +SKIP
-    >>> res.float_layers
+    >>> res.float_layers                                                           # doctest: +SKIP
     ['stage0.conv']
     """
     fp32 = top1(plain, images, labels)
