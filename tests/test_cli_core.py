@@ -52,7 +52,7 @@ def test_fuse_then_export_roundtrip(ckpt, tmp_path):
     r = run("fuse", ckpt, "-o", fused, "--json")
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)
-    assert rec["output"] == str(fused) and rec["max_rel_diff"] <= 1e-4 and rec["max_abs_diff"] >= 0
+    assert rec["output"] == str(fused) and rec["max_rel_diff"] <= 1e-4 and 0 <= rec["max_abs_diff"] <= 1e-2
     r = run("export", fused, "-o", tmp_path / "m.onnx", "--json")
     assert r.returncode == 0, r.stderr
     rec = json.loads(r.stdout)

@@ -60,7 +60,9 @@ def test_every_artifact_and_field_for_the_good_models(result):
         records = {f: preprocessing_of(run / f) for f in ("fused.pt", "calib.json", "report.json", "model_fp32.onnx",
                                                           "model_int8_ort.onnx")}
         assert len(set(records.values())) == 1 and records["fused.pt"].mean == pytest.approx((0.3058,) * 3)
-        assert record["parity"] == "ok" and record["eval_images"] == 120 and record["latency_noisy"] in (True, False)
+        assert record["parity"] == "ok" and record["eval_images"] == 120
+        # the flag and the warning every report format shows are one fact
+        assert record["latency_noisy"] == any(w["flag"] == "noisy" for w in record["warnings"])
         assert [v["check"] for v in record["verdicts"]] == ["fusion", "ort_fp32", "ort_int8", "int8_graph"]
         lo, hi = record["speedup_ci"]
         assert lo <= record["speedup"] <= hi
