@@ -25,7 +25,8 @@ from ..rundir import (MANIFEST, TOOL, OutputSet, check_owned, foreign_files, rea
                       refuse_overwriting_inputs)
 from ..version import __version__
 from .config import LABELS_FILE, VERSION_DIR, ModelPlan, plan_model, render
-from .signature import META_CLASS_NAMES, read_labels, read_onnx
+from ..metadata import read_labels
+from .signature import META_CLASS_NAMES, read_onnx
 from .stamp import engine_stamp
 
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
@@ -95,7 +96,7 @@ def plan_repository(sources: Sequence[ModelSource], *, labels: str | Path | None
     """Group the files by model name and decide every config; nothing is written."""
     if not sources:
         raise InputError("no model given; name ONNX files or TensorRT plans to package")
-    label_file = read_labels(labels) if labels is not None else None
+    label_file = tuple(read_labels(labels)) if labels is not None else None  # the one labels-file reader
     groups: dict[str, list[Path]] = {}
     for src in sources:
         name = _check_name(src.name or default_name(src.path), src.path)

@@ -139,18 +139,3 @@ def read_onnx(path: str | Path) -> Signature:
     return Signature(path=p, inputs=inputs, outputs=outputs, dynamic_batch=dynamic, precision=precision,
                      int8_layout=layout, nominal_size=size, preprocessing=record,
                      class_names=_class_names(meta, p), metadata=meta)
-
-
-def read_labels(path: str | Path) -> tuple[str, ...]:
-    """Class names from a text file, one per line (Triton's labels.txt format); blank lines refused."""
-    p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"--labels {p} cannot be read ({exc}); give a UTF-8 text file, one class name per line") from exc
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines or any(not line.strip() for line in lines):
-        raise InputError(f"--labels {p}: every line must hold one class name (a blank line would shift the classes "
-                         "after it); remove blank lines")
-    return tuple(line.strip() for line in lines)
