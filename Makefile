@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
+# One ORT intra-op thread per session, as a service runs one worker per core: with two threads on
+# this 2-core machine the timing thread and ORT's pool contend, and a session's level moved 5-12 %
+# between fresh sessions (2 of 3 demo runs flagged noisy); with one, 3 of 3 were not
+# (docs/benchmarks.md, "make demo").
 demo: setup
-	$(VENV)/bin/repdeploy pipeline -o runs/demo
+	$(VENV)/bin/repdeploy pipeline -o runs/demo --threads 1
 
 # The stress pair, where PTQ costs RepVGG points and QAT wins them back (docs/benchmarks.md).
 demo-qat: setup
