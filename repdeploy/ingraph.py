@@ -91,16 +91,12 @@ def write_pixel_input(source: str | Path, output: str | Path, record, input_form
     """`source` ONNX (float input) -> `output` with the normalisation inside (atomically, checked)."""
     import onnx
 
-    from .io import atomic_path
+    from .export.onnx_graph import saved_and_checked
 
     model = onnx.load(str(source))
     add_pixel_input(model, record, input_format)
-    with atomic_path(output) as tmp:
-        onnx.save(model, str(tmp))
-        try:
-            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
-        except Exception as exc:
-            raise ExportError(f"{output} with in-graph preprocessing fails onnx.checker: {exc}") from exc
+    with saved_and_checked(model, output, f"{output} with in-graph preprocessing"):
+        pass
     return Path(output)
 
 

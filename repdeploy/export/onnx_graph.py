@@ -9,6 +9,8 @@ export/qdq.py, which rewrites the FP32 graph into QDQ graphs.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 _PASS_THROUGH = ("Identity",)
@@ -64,3 +66,23 @@ def without_dead_ends(nodes: list, graph) -> list:
         if len(live) == len(nodes):
             return nodes
         nodes = live
+
+
+@contextmanager
+def saved_and_checked(model, path, what: str):
+    """Write `model` to `path` atomically, after onnx.checker's full check of the written bytes.
+
+    Yields the staged file so a caller can check its own rules before it appears under its name.
+    """
+    import onnx
+
+    from ..errors import ExportError
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        try:
+            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
+        except Exception as exc:
+            raise ExportError(f"{what} fails onnx.checker: {exc}") from exc
+        yield tmp

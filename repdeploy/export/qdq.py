@@ -31,8 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import ExportError
-from ..io import atomic_path
-from .onnx_graph import GraphConstants, module_of, without_dead_ends
+from .onnx_graph import GraphConstants, module_of, saved_and_checked, without_dead_ends
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 WEIGHTED_OPS = ("Conv", "Gemm")
@@ -74,12 +73,7 @@ def export_qdq(qnet, fp32_onnx: str | Path, path: str | Path, *, target: str | N
         from ..runtime.ort import record_session_config
 
         record_session_config(model, ORT_SESSION_CONFIG)
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-        try:
-            onnx.checker.check_model(onnx.load(str(tmp)), full_check=True)
-        except Exception as exc:
-            raise ExportError(f"INT8 {target} ONNX for {qnet.spec.name} fails onnx.checker: {exc}") from exc
+    with saved_and_checked(model, path, f"INT8 {target} ONNX for {qnet.spec.name}") as tmp:
         if target == "tensorrt":
             violations = check_tensorrt_qdq(onnx.load(str(tmp)))
             if violations:
