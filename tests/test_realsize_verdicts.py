@@ -59,11 +59,15 @@ def test_correct_a0_int8_deployments_pass(a0, seed):
 # fault is visible at the logits; benchmarks/verdict_confusion.py sweeps the others (docs table).
 FAULTS = [
     ("activation scale halved", "stage1.0.conv", "ort_int8"),
+    ("activation scale doubled", "stage1.0.conv", "int8_graph"),
     ("Q/DQ pair missing", "stage3.4.conv", "int8_graph"),
     ("weights transposed", "stage0.conv", "ort_int8"),
     ("wrong mean/std", None, "ort_int8"),
     ("per-tensor weight scale", "stage3.4.conv", "ort_int8"),
 ]
+# The faults an exporter writes into the graph's parameters, caught in every layer by comparing
+# them with calibration's (int8_graph), whether or not the logits show them.
+GRAPH_FAULTS = ["activation scale halved", "activation scale doubled", "weights transposed", "per-tensor weight scale"]
 
 
 @pytest.mark.parametrize("fault,layer,check", FAULTS, ids=[f[0] for f in FAULTS])
@@ -73,6 +77,24 @@ def test_planted_faults_fail_and_name_the_check(a0, tmp_path, fault, layer, chec
     v = judge(d, plant(d.int8_onnx, fault, layer or "stage0.conv", tmp_path))
     assert not v[check]["passed"], v[check]["line"]
     assert "FAILED" in v[check]["line"]
+
+
+@pytest.mark.parametrize("target", ["ort", "tensorrt"])
+def test_every_parameter_fault_fails_the_graph_check_in_every_layer_it_is_planted(a0, tmp_path, target):
+    import onnx
+
+    from repdeploy.quant.fidelity import parameters_differ
+
+    d = a0(0)[target]
+    assert parameters_differ(d.qnet, onnx.load(str(d.int8_onnx)).graph) == []  # the correct file
+    for layer in ("stage0.conv", "stage1.0.conv", "stage2.3.conv", "stage3.13.conv", "stage4.0.conv", "linear"):
+        for fault in GRAPH_FAULTS:
+            if fault == "weights transposed" and layer == "linear":
+                continue  # a 2-D weight has no spatial axes
+            path = plant(d.int8_onnx, fault, layer, tmp_path)
+            differ = parameters_differ(d.qnet, onnx.load(str(path)).graph)
+            assert len(differ) == 1 and differ[0].startswith(layer), (fault, layer, differ)
+            path.unlink()
 
 
 def test_fp16_onnx_of_a_real_size_model_passes_its_check(tmp_path):

@@ -78,9 +78,11 @@ def as_deployed(x: torch.Tensor, fed, deployed) -> torch.Tensor:
 
 
 def graph_verdict(qnet: QuantPlainNet, int8_onnx: Path):
-    """Whether the INT8 graph quantizes (activation and weight through DequantizeLinear) as many
-    convs/gemms as the simulation does: a missing Q/DQ pair changes the logits less than integer
-    rounding may, so it is counted rather than measured."""
+    """Whether the INT8 graph holds what was calibrated: it quantizes (activation and weight
+    through DequantizeLinear) as many convs/gemms as the simulation does, and every activation
+    scale, weight scale and int8 weight in it is the simulation's own. A missing Q/DQ pair, a
+    doubled range or a per-tensor weight scale can change the logits less than integer rounding
+    does (docs/quantization.md, confusion table), so they are compared, not measured."""
     import onnx
 
     from ..tolerance import Verdict
@@ -92,10 +94,79 @@ def graph_verdict(qnet: QuantPlainNet, int8_onnx: Path):
                    if not (producer.get(n.input[0]) == "DequantizeLinear" and producer.get(n.input[1]) == "DequantizeLinear")]
     wanted = sum(1 for q in qnet.layers().values() if q.input_quantizer.enabled and q.weight_quantizer.enabled)
     quantized = len(weighted) - len(float_nodes)
+    differ = parameters_differ(qnet, graph)
     detail = (f"{quantized} of {len(weighted)} convs/gemms read int8 activations and weights, the simulation "
               f"quantizes {wanted}" + (f"; in float: {', '.join(float_nodes[:4])}" if quantized != wanted else ""))
+    detail += (f"; {len(differ)} quantization parameters differ from calibration's: {'; '.join(differ[:3])}"
+               if differ else "; every scale and int8 weight is calibration's")
     return Verdict("int8_graph", "torch fake-quant", f"INT8 ONNX ({int8_onnx.name})", "structure", 0.0, 0.0,
-                   quantized == wanted, mismatched=abs(wanted - quantized), detail=detail)
+                   quantized == wanted and not differ, mismatched=abs(wanted - quantized) + len(differ), detail=detail)
+
+
+# A graph weight may sit one int8 step from the simulation's where the FP32 ONNX stores the
+# weight a float rounding away from the module's (export/qdq.py allows rtol 1e-5 between them);
+# a transposed or re-scaled kernel moves most of its entries.
+WEIGHT_STEP_SHARE = 1e-4
+
+
+@torch.no_grad()
+def parameters_differ(qnet: QuantPlainNet, graph) -> list[str]:
+    """Where the QDQ graph's scales or int8 weights are not what `qnet` calibrated, one line each.
+
+    Found through the export's node names (export/qdq.py names every Q/DQ after its quantizer):
+    `<quantizer>.DQ` (`<quantizer>.pooled.DQ` before the classifier) for activations,
+    `<layer>.weight.DQ` for weights.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    quantizers = {q.name: q for q in qnet.quantizers()}
+    layers = qnet.layers()
+    out: list[str] = []
+
+    def value(name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not node.name.endswith(".DQ") or node.name.endswith(".bias.DQ"):
+            continue
+        scale = value(node.input[1])
+        if node.name.endswith(".weight.DQ"):
+            name = node.name[: -len(".weight.DQ")]
+            layer = layers.get(name)
+            if layer is None:
+                out.append(f"{name}: a weight the simulation does not quantize")
+                continue
+            wq = layer.weight_quantizer
+            want = wq.scale().to(torch.float32)
+            if scale is None or scale.shape != tuple(want.shape) or not np.array_equal(scale, want.numpy()):
+                out.append(f"{name}: weight scales are not the per-channel ones calibration measured")
+                continue
+            w = (layer.conv if hasattr(layer, "conv") else layer.linear).weight.detach().to(torch.float32)
+            shape = (-1,) + (1,) * (w.dim() - 1)
+            want_int = torch.clamp(torch.round(w / want.reshape(shape)), wq.qmin, wq.qmax).numpy()
+            got = value(node.input[0])
+            if got is not None and got.ndim == 4 and got.shape[1] > want_int.shape[1] and not got[:, want_int.shape[1]:].any():
+                got = got[:, : want_int.shape[1]]  # the ort layout's zero-padded stem channels
+            if got is None or got.shape != want_int.shape:
+                out.append(f"{name}: int8 weights of shape {None if got is None else got.shape}, "
+                           f"the simulation's are {want_int.shape}")
+                continue
+            diff = np.abs(got.astype(np.int32) - want_int.astype(np.int32))
+            moved = int(np.count_nonzero(diff))
+            if diff.max() > 1 or moved > max(1, WEIGHT_STEP_SHARE * diff.size):
+                out.append(f"{name}: {moved} of {diff.size} int8 weights differ from the simulation's")
+            continue
+        name = node.name[: -len(".DQ")].removesuffix(".pooled")
+        q = quantizers.get(name)
+        if q is None:
+            out.append(f"{name}: a quantizer the simulation does not have")
+            continue
+        want = np.float32(float(q.scale()))
+        if scale is None or scale.size != 1 or np.float32(scale.reshape(-1)[0]) != want:
+            got = "none" if scale is None else f"{float(scale.reshape(-1)[0]):.4g}"
+            out.append(f"{name}: activation scale {got}, calibration measured {float(want):.4g}")
+    return out
 
 
 @torch.no_grad()
