@@ -22,7 +22,7 @@ from repdeploy.triton import package_models
 from repdeploy.triton.check import cross_check, parse_config, schema_available
 from repdeploy.triton.config import PARAM_PREPROCESSING, PARAM_TENSORRT, plan_model, quote
 from repdeploy.triton.signature import META_CLASS_NAMES, read_onnx
-from repdeploy.triton.stamp import write_stamp
+from repdeploy.export.plan_stamp import write_stamp
 from repdeploy.zoo import zoo_entry
 
 DIGITS = [f"digit {d}" for d in range(10)]

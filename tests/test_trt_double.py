@@ -74,7 +74,19 @@ def test_profiles_from_trtexec_shapes_and_the_caches(fake_tensorrt, plain, tmp_p
     assert json.loads((cache / "timing.cache").read_bytes().split(b"\n", 1)[1])  # tactics were recorded
     second = build_engine(onnx_path, tmp_path / "b.engine", profiles=profiles, cache_dir=cache)
     assert second.cached and second.engine.read_bytes() == first.engine.read_bytes()
-    assert len(list((cache / "engines").glob("*.engine"))) == 1  # each with its stamp (.json)
+    assert len(list((cache / "engines").glob("*.engine"))) == 1
+
+    # Every plan, built or taken from the cache, carries its stamp beside it, the one `package`
+    # reads: Triton's per-GPU config needs no flags for an engine repdeploy built.
+    from repdeploy.export.plan_stamp import read_stamp
+    from repdeploy.triton.stamp import engine_stamp
+
+    for build in (first, second):
+        doc = read_stamp(build.engine)
+        assert doc["compute_capability"] == "8.6" and doc["tensorrt_version"] == fake_tensorrt.__version__
+        assert doc["onnx"] == "m.onnx" and doc["profiles"][0]["max"] == [4, 3, 64, 64]
+        stamp = engine_stamp(build.engine)
+        assert (stamp.sm, stamp.onnx, stamp.profiles["input"][2]) == ("sm86", onnx_path, (4, 3, 64, 64))
     with open_runner(second.engine, "trt") as t:
         t.infer(x[:2])
         t.infer(np.zeros((1, 3, 64, 48), np.float32))  # dynamic H x W inside the profile

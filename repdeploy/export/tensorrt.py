@@ -150,8 +150,10 @@ def _cache_key(onnx_path: Path, precision: str, strongly_typed: bool, ranges: li
 
 def _loads_here(plan: Path, stamp: dict) -> bool:
     """Whether a cached plan was stamped for this GPU and TensorRT and deserializes here."""
+    from .plan_stamp import binds_here
+
     try:
-        if json.loads(plan.with_suffix(".json").read_text()) != stamp:
+        if not binds_here(plan, **stamp):
             return False
         with polygraphy_logging():
             from polygraphy.backend.trt import EngineFromBytes
@@ -162,6 +164,14 @@ def _loads_here(plan: Path, stamp: dict) -> bool:
                     str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
         return False
     return True
+
+
+def _stamp(plan: str | Path, stamp: dict, onnx_path: Path, ranges: list[ShapeRange]) -> None:
+    # Every plan carries what it is bound to (export/plan_stamp.py): the cache checks it on each
+    # hit, `repdeploy package` writes Triton's per-GPU config from it.
+    from .plan_stamp import write_stamp
+
+    write_stamp(plan, onnx=onnx_path, profiles=[r.to_dict() for r in ranges], **stamp)
 
 
 def build_engine(
@@ -206,7 +216,7 @@ def build_engine(
     strongly_typed = not flagged and (has_strong_flag or int(version.split(".")[0]) >= 11)
 
     device = cuda_device()
-    stamp = {"compute_capability": device.compute_capability, "tensorrt": version}
+    stamp = {"compute_capability": device.compute_capability, "tensorrt_version": version}
     cache = Path(cache_dir) if cache_dir is not None else None
     cached_engine = None
     if cache is not None:
@@ -218,6 +228,7 @@ def build_engine(
         if cached_engine.is_file() and _loads_here(cached_engine, stamp):
             with atomic_path(engine_path) as tmp:
                 shutil.copyfile(cached_engine, tmp)
+            _stamp(engine_path, stamp, onnx_path, ranges)
             return EngineBuild(Path(engine_path), onnx_path, precision, strongly_typed, ranges, version, True,
                                cache / TIMING_CACHE, device.compute_capability)
 
@@ -248,11 +259,11 @@ def build_engine(
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; rerun with --verbose for the log")
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(serialized))
+    _stamp(engine_path, stamp, onnx_path, ranges)
     if cached_engine is not None:
         with atomic_path(cached_engine) as tmp:
             shutil.copyfile(engine_path, tmp)
-        with atomic_path(cached_engine.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps(stamp, sort_keys=True))
+        _stamp(cached_engine, stamp, onnx_path, ranges)
     return EngineBuild(Path(engine_path), onnx_path, precision, strongly_typed, ranges, version, False,
                        Path(timing_cache) if timing_cache else None, device.compute_capability)
 

@@ -2,27 +2,22 @@
 
 A serialized engine runs only on the GPU compute capability it was built on and only under the
 TensorRT version that built it (docs/triton.md), and its bytes cannot be read without TensorRT.
-So a plan is packaged from its stamp: the side file `<engine>.json` written beside it
-(`engine_stamp` is the one reader, so the format can follow export/tensorrt.py), with
-`--compute-capability` / `--tensorrt-version` given explicitly where the side file lacks them.
-The side file holds:
-
-    {"compute_capability": "8.6", "tensorrt_version": "10.3.0", "onnx": "model_int8_tensorrt.onnx",
-     "profiles": [{"name": "input", "min": [1, 3, 224, 224], "opt": [8, 3, 224, 224], "max": [32, 3, 224, 224]}]}
-
-`onnx` (relative to the engine's folder) is the file the engine was built from; without it the
-ONNX of the same stem beside the engine is used (`build_engine_from_model` keeps it there). Its
-graph gives the names and types; the profile gives the batch range.
+So a plan is packaged from its stamp: the side file `<engine>.json` that `build_engine` writes
+beside every plan (export/plan_stamp.py, the one writer), with `--compute-capability` /
+`--tensorrt-version` given explicitly for a plan built elsewhere, without one. `onnx` is the file
+the engine was built from; without it the ONNX of the same stem beside the engine is used
+(`build_engine_from_model` keeps it there). Its graph gives the names and types; the profile
+gives the batch range.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..export.plan_stamp import read_stamp, side_file
 
 _CC = re.compile(r"^\d{1,2}\.\d{1,2}$")
 _VERSION = re.compile(r"^\d+\.\d+(\.\d+){0,2}$")
@@ -44,11 +39,6 @@ class EngineStamp:
         return "sm" + self.compute_capability.replace(".", "")
 
 
-def side_file(engine: str | Path) -> Path:
-    p = Path(engine)
-    return p.with_name(p.name + ".json")
-
-
 def engine_stamp(engine: str | Path, *, compute_capability: str | None = None,
                  tensorrt_version: str | None = None) -> EngineStamp:
     """The stamp of a TensorRT plan: its side file, with explicit values taking precedence.
@@ -58,15 +48,11 @@ def engine_stamp(engine: str | Path, *, compute_capability: str | None = None,
     p = Path(engine)
     if not p.is_file():
         raise InputError(f"engine {p} does not exist; build one with `repdeploy export MODEL.onnx --format trt`")
-    doc: dict = {}
     sf = side_file(p)
-    if sf.is_file():
-        try:
-            doc = json.loads(sf.read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"{sf} is not readable JSON ({exc}); rebuild the engine or remove the file") from exc
-        if not isinstance(doc, dict):
-            raise InputError(f"{sf} is not a JSON object; rebuild the engine or remove the file")
+    try:
+        doc = read_stamp(p) or {}
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{sf} is not a readable JSON object ({exc}); rebuild the engine or remove the file") from exc
     cc = compute_capability or doc.get("compute_capability")
     version = tensorrt_version or doc.get("tensorrt_version")
     if cc is None:
@@ -92,14 +78,3 @@ def engine_stamp(engine: str | Path, *, compute_capability: str | None = None,
         except (AttributeError, KeyError, TypeError) as exc:
             raise InputError(f"{sf}: profile entry {entry!r} needs min, opt and max shapes") from exc
     return EngineStamp(engine=p, compute_capability=cc, tensorrt_version=version, onnx=source, profiles=profiles)
-
-
-def write_stamp(engine: str | Path, *, compute_capability: str, tensorrt_version: str, onnx: str | Path,
-                profiles: list[dict] | None = None) -> Path:
-    """Write `<engine>.json` (atomically); the format `engine_stamp` reads."""
-    from ..io import write_json_atomic
-
-    sf = side_file(engine)
-    write_json_atomic(sf, {"compute_capability": compute_capability, "tensorrt_version": tensorrt_version,
-                           "onnx": Path(onnx).name, "profiles": list(profiles or [])})
-    return sf
