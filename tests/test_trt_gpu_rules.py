@@ -170,6 +170,10 @@ def test_availability_is_tensorrt_polygraphy_and_a_cuda_device_not_torch(fake_te
     assert tensorrt_available() and import_tensorrt() is fake_tensorrt
     assert report()["tensorrt"] == {"usable": True, "version": fake_tensorrt.__version__, "compute_capability": "8.6"}
     fake_tensorrt.cudart.device_count = 0
+    # as real TensorRT does: Builder() and Runtime() initialise CUDA and fail without a device
+    for factory in (fake_tensorrt.Builder, fake_tensorrt.Runtime):
+        with pytest.raises(TypeError, match="returned nullptr"):
+            factory(fake_tensorrt.Logger())
     with pytest.raises(BackendMissingError, match="no CUDA device is visible") as info:
         import_tensorrt()
     assert info.value.exit_code == 4 and "pip install 'repdeploy[trt]'" in str(info.value)

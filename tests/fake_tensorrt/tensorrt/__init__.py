@@ -701,10 +701,24 @@ class IBuilderConfig:
         return flag in self._quant_flags
 
 
+def _require_device(logger: ILogger, what: str) -> None:
+    """Real TensorRT initialises CUDA in Builder() and Runtime(): with no device visible it logs the
+    failure and the pybind factory returns nullptr, which Python sees as a TypeError."""
+    try:
+        import cuda_runtime
+    except ImportError:
+        return
+    runtime = cuda_runtime.active()
+    if runtime is not None and not runtime.device_count:
+        logger.log(ILogger.Severity.ERROR, "CUDA initialization failure with error: 100")
+        raise TypeError(f"pybind11::init(): factory function returned nullptr ({what})")
+
+
 class Builder:
     def __init__(self, logger: ILogger) -> None:
         _expect(logger, ILogger, "Builder.__init__")
         _call("Builder.__init__")
+        _require_device(logger, "Builder")
         self.logger = logger
         self.num_DLA_cores = 0
         self.platform_has_fast_fp16 = True
@@ -840,6 +854,7 @@ class IDebugListener:
 class Runtime:
     def __init__(self, logger: ILogger) -> None:
         _expect(logger, ILogger, "Runtime.__init__")
+        _require_device(logger, "Runtime")
         self.logger = logger
         self.engine_host_code_allowed = False
 
