@@ -1,6 +1,6 @@
 """How far repeated `make demo` runs agree: the speed-up of each zoo model over N pipeline runs.
 
-Runs `repdeploy pipeline` (the built-in zoo, default settings: what `make demo` runs) N times in
+Runs `repdeploy pipeline --threads 1` (the built-in zoo: what `make demo` runs) N times in
 a row in fresh directories, and prints one JSON line per model per run (speed-up = FP32 / INT8
 time, its 95 % interval, the INT8 / FP32 latency ratio `int8_over_fp32` and its interval, noisy,
 the ORT session settings both sides ran with, the run's wall time and the 1-minute load before
@@ -26,6 +26,7 @@ from pathlib import Path
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", default="1", help="ORT threads per session: 1 is what `make demo` runs")
     args = ap.parse_args()
     per_model: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="demo-stability-") as tmp:
@@ -33,7 +34,8 @@ def main() -> int:
             out = Path(tmp) / f"run{i}"
             load_before = round(os.getloadavg()[0], 2)
             start = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "repdeploy", "pipeline", "-o", str(out), "-q", "--json"],
+            proc = subprocess.run([sys.executable, "-m", "repdeploy", "pipeline", "-o", str(out), "--threads", args.threads,
+                                   "-q", "--json"],
                                   capture_output=True, text=True)
             wall = round(time.perf_counter() - start, 1)
             if proc.returncode != 0:
