@@ -55,9 +55,9 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, m
         "torch_rng": torch.get_rng_state(),
         "identity": identity or {},
     })
-    from .rundir import note_resume_state
+    from .ledger import note_resume_state
 
-    note_resume_state(path)  # an interrupt from now on says the state moved on and how to --resume
+    note_resume_state(Path(path))  # an interrupt from now on says the state moved on and how to --resume
 
 
 def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,

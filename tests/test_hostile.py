@@ -302,12 +302,13 @@ def test_a_failed_run_leaves_the_previous_set_whole(tmp_path):
 
 def test_interrupt_message_says_what_was_kept(tmp_path):
     from repdeploy.cli.common import describe_failure
-    from repdeploy import rundir
+    from repdeploy import ledger, rundir
 
-    rundir._committed.clear()  # other tests in this process committed outputs too
-    rundir.note_committed(tmp_path / "first_model")
-    message, code = describe_failure(KeyboardInterrupt())
+    with ledger.recording():  # the command's ledger, which the error boundary opens
+        rundir.note_committed(tmp_path / "first_model")
+        message, code = describe_failure(KeyboardInterrupt())
     assert code == 130 and "no partial output" not in message and "first_model" in message
+    assert "first_model" not in describe_failure(KeyboardInterrupt())[0]  # the next command starts empty
 
 
 # --------------------------------------------------------------------------- 8: tracebacks -> one line
