@@ -90,8 +90,8 @@ def test_amp_choices():
 def test_bf16_autocast_training_runs_and_learns():
     from repdeploy.data import open_dataset
     from repdeploy.models import get_spec
-    from repdeploy.recipes import train_architecture
-    from repdeploy.train import TrainConfig
+    from repdeploy.training import train_architecture
+    from repdeploy.training import TrainConfig
 
     data = open_dataset("builtin", split="train", image_size=32).subset(range(128))
     model, result = train_architecture(get_spec("RepVGG-mini"), data, None,

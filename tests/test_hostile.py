@@ -194,8 +194,8 @@ def test_train_resume_refuses_another_runs_state(tmp_path):
     from repdeploy.data import open_dataset
     from repdeploy.errors import InputError
     from repdeploy.models import get_spec
-    from repdeploy.recipes import train_architecture
-    from repdeploy.train import TrainConfig
+    from repdeploy.training import train_architecture
+    from repdeploy.training import TrainConfig
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", images=rng.integers(0, 255, (16, 16, 16), np.uint8), labels=np.arange(16) % 2)
@@ -902,7 +902,7 @@ def test_n19_bench_says_an_unknown_size_once_with_a_cli_fix(work, exported):
 
 
 def test_n20_the_top_level_report_set_is_committed_whole(tmp_path, monkeypatch):
-    from repdeploy import report_html
+    from repdeploy.report import html as report_html
     from repdeploy.pipeline.run import _commit_report
     from repdeploy.pipeline.settings import PipelineSettings
 

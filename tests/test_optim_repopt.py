@@ -189,7 +189,7 @@ def test_bad_scales_files_are_refused(tmp_path):
 
 def test_gradient_clipping_is_refused_with_multipliers():
     from repdeploy.data import open_dataset
-    from repdeploy.train import TrainConfig, train
+    from repdeploy.training import TrainConfig, train
 
     spec = get_spec("RepOpt-VGG-mini")
     model = build(spec, "target")

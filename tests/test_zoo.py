@@ -13,7 +13,7 @@ import torch
 
 import repdeploy
 from repdeploy.data import open_dataset
-from repdeploy.train import top1_accuracy
+from repdeploy.training import top1_accuracy
 
 ZOO = Path(repdeploy.__file__).parent / "assets" / "zoo"
 TOLERANCE = 0.5
