@@ -89,7 +89,7 @@ def _started_as_cli() -> bool:
     return bool(sys.argv) and os.path.basename(sys.argv[0]) == "repdeploy"
 
 
-def _exit_interrupted(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _exit_interrupted(_signum, _frame) -> None:  # a signal handler's signature
     import os
     import sys
 
@@ -117,7 +117,7 @@ def install_early_interrupt() -> None:
 _interrupt_seen = False
 
 
-def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _raise_interrupt(_signum, _frame) -> None:  # a signal handler's signature
     global _interrupt_seen
     _interrupt_seen = True
     raise KeyboardInterrupt

@@ -40,11 +40,6 @@ def recording() -> Iterator[Ledger]:
         _current.reset(token)
 
 
-def current() -> Ledger | None:
-    """The open ledger, or None outside a command (then nothing is recorded)."""
-    return _current.get()
-
-
 def note_committed(path: Path) -> None:
     if (ledger := _current.get()) is not None:
         ledger.committed.append(path)

@@ -44,10 +44,6 @@ def disable_bars() -> None:
     _bars = False
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 def interactive() -> bool:
     return _bars and not _quiet and sys.stderr.isatty()
 

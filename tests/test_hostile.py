@@ -521,7 +521,7 @@ def exported(tmp_path_factory) -> Path:
 def _with_metadata(src: Path, dst: Path, *, drop: str | None = None, **props: str) -> Path:
     import onnx
 
-    from repdeploy.preprocess import set_metadata_prop
+    from repdeploy.metadata import set_metadata_prop
 
     model = onnx.load(str(src))
     if drop:
@@ -892,10 +892,10 @@ def test_n16_api_arguments_are_checked(work):
 
 
 def test_n19_bench_says_an_unknown_size_once_with_a_cli_fix(work, exported):
-    from repdeploy.preprocess import META_INPUT_SIZE, ONNX_METADATA_KEY
+    from repdeploy.metadata import META_INPUT_SIZE, META_PREPROCESSING
 
     _with_metadata(exported, work / "nosize.onnx", drop=META_INPUT_SIZE)
-    _with_metadata(work / "nosize.onnx", work / "nosize.onnx", drop=ONNX_METADATA_KEY)
+    _with_metadata(work / "nosize.onnx", work / "nosize.onnx", drop=META_PREPROCESSING)
     line = refused(work, 2, "bench", work / "nosize.onnx", "--batches", "1,2", "--warmup", "0", "--duration", "0",
                    "--iterations", "2", "-q", says="input size unknown")
     assert "--input-size" in line and "pass image_size" not in line

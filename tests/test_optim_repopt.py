@@ -152,7 +152,7 @@ def test_scales_file_roundtrip_and_model_multipliers(tmp_path):
     model = build(spec, "target")
     mults = MultiplierMap(model)
     set_repopt_multipliers(mults, spec, loaded, "sgd")
-    assert len(mults) == spec.num_layers
+    assert len(mults) == len(spec.layers())
     m = mults.combined()["stage2.1.conv.weight"]
     s, t = scales["stage2.1.scale_conv.weight"], scales["stage2.1.scale_1x1.weight"]
     assert torch.allclose(m[:, :, 0, 0], (s**2).view(-1, 1).expand(32, 32))

@@ -17,7 +17,8 @@ from onnx import TensorProto, helper
 
 from repdeploy.cli import main
 from repdeploy.errors import InputError, OutputError
-from repdeploy.preprocess import Preprocessing, set_metadata_prop, set_onnx_metadata
+from repdeploy.metadata import set_metadata_prop, stamp
+from repdeploy.preprocess import Preprocessing
 from repdeploy.triton import package_models
 from repdeploy.triton.check import cross_check, parse_config, schema_available
 from repdeploy.triton.config import PARAM_PREPROCESSING, PARAM_TENSORRT, plan_model, quote
@@ -70,7 +71,7 @@ def tiny_graph(path, *, dtype=TensorProto.FLOAT, batch="N", shape=(3, 8, 8), cla
     model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], [w]),
                               opset_imports=[helper.make_opsetid("", 17)])
     if record:
-        set_onnx_metadata(model, Preprocessing(input_size=8, resize=8, mean=(0.5,) * shape[0], std=(0.25,) * shape[0]))
+        stamp(model, preprocessing=Preprocessing(input_size=8, resize=8, mean=(0.5,) * shape[0], std=(0.25,) * shape[0]))
     onnx.save(model, str(path))
     return path
 

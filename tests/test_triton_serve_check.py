@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from repdeploy.preprocess import preprocess, preprocessing_of
+from repdeploy import preprocess, preprocessing_of
 from repdeploy.triton import package_models
 from repdeploy.triton.check import _schema, cross_check, parse_config
 from repdeploy.triton.signature import read_onnx
