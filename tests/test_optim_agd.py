@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repdeploy.errors import InputError
+from repdeploy import InputError
 from repdeploy.optim import AGD, agd_init, prepare_for_agd
 
 

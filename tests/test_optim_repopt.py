@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repdeploy.errors import CheckpointError, InputError
+from repdeploy import CheckpointError, InputError
 from repdeploy.models import build, get_spec
 from repdeploy.optim import (
     AdamWWithMultipliers,

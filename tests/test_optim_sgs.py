@@ -106,7 +106,7 @@ def test_producers_combine_by_product():
 def test_gradient_clipping_is_refused_with_sgs():
     import pytest
 
-    from repdeploy.errors import InputError
+    from repdeploy import InputError
     from repdeploy.training import train_architecture
     from repdeploy.training import TrainConfig
 

@@ -18,10 +18,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from repdeploy.cli import main
-from repdeploy.errors import DataError, InputError
+from repdeploy import DataError, InputError, Preprocessing, preprocessing_of
 from repdeploy.metadata import onnx_metadata, stamp
-from repdeploy.preprocess import Preprocessing
-from repdeploy.recorded import class_names_of, preprocessing_of
+from repdeploy.recorded import class_names_of
 from repdeploy.zoo import builtin_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +81,7 @@ def test_every_onnx_tells_its_precision_preprocessing_and_class_names(prepared, 
     assert r.exit_code == 0, r.output
     int8 = Path(ready["models"][0])
     # the tensorrt layout from the same ranges, written as quantize writes it (export_qdq)
-    from repdeploy.checkpoints import load_fused
+    from repdeploy import load_fused
     from repdeploy.export.qdq import export_qdq
     from repdeploy.quant import QuantPlainNet
     from repdeploy.quant.calib_cache import CalibrationCache
@@ -129,7 +128,7 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
             verdict = write_checked(source, tmp_path / f"{fmt}.onnx", record, fmt)
             assert verdict.passed and verdict.max_abs_diff == 0.0, verdict.line()  # the same float ops
     import repdeploy
-    from repdeploy.checkpoints import load_fused
+    from repdeploy import load_fused
     from repdeploy.tolerance import tolerance
 
     fp16 = repdeploy.export_onnx(load_fused(ZOO["repvgg_mini"]).plain, tmp_path / "fp16.onnx", input_size=32,

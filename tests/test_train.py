@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from repdeploy.data import open_dataset
-from repdeploy.errors import CheckpointError, InputError
+from repdeploy import CheckpointError, InputError
 from repdeploy.models import build, get_spec
 from repdeploy.optim import load_scales
 from repdeploy.training import hypersearch

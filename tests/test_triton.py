@@ -16,9 +16,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from repdeploy.cli import main
-from repdeploy.errors import InputError, OutputError
+from repdeploy import InputError, OutputError, Preprocessing
 from repdeploy.metadata import set_metadata_prop, stamp
-from repdeploy.preprocess import Preprocessing
 from repdeploy.triton import package_models
 from repdeploy.triton.check import cross_check, parse_config, schema_available
 from repdeploy.triton.config import PARAM_PREPROCESSING, PARAM_TENSORRT, plan_model, quote
@@ -315,7 +314,7 @@ def test_plan_model_default_batch_and_dynamic_dims(exported):
 
 
 def test_pipeline_packages_the_models_that_passed(tmp_path):
-    from repdeploy.pipeline import run_pipeline
+    from repdeploy import run_pipeline
 
     fast = dict(calib_samples=32, eval_limit=60, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0,
                 bench_sessions=1)

@@ -30,8 +30,8 @@ score
 compares; max_sqnr_loss_db
 images_per_second; resumed_from_step
 
-# Public API that repdeploy itself does not call (docs/api.md, docs/serving.md, docs/triton.md,
-# docs/tensorrt.md), used by callers, benchmarks/ and tests/.
+# Public API that repdeploy itself does not call (docs/api.md, docs/serving.md, docs/triton.md),
+# used by callers, benchmarks/ and tests/.
 tensorrt_available                       # whether the TensorRT backend is importable
 randomize_batchnorm                      # realistic BN statistics for benchmarks/ and tests/
 _.last_host_latency                      # the TensorRT runner's host wall time beside its GPU time
