@@ -7,6 +7,11 @@ and an acyclic-siblings contract. `lint-imports` checks them; this file runs it,
 planted imports that each contract breaks on the fault it is for, and keeps the two things a
 static contract cannot say: the doc's block is the contract's order, and each module really
 imports on its own.
+
+The hand-written test this replaces also listed, per module, what importing it loaded at run time
+(a package's __init__ runs first). That part is gone: every package listed whole is one layer with
+its __init__, the two split ones (`quant`, `runtime`) import only lower layers at module level, and
+a circle through an __init__, the failure that check was for, fails the import-on-its-own test.
 """
 
 from __future__ import annotations
