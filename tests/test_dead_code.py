@@ -3,18 +3,21 @@ where vulture cannot see it (tools/vulture_whitelist.py says by whom)."""
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import vulture
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIDENCE = 60  # 60 covers unused functions, methods, classes, attributes and record fields
+CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["vulture"]  # what `vulture` alone runs
 
 
 def _unused(*extra: Path) -> list[str]:
     v = vulture.Vulture()
-    v.scavenge([str(ROOT / "repdeploy"), str(ROOT / "tools" / "vulture_whitelist.py"), *map(str, extra)])
-    return [f"{item.filename}:{item.first_lineno}: {item.message}" for item in v.get_unused_code(min_confidence=CONFIDENCE)]
+    v.scavenge([str(ROOT / p) for p in CONFIG["paths"]] + [str(p) for p in extra])
+    # 60 covers unused functions, methods, classes, attributes and record fields
+    return [f"{item.filename}:{item.first_lineno}: {item.message}"
+            for item in v.get_unused_code(min_confidence=CONFIG["min_confidence"])]
 
 
 def test_repdeploy_has_no_dead_code():
