@@ -102,11 +102,18 @@ def _run_two_threads(tmp_path: Path, calls: int) -> list[BaseException]:
     return errors
 
 
-def test_a_thousand_calls_from_two_threads_keep_nothing_and_get_their_modes(tmp_path):
+def _umask_forbidden(mask: int) -> int:
+    raise AssertionError("os.umask called: reading the umask means setting it, a race with every thread")
+
+
+def test_a_thousand_calls_from_two_threads_keep_nothing_and_get_their_modes(tmp_path, monkeypatch):
     _one_call(tmp_path / "warm", 0)  # first call: lazy imports load their modules
     before = _containers()
     with _umask(UMASK):
-        errors = _run_two_threads(tmp_path / "w", CALLS)
+        # A toggle's window is one bytecode wide, too rare to catch by chance: any call fails instead.
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "umask", _umask_forbidden)
+            errors = _run_two_threads(tmp_path / "w", CALLS)
         assert os.umask(UMASK) == UMASK  # nobody left it changed
     assert not errors, errors
     assert not _grown(before, _containers()), "process-global structures grew over 1,000 calls"
