@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.repdeploy-installed
 
-.PHONY: setup demo demo-qat test bench serve-check serving-check clean
+.PHONY: setup demo demo-qat test lint bench serve-check serving-check clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ demo-qat: setup
 
 test: setup
 	$(PY) -m pytest -q -n auto
+
+# The layer contract and the dead-code search on their own (make test runs both, in
+# tests/test_layering.py and tests/test_dead_code.py): [tool.importlinter] and [tool.vulture] in pyproject.toml.
+lint: setup
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/vulture
 
 bench: setup
 	$(PY) benchmarks/run_all.py

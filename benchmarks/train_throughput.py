@@ -52,7 +52,7 @@ def setup(family: str, variant: str, size: int, batch: int):
     from repdeploy.models import VARIANTS, build, get_spec
     from repdeploy.optim import MultiplierMap, SGDWithMultipliers
     from repdeploy.optim.repopt import expected_scale_keys, repopt_initialize, set_repopt_multipliers
-    from repdeploy.train import parameter_groups
+    from repdeploy.training.loop import parameter_groups
 
     torch.manual_seed(0)
     base = get_spec(variant, num_classes=10)

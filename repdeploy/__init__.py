@@ -36,7 +36,7 @@ _API = {
     "load": ".checkpoints", "load_fused": ".checkpoints", "save_fused": ".checkpoints",
     "compare": ".compare", "evaluate": ".evaluate", "export_onnx": ".export.onnx", "fuse": ".fuse",
     "run_pipeline": ".pipeline", "Preprocessing": ".preprocess", "preprocess": ".preprocess",
-    "preprocessing_of": ".preprocess", "QuantizeResult": ".quant.ptq", "quantize": ".quant.ptq",
+    "preprocessing_of": ".recorded", "QuantizeResult": ".quant.ptq", "quantize": ".quant.ptq",
     "qat": ".quant.qat", "open_runner": ".runtime",
     # result types (dataclasses) and errors, typed (py.typed)
     "FusedModel": ".checkpoints", "Loaded": ".checkpoints", "FuseResult": ".fuse", "Equivalence": ".fuse",

@@ -42,7 +42,7 @@ def open_eval_data(runner: Runner, source, *, split: str = "val", preprocessing=
     """`source` in any data form (data/forms.py: path, 'builtin', tensor or array, (images,
     labels), iterable of batches, DataLoader) as a dataset at the runner's input size.
 
-    `preprocessing` is the model's own record (preprocess.preprocessing_of(model_file)), so the
+    `preprocessing` is the model's own record (recorded.preprocessing_of(model_file)), so the
     images are fed as the model was calibrated; mean/std/resize override single fields.
     """
     from .data import ImageDataset, as_dataset

@@ -24,17 +24,16 @@ def _listed(paths: list) -> str:
 
 
 def _interrupted() -> str:
-    from .rundir import committed, removed, resume_states
+    from .ledger import committed, resume_states
 
-    done, gone, states = committed(), removed(), resume_states()
+    done, states = committed(), resume_states()
     kept = f"; finished before it and kept: {_listed(done)}" if done else ""
-    stale = f"; removed at the start as it would describe old runs: {_listed(gone)}" if gone else ""
     if states:
         # The resume state was rewritten during this run: it is newer, not "left as it was".
         resume = (f"; the resume state {_listed(states)} was updated during this run: rerun the same command with "
                   "--resume to continue from it")
-        return f"interrupted; the outputs being written were discarded{resume}{kept}{stale}"
-    return f"interrupted; the outputs being written were discarded and the previous ones left as they were{kept}{stale}"
+        return f"interrupted; the outputs being written were discarded{resume}{kept}"
+    return f"interrupted; the outputs being written were discarded and the previous ones left as they were{kept}"
 
 
 def describe_failure(exc: BaseException) -> tuple[str, int]:
@@ -90,7 +89,7 @@ def _started_as_cli() -> bool:
     return bool(sys.argv) and os.path.basename(sys.argv[0]) == "repdeploy"
 
 
-def _exit_interrupted(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _exit_interrupted(_signum, _frame) -> None:  # a signal handler's signature
     import os
     import sys
 
@@ -118,7 +117,7 @@ def install_early_interrupt() -> None:
 _interrupt_seen = False
 
 
-def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+def _raise_interrupt(_signum, _frame) -> None:  # a signal handler's signature
     global _interrupt_seen
     _interrupt_seen = True
     raise KeyboardInterrupt

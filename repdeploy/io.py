@@ -15,19 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import ledger
 from .errors import OutputError
-
-
-#: Directories this process created for its outputs (a failed command removes the ones still empty).
-_created: list[Path] = []
-
-
-def created_dirs() -> list[Path]:
-    return list(_created)
-
-
-def forget_created_dirs() -> None:
-    _created.clear()
 
 
 def ensure_writable_dir(directory: str | os.PathLike) -> Path:
@@ -36,7 +25,7 @@ def ensure_writable_dir(directory: str | os.PathLike) -> Path:
     missing = [p for p in (d, *d.parents) if not p.exists()]
     try:
         d.mkdir(parents=True, exist_ok=True)
-        _created.extend(p for p in missing if p.is_dir())
+        ledger.note_created_dirs([p for p in missing if p.is_dir()])  # a failed command removes the empty ones
         with tempfile.NamedTemporaryFile(dir=d, prefix=".repdeploy-probe-"):
             pass
     except OSError as exc:
@@ -66,11 +55,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     target = ensure_writable_file(path)
     clean_stale_scratch(target.parent)  # `.part` files of runs that were killed
-    tmp_path = make_scratch_file(target.parent, target.name)
+    # Created with the permissions a plain open() gives (0666 less the umask, applied by the kernel:
+    # reading the umask means setting it, which races with other threads).
+    tmp_path = make_scratch_file(target.parent, target.name, mode=0o666)
     try:
         yield tmp_path
-        # mkstemp creates 0600; give the artifact the permissions a plain open() would have.
-        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, target)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
@@ -79,12 +68,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             # A failed write() names no file; the one-line error should name the output.
             raise OSError(exc.errno, exc.strerror, str(target)) from exc
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

@@ -12,8 +12,10 @@ pixels.py: every data source, `preprocess` and the serving runtime call it):
      (resize == input_size: a plain resize of square images, no crop);
   3. scale `value_range` to [0, 1], subtract `mean`, divide by `std` per channel; NCHW float32.
 
-This module imports neither torch nor onnx (the serving runtime needs it without them). Services
-call `preprocess(images, record)`, or use `repdeploy.serving`, which does it for them:
+This module imports neither torch nor onnx (the serving runtime needs it without them). Where a
+model file keeps its record is recorded.py (`preprocessing_of`); the ONNX metadata keys, writer
+and reader are metadata.py. Services call `preprocess(images, record)`, or use `repdeploy.serving`,
+which does it for them:
 
 >>> record = preprocessing_of("runs/demo/repvgg_mini/model_fp32.onnx")   # doctest: +SKIP
 >>> x = preprocess(uint8_images, record)                                 # doctest: +SKIP
@@ -22,19 +24,11 @@ call `preprocess(images, record)`, or use `repdeploy.serving`, which does it for
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import InputError
-
-# The ONNX metadata keys, reader and writer live in metadata.py; the names below are kept for the
-# callers that import them from here.
-from .metadata import META_INPUT_SIZE, META_PRECISION, onnx_metadata, set_metadata_prop, stamp  # noqa: E402
-from .metadata import META_PREPROCESSING as ONNX_METADATA_KEY  # noqa: E402
 
 RECORD_VERSION = 1
 
@@ -101,18 +95,6 @@ class Preprocessing:
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise InputError(f"{source} is not a repdeploy preprocessing record ({exc}); re-export the model") from exc
 
-    def override(self, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 resize: int | None = None) -> "Preprocessing":
-        """This record with the fields a user gave on the command line replaced."""
-        changes: dict[str, Any] = {}
-        if mean is not None:
-            changes["mean"] = _per_channel(mean, len(self.mean), "--mean")
-        if std is not None:
-            changes["std"] = _per_channel(std, len(self.std), "--std")
-        if resize is not None:
-            changes["resize"] = int(resize)
-        return replace(self, **changes) if changes else self
-
     def at_size(self, input_size: int) -> "Preprocessing":
         """This record for another input size: the crop keeps its ratio to the resize (as open_dataset does)."""
         if input_size == self.input_size:
@@ -126,15 +108,6 @@ class Preprocessing:
         fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
         return (f"{self.channel_order} {crop}, [{self.value_range[0]:g}, {self.value_range[1]:g}] -> [0, 1], "
                 f"mean {fmt(self.mean)}, std {fmt(self.std)}")
-
-
-def _per_channel(values: Sequence[float], channels: int, option: str) -> tuple[float, ...]:
-    v = tuple(float(x) for x in values)
-    if len(v) == 1:
-        v = v * channels
-    if len(v) != channels:
-        raise InputError(f"{option} needs 1 or {channels} values, got {len(v)}")
-    return v
 
 
 # -- the math (pixels.py, in numpy) ------------------------------------------------------------------
@@ -157,94 +130,4 @@ def preprocess(images, record: Preprocessing | dict) -> np.ndarray:
     return to_input(images, record)
 
 
-# -- where the record lives ----------------------------------------------------------------------
-
-
-def write_onnx_metadata(path: str | Path, record: Preprocessing) -> None:
-    """Set the record in an ONNX file's metadata_props (rewrites the file in place, atomically)."""
-    import onnx
-
-    from .io import atomic_path
-
-    model = onnx.load(str(path))
-    set_onnx_metadata(model, record)
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-
-
-def set_onnx_metadata(model, record: Preprocessing) -> None:
-    """Set the record on an in-memory onnx.ModelProto."""
-    stamp(model, preprocessing=record)
-
-
-def preprocessing_of(path: str | Path) -> Preprocessing | None:
-    """The record a model file carries: ONNX metadata_props, a fused.pt's extra, a calib.json,
-    or a report.json; None for files that carry none (a plain checkpoint)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    suffix = p.suffix.lower()
-    if suffix == ".onnx":
-        try:
-            raw = onnx_metadata(p).get(ONNX_METADATA_KEY)
-        except (OSError, ValueError):  # an unreadable ONNX is reported by whoever opens it
-            return None
-        if raw is None:
-            return None
-        try:
-            rec = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise InputError(f"{p} metadata {ONNX_METADATA_KEY} is not JSON; re-export the model with "
-                             "`repdeploy export`") from None
-        return Preprocessing.from_dict(rec, f"{p} metadata {ONNX_METADATA_KEY}")
-    if suffix == ".json":
-        try:
-            doc = json.loads(p.read_text())
-        except (OSError, ValueError, RecursionError):
-            return None
-        if not isinstance(doc, dict):
-            return None
-        data = doc.get("data")
-        rec = doc.get("preprocessing") or (data.get("preprocessing") if isinstance(data, dict) else None)
-        return Preprocessing.from_dict(rec, str(p)) if isinstance(rec, dict) else None
-    if suffix in (".pt", ".pth"):
-        import torch
-
-        try:
-            raw = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - not a repdeploy file (or not loadable safely): no record
-            return None
-        extra = raw.get("extra") if isinstance(raw, dict) else None
-        rec = extra.get("preprocessing") if isinstance(extra, dict) else None
-        return Preprocessing.from_dict(rec, f"{p} extra.preprocessing") if isinstance(rec, dict) else None
-    return None
-
-
-def class_names_of(path: str | Path) -> list[str] | None:
-    """The class names a model file records: ONNX metadata `repdeploy.class_names`, or a fused.pt's
-    `extra["class_names"]`; None when it records none."""
-    from .metadata import class_names_in
-
-    p = Path(path)
-    if not p.is_file():
-        return None
-    if p.suffix.lower() == ".onnx":
-        try:
-            props = onnx_metadata(p)
-        except (OSError, ValueError):
-            return None
-        return class_names_in(props, str(p))
-    if p.suffix.lower() in (".pt", ".pth"):
-        import torch
-
-        try:
-            raw = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - not a repdeploy file (or not loadable safely): no names
-            return None
-        names = (raw.get("extra") or {}).get("class_names") if isinstance(raw, dict) else None
-        return [str(n) for n in names] if isinstance(names, list) else None
-    return None
-
-
-__all__ = ["Preprocessing", "preprocess", "preprocessing_of", "class_names_of", "set_onnx_metadata",
-           "write_onnx_metadata", "set_metadata_prop", "onnx_metadata", "ONNX_METADATA_KEY", "META_INPUT_SIZE", "META_PRECISION"]
+__all__ = ["Preprocessing", "preprocess"]

@@ -18,8 +18,8 @@ T = TypeVar("T")
 
 LOGGER_NAME = "repdeploy"
 #: Warnings about results that may be wrong (e.g. an image encoding guessed): --quiet keeps them.
+#: Each record is named WARNING itself (`warn`): registering a level name is process-wide.
 DATA_WARNING = logging.WARNING + 5
-logging.addLevelName(DATA_WARNING, "WARNING")
 log = logging.getLogger(LOGGER_NAME)
 
 _quiet = False
@@ -42,10 +42,6 @@ def enable_bars() -> None:
 def disable_bars() -> None:
     global _bars
     _bars = False
-
-
-def is_quiet() -> bool:
-    return _quiet
 
 
 def interactive() -> bool:
@@ -97,18 +93,20 @@ def timed(timings: dict[str, float], key: str, message: str | None = None) -> It
         timings[key] = time.perf_counter() - start
 
 
-_warned: set[str] = set()
-
-
 def warn(message: str) -> None:
-    """A warning about numbers that may be wrong: logged once, shown even with --quiet (it is not progress).
+    """A warning about numbers that may be wrong: logged once per command, shown even with --quiet
+    (it is not progress).
 
     Logged at DATA_WARNING, above the level --quiet keeps (errors and these), so the CLI shows it;
-    a library caller sees it through Python's logging like any other warning.
+    a library caller sees it through Python's logging like any other warning, each time it applies
+    (no command ledger is open: see ledger.py).
     """
-    if message not in _warned:
-        _warned.add(message)
-        log.log(DATA_WARNING, f"warning: {message}")
+    from .ledger import first_time
+
+    if first_time(message) and log.isEnabledFor(DATA_WARNING):
+        record = log.makeRecord(log.name, DATA_WARNING, __file__, 0, f"warning: {message}", None, None)
+        record.levelname = "WARNING"
+        log.handle(record)
 
 
 def _stderr_console():

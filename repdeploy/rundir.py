@@ -31,16 +31,12 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import OutputError
-from . import scratch
+from . import ledger, scratch
 from .scratch import (COMMIT_MARKER, SCRATCH_TAGS, _plain_name, clean_stale_scratch,  # noqa: F401
                       is_own_scratch, make_scratch_dir, make_scratch_file, scratch_prefix)
 
 MANIFEST = "manifest.json"
 TOOL = "repdeploy"
-
-#: What the process has committed so far (for the one line an interrupt prints).
-_committed: list[Path] = []
-
 
 def commit_files(stage: Path, out: Path, names: list[str]) -> None:
     """scratch.commit_files, and the set's report noted as committed (an interrupt names it)."""
@@ -267,7 +263,8 @@ class OutputSet:
         if self.target.is_dir():
             clean_stale_scratch(self.target)
         try:
-            self.staging = make_scratch_dir(parent, self.target.name, "staging")
+            # Created with the mode a plain mkdir gives (the kernel applies the umask): it becomes the target.
+            self.staging = make_scratch_dir(parent, self.target.name, "staging", mode=0o777)
         except OSError as exc:
             raise OutputError(f"output {parent} is not writable ({exc.strerror or exc}); give -o another path") from exc
 
@@ -289,7 +286,6 @@ class OutputSet:
 
     def commit(self) -> Path:
         """Make the staged set the target's content (one rename when the target is ours alone)."""
-        os.chmod(self.staging, 0o777 & ~_umask())
         t = self.target
         if self.force and foreign_files(t):
             self._merge_in_place()
@@ -322,47 +318,11 @@ class OutputSet:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def note_committed(path: str | os.PathLike) -> None:
-    """Record an output this process finished (reported if the run is interrupted later).
+    """Record an output the running command finished (an interrupt later names it as kept).
 
     Sets written into a scratch directory (quantize inside a pipeline run) are not outputs yet.
     """
     p = Path(path)
     if not any(part.startswith(".") and any(f".{t}-" in part for t in SCRATCH_TAGS) for part in p.parts):
-        _committed.append(p)
-
-
-def committed() -> list[Path]:
-    return list(_committed)
-
-
-_removed: list[Path] = []
-
-
-def note_removed(path: str | os.PathLike) -> None:
-    """Record an old output this process removed on purpose (a report that would go stale)."""
-    _removed.append(Path(path))
-
-
-def removed() -> list[Path]:
-    return list(_removed)
-
-
-_resume_states: list[Path] = []
-
-
-def note_resume_state(path: str | os.PathLike) -> None:
-    """Record a resume-state file this process rewrote (an interrupt then says how to `--resume`)."""
-    p = Path(path)
-    if p not in _resume_states:
-        _resume_states.append(p)
-
-
-def resume_states() -> list[Path]:
-    return list(_resume_states)
+        ledger.note_committed(p)

@@ -98,23 +98,28 @@ def _signed_name(prefix: str, suffix: str = "") -> str:
     return unsigned + _sign(unsigned) + suffix
 
 
-def make_scratch_dir(parent: str | os.PathLike, name: str, tag: str) -> Path:
-    """A fresh hidden scratch directory in `parent` (mode 0700, name signed: see `is_own_scratch`)."""
+def make_scratch_dir(parent: str | os.PathLike, name: str, tag: str, mode: int = 0o700) -> Path:
+    """A fresh hidden scratch directory in `parent` (mode 0700, name signed: see `is_own_scratch`).
+
+    One that will become an output is created with that output's `mode` (less the umask, which the
+    kernel applies: the umask is never read or changed here, so threads cannot race on it)."""
     while True:
         path = Path(parent) / _signed_name(scratch_prefix(name, tag))
         try:
-            os.mkdir(path, 0o700)
+            os.mkdir(path, mode)
             return path
         except FileExistsError:
             continue
 
 
-def make_scratch_file(parent: str | os.PathLike, name: str, tag: str = "part", suffix: str = ".part") -> Path:
-    """A fresh hidden scratch file in `parent` (created exclusively, mode 0600, name signed)."""
+def make_scratch_file(parent: str | os.PathLike, name: str, tag: str = "part", suffix: str = ".part",
+                      mode: int = 0o600) -> Path:
+    """A fresh hidden scratch file in `parent` (created exclusively, mode 0600 or the `mode` of the
+    output it will become, less the umask; name signed)."""
     while True:
         path = Path(parent) / _signed_name(scratch_prefix(name, tag), suffix)
         try:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode))
             return path
         except FileExistsError:
             continue

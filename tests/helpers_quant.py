@@ -6,8 +6,8 @@ import torch
 
 from conftest import trained_like
 from repdeploy.data import open_dataset
-from repdeploy.fuse import fuse
-from repdeploy.models.plain import PlainNet
+from repdeploy import fuse
+from repdeploy.models import PlainNet
 from repdeploy.quant.calib import calibrate
 from repdeploy.quant.quantizer import QuantPlainNet
 

@@ -16,10 +16,8 @@ import numpy as np
 import torch
 
 from realsize import IMAGENET_MEAN, IMAGENET_STD, photo_batch, realistic_model
-from repdeploy.export.onnx import export_onnx
+from repdeploy import export_onnx, fuse, Preprocessing
 from repdeploy.export.qdq import export_qdq
-from repdeploy.fuse import fuse
-from repdeploy.preprocess import Preprocessing
 from repdeploy.quant.calib import calibrate
 from repdeploy.quant.fidelity import int8_verdicts, run_ort
 from repdeploy.quant.quantizer import QuantPlainNet

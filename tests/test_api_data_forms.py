@@ -11,7 +11,7 @@ import torch
 
 import repdeploy
 from repdeploy.data import open_dataset
-from repdeploy.errors import DataError, InputError
+from repdeploy import DataError, InputError
 from repdeploy.zoo import zoo_entry
 
 

@@ -10,7 +10,7 @@ import torch
 
 from helpers_quant import batches, calibrated, fused
 from repdeploy.quant.quantizer import QuantPlainNet
-from repdeploy.errors import CalibrationError, DataError
+from repdeploy import CalibrationError, DataError
 from repdeploy.quant.calib_cache import CalibrationCache, weights_fingerprint
 from repdeploy.quant.calibrators import EntropyCalibrator, MseCalibrator, StreamingHistogram, make_calibrator, mse_error
 

@@ -8,9 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import trained_like
-from repdeploy.checkpoints import load, load_fused, save_fused
-from repdeploy.checkpoints.formats import detect_format, timm_to_official
-from repdeploy.errors import CheckpointError, NonFiniteWeightsError, UnsafeCheckpointError
+from repdeploy import load, load_fused, save_fused, CheckpointError, NonFiniteWeightsError, UnsafeCheckpointError
+from repdeploy.checkpoints import detect_format, timm_to_official
 from repdeploy.fuse import to_plain
 
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -10,15 +10,13 @@ from click.testing import CliRunner
 
 from conftest import trained_like
 from repdeploy.cli import main
-from repdeploy.compare import compare, compare_logits
-from repdeploy.errors import DataError, ToleranceError
-from repdeploy.export.onnx import export_onnx
-from repdeploy.fuse import fuse
+from repdeploy import compare, DataError, ToleranceError, export_onnx, fuse
+from repdeploy.compare import compare_logits
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from repdeploy.checkpoints import save_fused
+    from repdeploy import save_fused
     from repdeploy.export.qdq import export_qdq
     from repdeploy.quant.calib import calibrate
     from repdeploy.quant.quantizer import QuantPlainNet
@@ -57,12 +55,12 @@ def test_torch_checkpoint_and_its_onnx_agree(models):
 
 def test_int8_against_fp32_fails_tight_tolerances_and_reports_real_figures(models):
     from repdeploy.evaluate import sqnr_db
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     with pytest.raises(ToleranceError) as info:
         compare(models["fp32"], models["int8"], data="builtin", samples=32)
     assert info.value.exit_code == 1  # a failed comparison is a failed verification (issue 22)
-    from repdeploy.errors import AccuracyGateError, VerificationError
+    from repdeploy import AccuracyGateError, VerificationError
     assert isinstance(info.value, VerificationError) and not isinstance(info.value, AccuracyGateError)
     r = compare(models["fp32"], models["int8"], data="builtin", samples=32, check=False)
     assert not r.passed and r.mismatched > 0 and r.top1_a is not None
@@ -113,7 +111,7 @@ def test_one_onnx_file_runs_224_and_256(models):
     import onnxruntime as ort
 
     from repdeploy.export.onnx import META_INPUT_SIZE
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     meta = {p.key: p.value for p in onnx.load(str(models["fp32"])).metadata_props}
     assert meta[META_INPUT_SIZE] == "32"

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from repdeploy.data import DIGITS_MEAN, DIGITS_STD, builtin_path, calibration_sample, open_dataset, split_dataset
-from repdeploy.errors import DataError
+from repdeploy import DataError
 
 
 def test_builtin_digits_splits_shapes_and_normalisation():

@@ -8,8 +8,7 @@ from click.testing import CliRunner
 from conftest import free_port, trained_like
 from repdeploy.cli import main
 from repdeploy.devices import amp_dtype, distributed_placement, resolve_device
-from repdeploy.errors import BackendMissingError, InputError
-from repdeploy.fuse import fuse
+from repdeploy import BackendMissingError, InputError, fuse
 from repdeploy.quant.calib import calibrate
 from repdeploy.quant.quantizer import QuantPlainNet
 
@@ -90,8 +89,8 @@ def test_amp_choices():
 def test_bf16_autocast_training_runs_and_learns():
     from repdeploy.data import open_dataset
     from repdeploy.models import get_spec
-    from repdeploy.recipes import train_architecture
-    from repdeploy.train import TrainConfig
+    from repdeploy.training import train_architecture
+    from repdeploy.training import TrainConfig
 
     data = open_dataset("builtin", split="train", image_size=32).subset(range(128))
     model, result = train_architecture(get_spec("RepVGG-mini"), data, None,
@@ -103,7 +102,7 @@ def test_bf16_autocast_training_runs_and_learns():
 
 @pytest.mark.skipif(CUDA, reason="a CUDA GPU is present")
 def test_cli_device_cuda_without_gpu_exits_4_before_writing(tmp_path):
-    from repdeploy.checkpoints import save_fused
+    from repdeploy import save_fused
 
     save_fused(fuse(trained_like("RepVGG-mini")).plain, tmp_path / "f.pt")
     for args in (["train", "--arch", "RepVGG-mini", "--epochs", "1", "--device", "cuda", "-o", str(tmp_path / "m.pth")],
@@ -142,7 +141,7 @@ def test_calibration_ranges_match_across_devices():
 
 @pytest.mark.skipif(not CUDA, reason=NO_CUDA)
 def test_torch_runner_on_cuda_matches_cpu():
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     plain = fuse(trained_like("RepVGG-mini")).plain
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
@@ -158,7 +157,7 @@ def test_torch_runner_on_cuda_matches_cpu():
 def test_qat_trains_on_the_gpu(tmp_path):
     from pathlib import Path
 
-    from repdeploy.quant.qat import qat
+    from repdeploy import qat
 
     zoo = Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repvgg_mini.pth"
     result = qat(str(zoo), train_data="builtin", val_data="builtin", output_dir=tmp_path, epochs=1,
@@ -174,7 +173,7 @@ def test_quantize_on_cuda_writes_the_files_cpu_writes(tmp_path):
 
     import onnx
 
-    from repdeploy.quant.ptq import quantize
+    from repdeploy import quantize
 
     zoo = Path(__file__).resolve().parents[1] / "repdeploy" / "assets" / "zoo" / "repoptvgg_mini.pth"
     runs = {d: quantize(str(zoo), output_dir=tmp_path / d, calib_data="builtin", calib_samples=64, device=d)
@@ -192,7 +191,7 @@ def test_quantize_on_cuda_writes_the_files_cpu_writes(tmp_path):
 def test_cli_eval_and_bench_torch_on_cuda(tmp_path):
     import json
 
-    from repdeploy.checkpoints import save_fused
+    from repdeploy import save_fused
 
     save_fused(fuse(trained_like("RepVGG-mini")).plain, tmp_path / "f.pt")
     runner = CliRunner()

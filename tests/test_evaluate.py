@@ -8,11 +8,8 @@ import torch
 
 from conftest import trained_like
 from repdeploy.data import open_dataset
-from repdeploy.errors import DataError
-from repdeploy.evaluate import (accuracy_from_logits, evaluate, open_eval_data, sqnr_db, top1_agreement,
-                                topk_correct)
-from repdeploy.fuse import fuse
-from repdeploy.runtime import open_runner
+from repdeploy import DataError, evaluate, fuse, open_runner
+from repdeploy.evaluate import accuracy_from_logits, open_eval_data, sqnr_db, top1_agreement, topk_correct
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +82,7 @@ def test_eval_cli_json_matches_the_library(plain, tmp_path):
     import subprocess
     import sys
 
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
 
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
     r = subprocess.run([sys.executable, "-m", "repdeploy", "eval", str(onnx_path), "--data", "builtin", "--json"],

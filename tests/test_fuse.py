@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from conftest import trained_like
-from repdeploy.errors import FusionError
-from repdeploy.fuse import fuse, identity_kernel, to_plain
+from repdeploy import FusionError, fuse
+from repdeploy.fuse import identity_kernel, to_plain
 from repdeploy.models import PlainNet, get_spec
 
 SMALL = [

@@ -83,8 +83,7 @@ def test_every_command_has_examples_and_they_parse_with_current_names():
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    from repdeploy.checkpoints import save_fused
-    from repdeploy.fuse import fuse
+    from repdeploy import save_fused, fuse
     from repdeploy.zoo import builtin_zoo, zoo_entry
 
     root = tmp_path_factory.mktemp("user")
@@ -94,7 +93,7 @@ def sandbox(tmp_path_factory):
     shutil.copy(Path(repopt).with_name("repoptvgg_mini_scales.pth"), root / "scales.pth")
     weights = torch.load(repvgg, weights_only=True)
     torch.save({"model": weights, "ema": weights, "epoch": 30}, root / "ckpt.pth.tar")
-    from repdeploy.checkpoints import load
+    from repdeploy import load
 
     save_fused(fuse(load(root / "ckpt.pth").model).plain, root / "fused.pt")
     digits = np.load(Path(__import__("repdeploy").__file__).parent / "assets" / "digits.npz")
@@ -128,7 +127,7 @@ def _inputs_present(ctx: click.Context) -> bool:
 
 def test_cheap_help_examples_run_as_copied(sandbox, monkeypatch):
     from repdeploy.export.tensorrt import import_tensorrt
-    from repdeploy.errors import BackendMissingError
+    from repdeploy import BackendMissingError
 
     try:
         import_tensorrt()

@@ -154,7 +154,7 @@ def test_damaged_checkpoint_is_refused_by_every_reader(damaged, command):
 
 
 def test_fusion_check_is_bounded_absolutely():
-    from repdeploy.fuse import Equivalence
+    from repdeploy import Equivalence
 
     assert not Equivalence(1.2e25, 1.2e-4 / 2, 1e29, 1e-4, (2, 3, 8, 8), 0).passed  # relative alone would pass
     assert not Equivalence(float("nan"), float("nan"), float("nan"), 1e-4, (2, 3, 8, 8), 0).passed
@@ -174,8 +174,7 @@ def test_corrupt_pickle_is_not_called_unsafe(tmp_path):
 
 
 def test_qat_resume_refuses_another_runs_state(tmp_path):
-    from repdeploy.errors import InputError
-    from repdeploy.quant.qat import qat
+    from repdeploy import InputError, qat
 
     digits = np.load(Path(__file__).parents[1] / "repdeploy" / "assets" / "digits.npz")
     np.savez(tmp_path / "val.npz", images=digits["val_images"][:16], labels=digits["val_labels"][:16])
@@ -192,10 +191,10 @@ def test_qat_resume_refuses_another_runs_state(tmp_path):
 
 def test_train_resume_refuses_another_runs_state(tmp_path):
     from repdeploy.data import open_dataset
-    from repdeploy.errors import InputError
+    from repdeploy import InputError
     from repdeploy.models import get_spec
-    from repdeploy.recipes import train_architecture
-    from repdeploy.train import TrainConfig
+    from repdeploy.training import train_architecture
+    from repdeploy.training import TrainConfig
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", images=rng.integers(0, 255, (16, 16, 16), np.uint8), labels=np.arange(16) % 2)
@@ -302,12 +301,13 @@ def test_a_failed_run_leaves_the_previous_set_whole(tmp_path):
 
 def test_interrupt_message_says_what_was_kept(tmp_path):
     from repdeploy.cli.common import describe_failure
-    from repdeploy import rundir
+    from repdeploy import ledger, rundir
 
-    rundir._committed.clear()  # other tests in this process committed outputs too
-    rundir.note_committed(tmp_path / "first_model")
-    message, code = describe_failure(KeyboardInterrupt())
+    with ledger.recording():  # the command's ledger, which the error boundary opens
+        rundir.note_committed(tmp_path / "first_model")
+        message, code = describe_failure(KeyboardInterrupt())
     assert code == 130 and "no partial output" not in message and "first_model" in message
+    assert "first_model" not in describe_failure(KeyboardInterrupt())[0]  # the next command starts empty
 
 
 # --------------------------------------------------------------------------- 8: tracebacks -> one line
@@ -361,7 +361,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(work, full_disk, command):
 
 
 def _fused_record(**changes):
-    from repdeploy.checkpoints import load_fused
+    from repdeploy import load_fused
 
     plain, _, _ = load_fused(REPVGG)
     record = {"repdeploy_format": 1, "version": "x", "arch": plain.spec.to_dict(),
@@ -482,7 +482,7 @@ def test_integer_weights_are_refused(tmp_path):
 
 
 def test_run_pipeline_takes_one_path_as_one_checkpoint(tmp_path):
-    from repdeploy.pipeline import run_pipeline
+    from repdeploy import run_pipeline
 
     result = run_pipeline(str(tmp_path / "missing.pth"), output_dir=tmp_path / "out", command="test")
     assert [r.name for r in result.rows] == ["missing"] and "does not exist" in result.rows[0].error
@@ -509,8 +509,7 @@ def refused_json(root: Path, code: int, *args, says: str = "") -> dict:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     """The zoo RepVGG exported once (tests copy it before changing it)."""
-    from repdeploy.checkpoints import load_fused
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import load_fused, export_onnx
 
     plain, _, _ = load_fused(REPVGG)
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
@@ -520,7 +519,7 @@ def exported(tmp_path_factory) -> Path:
 def _with_metadata(src: Path, dst: Path, *, drop: str | None = None, **props: str) -> Path:
     import onnx
 
-    from repdeploy.preprocess import set_metadata_prop
+    from repdeploy.metadata import set_metadata_prop
 
     model = onnx.load(str(src))
     if drop:
@@ -579,7 +578,7 @@ def test_n3_force_keeps_foreign_files_but_never_replaces_one(work):
 
 
 def test_n3_a_commit_with_force_moves_nothing_when_a_name_is_foreign(tmp_path):
-    from repdeploy.errors import OutputError
+    from repdeploy import OutputError
     from repdeploy.rundir import OutputSet
 
     run = tmp_path / "run"
@@ -634,7 +633,7 @@ def test_n5_n17_n22_run_directories_unique_per_input_and_rows_say_error(work):
 
 
 def test_n17_a_row_worded_by_the_same_boundary(tmp_path):
-    from repdeploy.pipeline.records import StageFailure
+    from repdeploy.pipeline import StageFailure
     from repdeploy.pipeline.run import _stage
 
     with pytest.raises(StageFailure) as caught:
@@ -695,7 +694,7 @@ def test_n7_non_finite_preprocessing_options_are_one_json_error(work, option, va
 
 
 def test_n7_nan_in_a_stored_preprocessing_record_is_refused(work, exported):
-    from repdeploy.checkpoints import load_fused, save_fused
+    from repdeploy import load_fused, save_fused
 
     plain, _, _ = load_fused(REPVGG)
     record = {"input_size": 32, "resize": 32, "mean": [float("nan")], "std": [1.0], "channel_order": "L"}
@@ -729,8 +728,9 @@ def _digit_folders(root: Path, names: list[str], per_class: int = 12) -> Path:
 
 
 def test_n8_class_folders_are_matched_by_name_not_position(work):
-    from repdeploy.evaluate import evaluate, open_eval_data
-    from repdeploy.runtime import open_runner
+    from repdeploy import evaluate
+    from repdeploy.evaluate import open_eval_data
+    from repdeploy import open_runner
 
     full = _digit_folders(work / "full", [str(i) for i in range(10)])
     missing = _digit_folders(work / "missing", [str(i) if i != 3 else None for i in range(10)])
@@ -746,7 +746,7 @@ def test_n8_class_folders_are_matched_by_name_not_position(work):
 
 
 def test_n9_an_implausible_calibration_range_is_refused(work):
-    from repdeploy.errors import CalibrationError
+    from repdeploy import CalibrationError
     from repdeploy.quant.calib_cache import CalibrationCache, TensorRange
 
     cache = CalibrationCache(arch={}, weights_sha256="", method="max", samples=1,
@@ -775,8 +775,7 @@ def test_n9_n11_json_out_alone_is_written_and_an_edited_cache_is_refused(work):
 def test_n10_concurrent_exports_take_turns(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from repdeploy.checkpoints import load_fused
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import load_fused, export_onnx
 
     plain, _, _ = load_fused(REPVGG)
     with ThreadPoolExecutor(4) as pool:
@@ -812,8 +811,7 @@ def test_n14_damaged_records_are_one_line(work, exported):
 
 
 def test_n14_fixed_batch_onnx_is_one_line(work):
-    from repdeploy.checkpoints import load_fused
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import load_fused, export_onnx
 
     plain, _, _ = load_fused(REPVGG)
     export_onnx(plain, work / "b1.onnx", input_size=32, dynamic_batch=False)
@@ -875,8 +873,7 @@ def test_n18_ctrl_c_during_training_says_how_to_resume(work):
 
 def test_n16_api_arguments_are_checked(work):
     import repdeploy
-    from repdeploy.errors import InputError
-    from repdeploy.runtime import open_runner
+    from repdeploy import InputError, open_runner
 
     with open_runner(str(work / "a.pth"), "torch") as runner:
         assert repdeploy.evaluate(runner, "builtin").top1 > 80  # a source is opened for the runner
@@ -891,19 +888,19 @@ def test_n16_api_arguments_are_checked(work):
 
 
 def test_n19_bench_says_an_unknown_size_once_with_a_cli_fix(work, exported):
-    from repdeploy.preprocess import META_INPUT_SIZE, ONNX_METADATA_KEY
+    from repdeploy.metadata import META_INPUT_SIZE, META_PREPROCESSING
 
     _with_metadata(exported, work / "nosize.onnx", drop=META_INPUT_SIZE)
-    _with_metadata(work / "nosize.onnx", work / "nosize.onnx", drop=ONNX_METADATA_KEY)
+    _with_metadata(work / "nosize.onnx", work / "nosize.onnx", drop=META_PREPROCESSING)
     line = refused(work, 2, "bench", work / "nosize.onnx", "--batches", "1,2", "--warmup", "0", "--duration", "0",
                    "--iterations", "2", "-q", says="input size unknown")
     assert "--input-size" in line and "pass image_size" not in line
 
 
 def test_n20_the_top_level_report_set_is_committed_whole(tmp_path, monkeypatch):
-    from repdeploy import report_html
+    from repdeploy.report import html as report_html
     from repdeploy.pipeline.run import _commit_report
-    from repdeploy.pipeline.settings import PipelineSettings
+    from repdeploy.pipeline import PipelineSettings
 
     for ext in ("json", "csv", "md", "html"):
         (tmp_path / f"report.{ext}").write_text(json.dumps({"tool": "repdeploy", "models": []}) if ext == "json"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repdeploy.errors import InputError
+from repdeploy import InputError
 from repdeploy.optim import AGD, agd_init, prepare_for_agd
 
 
@@ -86,8 +86,8 @@ def test_refuses_biases_and_prepare_freezes_them():
 def test_trains_small_model_on_builtin_data_without_a_learning_rate():
     from repdeploy.data import open_dataset
     from repdeploy.models import get_spec
-    from repdeploy.recipes import train_architecture
-    from repdeploy.train import TrainConfig
+    from repdeploy.training import train_architecture
+    from repdeploy.training import TrainConfig
 
     data = open_dataset("builtin", split="train", image_size=16)
     subset = data.subset(range(512))

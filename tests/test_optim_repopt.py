@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repdeploy.errors import CheckpointError, InputError
+from repdeploy import CheckpointError, InputError
 from repdeploy.models import build, get_spec
 from repdeploy.optim import (
     AdamWWithMultipliers,
@@ -152,7 +152,7 @@ def test_scales_file_roundtrip_and_model_multipliers(tmp_path):
     model = build(spec, "target")
     mults = MultiplierMap(model)
     set_repopt_multipliers(mults, spec, loaded, "sgd")
-    assert len(mults) == spec.num_layers
+    assert len(mults) == len(spec.layers())
     m = mults.combined()["stage2.1.conv.weight"]
     s, t = scales["stage2.1.scale_conv.weight"], scales["stage2.1.scale_1x1.weight"]
     assert torch.allclose(m[:, :, 0, 0], (s**2).view(-1, 1).expand(32, 32))
@@ -189,7 +189,7 @@ def test_bad_scales_files_are_refused(tmp_path):
 
 def test_gradient_clipping_is_refused_with_multipliers():
     from repdeploy.data import open_dataset
-    from repdeploy.train import TrainConfig, train
+    from repdeploy.training import TrainConfig, train
 
     spec = get_spec("RepOpt-VGG-mini")
     model = build(spec, "target")

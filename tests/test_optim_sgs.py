@@ -106,9 +106,9 @@ def test_producers_combine_by_product():
 def test_gradient_clipping_is_refused_with_sgs():
     import pytest
 
-    from repdeploy.errors import InputError
-    from repdeploy.recipes import train_architecture
-    from repdeploy.train import TrainConfig
+    from repdeploy import InputError
+    from repdeploy.training import train_architecture
+    from repdeploy.training import TrainConfig
 
     data = open_dataset("builtin", split="val", image_size=16).subset(range(64))
     with pytest.raises(InputError, match="SpatialGradientScaling.*drop --clip-grad"):

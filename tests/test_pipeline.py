@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from repdeploy.checkpoints import load_fused, save_fused
-from repdeploy.preprocess import preprocessing_of
+from repdeploy.recorded import preprocessing_of
 from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, run_pipeline
 from repdeploy.pipeline import judge_row as _gate
 from repdeploy.zoo import builtin_zoo, zoo_entry

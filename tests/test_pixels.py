@@ -13,9 +13,8 @@ from PIL import Image
 
 import repdeploy
 from repdeploy.data import open_dataset
-from repdeploy.errors import DataError
+from repdeploy import DataError, Preprocessing
 from repdeploy.pixels import to_input, to_pixels
-from repdeploy.preprocess import Preprocessing
 
 RECORD = Preprocessing(24, 28, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -7,11 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 import repdeploy
-from repdeploy.checkpoints import load_fused, save_fused
+from repdeploy import load_fused, save_fused, InputError, Preprocessing, preprocessing_of
 from repdeploy.cli import main
 from repdeploy.data import builtin_path, open_dataset
-from repdeploy.errors import InputError
-from repdeploy.preprocess import Preprocessing, preprocessing_of
 from repdeploy.zoo import builtin_zoo
 
 ZOO = {e.name: e.file for e in builtin_zoo()}

@@ -7,7 +7,8 @@ import pytest
 from onnx import helper
 
 from helpers_quant import batches, calibrated, fused
-from repdeploy.export.onnx import export_onnx, ort_parity
+from repdeploy import export_onnx
+from repdeploy.export.onnx import ort_parity
 from repdeploy.export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, qdq_layout
 from repdeploy.quant.calib_cache import CalibrationCache
 from repdeploy.quant.quantizer import QuantPlainNet
@@ -188,7 +189,7 @@ def test_se_and_grouped_variants_export(variant, tmp_path, x_val):
 
 
 def test_mismatched_fp32_graph_is_an_export_error(tmp_path):
-    from repdeploy.errors import ExportError
+    from repdeploy import ExportError
 
     other = export_onnx(fused("RepOpt-VGG-mini"), tmp_path / "other.onnx", input_size=32)
     qnet, _ = calibrated(fused("RepVGG-mini-g2"), method="max", n=32)
@@ -203,7 +204,7 @@ def test_ort_layout_records_its_session_config_and_runs_it_bit_identically(expor
     import numpy as np
 
     from repdeploy.export.qdq import ORT_SESSION_CONFIG
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
     from repdeploy.runtime.ort import OrtRunner, recorded_session_config
 
     target, _, _, path = exported

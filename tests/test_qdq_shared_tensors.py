@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from conftest import trained_like
-from repdeploy.export.onnx import export_onnx
-from repdeploy.fuse import fuse
-from repdeploy.quant.ptq import quantize
+from repdeploy import export_onnx, fuse, quantize
 
 
 def _d2se_like_with_identical_tensors():
@@ -82,7 +80,7 @@ def test_a_weight_that_is_not_a_constant_is_named_by_file_not_by_scratch_path(pl
     """The FP32 ONNX quantize hands to the QDQ export lives in a staging directory that is gone
     when the error is read: the message names the file, the node and the tensor."""
     from helpers_quant import calibrated
-    from repdeploy.errors import ExportError
+    from repdeploy import ExportError
     from repdeploy.export.qdq import export_qdq
 
     model = onnx.load(str(export_onnx(plain, tmp_path / "m.onnx", input_size=32)))

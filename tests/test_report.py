@@ -107,7 +107,7 @@ def test_plain_table_and_diagnostics_extraction():
 
 
 def test_scatter_plots_agreement_or_sqnr_when_top1_says_nothing():
-    from repdeploy.report_plots import scatter_metric
+    from repdeploy.report.plots import scatter_metric
 
     def rec(**kw):
         base = {"name": "m", "speedup": 3.0, "top1_drop": 0.5, "fp32_top1": 98.0, "num_classes": 10,

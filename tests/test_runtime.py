@@ -5,10 +5,8 @@ import pytest
 import torch
 
 from conftest import trained_like
-from repdeploy.checkpoints import save_fused
-from repdeploy.errors import InputError, RepDeployError
-from repdeploy.fuse import fuse
-from repdeploy.runtime import InputMetadata, Runner, model_kind, open_runner
+from repdeploy import save_fused, InputError, RepDeployError, fuse, open_runner
+from repdeploy.runtime import InputMetadata, Runner, model_kind
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +111,8 @@ def test_runner_subclass_only_overrides_impl(batch):
 def test_ort_sessions_follow_torch_thread_count_unless_told(plain, tmp_path):
     # One process-wide setting (torch.set_num_threads / OMP_NUM_THREADS) must bound ORT too, or
     # parallel test workers and users who limit torch still oversubscribe the cores.
-    from repdeploy.export.onnx import export_onnx, ort_session
+    from repdeploy import export_onnx
+    from repdeploy.export.onnx import ort_session
     from repdeploy.runtime.ort import session_options
 
     path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
@@ -153,7 +152,7 @@ def test_recorded_session_config_is_applied_and_only_scheduling_keys(plain, batc
     # API) applies them, {} gets ORT's defaults, and a file cannot smuggle in other entries.
     import onnx
 
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
     from repdeploy.runtime.ort import META_SESSION_CONFIG, record_session_config, recorded_session_config
 
     path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
@@ -175,7 +174,7 @@ def test_recorded_session_config_is_applied_and_only_scheduling_keys(plain, batc
             r._session.get_session_options().get_session_config_entry("session.intra_op.spin_duration_us")
         np.testing.assert_array_equal(r.infer(batch), tuned)  # scheduling never changes results
 
-    from repdeploy.errors import ExportError
+    from repdeploy import ExportError
 
     with pytest.raises(ExportError, match="collect_node_memory_stats_to_file"):
         record_session_config(model, {"session.collect_node_memory_stats_to_file": str(tmp_path / "x")})
@@ -192,7 +191,7 @@ def test_onnx_metadata_is_read_without_the_graph_and_refuses_broken_files(plain,
     # onnx's own parser and fail (not guess) on a truncated or foreign file.
     import onnx
 
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
     from repdeploy.runtime.ort import onnx_metadata, recorded_session_config
 
     path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)

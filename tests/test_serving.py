@@ -18,12 +18,21 @@ from click.testing import CliRunner
 from PIL import Image
 
 from repdeploy.cli import main
-from repdeploy.errors import DataError, InputError
-from repdeploy.metadata import onnx_metadata
-from repdeploy.preprocess import Preprocessing, class_names_of, preprocessing_of, write_onnx_metadata
+from repdeploy import DataError, InputError, Preprocessing, preprocessing_of
+from repdeploy.metadata import onnx_metadata, stamp
+from repdeploy.recorded import class_names_of
 from repdeploy.zoo import builtin_zoo
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _restamp(path: Path, record: Preprocessing) -> None:
+    """Record another preprocessing in an ONNX file, through the one metadata writer."""
+    import onnx
+
+    model = onnx.load(str(path))
+    stamp(model, preprocessing=record)
+    onnx.save(model, str(path))
 ZOO = {e.name: e.file for e in builtin_zoo()}
 DIGITS = [str(i) for i in range(10)]
 
@@ -62,7 +71,7 @@ def test_runtime_with_torch_blocked_matches_eval_image_by_image(prepared):
     broken = work / "broken.onnx"
     broken.write_bytes(Path(ready["models"][0]).read_bytes())
     record = preprocessing_of(broken)
-    write_onnx_metadata(broken, Preprocessing(record.input_size, record.resize, (0.9,) * 3, (0.1,) * 3))
+    _restamp(broken, Preprocessing(record.input_size, record.resize, (0.9,) * 3, (0.1,) * 3))
     assert tool.classify(sys.executable, [str(broken)], ready["files"], work)[str(broken)]["top1"] != ready["ort_top1"]
 
 
@@ -72,7 +81,7 @@ def test_every_onnx_tells_its_precision_preprocessing_and_class_names(prepared, 
     assert r.exit_code == 0, r.output
     int8 = Path(ready["models"][0])
     # the tensorrt layout from the same ranges, written as quantize writes it (export_qdq)
-    from repdeploy.checkpoints import load_fused
+    from repdeploy import load_fused
     from repdeploy.export.qdq import export_qdq
     from repdeploy.quant import QuantPlainNet
     from repdeploy.quant.calib_cache import CalibrationCache
@@ -119,7 +128,7 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
             verdict = write_checked(source, tmp_path / f"{fmt}.onnx", record, fmt)
             assert verdict.passed and verdict.max_abs_diff == 0.0, verdict.line()  # the same float ops
     import repdeploy
-    from repdeploy.checkpoints import load_fused
+    from repdeploy import load_fused
     from repdeploy.tolerance import tolerance
 
     fp16 = repdeploy.export_onnx(load_fused(ZOO["repvgg_mini"]).plain, tmp_path / "fp16.onnx", input_size=32,
@@ -129,7 +138,7 @@ def test_in_graph_preprocessing_equals_host_and_a_wrong_graph_fails(prepared, tm
     # planted fault: the graph normalises with another mean than the host
     wrong = Preprocessing(record.input_size, record.resize, (0.5,) * 3, record.std)
     write_pixel_input(int8, tmp_path / "wrong.onnx", wrong, "uint8-nhwc")
-    write_onnx_metadata(tmp_path / "wrong.onnx", record)
+    _restamp(tmp_path / "wrong.onnx", record)
     verdict = check_pixel_input(int8, tmp_path / "wrong.onnx", record)
     assert not verdict.passed and "input_uint8_nhwc" in verdict.line()
     # 16-bit pixels cannot come in as uint8

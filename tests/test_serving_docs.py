@@ -17,7 +17,7 @@ def test_fastapi_example_serves_what_the_runtime_predicts(tmp_path, monkeypatch)
     from fastapi.testclient import TestClient
 
     import repdeploy
-    from repdeploy.checkpoints import load_fused
+    from repdeploy import load_fused
     from repdeploy.data import builtin_path, open_dataset
     from repdeploy.serving import Model
     from repdeploy.zoo import builtin_zoo

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from repdeploy.data import open_dataset
-from repdeploy.errors import CheckpointError, InputError
+from repdeploy import CheckpointError, InputError
 from repdeploy.models import build, get_spec
 from repdeploy.optim import load_scales
-from repdeploy.optim.hypersearch import hypersearch
+from repdeploy.training import hypersearch
 from repdeploy.optim.repopt import expected_scale_keys
-from repdeploy.recipes import train_architecture
-from repdeploy.train import TrainConfig, lr_factor, parameter_groups
+from repdeploy.training import train_architecture
+from repdeploy.training import TrainConfig
+from repdeploy.training.loop import lr_factor, parameter_groups
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +193,7 @@ def test_custom_loss_trains_on_unlabelled_data(tmp_path):
     import numpy as np
 
     from repdeploy.optim import SGDWithMultipliers
-    from repdeploy.train import train
+    from repdeploy.training import train
 
     import repdeploy
 

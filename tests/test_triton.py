@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from repdeploy.cli import main
-from repdeploy.errors import InputError, OutputError
-from repdeploy.preprocess import Preprocessing, set_metadata_prop, set_onnx_metadata
+from repdeploy import InputError, OutputError, Preprocessing
+from repdeploy.metadata import set_metadata_prop, stamp
 from repdeploy.triton import package_models
 from repdeploy.triton.check import cross_check, parse_config, schema_available
 from repdeploy.triton.config import PARAM_PREPROCESSING, PARAM_TENSORRT, plan_model, quote
@@ -70,7 +70,7 @@ def tiny_graph(path, *, dtype=TensorProto.FLOAT, batch="N", shape=(3, 8, 8), cla
     model = helper.make_model(helper.make_graph(nodes, "tiny", [x], [y], [w]),
                               opset_imports=[helper.make_opsetid("", 17)])
     if record:
-        set_onnx_metadata(model, Preprocessing(input_size=8, resize=8, mean=(0.5,) * shape[0], std=(0.25,) * shape[0]))
+        stamp(model, preprocessing=Preprocessing(input_size=8, resize=8, mean=(0.5,) * shape[0], std=(0.25,) * shape[0]))
     onnx.save(model, str(path))
     return path
 
@@ -314,7 +314,7 @@ def test_plan_model_default_batch_and_dynamic_dims(exported):
 
 
 def test_pipeline_packages_the_models_that_passed(tmp_path):
-    from repdeploy.pipeline import run_pipeline
+    from repdeploy import run_pipeline
 
     fast = dict(calib_samples=32, eval_limit=60, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0,
                 bench_sessions=1)

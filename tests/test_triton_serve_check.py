@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from repdeploy.preprocess import preprocess, preprocessing_of
+from repdeploy import preprocess, preprocessing_of
 from repdeploy.triton import package_models
 from repdeploy.triton.check import _schema, cross_check, parse_config
 from repdeploy.triton.signature import read_onnx
@@ -32,10 +32,7 @@ def tool():
 @pytest.fixture(scope="module")
 def fp32(tmp_path_factory):
     """The zoo RepVGG-mini fused and exported as FP32 ONNX with a preprocessing record."""
-    from repdeploy.checkpoints import load
-    from repdeploy.export.onnx import export_onnx
-    from repdeploy.fuse import fuse
-    from repdeploy.preprocess import Preprocessing
+    from repdeploy import load, export_onnx, fuse, Preprocessing
     from repdeploy.zoo import zoo_entry
 
     plain = fuse(load(zoo_entry("repvgg").file).model).plain

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from repdeploy.errors import BackendMissingError
+from repdeploy import BackendMissingError
 from repdeploy.export.tensorrt import INSTALL_HINT, tensorrt_available
 
 NO_TRT = "TensorRT and an NVIDIA GPU are not available on this machine"
@@ -68,10 +68,9 @@ def test_builder_and_runner_raise_backend_missing(tmp_path):
 @pytest.mark.skipif(not tensorrt_available(), reason=NO_TRT)
 def test_real_engine_matches_onnxruntime(tmp_path):
     from conftest import trained_like
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
     from repdeploy.export.tensorrt import build_engine
-    from repdeploy.fuse import fuse
-    from repdeploy.runtime import open_runner
+    from repdeploy import fuse, open_runner
 
     plain = fuse(trained_like("RepVGG-mini")).plain
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
@@ -94,8 +93,7 @@ def test_trt_engine_with_the_ort_layout_is_a_usage_error(tmp_path):
 def test_real_int8_qdq_engine_agrees_with_onnxruntime(tmp_path):
     from repdeploy.export.tensorrt import build_engine
     from repdeploy.zoo import builtin_zoo
-    from repdeploy.quant.ptq import quantize
-    from repdeploy.runtime import open_runner
+    from repdeploy import quantize, open_runner
 
     zoo = next(e for e in builtin_zoo() if e.name == "repoptvgg_mini")
     result = quantize(str(zoo.file), output_dir=tmp_path, calib_data="builtin", calib_samples=64, target="tensorrt")

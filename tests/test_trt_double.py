@@ -16,8 +16,7 @@ from click.testing import CliRunner
 
 from conftest import trained_like
 from repdeploy.cli import main
-from repdeploy.errors import InputError
-from repdeploy.fuse import fuse
+from repdeploy import InputError, fuse
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "repdeploy" / "assets" / "zoo"
@@ -34,9 +33,9 @@ def x():
 
 
 def test_fp32_engine_builds_and_runs_like_onnxruntime(fake_tensorrt, plain, tmp_path, x):
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
     from repdeploy.export.tensorrt import build_engine
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
     build = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 4, 8), input_size=32)
@@ -61,10 +60,10 @@ def test_fp32_engine_builds_and_runs_like_onnxruntime(fake_tensorrt, plain, tmp_
 
 
 def test_profiles_from_trtexec_shapes_and_the_caches(fake_tensorrt, plain, tmp_path, x):
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
     from repdeploy.export.tensorrt import build_engine
     from repdeploy.export.trt_profiles import parse_shapes
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
     profiles = parse_shapes(min_shapes="input:1x3x32x32", opt_shapes="input:2x3x32x32", max_shapes="input:4x3x64x64")
@@ -97,12 +96,12 @@ def test_profiles_from_trtexec_shapes_and_the_caches(fake_tensorrt, plain, tmp_p
 def test_fp16_and_int8_engines_are_strongly_typed_from_their_onnx(fake_tensorrt, plain, tmp_path, x):
     import torch
 
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
     from repdeploy.export.qdq import export_qdq
     from repdeploy.export.tensorrt import build_engine
     from repdeploy.quant.calib import calibrate
     from repdeploy.quant.quantizer import QuantPlainNet
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     fp32 = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
     fp16 = export_onnx(plain, tmp_path / "m16.onnx", input_size=32, precision="fp16")
@@ -131,7 +130,7 @@ def test_fp16_and_int8_engines_are_strongly_typed_from_their_onnx(fake_tensorrt,
 
 
 def test_best_precision_uses_builder_flags_on_a_weakly_typed_network(fake_tensorrt, plain, tmp_path):
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
     from repdeploy.export.tensorrt import build_engine
 
     onnx_path = export_onnx(plain, tmp_path / "m.onnx", input_size=32)
@@ -146,7 +145,7 @@ def test_the_double_enforces_what_tensorrt_enforces(fake_tensorrt, plain, tmp_pa
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
     from polygraphy.exception import PolygraphyException
 
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
 
     trt = fake_tensorrt
     onnx_path = str(export_onnx(plain, tmp_path / "m.onnx", input_size=32))
@@ -252,7 +251,7 @@ def test_cli_export_bench_and_eval_through_the_double(fake_tensorrt, tmp_path):
 
 
 def test_pipeline_engine_trt_builds_engines_in_the_run_directory(fake_tensorrt, tmp_path):
-    from repdeploy.pipeline import run_pipeline
+    from repdeploy import run_pipeline
 
     result = run_pipeline([str(ZOO / "repoptvgg_mini.pth")], output_dir=tmp_path / "out", engine="trt",
                           calib_samples=32, eval_limit=64, warmup=0.0, duration=0.05, iterations=3)

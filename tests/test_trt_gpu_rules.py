@@ -15,8 +15,7 @@ import onnx
 import pytest
 
 from conftest import trained_like
-from repdeploy.errors import BackendMissingError, InputError
-from repdeploy.fuse import fuse
+from repdeploy import BackendMissingError, InputError, fuse
 
 EXECUTE_S = 0.01  # the "kernel": what execute_async_v3 takes
 COPY_S = 0.2  # each host<->device copy: far longer, so a timing that includes one cannot pass
@@ -29,7 +28,7 @@ def plain():
 
 @pytest.fixture
 def onnx_path(plain, tmp_path):
-    from repdeploy.export.onnx import export_onnx
+    from repdeploy import export_onnx
 
     return export_onnx(plain, tmp_path / "m.onnx", input_size=32)
 
@@ -56,7 +55,7 @@ def test_gpu_compute_time_is_execute_async_v3_alone_and_host_latency_is_apart(fa
     Polygraphy's infer() also copies the batch in and the logits out and synchronizes the host:
     that is host latency, reported on its own."""
     from repdeploy.export.tensorrt import build_engine
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 4, 8)).engine
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
@@ -91,7 +90,7 @@ def test_a_static_input_gets_min_opt_max_equal_to_its_shape(fake_tensorrt, onnx_
     does not match network definition")."""
     from repdeploy.export.tensorrt import build_engine
     from repdeploy.export.trt_profiles import parse_shapes
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     static = _static(onnx_path, tmp_path, batch=2)
     build = build_engine(static, tmp_path / "s.engine")
@@ -119,7 +118,7 @@ def test_a_static_input_gets_min_opt_max_equal_to_its_shape(fake_tensorrt, onnx_
 def test_engine_cache_is_keyed_and_checked_by_gpu_and_exact_tensorrt_version(fake_tensorrt, onnx_path, tmp_path,
                                                                             monkeypatch):
     from repdeploy.export.tensorrt import build_engine
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     trt, cudart = fake_tensorrt, fake_tensorrt.cudart
     cache = tmp_path / "trt_cache"
@@ -187,7 +186,7 @@ def test_availability_is_tensorrt_polygraphy_and_a_cuda_device_not_torch(fake_te
 def test_fp16_engines_compute_in_fp16(fake_tensorrt, onnx_path, tmp_path):
     """An FP16 engine's numbers are FP16's: near the FP32 ones, not equal to them."""
     from repdeploy.export.tensorrt import build_engine
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     x = np.random.default_rng(3).standard_normal((4, 3, 32, 32)).astype(np.float32)
     flagged = build_engine(onnx_path, tmp_path / "f16.engine", precision="fp16", batch_sizes=(1, 4, 8))
@@ -203,7 +202,7 @@ def test_fp16_engines_compute_in_fp16(fake_tensorrt, onnx_path, tmp_path):
 
 def test_a_refused_engine_leaks_no_cuda_events(fake_tensorrt, onnx_path, tmp_path):
     from repdeploy.export.tensorrt import build_engine
-    from repdeploy.runtime import open_runner
+    from repdeploy import open_runner
 
     engine = build_engine(onnx_path, tmp_path / "m.engine", batch_sizes=(1, 2, 4)).engine
     fake_tensorrt.cudart.compute_capability = (7, 5)

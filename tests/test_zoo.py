@@ -13,7 +13,7 @@ import torch
 
 import repdeploy
 from repdeploy.data import open_dataset
-from repdeploy.train import top1_accuracy
+from repdeploy.training import top1_accuracy
 
 ZOO = Path(repdeploy.__file__).parent / "assets" / "zoo"
 TOLERANCE = 0.5
@@ -58,8 +58,7 @@ def test_zoo_model_reaches_recorded_accuracy(entry):
 
 
 def test_pack_stores_a_fused_float16_model_that_loads_as_it_computed(tmp_path):
-    from repdeploy.checkpoints import load_fused
-    from repdeploy.errors import InputError
+    from repdeploy import load_fused, InputError
     from repdeploy.zoo import pack
 
     source = ZOO / "repvgg_mini.pth"

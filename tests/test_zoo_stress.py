@@ -10,9 +10,7 @@ the sharpness-capped default lr, trained ranges).
 
 import pytest
 
-from repdeploy.errors import InputError
-from repdeploy.quant.ptq import quantize
-from repdeploy.quant.qat import qat
+from repdeploy import InputError, quantize, qat
 from repdeploy.zoo import builtin_zoo
 
 STRESS = {e.family: e for e in builtin_zoo("stress")}
@@ -71,7 +69,7 @@ def test_pipeline_runs_the_stress_zoo_with_a_given_qat_lr(tmp_path):
     import json
     from pathlib import Path
 
-    from repdeploy.pipeline import run_pipeline
+    from repdeploy import run_pipeline
 
     qat_lr = 0.001  # an explicit --qat-lr reaches qat unchanged (no sharpness cap)
     result = run_pipeline([], output_dir=tmp_path, zoo="stress", qat=True, qat_epochs=1, qat_lr=qat_lr,

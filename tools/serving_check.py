@@ -59,7 +59,7 @@ def prepare(work: Path, images: int = 60) -> dict:
     from PIL import Image
 
     from repdeploy.data import builtin_path, open_dataset
-    from repdeploy.preprocess import preprocessing_of
+    from repdeploy.recorded import preprocessing_of
     from repdeploy.quant.ptq import quantize
     from repdeploy.runtime.ort import OrtRunner
     from repdeploy.zoo import builtin_zoo

@@ -39,10 +39,11 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from ..failures import remove_if_empty, restore_interrupt
-        from ..io import created_dirs, forget_created_dirs
+        from ..ledger import created_dirs, recording
 
         restore_interrupt()  # from here on Ctrl-C unwinds, so staged outputs are discarded
-        forget_created_dirs()
+        command = recording()  # what this command kept and created (ledger.py); forgotten when it ends
+        command.__enter__()
         ctx = click.get_current_context(silent=True)
         if ctx is not None and kwargs.get("as_json") is True:
             ctx.meta[_AS_JSON_KEY] = True
@@ -68,6 +69,7 @@ def handle_errors(fn: Callable) -> Callable:
             # A command run in-process (click's test runner, main() called from Python) must not
             # leave the CLI's handler behind: library calls after it would print again.
             reset_logging()
+            command.__exit__(None, None, None)
 
     return wrapper
 

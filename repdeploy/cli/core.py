@@ -333,7 +333,7 @@ def _pixel_input_from_onnx(source, output, input_format: str, as_json: bool) -> 
     """`export model.onnx --input-format uint8-nhwc`: the same graph, taking uint8 pixels."""
     from ..errors import InputError
     from ..io import atomic_path
-    from ..preprocess import preprocessing_of
+    from ..recorded import preprocessing_of
 
     record = preprocessing_of(source)
     if record is None:

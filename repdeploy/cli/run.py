@@ -66,7 +66,7 @@ def eval_cmd(model, eval_data, engine, batch_size, eval_limit, threads, input_si
       repdeploy eval runs/demo/repvgg_mini/fused.pt --engine torch --device cuda   # needs an NVIDIA GPU
     """
     from ..evaluate import evaluate, open_eval_data
-    from ..preprocess import preprocessing_of
+    from ..recorded import preprocessing_of
     from ..runtime import model_kind, open_runner
     from ..validate import integer, threads as check_threads
 
@@ -198,7 +198,7 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ma
     from ..bench import bench_sessions, unique_labels
     from ..errors import RepDeployError
     from ..io import ensure_writable_file
-    from ..preprocess import preprocessing_of
+    from ..recorded import preprocessing_of
     from ..progress import status
     from ..runtime import model_kind, open_runner
 

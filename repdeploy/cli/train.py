@@ -99,8 +99,8 @@ def _prepare(arch: str, data: str, val_data: str | None, image_size: int | None,
 
 
 def _config(optimizer: str, **kw: Any):
-    from ..recipes import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
-    from ..train import TrainConfig
+    from ..training.recipes import DEFAULT_LR, DEFAULT_WEIGHT_DECAY
+    from ..training.loop import TrainConfig
 
     lr = kw.pop("lr")
     wd = kw.pop("weight_decay")
@@ -159,7 +159,7 @@ def train_cmd(arch, train_data, eval_data, input_size, epochs, batch_size, lr, w
     from ..io import ensure_writable_file, save_torch_atomic
     from ..models import get_spec
     from ..optim.repopt import load_scales
-    from ..recipes import train_architecture
+    from ..training.recipes import train_architecture
 
     from ..rundir import refuse_other_kind, refuse_overwriting_inputs
 
@@ -210,7 +210,7 @@ def hypersearch_cmd(arch, train_data, eval_data, input_size, epochs, batch_size,
       repdeploy hypersearch --arch RepOpt-VGG-B1 --train-data cifar100/ --input-size 32 -o b1_scales.pth
     """
     from ..io import ensure_writable_file
-    from ..optim.hypersearch import hypersearch
+    from ..training.hypersearch import hypersearch
 
     from ..rundir import refuse_other_kind, refuse_overwriting_inputs
 

@@ -42,11 +42,6 @@ def as_pair(data: Any) -> tuple[Any, Any] | None:
     return None
 
 
-def is_in_memory(data: Any) -> bool:
-    """Whether `data` is held by the caller (not a path or 'builtin', not an opened dataset)."""
-    return data is not None and not isinstance(data, (str, os.PathLike, ImageDataset))
-
-
 def read_batches(data: Iterable, what: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(images, labels or None) from an iterable of image batches or (images, labels) batches."""
     xs, ys = [], []

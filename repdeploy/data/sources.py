@@ -29,7 +29,7 @@ def open_dataset(source: str | os.PathLike | None, *, split: str = "val", image_
                  preprocessing: Preprocessing | None = None) -> ImageDataset:
     """Open a dataset for a model taking `channels` x `image_size` x `image_size` inputs.
 
-    `preprocessing` (the model's own record, e.g. preprocess.preprocessing_of(model_file)) feeds
+    `preprocessing` (the model's own record, e.g. recorded.preprocessing_of(model_file)) feeds
     the images as the model was calibrated; `mean`/`std`/`resize` override single fields. Without
     either, mean/std default to the built-in digits' statistics for the built-in set, to the
     `mean`/`std` arrays of an .npz that carries them, and to the ImageNet ones otherwise.

@@ -255,12 +255,6 @@ def _attr(node, name: str, default):
     return default
 
 
-def _array(tensor) -> np.ndarray:
-    from onnx import numpy_helper
-
-    return numpy_helper.to_array(tensor)
-
-
 # ---------------------------------------------------------------------------------- checks
 
 

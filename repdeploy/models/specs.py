@@ -92,10 +92,6 @@ class ArchSpec:
                 in_ch, index = out_ch, index + 1
         return layers
 
-    @property
-    def num_layers(self) -> int:
-        return 1 + sum(self.depths)
-
     def with_classes(self, num_classes: int) -> "ArchSpec":
         return replace(self, num_classes=num_classes)
 
@@ -220,8 +216,4 @@ def match_variant(spec: ArchSpec) -> str | None:
     return None
 
 
-def iter_variants(family: str | None = None) -> Iterator[ArchSpec]:
-    return (s for s in VARIANTS.values() if family is None or s.family == family)
-
-
-__all__ = ["ArchSpec", "LayerSpec", "VARIANTS", "get_spec", "match_variant", "iter_variants"]
+__all__ = ["ArchSpec", "LayerSpec", "VARIANTS", "get_spec", "match_variant"]

@@ -7,8 +7,7 @@ fake-quant model); optimizers that apply it (SGD to the gradient, AdamW and AGD 
 AGD.
 
 The hyper-search that produces RepOpt scales files runs the training loop, which sits above
-this package, so it is not imported here: use `from repdeploy.optim.hypersearch import
-hypersearch` (docs/architecture.md, "Layer order").
+this package: it is `repdeploy.training.hypersearch`.
 """
 
 from .agd import AGD, agd_init, prepare_for_agd

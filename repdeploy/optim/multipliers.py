@@ -84,10 +84,6 @@ class MultiplierMap:
             self._combined = out
         return self._combined
 
-    def for_param(self, param: torch.Tensor) -> torch.Tensor | None:
-        """The combined multiplier of one parameter (by identity), or None."""
-        return self.by_param().get(id(param))
-
     def by_param(self) -> dict[int, torch.Tensor]:
         if self._by_id is None:
             self._by_id = {id(self._params[n]): m for n, m in self.combined().items()}

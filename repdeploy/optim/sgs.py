@@ -108,7 +108,7 @@ def compute_sgs(model: nn.Module, x: torch.Tensor, k: float = BOOST_K) -> dict[s
     """
     convs = spatial_convs(model)
     captured: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: captured.__setitem__(name, inp[0]))
+    handles = [m.register_forward_hook(lambda _module, inp, _out, name=name: captured.__setitem__(name, inp[0]))
                for name, m in convs]
     was_training = model.training
     try:

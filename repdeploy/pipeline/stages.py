@@ -51,7 +51,7 @@ def open_evaluation_data(job: ModelJob, fused: Fused, s: PipelineSettings) -> Pr
     """The validation images as the model is fed them, and fused.pt carrying that preprocessing."""
     from ..checkpoints import save_fused
     from ..data import open_dataset
-    from ..preprocess import preprocessing_of
+    from ..recorded import preprocessing_of
 
     # A fused.pt written by repdeploy carries the preprocessing it was calibrated with: feed it so.
     val = open_dataset(s.data, split="val", image_size=fused.input_size, channels=fused.spec.in_channels,
@@ -66,7 +66,7 @@ def open_evaluation_data(job: ModelJob, fused: Fused, s: PipelineSettings) -> Pr
 def model_class_names(job: ModelJob, fused: Fused, val, s: PipelineSettings) -> list[str] | None:
     """The class names the model's files record (data/labels.py: --labels, the model's own, the data's)."""
     from ..data.labels import class_names_for
-    from ..preprocess import class_names_of
+    from ..recorded import class_names_of
 
     return class_names_for(fused.spec.num_classes, labels=s.labels, recorded=class_names_of(job.checkpoint),
                            datasets=(val,), model_path=job.checkpoint)
@@ -92,7 +92,7 @@ def check_labels(job: ModelJob, fused: Fused, prepared: Prepared, s: PipelineSet
 # -- export, quantize, tensorrt -------------------------------------------------------------------
 def export_fp32(job: ModelJob, fused: Fused, prepared: Prepared) -> Exported:
     from ..export.onnx import export_onnx
-    from ..preprocess import class_names_of
+    from ..recorded import class_names_of
 
     # fused.pt (written by open_evaluation_data) holds the names the model's files record
     return Exported(export_onnx(fused.plain, job.run_dir / "model_fp32.onnx", input_size=fused.input_size,

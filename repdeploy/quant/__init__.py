@@ -1,7 +1,8 @@
 """INT8 quantization of fused PlainNets: fake-quant core, calibration, PTQ and diagnostics.
 
-Heavy pieces import lazily; `from repdeploy.quant import quantize` is the entry point the CLI
-and the pipeline use.
+The names below are the package's public API (docs/api.md, docs/quantization.md). They import
+lazily (PEP 562): the fake-quant core (`quant.calib`, `quant.quantizer`) sits layers below the PTQ
+workflow, and importing one of them runs this module, which must not load PTQ with it.
 """
 
 from __future__ import annotations

@@ -103,9 +103,3 @@ def _stream(batches: Iterable, name: str, samples: int, image_size: int, channel
         yield item
         if taken >= samples:
             return
-
-
-def labelled_arrays(eval_data: Any) -> tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray | None]:
-    """(images, labels) of in-memory data: an array, an (images, labels) pair, or an iterable of
-    batches such as a torch DataLoader (read once, into memory); labels None where it has none."""
-    return in_memory_arrays(eval_data, "eval_data")

@@ -177,7 +177,7 @@ def int8_verdicts(ref, fake, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
     ORT FP32 vs torch FP32, ORT INT8 (fed as its metadata says) as a deployment of the fake-quant
     model, and the INT8 graph's quantized layers. Returns (verdicts, the ORT logits by name).
     `fp32_ort`: the FP32 ONNX's logits on `x` when already computed."""
-    from ..preprocess import preprocessing_of
+    from ..recorded import preprocessing_of
     from ..tolerance import judge, judge_deployment
 
     fp32 = run_ort(fp32_onnx, x) if fp32_ort is None else fp32_ort

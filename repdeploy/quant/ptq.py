@@ -169,7 +169,8 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, export_qdq, integer_node_count
     from ..data.labels import class_names_for
     from ..ingraph import pixels_from_inputs, write_checked
-    from ..preprocess import Preprocessing, class_names_of, preprocessing_of
+    from ..preprocess import Preprocessing
+    from ..recorded import class_names_of, preprocessing_of
     from ..progress import status, timed
     from ..verify import failed, fusion_verdict, sanity_warnings
 

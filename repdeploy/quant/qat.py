@@ -51,7 +51,7 @@ from ..io import ensure_writable_dir
 from ..optim.priors import QuantSGSHook, branch_scales_from_bn, set_prior_multipliers
 from ..optim.sharpness import sharpness, stable_lr
 from ..rundir import refuse_foreign_outputs, refuse_overwriting_inputs
-from ..train import TrainConfig, label_smoothing_loss, top1_accuracy
+from ..training.loop import TrainConfig, label_smoothing_loss, top1_accuracy
 from ..version import __version__
 from .calib_cache import weights_fingerprint
 from .calibrators import DEFAULT_PERCENTILE
@@ -340,7 +340,7 @@ def _fine_tune(qnet: QuantPlainNet, world: World, optimizer: str, lr: float, ran
                amp_type):
     """train.py's loop on this rank's shard (DDP-wrapped when distributed); the TrainResult."""
     from ..optim import AGD, AdamWWithMultipliers, SGDWithMultipliers
-    from ..train import train
+    from ..training.loop import train
 
     trained: nn.Module = qnet
     if world.distributed:

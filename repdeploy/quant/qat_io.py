@@ -70,7 +70,7 @@ def load_fused_model(model, load_kwargs: dict | None):
 def open_datasets(model, plain: PlainNet, train_data, val_data, calib_cache, train_samples, seed, prep: dict):
     """(preprocessing options, training set, validation set or None), all fed one preprocessing."""
     from ..data import calibration_sample, open_dataset, open_train_val
-    from ..preprocess import preprocessing_of
+    from ..recorded import preprocessing_of
 
     spec = plain.spec
     # Fed as it was calibrated: the given record, else the model file's or the cache's; fields
@@ -128,7 +128,7 @@ def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: d
     t0 = time.perf_counter()
     try:
         from ..data.labels import class_names_for
-        from ..preprocess import class_names_of
+        from ..recorded import class_names_of
 
         record = train_set.preprocessing
         path = model if isinstance(model, (str, Path)) else None

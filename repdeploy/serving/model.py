@@ -20,7 +20,8 @@ from ..errors import InputError
 from ..metadata import (META_INPUT_FORMAT, META_INPUT_SIZE, META_PRECISION, class_names_in, onnx_metadata,
                         session_config_in)
 from ..pixels import to_input, to_pixels
-from ..preprocess import ONNX_METADATA_KEY, Preprocessing
+from ..metadata import META_PREPROCESSING
+from ..preprocess import Preprocessing
 from .images import decode
 
 
@@ -68,7 +69,7 @@ class Model:
         except ValueError as exc:
             raise InputError(f"{self.path} is not an ONNX model ({exc}); give an ONNX file repdeploy wrote") from exc
         self.metadata = meta
-        raw = meta.get(ONNX_METADATA_KEY)
+        raw = meta.get(META_PREPROCESSING)
         self.preprocessing = preprocessing or (
             Preprocessing.from_dict(__import__("json").loads(raw), f"{self.path} metadata") if raw else None)
         if self.preprocessing is None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from ..preprocess import META_INPUT_SIZE, ONNX_METADATA_KEY, Preprocessing
+from ..metadata import META_INPUT_SIZE, META_PREPROCESSING
+from ..preprocess import Preprocessing
 
 #: ONNX metadata key for the class names (a JSON list of strings), agreed with the exporters.
 META_CLASS_NAMES = "repdeploy.class_names"
@@ -129,11 +130,11 @@ def read_onnx(path: str | Path) -> Signature:
     meta = {prop.key: prop.value for prop in model.metadata_props}
     precision, layout = _precision(graph)
     record = None
-    if ONNX_METADATA_KEY in meta:
+    if META_PREPROCESSING in meta:
         try:
-            record = Preprocessing.from_dict(json.loads(meta[ONNX_METADATA_KEY]), f"{p} metadata {ONNX_METADATA_KEY}")
+            record = Preprocessing.from_dict(json.loads(meta[META_PREPROCESSING]), f"{p} metadata {META_PREPROCESSING}")
         except ValueError as exc:
-            raise InputError(f"{p}: metadata {ONNX_METADATA_KEY} is not JSON ({exc}); re-export the model") from exc
+            raise InputError(f"{p}: metadata {META_PREPROCESSING} is not JSON ({exc}); re-export the model") from exc
     nominal = meta.get(META_INPUT_SIZE, "")
     size = int(nominal) if nominal.isdigit() else (record.input_size if record is not None else None)
     return Signature(path=p, inputs=inputs, outputs=outputs, dynamic_batch=dynamic, precision=precision,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import html
 from typing import Sequence
 
-from .report_plots import (layer_diagnostics, plot_drop_vs_speedup, plot_latency, plot_layer_diagnostics,
+from .plots import (layer_diagnostics, plot_drop_vs_speedup, plot_latency, plot_layer_diagnostics,
                            sensitive_layers, shared_layer_limits)
-from .report_table import columns, table_rows, warning_messages
+from .table import columns, table_rows, warning_messages
 
 #: settings keys -> readable labels, in the order shown; others follow with their key as label
 SETTING_LABELS = {

@@ -22,9 +22,9 @@ from ..data import ImageDataset
 from ..errors import InputError
 from ..models import build
 from ..models.specs import ArchSpec
-from ..train import TrainConfig, TrainResult, train
-from .multipliers import SGDWithMultipliers
-from .repopt import save_scales, scales_from_search_model, validate_scales
+from .loop import TrainConfig, TrainResult, train
+from ..optim.multipliers import SGDWithMultipliers
+from ..optim.repopt import save_scales, scales_from_search_model, validate_scales
 
 
 @dataclass

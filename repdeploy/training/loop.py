@@ -3,7 +3,7 @@
 One function, `train`, runs a seeded, CPU-deterministic loop: per-step cosine learning rate with
 linear warm-up, label-smoothed cross entropy (or a caller's loss, e.g. distillation), weight decay
 groups as upstream, a `MultiplierMap` that optimizers apply, hooks for producers that refresh
-multipliers (SGS), periodic atomic checkpoints of the whole training state (train_state.py),
+multipliers (SGS), periodic atomic checkpoints of the whole training state (state.py),
 and `resume` that reproduces the uninterrupted run bit for bit. What `repdeploy train` builds
 and which optimizer it picks live in recipes.py, above this loop.
 
@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ImageDataset
-from .devices import autocast, module_device, to_device
-from .errors import InputError
-from .optim.multipliers import MultiplierMap
-from .progress import status, track
-from .train_state import restore_state, save_state
+from ..data import ImageDataset
+from ..devices import autocast, module_device, to_device
+from ..errors import InputError
+from ..optim.multipliers import MultiplierMap
+from ..progress import status, track
+from .state import restore_state, save_state
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFactory = Callable[[list[dict], MultiplierMap], torch.optim.Optimizer]
@@ -54,7 +54,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validation passes (the last epoch is always evaluated)
 
     def validate(self) -> None:
-        from . import validate as check
+        from .. import validate as check
 
         check.integer("--epochs", self.epochs, low=1, high=1_000_000, allow_none=False)
         check.integer("--batch-size", self.batch_size, low=1, high=65536, allow_none=False)

@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .io import atomic_path, ensure_writable_dir, write_bytes_atomic, write_json_atomic
-from .report_html import SETTING_LABELS, readable_settings, render_html
-from .report_plots import (layer_diagnostics, plot_drop_vs_speedup, plot_latency, plot_layer_diagnostics,
+from ..io import atomic_path, ensure_writable_dir, write_bytes_atomic, write_json_atomic
+from .html import SETTING_LABELS, readable_settings, render_html
+from .plots import (layer_diagnostics, plot_drop_vs_speedup, plot_latency, plot_layer_diagnostics,
                            sensitive_layers, shared_layer_limits)
-from .report_table import (COLUMNS, CSV_EXTRA, OPTIONAL_COLUMNS, cell, columns, markdown_table, notes, plain_table,
+from .table import (COLUMNS, CSV_EXTRA, OPTIONAL_COLUMNS, cell, columns, markdown_table, notes, plain_table,
                            print_table, table_rows, verdict_lines, warning_messages)
 
 __all__ = [
@@ -47,7 +47,7 @@ class ReportPaths:
 def write_report(records: Sequence[dict], output_dir: str | Path, *, settings: dict | None = None,
                  environment: dict | None = None, title: str = "repdeploy report") -> ReportPaths:
     """Write report.json, report.csv, report.md and report.html into `output_dir` (atomically)."""
-    from .version import __version__
+    from ..version import __version__
 
     out = ensure_writable_dir(output_dir)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")

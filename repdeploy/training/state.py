@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError, InputError
-from .optim.multipliers import MultiplierMap
+from ..errors import CheckpointError, InputError
+from ..optim.multipliers import MultiplierMap
 
 FORMAT = "repdeploy-train-state"
 # The config fields a resumed run must share with the interrupted one for "resume" to mean anything.
@@ -41,7 +41,7 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, m
                config: dict, step: int, history: list[dict], partial: tuple[float, int] = (0.0, 0),
                identity: dict | None = None) -> None:
     """Write the whole training state to `path` atomically (a crash leaves the previous one)."""
-    from .io import save_torch_atomic
+    from ..io import save_torch_atomic
 
     save_torch_atomic(path, {
         "format": FORMAT,
@@ -55,9 +55,9 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, m
         "torch_rng": torch.get_rng_state(),
         "identity": identity or {},
     })
-    from .rundir import note_resume_state
+    from ..ledger import note_resume_state
 
-    note_resume_state(path)  # an interrupt from now on says the state moved on and how to --resume
+    note_resume_state(Path(path))  # an interrupt from now on says the state moved on and how to --resume
 
 
 def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, multipliers: MultiplierMap,
@@ -70,7 +70,7 @@ def restore_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        from .checkpoints.files import load_error_reason
+        from ..checkpoints.files import load_error_reason
 
         raise CheckpointError(f"training state {path} cannot be read ({load_error_reason(exc)}); "
                               "delete it to start over") from exc

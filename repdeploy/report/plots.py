@@ -10,7 +10,7 @@ import io
 import math
 from typing import Sequence
 
-from .report_table import is_number
+from .table import is_number
 
 
 # -- PTQ diagnostics ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 plain target form), sets up the optimizer it names with its gradient multipliers (RepOpt scales,
 SGS, AGD's preparation) and hands it to `train.train`, with an identity that keeps a saved
 training state from being adopted by another recipe. The hyper-search recipe, which produces
-the scales the RepOpt optimizers need, is `optim.hypersearch`.
+the scales the RepOpt optimizers need, is `training.hypersearch`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import os
 import torch
 from torch import nn
 
-from .data import ImageDataset
-from .errors import InputError
-from .models import build
-from .models.specs import ArchSpec
-from .optim import AGD, AdamWWithMultipliers, MultiplierMap, SGDWithMultipliers, SpatialGradientScaling
-from .optim.agd import prepare_for_agd
-from .optim.repopt import repopt_initialize, set_repopt_multipliers
-from .train import TrainConfig, TrainResult, train
+from ..data import ImageDataset
+from ..errors import InputError
+from ..models import build
+from ..models.specs import ArchSpec
+from ..optim import AGD, AdamWWithMultipliers, MultiplierMap, SGDWithMultipliers, SpatialGradientScaling
+from ..optim.agd import prepare_for_agd
+from ..optim.repopt import repopt_initialize, set_repopt_multipliers
+from .loop import TrainConfig, TrainResult, train
 
 DEFAULT_LR = {"sgd": 0.1, "repopt-sgd": 0.1, "adamw": 1e-3, "repopt-adamw": 1e-3, "agd": 1.0}
 DEFAULT_WEIGHT_DECAY = {"sgd": 1e-4, "repopt-sgd": 1e-4, "adamw": 0.05, "repopt-adamw": 0.05, "agd": 0.0}
