@@ -16,6 +16,7 @@ ONNX exporter merges into one initializer).
 
     .venv/bin/python benchmarks/realsize_quantize.py [--archs RepVGG-A0,RepVGG-B0,RepVGG-B1g4]
         [--seeds 0,1,2] [--targets ort,tensorrt] [--photos 128] [--zero-se-bias]
+        [--input-size N]
 
 Prints one JSON line per run and a closing line: how many runs exited 0 with every verdict passed.
 """
@@ -50,9 +51,10 @@ def checkpoint(arch: str, seed: int, directory: Path, zero_se_bias: bool) -> Pat
     return path
 
 
-def run(arch: str, seed: int, target: str, ckpt: Path, photos: Path, out: Path) -> dict:
+def run(arch: str, seed: int, target: str, ckpt: Path, photos: Path, out: Path, input_size: int | None) -> dict:
     cmd = [str(REPDEPLOY), "quantize", str(ckpt), "--int8", "--calib-data", str(photos), "--arch", arch,
            "--target", target, "-o", str(out), "--json", "-q"]
+    cmd += ["--input-size", str(input_size)] if input_size else []
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -82,6 +84,7 @@ def main() -> None:
     parser.add_argument("--targets", default="ort,tensorrt")
     parser.add_argument("--photos", type=int, default=128)
     parser.add_argument("--zero-se-bias", action="store_true")
+    parser.add_argument("--input-size", type=int, help="passed to quantize (D2se's spec says 320; its models train at 224)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +94,7 @@ def main() -> None:
             for seed in map(int, args.seeds.split(",")):
                 ckpt = checkpoint(arch, seed, tmp, args.zero_se_bias)
                 for target in args.targets.split(","):
-                    row = run(arch, seed, target, ckpt, photos, tmp / f"{arch}-s{seed}-{target}")
+                    row = run(arch, seed, target, ckpt, photos, tmp / f"{arch}-s{seed}-{target}", args.input_size)
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     ok = [r for r in rows if r["exit"] == 0 and r.get("verdicts") and all(r["verdicts"].values())]
