@@ -32,7 +32,8 @@ def raise_for_results(results: Sequence, what: str = "") -> None:
             gate = r.report.get("accuracy_gate") or {}
             dropped = (f"INT8 top-1 dropped {r.report['top1_drop']:.2f} points > --max-drop {gate['max_drop']}"
                        if gate.get("passed") is False else f"INT8 {r.gate_failures[0]}")
-            gated.append(f"{model}: {dropped}; see {where} (layers_summary.most_sensitive_layers) or try QAT")
+            hint = "" if what else " (layers_summary.most_sensitive_layers) or try QAT"
+            gated.append(f"{model}: {dropped}; see {where}{hint}")
     if mismatched:
         raise VerificationError(mismatched[0] if len(mismatched) == 1 else
                                 f"{len(mismatched)} models failed verification: {mismatched[0]}")
