@@ -103,4 +103,6 @@ def with_options(cls: type[S], settings: S | None, options: Mapping[str, Any], c
         raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
     if settings is not None and not isinstance(settings, cls):
         raise TypeError(f"{command}() settings must be a {cls.__name__}, not {type(settings).__name__}")
-    return replace(settings if settings is not None else cls(), **options)
+    # Built afresh when no record is given, so fields derived from others (PipelineSettings.target)
+    # derive from the shortcuts.
+    return cls(**options) if settings is None else replace(settings, **options)
