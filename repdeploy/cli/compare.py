@@ -7,7 +7,8 @@ import sys
 import click
 
 from .. import defaults
-from .common import checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option, quiet_option
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import checkpoint_options, deprecated_alias, device_option
 
 
 def _text(r: dict) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import checkpoint_options
 
 
 def _inspect_text(r: dict) -> str:

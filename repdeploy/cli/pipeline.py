@@ -8,8 +8,9 @@ import click
 
 from .. import defaults
 from ..zoo import ZOOS
-from .common import (checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit, handle_errors,
-                     input_size_option, json_option, preprocessing_options, quiet_option)
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import (checkpoint_options, deprecated_alias, device_option, diagnostics_option, input_size_option,
+                      preprocessing_options)
 from .core import input_format_option, labels_option
 
 

@@ -6,8 +6,9 @@ import click
 
 from .. import defaults
 from ..quant.ranges import DEFAULT_RANGE_LR
-from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit,
-                     handle_errors, input_size_option, json_option, preprocessing_options, quiet_option)
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import (amp_option, checkpoint_options, deprecated_alias, device_option, diagnostics_option,
+                      input_size_option, preprocessing_options)
 
 
 def _text(r: dict) -> str:
