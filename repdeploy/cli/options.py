@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import click
 
-from .common import log_warning
+from ..errors import RepDeployError
+from ..failures import describe_failure
+from .common import fail, log_warning
 
 #: The release in which the deprecated spellings stop being accepted.
 ALIAS_REMOVAL = "0.3"
