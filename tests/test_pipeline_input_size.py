@@ -37,8 +37,10 @@ def test_zoo_entry_at_another_input_size_runs_every_stage_at_that_size(tmp_path,
     monkeypatch.setattr(zoo_module, "ZOO_DIR", zoo_dir)
     data = small_digits(tmp_path / "digits.npz")
 
-    result = run_pipeline(output_dir=tmp_path / "out", data=str(data), qat=True, qat_epochs=1, calib_samples=32,
-                          eval_limit=64, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0, command="test")
+    # (an explicit --qat-lr skips the sharpness estimate, and diagnostics are off: only the sizes matter here)
+    result = run_pipeline(output_dir=tmp_path / "out", data=str(data), qat=True, qat_epochs=1, qat_lr=0.01,
+                          calib_samples=16, eval_limit=32, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0,
+                          bench_sessions=1, diagnostics="off", command="test")
     row = result.rows[0]
     assert row.status == "PASSED", (row.failed_stage, row.error)
     run_dir = Path(row.run_dir)
