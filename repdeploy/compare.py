@@ -6,7 +6,8 @@ both runners, and the logits are judged by the `compare` entry of the one tolera
 (repdeploy/tolerance.py): numpy's `allclose` rule per element (|a - b| <= atol + rtol * |a|, a
 being the reference MODEL_A as in Polygraphy), with the figures every hand-off reports: max
 absolute and relative difference (over the logit scale), top-1 agreement and SQNR. A comparison
-past the tolerances is FAILED (ToleranceError, a verification error: exit 1).
+past the tolerances is FAILED: `Comparison.passed` says so, and the command line exits 1 (a
+verification error, ToleranceError).
 
 Inputs: images from `data` (preprocessed for the first model's input size) or, without data,
 seeded standard-normal batches, as Polygraphy's default data loader does.
@@ -16,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import DataError, InputError, ToleranceError
+from .errors import DataError, InputError
 from .tolerance import TOLERANCES, allclose_rule, figures, judge
 
 #: Polygraphy's defaults (the table's `compare` entry); an FP16 or INT8 model against FP32 needs looser ones.
@@ -73,28 +74,37 @@ def default_engine(model: Any) -> str:
     return {"engine": "trt", "onnx": "ort"}.get(model_kind(model), "torch")
 
 
-def compare(
-    model_a: Any,
-    model_b: Any,
-    *,
-    engine_a: str | None = None,
-    engine_b: str | None = None,
-    data: str | None = None,
-    samples: int = DEFAULT_SAMPLES,
-    batch_size: int = 8,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
-    seed: int = 0,
-    threads: int | None = None,
-    device: str | None = "auto",
-    load_kwargs: dict | None = None,
-    check: bool = True,
-) -> Comparison:
-    """Compare two models on the same inputs; raise ToleranceError (exit 1) past the tolerances.
+@dataclass(frozen=True)
+class CompareSettings:
+    """Every option of `compare`: how each model runs, what it is fed, and the tolerances."""
+
+    engine_a: str | None = None  # None: default_engine of the model
+    engine_b: str | None = None
+    data: str | None = None  # images; None: seeded standard-normal batches
+    samples: int = DEFAULT_SAMPLES
+    batch_size: int = 8
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    seed: int = 0
+    threads: int | None = None
+    device: str | None = "auto"
+    load_kwargs: Mapping[str, Any] | None = None
+
+
+def compare(model_a: Any, model_b: Any, settings: CompareSettings | None = None, **options: Any) -> Comparison:
+    """Compare two models on the same inputs; the Comparison's `passed` is the verdict (never raised:
+    the command line exits 1 on a failed one).
+
+    `settings` holds every option (CompareSettings); any of its fields may be given as a keyword.
 
     >>> compare("model_fp32.onnx", "model.engine", atol=1e-3, rtol=1e-3).top1_agreement  # doctest: +SKIP
     1.0
     """
+    from .quant.settings import with_options
+
+    s = with_options(CompareSettings, settings, options, "compare")
+    engine_a, engine_b, data, samples, batch_size = s.engine_a, s.engine_b, s.data, s.samples, s.batch_size
+    atol, rtol, seed, threads, device, load_kwargs = s.atol, s.rtol, s.seed, s.threads, s.device, s.load_kwargs
     from .data import open_dataset
     from .evaluate import accuracy_from_logits
     from .runtime import model_kind, open_runner
@@ -140,13 +150,7 @@ def compare(
     if labels is not None and out_a.ndim == 2 and labels.max() < out_a.shape[1]:
         result.top1_a = accuracy_from_logits(out_a, labels)[0]
         result.top1_b = accuracy_from_logits(out_b, labels)[0]
-    if check and not result.passed:
-        raise ToleranceError(
-            f"{names[1]} ({engine_b}) differs from {names[0]} ({engine_a}): {result.mismatched} of {out_a.size} "
-            f"logits outside atol {atol:g} + rtol {rtol:g} (max abs diff {result.max_abs_diff:.3g}, "
-            f"top-1 agreement {result.top1_agreement:.1%}); loosen --atol/--rtol if this precision is expected"
-        )
     return result
 
 
-__all__ = ["Comparison", "compare", "compare_logits", "default_engine", "DEFAULT_ATOL", "DEFAULT_RTOL"]
+__all__ = ["Comparison", "CompareSettings", "compare", "compare_logits", "default_engine", "DEFAULT_ATOL", "DEFAULT_RTOL"]

@@ -85,6 +85,13 @@ def test_one_device_default_everywhere():
     from repdeploy import defaults
     from repdeploy.runtime.torch import TorchRunner
 
-    for fn in (repdeploy.open_runner, repdeploy.quantize, repdeploy.qat, repdeploy.run_pipeline, repdeploy.compare,
-               TorchRunner.__init__):
+    from repdeploy.pipeline import PipelineSettings
+    from repdeploy.quant.settings import QatSettings, QuantizeSettings
+
+    from repdeploy.compare import CompareSettings
+
+    for fn in (repdeploy.open_runner, TorchRunner.__init__):
         assert inspect.signature(fn).parameters["device"].default == defaults.DEVICE, fn.__qualname__
+    # quantize, qat, pipeline and compare take one settings record each: its device field
+    for settings in (QuantizeSettings, QatSettings, PipelineSettings, CompareSettings):
+        assert settings().device == defaults.DEVICE, settings.__name__

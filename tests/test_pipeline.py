@@ -12,6 +12,7 @@ from repdeploy.checkpoints import load_fused, save_fused
 from repdeploy.recorded import preprocessing_of
 from repdeploy.pipeline import ModelRow, PipelineResult, PipelineSettings, run_pipeline
 from repdeploy.pipeline import judge_row as _gate
+from repdeploy.cli.outcome import pipeline_exit
 from repdeploy.zoo import builtin_zoo, zoo_entry
 
 FAST = dict(calib_samples=32, eval_limit=120, warmup=0.0, duration=0.0, iterations=3, max_duration=0.0)
@@ -77,7 +78,8 @@ def test_broken_checkpoint_is_reported_and_others_finish(result):
     assert broken.status == "ERROR" and broken.failed_stage == "load"
     assert "broken.pth" in broken.error and broken.exit_code == 2
     assert {p.name for p in (result.output_dir / "broken").iterdir()} == {"manifest.json", "report.json"}
-    assert result.exit_code == 2  # no gate failure: the first error's code
+    assert result.status == "ERROR"
+    assert pipeline_exit(result.rows, None)[0] == 2  # no gate failure: the first error's code
 
 
 def test_report_files_and_html(result):
@@ -113,9 +115,11 @@ def test_gate_marks_failed_and_exit_code_3():
     assert over.status == "FAILED" and "1.50 points > --max-drop 1" in over.error
     assert under.status == "PASSED" and under.error is None
     broken = ModelRow("c", "c.pth", "c", status="ERROR", exit_code=2)
-    assert PipelineResult(None, [under, broken], None, s).exit_code == 2
-    assert PipelineResult(None, [under, broken, over], None, s).exit_code == 3
-    assert PipelineResult(None, [under], None, s).exit_code == 0
+    assert pipeline_exit([under, broken], 1.0)[0] == 2
+    assert pipeline_exit([under, broken, over], 1.0) == (3, "accuracy gate failed for a (top-1 drop > 1 points)")
+    assert pipeline_exit([under], 1.0) == (0, None)
+    assert PipelineResult(None, [under, broken, over], None, s).status == "FAILED"
+    assert PipelineResult(None, [under], None, s).status == "PASSED"
 
 
 def test_builtin_zoo_is_what_make_demo_runs():
@@ -212,4 +216,4 @@ def test_label_free_fidelity_gate_marks_failed_and_exit_code_3():
         _gate(row, s)
     assert low.status == "FAILED" and low.exit_code == 3 and "15.00 dB < --min-sqnr 20" in low.error
     assert disagreeing.status == "FAILED" and "80.0% < --min-agreement 90.0%" in disagreeing.error
-    assert fine.status == "PASSED" and PipelineResult(None, [fine, low], None, s).exit_code == 3
+    assert fine.status == "PASSED" and pipeline_exit([fine, low], None)[0] == 3

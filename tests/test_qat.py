@@ -103,11 +103,16 @@ def test_qat_recovers_accuracy_ptq_lost(tmp_path, inflated_cache):
 
 
 def test_qat_exports_a_tensorrt_layout_that_passes_its_rules_and_the_fidelity_gate_exits_3(tmp_path):
+    from repdeploy.cli.outcome import raise_for_results
     from repdeploy.errors import AccuracyGateError
 
-    with pytest.raises(AccuracyGateError, match="--min-sqnr 99") as info:  # written first, then gated
-        qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=1, train_samples=128,
-            calib_samples=64, target="tensorrt", optimizer="adamw", grad_mult="sgs", min_sqnr=99.0)
+    # Written first, then gated: the library hands back a FAILED result, the CLI exits 3.
+    result = qat(str(ZOO_REPVGG), train_data="builtin", output_dir=tmp_path, epochs=1, train_samples=128,
+                 calib_samples=64, target="tensorrt", optimizer="adamw", grad_mult="sgs", min_sqnr=99.0)
+    assert result.status == "FAILED" and not result.verification_failures
+    assert "--min-sqnr 99" in result.gate_failures[0]
+    with pytest.raises(AccuracyGateError, match="--min-sqnr 99") as info:
+        raise_for_results([result], " after QAT")
     assert info.value.exit_code == 3
     model = onnx.load(str(tmp_path / "model_int8_tensorrt.onnx"))
     onnx.checker.check_model(model, full_check=True)

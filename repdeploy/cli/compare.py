@@ -7,7 +7,8 @@ import sys
 import click
 
 from .. import defaults
-from .common import checkpoint_options, deprecated_alias, device_option, emit, handle_errors, json_option, quiet_option
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import checkpoint_options, deprecated_alias, device_option
 
 
 def _text(r: dict) -> str:
@@ -66,7 +67,7 @@ def compare_cmd(model_a, model_b, engines, eval_data, samples, batch_size, atol,
       repdeploy compare model_fp32.onnx model_int8_ort.onnx --eval-data val/ --atol 1 --rtol 1
       repdeploy compare a0.pth a0.pth --engine torch --engine ort
     """
-    from ..compare import compare
+    from ..compare import CompareSettings, compare
     from ..errors import ToleranceError
 
     if len(engines) > 2:
@@ -76,9 +77,9 @@ def compare_cmd(model_a, model_b, engines, eval_data, samples, batch_size, atol,
     from ..validate import MAX_COMPARE_SAMPLES, integer
 
     integer("--samples", samples, low=1, high=MAX_COMPARE_SAMPLES, allow_none=False)  # 1e9 would never end
-    result = compare(model_a, model_b, engine_a=engine_a, engine_b=engine_b, data=eval_data, samples=samples,
-                     batch_size=batch_size, atol=atol, rtol=rtol, seed=seed, threads=threads, device=device,
-                     load_kwargs=load_kwargs, check=False)
+    result = compare(model_a, model_b, CompareSettings(
+        engine_a=engine_a, engine_b=engine_b, data=eval_data, samples=samples, batch_size=batch_size, atol=atol,
+        rtol=rtol, seed=seed, threads=threads, device=device, load_kwargs=load_kwargs))
     record = result.to_dict()
     emit(record, as_json, _text)
     click.echo(f"&&&& {'PASSED' if result.passed else 'FAILED'} repdeploy compare # {' '.join(sys.argv[1:])}",

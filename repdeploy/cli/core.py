@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .common import checkpoint_options, emit, handle_errors, json_option, quiet_option
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import checkpoint_options
 
 
 def _inspect_text(r: dict) -> str:
@@ -211,11 +212,9 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
       repdeploy export out/model_int8_tensorrt.onnx -o a0_int8.engine --format trt \\
           --min-shapes input:1x3x224x224 --opt-shapes input:8x3x224x224 --max-shapes input:64x3x224x224
     """
-    import torch
-
-    from ..errors import ExportError, InputError
-    from ..export.onnx import check_opset, export_onnx, ort_parity
-    from ..io import atomic_path, ensure_writable_file
+    from ..errors import InputError
+    from ..export.onnx import check_opset
+    from ..io import ensure_writable_file
     from ..rundir import refuse_other_kind, refuse_overwriting_inputs
     from ..runtime import model_kind
     from ..validate import input_size as check_input_size
@@ -254,96 +253,28 @@ def export_cmd(checkpoint, output, fmt, precision, input_size, opset, shapes, mi
         return
     ensure_writable_file(output)
     if is_onnx and input_format != "float":
-        _pixel_input_from_onnx(checkpoint, output, input_format, as_json)
+        from ..pipeline.export import pixel_input_from_onnx
+
+        record = pixel_input_from_onnx(checkpoint, output, input_format)
+        emit(record, as_json, lambda r: f"{r['input']} -> {r['output']} ({input_format} input)\n"
+                                        f"  input:       {r['input_format_verdict']['line']}")
         return
     refuse_other_kind(output, "onnx")
     if is_onnx:
         raise InputError(f"{checkpoint} is already ONNX; give a checkpoint, or --format trt to build an engine from it")
-    precision = precision or "fp32"
-    if precision not in ("fp32", "fp16"):
-        raise InputError(f"--precision {precision} applies to engines (--format trt); ONNX export is fp32 or fp16 "
-                         "(INT8 ONNX comes from `repdeploy quantize`)")
-    from ..checkpoints import load_fused
+    from ..pipeline.export import ExportSettings, export_model
 
-    plain, loaded, eq = load_fused(checkpoint, **load_kwargs)
-    size = input_size or plain.spec.input_size
-    # A fused.pt from quantize/pipeline carries its preprocessing record: keep it in the ONNX.
-    from ..preprocess import Preprocessing
-
-    prep = loaded.extra.get("preprocessing") if isinstance(loaded.extra, dict) else None
-    prep = Preprocessing.from_dict(prep, f"{checkpoint} extra.preprocessing") if isinstance(prep, dict) else None
-    if prep is not None and prep.input_size != size:
-        prep = prep.at_size(size)  # exported at another size: the crop keeps its ratio
-    prep_from = "the model's record" if prep is not None else "the default eval and quantize feed it with"
-    if prep is None:
-        from ..data.labels import default_preprocessing
-
-        prep = default_preprocessing(checkpoint, size, plain.spec.in_channels)
-    from ..data.labels import class_names_for
-
-    extra = loaded.extra if isinstance(loaded.extra, dict) else {}
-    names = class_names_for(plain.spec.num_classes, labels=labels, recorded=extra.get("class_names"),
-                            model_path=checkpoint)
-    x = torch.randn(2, plain.spec.in_channels, size, size, generator=torch.Generator().manual_seed(0))
-    # The file appears under its name only once ORT has run it and agreed with torch.
-    import tempfile
-    from pathlib import Path
-
-    with atomic_path(output) as staged, tempfile.TemporaryDirectory(prefix="repdeploy-export-") as scratch:
-        float_onnx = staged if input_format == "float" else Path(scratch) / "float.onnx"
-        export_onnx(plain, float_onnx, input_size=size, in_channels=plain.spec.in_channels, opset=opset,
-                    precision=precision, preprocessing=prep, class_names=names)
-        # The ort_fp32 / ort_fp16 entry of the one tolerance table (fp16 keeps 11 significant bits).
-        parity = ort_parity(plain, float_onnx, x)
-        passed, tolerance = parity.passed, parity.verdict["tolerance"]
-        if not passed:
-            raise ExportError(f"{output}: {parity.verdict['line']} for {precision} at opset {opset}: "
-                              "nothing was written")
-        in_graph = _pixel_input(float_onnx, staged, prep, input_format, output) if input_format != "float" else None
-    record = {
-        "input": str(checkpoint), "variant": loaded.variant, "output": str(output), "opset": opset,
-        "precision": precision, "input_size": size, "dynamic_axes": ["batch", "height", "width"],
-        "fuse": eq.to_dict() if eq else None, "ort_parity": parity.to_dict(),
-        "ort_parity_tolerance": tolerance, "ort_parity_passed": passed,
-        "preprocessing": prep.to_dict(), "preprocessing_from": prep_from,
-        "class_names": names, "input_format": input_format, "input_format_verdict": in_graph,
-    }
-    emit(record, as_json, lambda r: (
-        f"exported {r['variant']} -> {r['output']} ({precision}, opset {r['opset']}, dynamic batch and HxW, "
-        f"nominal {size}x{size})\n"
+    result = export_model(checkpoint, output, ExportSettings(
+        input_size=input_size, opset=opset, precision=precision or "fp32", labels=labels, input_format=input_format,
+        load_kwargs=load_kwargs))
+    parity, in_graph = result.parity, result.record["input_format_verdict"]
+    emit(result.record, as_json, lambda r: (
+        f"exported {r['variant']} -> {r['output']} ({r['precision']}, opset {r['opset']}, dynamic batch and HxW, "
+        f"nominal {r['input_size']}x{r['input_size']})\n"
         f"  ORT vs torch: max abs diff {parity.max_abs_diff:.3g}, max rel diff {parity.max_rel_diff:.3g} "
-        f"(tolerance {tolerance:g}), top-1 agreement {parity.top1_agreement:.0%}: PASSED"
+        f"(tolerance {r['ort_parity_tolerance']:g}), top-1 agreement {parity.top1_agreement:.0%}: PASSED"
         + (f"\n  input:       {in_graph['line']}" if in_graph else "")
     ))
-
-
-def _pixel_input(float_onnx, staged, record, input_format: str, output) -> dict:
-    """Write `staged` (becoming `output`) with the normalisation inside the graph; its verdict
-    against host preprocessing."""
-    from ..errors import ExportError
-    from ..ingraph import write_checked
-
-    verdict = write_checked(float_onnx, staged, record, input_format)
-    if not verdict.passed:
-        raise ExportError(f"{output}: {verdict.line()}, nothing was written")
-    return verdict.to_dict()
-
-
-def _pixel_input_from_onnx(source, output, input_format: str, as_json: bool) -> None:
-    """`export model.onnx --input-format uint8-nhwc`: the same graph, taking uint8 pixels."""
-    from ..errors import InputError
-    from ..io import atomic_path
-    from ..recorded import preprocessing_of
-
-    record = preprocessing_of(source)
-    if record is None:
-        raise InputError(f"{source} carries no preprocessing record, which --input-format {input_format} needs; "
-                         "re-export it with repdeploy")
-    with atomic_path(output) as staged:
-        verdict = _pixel_input(source, staged, record, input_format, output)
-    emit({"input": str(source), "output": str(output), "input_format": input_format,
-          "preprocessing": record.to_dict(), "input_format_verdict": verdict}, as_json,
-         lambda r: f"{r['input']} -> {r['output']} ({input_format} input)\n  input:       {verdict['line']}")
 
 
 COMMANDS = [inspect_cmd, fuse_cmd, export_cmd]

@@ -8,8 +8,9 @@ import click
 
 from .. import defaults
 from ..zoo import ZOOS
-from .common import (checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit, handle_errors,
-                     input_size_option, json_option, preprocessing_options, quiet_option)
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import (checkpoint_options, deprecated_alias, device_option, diagnostics_option, input_size_option,
+                      preprocessing_options)
 from .core import input_format_option, labels_option
 
 
@@ -104,26 +105,23 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
     """
     import warnings
 
-    from ..pipeline import (DEFAULT_BENCH_SESSIONS, DEFAULT_DURATION_S, DEFAULT_ITERATIONS, DEFAULT_MAX_DURATION_S,
-                            DEFAULT_WARMUP_S, run_pipeline)
+    from ..pipeline import PipelineSettings, run_pipeline
     from ..progress import status
     from ..report import print_table
+    from .outcome import pipeline_exit
 
+    settings = PipelineSettings(
+        data=eval_data, calib_data=calib_data, engine=engine, target=target, max_drop=max_drop, min_sqnr=min_sqnr,
+        min_agreement=min_agreement, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
+        threads=threads, warmup=warmup, duration=duration, iterations=iterations, max_duration=max_duration,
+        bench_sessions=bench_sessions, eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr,
+        train_data=train_data, load_kwargs=load_kwargs, device=device, fallback_float=fallback_float,
+        allow_mismatch=allow_mismatch, labels=labels, input_format=input_format, input_size=input_size,
+        diagnostics=diagnostics, seed=seed, **prep)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = run_pipeline(
-            list(checkpoints), output_dir=output, data=eval_data, calib_data=calib_data, engine=engine, target=target,
-            max_drop=max_drop, min_sqnr=min_sqnr, min_agreement=min_agreement, calib_samples=calib_samples, calib_method=calib_method, bench_batch=bench_batch,
-            threads=threads, warmup=DEFAULT_WARMUP_S if warmup is None else warmup,
-            duration=DEFAULT_DURATION_S if duration is None else duration,
-            iterations=DEFAULT_ITERATIONS if iterations is None else iterations,
-            max_duration=DEFAULT_MAX_DURATION_S if max_duration is None else max_duration,
-            bench_sessions=DEFAULT_BENCH_SESSIONS if bench_sessions is None else bench_sessions,
-            eval_limit=eval_limit, qat=qat, qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, zoo=zoo,
-            load_kwargs={k: v for k, v in load_kwargs.items() if v}, force=force, device=device,
-            fallback_float=fallback_float, allow_mismatch=allow_mismatch, triton_repo=triton_repo, labels=labels,
-            input_format=input_format, input_size=input_size, diagnostics=diagnostics, seed=seed, **prep,
-        )
+        result = run_pipeline(list(checkpoints), settings, output_dir=output, zoo=zoo, force=force,
+                              triton_repo=triton_repo)
     for w in caught:
         status(f"warning: {w.message}")
 
@@ -132,20 +130,10 @@ def pipeline_cmd(checkpoints, output, eval_data, calib_data, calib_samples, cali
         served = f"\ntriton repository: {result.triton.path}" if result.triton is not None else ""
         return f"report: {result.report.html}{served}"
 
-    emit(result.to_dict(), as_json, text)
-    code = result.exit_code
-    if code == 1 and any(r.status == "FAILED" and r.exit_code == 1 for r in result.rows):
-        failed = [r.name for r in result.rows if r.status == "FAILED" and r.exit_code == 1]
-        click.echo(f"error: verification failed for {', '.join(failed)} (see the parity column; "
-                   "--allow-mismatch keeps such models)", err=True)
-    elif code == 3:
-        failed = [r.name for r in result.rows if r.status == "FAILED"]
-        click.echo(f"error: accuracy gate failed for {', '.join(failed)} (top-1 drop > {max_drop:g} points)", err=True)
-    elif code != 0:
-        # Rows that stopped at a stage: the same one `error:` line a command gives (issue 21 N17).
-        errors = [r for r in result.rows if r.status == "ERROR"]
-        more = f" (and {len(errors) - 1} more model(s), see the report)" if len(errors) > 1 else ""
-        click.echo(f"error: {errors[0].name}: {errors[0].failed_stage}: {errors[0].error}{more}", err=True)
+    code, line = pipeline_exit(result.rows, max_drop)
+    emit({**result.to_dict(), "exit_code": code}, as_json, text)
+    if line is not None:
+        click.echo(f"error: {line}", err=True)
     sys.exit(code)
 
 

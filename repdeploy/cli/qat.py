@@ -6,8 +6,9 @@ import click
 
 from .. import defaults
 from ..quant.ranges import DEFAULT_RANGE_LR
-from .common import (amp_option, checkpoint_options, deprecated_alias, device_option, diagnostics_option, emit,
-                     handle_errors, input_size_option, json_option, preprocessing_options, quiet_option)
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import (amp_option, checkpoint_options, deprecated_alias, device_option, diagnostics_option,
+                      input_size_option, preprocessing_options)
 
 
 def _text(r: dict) -> str:
@@ -101,23 +102,24 @@ def qat_cmd(checkpoint, train_data, eval_data, output_dir, epochs, lr, batch_siz
       repdeploy qat repvgg.pth --train-data train/ --device cuda --amp bf16 -o qat/   # on the GPU
       repdeploy qat repvgg.pth --train-data train/ -o qat/ --resume   # continue an interrupted run
     """
-    from ..quant.qat import qat
+    from ..quant.qat import QatSettings, qat
+    from .outcome import raise_for_results
 
-    result = qat(
-        checkpoint, train_data=train_data, val_data=eval_data, output_dir=output_dir, epochs=epochs, lr=lr,
-        batch_size=batch_size, weight_decay=weight_decay, optimizer=optimizer, grad_mult=grad_mult,
-        distill=distill, temperature=temperature, calib_cache=calib_cache, calib_data=calib_data,
-        calib_method=calib_method, calib_samples=calib_samples, percentile=percentile, target=target, train_samples=train_samples,
-        learnable_ranges=learnable_ranges, range_lr=range_lr, resume=resume,
-        checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch,
-        min_sqnr=min_sqnr, min_agreement=min_agreement, device=device, amp=amp, input_size=input_size,
-        diagnostics=diagnostics, **prep,
-    )
+    settings = QatSettings(
+        train_data=train_data, val_data=eval_data, epochs=epochs, lr=lr, batch_size=batch_size,
+        weight_decay=weight_decay, optimizer=optimizer, grad_mult=grad_mult, distill=distill, temperature=temperature,
+        calib_cache=calib_cache, calib_data=calib_data, calib_method=calib_method, calib_samples=calib_samples,
+        percentile=percentile, target=target, train_samples=train_samples, learnable_ranges=learnable_ranges,
+        range_lr=range_lr, resume=resume, checkpoint_every=checkpoint_every, seed=seed, load_kwargs=load_kwargs,
+        allow_mismatch=allow_mismatch, min_sqnr=min_sqnr, min_agreement=min_agreement, device=device, amp=amp,
+        input_size=input_size, diagnostics=diagnostics, **prep)
+    result = qat(checkpoint, settings, output_dir=output_dir)
     if result.int8_onnx is None:  # a non-zero rank of a distributed job: rank 0 reports
         return
     record = {**result.report, "output_dir": str(result.output_dir), "int8_onnx": str(result.int8_onnx)}
     record.pop("training", None)
     emit(record, as_json, _text)
+    raise_for_results([result], " after QAT")
 
 
 COMMANDS = [qat_cmd]

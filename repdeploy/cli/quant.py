@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .. import defaults
-from .common import (checkpoint_options, device_option, diagnostics_option, emit, handle_errors, input_size_option,
-                     json_option, preprocessing_options, quiet_option)
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import checkpoint_options, device_option, diagnostics_option, input_size_option, preprocessing_options
 from .core import input_format_option, labels_option
 
 
@@ -124,35 +122,22 @@ def quantize_cmd(checkpoint, int8, calib_data, calib_samples, calib_method, perc
       repdeploy quantize ckpt.pth --int8 --calib-data calib/ --eval-data val/ --max-drop 1 --fallback-float -o out/
       repdeploy quantize ckpt.pth --int8 --calib-data calib/ --input-format uint8-nhwc -o out_uint8/
     """
-    from ..errors import AccuracyGateError, VerificationError
-    from ..quant.ptq import quantize
-    from ..zoo import builtin_zoo
+    from ..quant.ptq import QuantizeSettings, quantize, quantize_zoo
+    from .outcome import raise_for_results
 
-    common = dict(calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method,
-                  percentile=percentile, calib_cache=calib_cache, target=target, eval_data=eval_data,
-                  eval_limit=eval_limit, max_drop=max_drop, fallback=fallback, seed=seed, load_kwargs=load_kwargs,
-                  allow_mismatch=allow_mismatch, device=device, labels=labels, input_format=input_format,
-                  input_size=input_size, diagnostics=diagnostics, min_sqnr=min_sqnr, min_agreement=min_agreement,
-                  **prep)
-    jobs = [(checkpoint, Path(output_dir))] if checkpoint is not None else [
-        (str(entry.file), Path(output_dir) / entry.name) for entry in builtin_zoo()]
-    records, failed, mismatched = [], [], []
-    for path, out in jobs:
-        try:
-            result = quantize(path, output_dir=out, **common)
-            report = result.report
-        except (AccuracyGateError, VerificationError) as exc:  # raised after every output was written
-            (mismatched if isinstance(exc, VerificationError) else failed).append(str(exc))
-            report = __import__("json").loads((Path(out) / "report.json").read_text())
-        records.append({**report, "output_dir": str(out)})
+    settings = QuantizeSettings(
+        calib_data=calib_data, calib_samples=calib_samples, calib_method=calib_method, percentile=percentile,
+        calib_cache=calib_cache, target=target, eval_data=eval_data, eval_limit=eval_limit, max_drop=max_drop,
+        fallback=fallback, seed=seed, load_kwargs=load_kwargs, allow_mismatch=allow_mismatch, device=device,
+        labels=labels, input_format=input_format, input_size=input_size, diagnostics=diagnostics, min_sqnr=min_sqnr,
+        min_agreement=min_agreement, **prep)
+    results = ([quantize(checkpoint, settings, output_dir=output_dir)] if checkpoint is not None
+               else quantize_zoo(settings, output_dir=output_dir))
+    records = [{**r.report, "output_dir": str(r.output_dir)} for r in results]
     doc = records[0] if len(records) == 1 else {"models": records}
     # emit writes --json-out with or without --json (issue 21 N11), and prints the text otherwise.
     emit(doc, as_json, lambda _: "\n".join(_text(r) for r in records))
-    if mismatched:  # a model that does not compute what was measured outranks an accuracy gate
-        raise VerificationError(mismatched[0] if len(mismatched) == 1 else
-                                f"{len(mismatched)} models failed verification: {mismatched[0]}")
-    if failed:
-        raise AccuracyGateError(failed[0] if len(failed) == 1 else f"{len(failed)} models failed the gate: {failed[0]}")
+    raise_for_results(results)
 
 
 COMMANDS = [quantize_cmd]

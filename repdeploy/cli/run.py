@@ -7,8 +7,9 @@ import sys
 import click
 
 from .. import defaults
-from .common import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, device_option, emit, handle_errors,
-                     input_size_option, json_option, log_warning, preprocessing_options, quiet_option)
+from .common import emit, handle_errors, json_option, log_warning, quiet_option
+from .options import (ALIAS_REMOVAL, checkpoint_options, deprecated_alias, device_option, input_size_option,
+                      preprocessing_options)
 
 ENGINE_CHOICE = click.Choice(["torch", "ort", "trt"])
 

@@ -11,7 +11,8 @@ from typing import Any, Callable
 import click
 
 from .. import defaults
-from .common import amp_option, deprecated_alias, device_option, emit, handle_errors, json_option, quiet_option
+from .common import emit, handle_errors, json_option, quiet_option
+from .options import amp_option, deprecated_alias, device_option
 
 OPTIMIZER_CHOICES = ["sgd", "adamw", "repopt-sgd", "repopt-adamw", "agd"]
 

@@ -203,6 +203,7 @@ def describe_onnx(path: str | Path) -> dict:
     from collections import Counter
 
     from ..errors import InputError
+    from ..metadata import onnx_metadata
 
     try:
         model = onnx.load(str(path))
@@ -218,7 +219,7 @@ def describe_onnx(path: str | Path) -> dict:
              "dtype": onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name}
             for i in model.graph.input
         ],
-        "metadata": {p.key: p.value for p in model.metadata_props},
+        "metadata": onnx_metadata(path),  # the one reader (metadata.py)
         "ops": dict(sorted(ops.items())),
         "quantized": ops.get("QuantizeLinear", 0) > 0,
     }

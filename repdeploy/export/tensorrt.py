@@ -117,7 +117,9 @@ def _onnx_facts(onnx_path: Path) -> dict:
         e == onnx.TensorProto.FLOAT16 for _, _, e in inputs)
     from .onnx import META_INPUT_SIZE
 
-    nominal = {p.key: p.value for p in model.metadata_props}.get(META_INPUT_SIZE, "")
+    from ..metadata import onnx_metadata
+
+    nominal = onnx_metadata(onnx_path).get(META_INPUT_SIZE, "")  # the one reader (metadata.py)
     return {"inputs": inputs, "qdq": "QuantizeLinear" in ops, "fp16": fp16,
             "nominal_size": int(nominal) if nominal.isdigit() else None}
 

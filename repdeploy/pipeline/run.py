@@ -10,12 +10,10 @@ import re
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .. import defaults
 from ..errors import InputError, RepDeployError
 from ..progress import status
 from ..rundir import (REPORT_SET, OutputSet, check_owned, clean_stale_scratch, commit_files, make_scratch_dir,
@@ -24,8 +22,7 @@ from ..version import __version__
 from ..zoo import builtin_zoo
 from .records import Fused, ModelJob, StageFailure
 from .row import ModelRow, assemble_row
-from .settings import (BUILTIN_DATA, DEFAULT_BENCH_SESSIONS, DEFAULT_DURATION_S, DEFAULT_ITERATIONS,
-                       DEFAULT_MAX_DURATION_S, DEFAULT_WARMUP_S, PipelineSettings)
+from .settings import PipelineSettings, checked
 from .stages import (benchmark_pair, build_tensorrt, check_labels, evaluate_pair, export_fp32, finetune_qat,
                      load_checkpoint, open_evaluation_data, quantize_int8)
 
@@ -34,8 +31,6 @@ REPORT_EXTENSIONS = REPORT_SET
 #: refused up front, since the run would replace it.
 RUN_DIR_OUTPUTS = ("fused.pt", "calib.json", "report.json", "manifest.json", "model_*.onnx", "model_*.engine",
                    "qat_*")
-#: QAT epochs beyond this are a typo (the pipeline's QAT column is a short fine-tune).
-MAX_QAT_EPOCHS = 1000
 
 
 @dataclass
@@ -47,148 +42,51 @@ class PipelineResult:
     triton: Any = None  # triton.Repository of the models that passed, with --triton-repo
 
     @property
-    def exit_code(self) -> int:
-        """1 when a model failed verification, else 3 when one is over the accuracy gate, else the
-        first stage error's code, else 0."""
-        failed = {r.exit_code for r in self.rows if r.status == "FAILED"}
-        if failed:
-            return 1 if 1 in failed else 3
-        return next((r.exit_code for r in self.rows if r.status == "ERROR"), 0)
+    def status(self) -> str:
+        """FAILED when a model failed a verdict or a gate, else ERROR when one stopped at a stage,
+        else PASSED (KEPT rows count as passed: --allow-mismatch kept them). The command line turns
+        the rows into an exit code (cli/outcome.py)."""
+        statuses = {r.status for r in self.rows}
+        return next((word for word in ("FAILED", "ERROR") if word in statuses), "PASSED")
 
     def to_dict(self) -> dict:
-        return {"output_dir": str(self.output_dir), "exit_code": self.exit_code, "report": self.report.to_dict(),
+        return {"output_dir": str(self.output_dir), "status": self.status, "report": self.report.to_dict(),
                 "settings": self.settings.to_dict(), "models": [r.to_dict() for r in self.rows],
                 "triton": self.triton.to_dict() if self.triton is not None else None}
 
 
-def run_pipeline(
-    checkpoints: Sequence[str | Path] | None = None,
-    *,
-    output_dir: str | Path,
-    data: str | None = None,
-    calib_data: str | None = None,
-    engine: str = "ort",
-    target: str | None = None,
-    max_drop: float | None = None,
-    min_sqnr: float | None = None,
-    min_agreement: float | None = None,
-    calib_samples: int = defaults.CALIB_SAMPLES,
-    calib_method: str | None = defaults.CALIB_METHOD,
-    bench_batch: int = 1,
-    threads: int | None = None,
-    warmup: float = DEFAULT_WARMUP_S,
-    duration: float = DEFAULT_DURATION_S,
-    iterations: int = DEFAULT_ITERATIONS,
-    eval_limit: int | None = None,
-    max_duration: float = DEFAULT_MAX_DURATION_S,
-    bench_sessions: int = DEFAULT_BENCH_SESSIONS,
-    qat: bool = False,
-    qat_epochs: int = defaults.QAT_EPOCHS,
-    qat_lr: float | None = None,
-    train_data: str | None = None,
-    zoo: str | None = None,
-    load_kwargs: dict | None = None,
-    command: str | None = None,
-    allow_mismatch: bool = False,
-    fallback_float: bool = False,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    resize: int | None = None,
-    force: bool = False,
-    device: str = defaults.DEVICE,
-    input_size: int | None = None,
-    diagnostics: str = defaults.DIAGNOSTICS,
-    seed: int = defaults.SEED,
-    triton_repo: str | Path | None = None,
-    labels: str | Path | None = None,
-    input_format: str = "float",
-) -> PipelineResult:
-    """Run every checkpoint (or the built-in zoo when none is given) end to end and write the report.
+def run_pipeline(checkpoints: Sequence[str | Path] | str | Path | None = None,
+                 settings: PipelineSettings | None = None, *, output_dir: str | Path, zoo: str | None = None,
+                 force: bool = False, triton_repo: str | Path | None = None, command: str | None = None,
+                 **options: Any) -> PipelineResult:
+    """Run every checkpoint (or the built-in zoo `zoo` when none is given) end to end and write the report.
 
-    Each run directory is staged and swapped in whole (rundir.OutputSet); an existing one must be
-    repdeploy's (its manifest lists every file) unless `force`, and no output may be an input.
-    With `triton_repo`, the INT8 models that passed are packaged there as a Triton model repository
-    (repdeploy/triton/, docs/triton.md) after the report.
-    `labels` (a file, one class name per line) names the classes in every ONNX's metadata;
-    `input_format` "uint8-nhwc"/"uint8-nchw" also writes the INT8 model that normalises uint8
-    pixels in its graph (docs/serving.md), judged like every other hand-off.
+    `settings` holds every option of the run (PipelineSettings); any of its fields may be given as
+    a keyword instead, over it. Each run directory is staged and swapped in whole
+    (rundir.OutputSet); an existing one must be repdeploy's (its manifest lists every file) unless
+    `force`, and no output may be an input. With `triton_repo`, the INT8 models that passed are
+    packaged there as a Triton model repository (repdeploy/triton/, docs/triton.md) after the
+    report. `command` is what the manifests record as the command line (default: sys.argv).
+    A model that fails is a row of the result, never an exception: the result's rows carry each
+    status, and the caller (the CLI) turns them into an exit code.
 
     >>> result = run_pipeline(["a.pth", "b.pth"], data="val/", output_dir="runs/x", max_drop=1.0)  # doctest: +SKIP
-    >>> result.exit_code                                                                          # doctest: +SKIP
-    0
+    >>> [row.status for row in result.rows]                                                       # doctest: +SKIP
+    ['PASSED', 'FAILED']
     """
     from ..io import ensure_writable_dir
+    from ..quant.settings import with_options
 
-    if engine not in ("ort", "trt"):
-        raise InputError(f"pipeline engine {engine!r}: choose ort or trt (torch is for `repdeploy bench`)")
-    target = target or ("tensorrt" if engine == "trt" else "ort")
-    if target not in ("ort", "tensorrt"):
-        raise InputError(f"INT8 target {target!r}: choose ort or tensorrt")
-    if engine == "trt" and target == "ort":
-        raise InputError("--engine trt with --target ort: the ort INT8 layout (uint8 activations) is not a TensorRT "
-                         "explicit-quantization graph; use --target tensorrt")
-    from .. import validate
-
+    s = checked(with_options(PipelineSettings, settings, options, "run_pipeline"))
     if isinstance(checkpoints, (str, Path)):
         checkpoints = [checkpoints]  # one path, not a sequence of its characters
-    # Every option is checked before the first model starts, not after four stages.
-    validate.max_drop("--max-drop", max_drop)
-    from ..quant.ptq_report import check_fidelity_bounds
-
-    check_fidelity_bounds(min_sqnr, min_agreement)
-    validate.bench_options(batch=bench_batch, warmup=warmup, duration=duration, iterations=iterations,
-                           threads_=threads)
-    validate.number("--max-duration", max_duration, low=0.0, high=validate.MAX_SECONDS, allow_none=False)
-    validate.integer("--sessions", bench_sessions, low=1, high=100, allow_none=False)
-    validate.integer("--calib-samples", calib_samples, low=1, allow_none=False)
-    validate.integer("--eval-limit", eval_limit, low=1)
-    validate.integer("--qat-epochs", qat_epochs, low=1, high=MAX_QAT_EPOCHS, allow_none=False)
-    validate.number("--qat-lr", qat_lr, low=0.0, low_open=True)
     if checkpoints and zoo is not None:
         raise InputError(f"--zoo {zoo} with checkpoints: --zoo picks the built-in models run when no checkpoint is "
                          "given; drop one of them")
-    validate.resize("--resize", resize)
-    validate.input_size("--input-size", input_size)
-    validate.seed("--seed", seed)
-    from ..quant.diagnostics import check_mode
-
-    check_mode(diagnostics)
-    if fallback_float and max_drop is None:
-        raise InputError("--fallback-float needs --max-drop: the drop it leaves layers in float to meet")
-    if labels is not None:
-        from ..metadata import read_labels
-
-        read_labels(labels)  # an unreadable or empty file is refused before the first model starts
-    from ..ingraph import check_input_format
-
-    check_input_format(input_format)
-    if engine == "trt":
-        from ..export.tensorrt import import_tensorrt
-
-        import_tensorrt()  # exit 4 before anything is written
-    if engine == "ort" and target == "tensorrt":
-        warnings.warn("the tensorrt INT8 layout is not meant for ONNX Runtime: its ORT latency is no guide to "
-                      "TensorRT's (it runs slower than FP32 on ORT CPU); use --engine trt on a GPU machine",
-                      stacklevel=2)
-
-    settings = PipelineSettings(
-        data=data or BUILTIN_DATA, calib_data=calib_data, calib_samples=calib_samples,
-        calib_method=calib_method or defaults.CALIB_METHOD,  # the report names the method used, never None
-        engine=engine, target=target, max_drop=max_drop, min_sqnr=min_sqnr, min_agreement=min_agreement, bench_batch=bench_batch, threads=threads, warmup=warmup,
-        duration=duration, iterations=iterations, max_duration=max_duration, bench_sessions=bench_sessions,
-        eval_limit=eval_limit, qat=qat,
-        qat_epochs=qat_epochs, qat_lr=qat_lr, train_data=train_data, device=device, allow_mismatch=allow_mismatch,
-        fallback_float=fallback_float, input_size=input_size, diagnostics=diagnostics, seed=seed,
-        mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None, resize=resize,
-        labels=str(labels) if labels is not None else None, input_format=input_format,
-    )
-    if checkpoints:
-        jobs = [(Path(c), None, input_size, Path(c).name) for c in checkpoints]
-    else:
-        jobs = [(e.file, e.arch, input_size or e.input_size, e.name) for e in builtin_zoo(zoo or "default")]
+    jobs = _jobs(checkpoints, zoo, s)
     names = _unique_names([name for *_, name in jobs])
     out = Path(output_dir)
-    inputs = [path for path, *_ in jobs] + [data, calib_data, train_data]
+    inputs = [path for path, *_ in jobs] + [s.data, s.calib_data, s.train_data]
     report_names = [f"report.{ext}" for ext in REPORT_EXTENSIONS]
     refuse_overwriting_inputs(inputs, files=[out / n for n in report_names],
                               directories=[out / name for name in names])
@@ -203,25 +101,30 @@ def run_pipeline(
     try:
         clean_stale_scratch(out)
         command = command or " ".join(["repdeploy", *sys.argv[1:]])
-
         rows: list[ModelRow] = []
-        for i, ((path, arch, input_size, _), name) in enumerate(zip(jobs, names), 1):
+        for i, ((path, load_kwargs, input_size, _), name) in enumerate(zip(jobs, names), 1):
             status(f"[{i}/{len(jobs)}] {name}")
-            kwargs = dict(load_kwargs or {})
-            if arch and not kwargs.get("arch"):
-                kwargs["arch"] = arch
-            rows.append(_run_one(path, name, out / name, settings, kwargs, input_size, command, force))
+            rows.append(_run_one(path, name, out / name, s, load_kwargs, input_size, command, force))
 
         from ..machine import environment
 
-        report = _commit_report(rows, out, settings, environment())
+        report = _commit_report(rows, out, s, environment())
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 out.rmdir()  # only if still empty: a run that wrote nothing leaves no directory
         raise
-    triton = _package_passed(rows, triton_repo, target, force) if triton_repo is not None else None
-    return PipelineResult(out, rows, report, settings, triton)
+    triton = _package_passed(rows, triton_repo, s.target, force) if triton_repo is not None else None
+    return PipelineResult(out, rows, report, s, triton)
+
+
+def _jobs(checkpoints, zoo: str | None, s: PipelineSettings) -> list[tuple[Path, dict, int | None, str]]:
+    """(checkpoint, load options, input size, name) of each model: the checkpoints given at
+    --input-size, else the zoo's entries, each at --input-size or its own size and as its own variant."""
+    if checkpoints:
+        return [(Path(c), dict(s.load_kwargs), s.input_size, Path(c).name) for c in checkpoints]
+    return [(e.file, {"arch": e.arch, **s.load_kwargs} if not s.load_kwargs.get("arch") else dict(s.load_kwargs),
+             s.input_size or e.input_size, e.name) for e in builtin_zoo(zoo or "default")]
 
 
 def _package_passed(rows: list[ModelRow], repo: str | Path, target: str, force: bool) -> Any:

@@ -277,10 +277,12 @@ def finetune_qat(job: ModelJob, fused: Fused, prepared: Prepared, quantized: Qua
     grad_mult = "bn" if fused.family == "repvgg" and fused.form == "train" else "none"
     scratch = make_scratch_dir(job.run_dir, "pipeline", "qat")
     try:
+        # At the size every other stage fed the model (Fused.input_size: --input-size, else the zoo
+        # entry's): the calibration cache it starts from was made at that size.
         result = qat(str(job.checkpoint), train_data=train_source, val_data=s.data, output_dir=scratch,
                      epochs=s.qat_epochs, lr=s.qat_lr, calib_cache=quantized.calib_cache, target=s.target,
                      distill=True, grad_mult=grad_mult, seed=s.seed, load_kwargs=dict(job.load_kwargs),
-                     device=s.device, preprocessing=prepared.val.preprocessing,
+                     device=s.device, preprocessing=prepared.val.preprocessing, input_size=fused.input_size,
                      allow_mismatch=True)  # its verdicts join the row's, which the gate judges
         verdicts = tuple({**v, "check": f"qat_{v['check']}", "line": f"qat {v['line']}"}
                          for v in result.report.get("verdicts") or [])

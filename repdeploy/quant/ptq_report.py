@@ -61,6 +61,15 @@ class QuantizeResult:
     top1_drop: float | None = None
     gate_passed: bool | None = None  # None: no --max-drop, or no eval data to measure it on
     float_layers: list[str] = field(default_factory=list)
+    # What the checks found: PASSED, KEPT (a failed verdict kept by allow_mismatch) or FAILED; the
+    # failed verdicts' lines (exit 1 at the command line) and the failed gates' (exit 3).
+    status: str = "PASSED"
+    verification_failures: list[str] = field(default_factory=list)
+    gate_failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status != "FAILED"
 
     def to_dict(self) -> dict:
         return {"output_dir": str(self.output_dir), "fused": str(self.fused), "fp32_onnx": str(self.fp32_onnx),
@@ -69,7 +78,8 @@ class QuantizeResult:
                 "calib_samples": self.calib_samples, "sqnr_db": self.sqnr_db, "top1_agreement": self.top1_agreement,
                 "ort_parity_passed": self.ort_parity_passed, "fp32_top1": self.fp32_top1,
                 "int8_top1": self.int8_top1, "top1_drop": self.top1_drop, "gate_passed": self.gate_passed,
-                "float_layers": self.float_layers}
+                "float_layers": self.float_layers, "status": self.status,
+                "verification_failures": self.verification_failures, "gate_failures": self.gate_failures}
 
     @classmethod
     def from_report(cls, out: Path, names: dict, report: dict, qnet: QuantPlainNet, target: str,
@@ -81,7 +91,9 @@ class QuantizeResult:
             calib_samples=report["calib_samples"], sqnr_db=report["sqnr_db"], top1_agreement=report["top1_agreement"],
             ort_parity_passed=report["ort_parity"]["passed"], fp32_top1=report.get("fp32_top1"),
             int8_top1=report.get("int8_top1"), top1_drop=report.get("top1_drop"),
-            gate_passed=gate["passed"] if gate else None, float_layers=list(report["float_layers"]))
+            gate_passed=gate["passed"] if gate else None, float_layers=list(report["float_layers"]),
+            status=report["status"], verification_failures=list(report["verification_failures"]),
+            gate_failures=list(report["gate_failures"]))
 
 
 def accuracy_gate(max_drop: float | None, figures: dict) -> dict | None:

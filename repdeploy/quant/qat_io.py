@@ -1,24 +1,18 @@
-"""What a QAT job reads and what it writes: its inputs (the fused model, the data, the starting
-ranges) and its outputs (fused.pt, the FP32 and INT8 ONNX, calib.json, report.json).
-
-quant/qat.py runs the fine-tune between the two; keeping the files here leaves it the loop.
+"""What a QAT job reads and what it hands back: its inputs (the fused model, the data, the starting
+ranges) and its `QATResult`. Its files are written by the step `quantize` shares (quant/int8_set.py).
 """
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import DataError, InputError
-from ..io import write_json_atomic
 from ..models.plain import PlainNet
-from ..rundir import commit_files, make_scratch_dir
 from .calib import calibrate
-from .calib_cache import CalibrationCache, weights_fingerprint
+from .calib_cache import CalibrationCache
 from .quantizer import QuantPlainNet
 
 BATCH = 32
@@ -47,6 +41,19 @@ class QATResult:
     @property
     def qat_drop(self) -> float | None:
         return self.report.get("qat_drop")
+
+    # What the checks found (quant/int8_set.judge_set); a rank > 0 or a stopped run has none.
+    @property
+    def status(self) -> str | None:
+        return self.report.get("status")
+
+    @property
+    def verification_failures(self) -> list[str]:
+        return list(self.report.get("verification_failures") or [])
+
+    @property
+    def gate_failures(self) -> list[str]:
+        return list(self.report.get("gate_failures") or [])
 
     def to_dict(self) -> dict:
         return {"output_dir": str(self.output_dir), "int8_onnx": str(self.int8_onnx) if self.int8_onnx else None,
@@ -94,7 +101,6 @@ def open_datasets(model, plain: PlainNet, train_data, val_data, calib_cache, tra
     return prep, train_set, val_set
 
 
-
 def starting_ranges(qnet: QuantPlainNet, plain: PlainNet, calib_cache, calib_source, prep: dict, method: str,
                     samples: int, percentile: float, seed: int) -> CalibrationCache:
     """Activation ranges from the cache the user gave, else calibrated on `calib_source`."""
@@ -112,87 +118,3 @@ def starting_ranges(qnet: QuantPlainNet, plain: PlainNet, calib_cache, calib_sou
         samples, seed)
     return calibrate(qnet, (x for x, _ in calib_set.batches(BATCH)), method=method, percentile=percentile,
                      total_batches=calib_set.num_batches(BATCH), data=calib_set.describe())
-
-
-def export_tuned(qnet: QuantPlainNet, model, cache: CalibrationCache, learned: dict[str, float], train_set, val_set,
-            target: str, names: dict, out: Path, report: dict, allow_mismatch: bool, started: float,
-            fidelity_bounds: dict | None = None) -> None:
-    """Write the tuned model's files into `out` as one commit; completes `report` with figures and verdicts."""
-    from ..checkpoints import save_fused
-    from ..export.onnx import export_onnx
-    from ..export.qdq import check_tensorrt_qdq, export_qdq
-    from .fidelity import onnx_accuracy as _accuracy
-
-    tuned, spec = qnet.float_model(), qnet.spec
-    stage = make_scratch_dir(out, "set", "qat")
-    t0 = time.perf_counter()
-    try:
-        from ..data.labels import class_names_for
-        from ..recorded import class_names_of
-
-        record = train_set.preprocessing
-        path = model if isinstance(model, (str, Path)) else None
-        class_names = class_names_for(spec.num_classes, recorded=class_names_of(path) if path else None,
-                                      datasets=(train_set, val_set), model_path=path)
-        save_fused(tuned, stage / names["fused"], extra={"source": str(model), "qat": True,
-                                                        "preprocessing": record.to_dict(), "class_names": class_names})
-        export_onnx(tuned, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
-                    preprocessing=record, class_names=class_names)
-        export_qdq(qnet, stage / names["fp32"], stage / names["int8"], target=target)
-        # The cache now describes the tuned weights and the trained ranges, so it stays reusable.
-        cache.weights_sha256 = weights_fingerprint(tuned)
-        for name, amax in learned.items():
-            cache.tensors[name].amax = amax
-        cache.save(stage / names["calib"])
-        if val_set is not None:
-            acc = _accuracy(stage / names["fp32"], stage / names["int8"], val_set, None)
-            report["qat_top1"] = acc["int8_top1"]
-            report["qat_top5"] = acc["int8_top5"]
-            report["ptq_drop"] = report["fp32_top1"] - report["ptq_top1"]
-            report["qat_drop"] = report["fp32_top1"] - acc["int8_top1"]
-        if target == "tensorrt":
-            import onnx
-
-            report["tensorrt_rule_violations"] = check_tensorrt_qdq(onnx.load(str(stage / names["int8"])))
-        # The same verdicts as PTQ (verify.py): the exported graphs must compute what was trained.
-        verify_set = val_set if val_set is not None else train_set
-        report["verdicts"], figures = _verdicts(tuned, qnet, stage / names["fp32"], stage / names["int8"],
-                                                verify_set, spec.input_size, verify_set.preprocessing)
-        report.update(figures, verify_data=verify_set.source, verify_disjoint=val_set is not None)
-        from .ptq_report import fidelity_gate, status_word
-
-        report["fidelity_gate"] = fidelity_gate(fidelity_bounds, report)
-        failed = [v["line"] for v in report["verdicts"] if not v["passed"]]
-        report["status"] = status_word(failed, allow_mismatch, (report["fidelity_gate"] or {}).get("failures", []))
-        report["allow_mismatch"] = allow_mismatch
-        report["files"] = dict(names)
-        report["seconds"] = round(time.perf_counter() - started, 2)
-        timings = report.setdefault("timings", {})
-        timings["export_verify_s"] = round(time.perf_counter() - t0, 3)
-        timings["total_s"] = round(time.perf_counter() - started, 3)
-        write_json_atomic(stage / names["report"], report)
-        commit_files(stage, out, [names[k] for k in ("fused", "fp32", "int8", "calib", "report")])
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-@torch.no_grad()
-def _verdicts(tuned: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, dataset,
-              input_size: int, record=None) -> tuple[list[dict], dict]:
-    """The verdicts PTQ gives (fidelity.int8_verdicts) on the tuned model, and the INT8 ONNX's
-    fidelity to the FP32 ONNX on the same images."""
-    from ..evaluate import sqnr_db, top1_agreement
-    from ..tolerance import MIN_VERIFY_IMAGES
-    from .fidelity import VERIFY_IMAGES, images_for, int8_verdicts
-
-    n = images_for(input_size, VERIFY_IMAGES, MIN_VERIFY_IMAGES)
-    x = torch.cat([b for b, _ in dataset.batches(BATCH, limit=n)])
-    qnet.eval()
-    ref = torch.cat([tuned(c) for c in x.split(BATCH)]).numpy()
-    fake = torch.cat([qnet(c) for c in x.split(BATCH)]).numpy()
-    verdicts, ort = int8_verdicts(ref, fake, qnet, fp32_onnx, int8_onnx, x, record,
-                                  fp32_name="torch FP32 (QAT-tuned)", fake_name="torch fake-quant (QAT)")
-    sq = sqnr_db(ort["fp32"], ort["int8"])
-    return [v.to_dict() for v in verdicts], {"verify_images": int(x.shape[0]),
-                                             "sqnr_db": sq if abs(sq) != float("inf") else None,
-                                             "top1_agreement": top1_agreement(ort["fp32"], ort["int8"])}

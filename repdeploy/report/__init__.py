@@ -5,8 +5,8 @@ embeds its plots as base64 PNGs so the one file can be mailed or archived and st
 accuracy drop vs speed-up for every model, and per model the per-layer weight statistics and
 per-layer SQNR from the PTQ diagnostics when the record carries them.
 
-This module writes the files; the table is report_table.py, the plots report_plots.py and the
-page report_html.py. Their public names are re-exported here, where callers import them.
+This module writes the files; the table is table.py, the plots plots.py and the
+page html.py. Their public names are re-exported here, where callers import them.
 """
 
 from __future__ import annotations

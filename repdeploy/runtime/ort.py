@@ -208,7 +208,7 @@ class OrtRunner(Runner):
         shape = tuple(d if isinstance(d, int) else None for d in meta.shape)
         from ..metadata import META_INPUT_SIZE
 
-        nominal = self._session.get_modelmeta().custom_metadata_map.get(META_INPUT_SIZE)
+        nominal = onnx_metadata(self.path).get(META_INPUT_SIZE)  # the one reader (metadata.py)
         dtype = "float16" if self._input_dtype is np.float16 else "float32"
         size = int(nominal) if nominal and nominal.isdigit() else None
         if size is not None:

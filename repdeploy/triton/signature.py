@@ -127,7 +127,9 @@ def read_onnx(path: str | Path) -> Signature:
     if not dynamic and any(b is None for b in batch_axes):
         raise InputError(f"{p}: axis 0 is dynamic on some inputs/outputs and fixed on others, so no max_batch_size "
                          "agrees with it; re-export with one batch axis (`repdeploy export` makes it dynamic)")
-    meta = {prop.key: prop.value for prop in model.metadata_props}
+    from ..metadata import onnx_metadata
+
+    meta = onnx_metadata(p)  # the one reader (metadata.py)
     precision, layout = _precision(graph)
     record = None
     if META_PREPROCESSING in meta:
