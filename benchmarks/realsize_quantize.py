@@ -11,8 +11,8 @@ runs in a fresh process at default settings (calibration sample, method, verific
 diagnostics). A row is its exit code, status, every verdict, the verification images' count and
 whether any of them was a calibration image (report.json), and the stage times.
 
-`--zero-se-bias` zeroes every squeeze-excitation bias first (the D2se case: identical tensors the
-ONNX exporter merges into one initializer).
+`--zero-se-bias` zeroes every squeeze-excitation bias before the BN statistics are measured (the
+D2se case: identical tensors the ONNX exporter merges into one initializer).
 
     .venv/bin/python benchmarks/realsize_quantize.py [--archs RepVGG-A0,RepVGG-B0,RepVGG-B1g4]
         [--seeds 0,1,2] [--targets ort,tensorrt] [--photos 128] [--zero-se-bias]
@@ -36,18 +36,30 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from realsize import realistic_model, write_photo_folder  # noqa: E402
+from realsize import photo_batch, realistic_model, reestimate_batchnorm, write_photo_folder  # noqa: E402
+
+from repdeploy.models import build, get_spec  # noqa: E402
+from repdeploy.models.layers import randomize_batchnorm  # noqa: E402
 
 REPDEPLOY = Path(sys.executable).with_name("repdeploy")
 
 
 def checkpoint(arch: str, seed: int, directory: Path, zero_se_bias: bool) -> Path:
-    model = realistic_model(arch, seed)
-    state = model.state_dict()
     if zero_se_bias:
-        state = {k: (torch.zeros_like(v) if ".se." in k and k.endswith(".bias") else v) for k, v in state.items()}
+        # Zeroed before the BN statistics are measured, as a trained checkpoint's would have been:
+        # zeroing them afterwards leaves every later BN normalising with another layer's statistics,
+        # and a deep random model then explodes (D2se: logits of 3e8).
+        torch.manual_seed(seed)
+        model = randomize_batchnorm(build(get_spec(arch, 1000), "train"), seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".se." in name and name.endswith(".bias"):
+                    p.zero_()
+        reestimate_batchnorm(model, photo_batch(32, 224, seed=1000 + seed))
+    else:
+        model = realistic_model(arch, seed)
     path = directory / f"{arch}-s{seed}.pth"
-    torch.save(state, path)
+    torch.save(model.state_dict(), path)
     return path
 
 
