@@ -100,7 +100,7 @@ def compare(model_a: Any, model_b: Any, settings: CompareSettings | None = None,
     >>> compare("model_fp32.onnx", "model.engine", atol=1e-3, rtol=1e-3).top1_agreement  # doctest: +SKIP
     1.0
     """
-    from .quant.settings import with_options
+    from .validate import with_options
 
     s = with_options(CompareSettings, settings, options, "compare")
     engine_a, engine_b, data, samples, batch_size = s.engine_a, s.engine_b, s.data, s.samples, s.batch_size

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from dataclasses import fields, replace
+from typing import Any, Mapping, TypeVar
 
 from .errors import InputError
 
@@ -164,3 +166,20 @@ def training_batch(option: str, *, batch: int, size: int, channels: int, widths,
     blocks = [(widths[0], 1, size / 2)] + [(w, d, size / 2 ** (i + 2)) for i, (w, d) in enumerate(zip(widths[1:], depths))]
     per_image = channels * size * size + sum(w * d * side * side for w, d, side in blocks) * TENSORS_PER_TRAINING_BLOCK
     fits_in_memory(option, 4.0 * batch * per_image, f"training at {size} px with batch {batch}")
+
+
+S = TypeVar("S")
+
+
+def with_options(cls: type[S], settings: S | None, options: Mapping[str, Any], command: str) -> S:
+    """`settings` (default: `cls()`) with the keyword shortcuts `options` applied over it: every
+    command with many options takes one frozen record, its fields also accepted as keywords."""
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - known)
+    if unknown:  # the TypeError a misspelt keyword argument gives
+        raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
+    if settings is not None and not isinstance(settings, cls):
+        raise TypeError(f"{command}() settings must be a {cls.__name__}, not {type(settings).__name__}")
+    # Built afresh when no record is given, so fields derived from others (PipelineSettings.target)
+    # derive from the shortcuts.
+    return cls(**options) if settings is None else replace(settings, **options)

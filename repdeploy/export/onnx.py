@@ -11,6 +11,7 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,19 +41,21 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def export_onnx(
-    model: nn.Module,
-    path: str | Path,
-    *,
-    input_size: int,
-    in_channels: int = 3,
-    opset: int = OPSET,
-    dynamic_batch: bool = True,
-    dynamic_spatial: bool = True,
-    precision: str = "fp32",
-    preprocessing=None,
-    class_names=None,
-) -> Path:
+@dataclass(frozen=True)
+class OnnxSettings:
+    """How `export_onnx` writes a graph; each field is also its keyword shortcut."""
+
+    input_size: int | None = None  # required: the nominal size
+    in_channels: int = 3
+    opset: int = OPSET
+    dynamic_batch: bool = True
+    dynamic_spatial: bool = True
+    precision: str = "fp32"
+    preprocessing: Any = None  # a preprocess.Preprocessing
+    class_names: Any = None  # one name per logit
+
+
+def export_onnx(model: nn.Module, path: str | Path, settings: OnnxSettings | None = None, **options: Any) -> Path:
     """Export `model` (eval mode) to one self-contained ONNX file, checked with onnx.checker.
 
     The graph takes any batch and, with `dynamic_spatial`, any height and width (the model is
@@ -74,6 +77,12 @@ def export_onnx(
     from .. import validate
     from ..errors import InputError
 
+    s = validate.with_options(OnnxSettings, settings, options, "export_onnx")
+    input_size, in_channels, opset, precision = s.input_size, s.in_channels, s.opset, s.precision
+    dynamic_batch, dynamic_spatial, preprocessing, class_names = (s.dynamic_batch, s.dynamic_spatial,
+                                                                 s.preprocessing, s.class_names)
+    if input_size is None:
+        raise InputError("export_onnx: give input_size, the nominal input size in pixels (e.g. 224)")
     if not isinstance(model, nn.Module):
         raise InputError(f"export_onnx: model must be a torch nn.Module (a fused PlainNet), not {type(model).__name__}")
     validate.input_size("input_size", input_size)

@@ -49,7 +49,7 @@ def export_model(checkpoint: str | os.PathLike, output: str | os.PathLike, setti
     from ..export.onnx import ort_parity
     from ..export.onnx import export_onnx
     from ..io import atomic_path
-    from ..quant.settings import with_options
+    from ..validate import with_options
 
     s = with_options(ExportSettings, settings, options, "export_model")
     if s.precision not in ("fp32", "fp16"):

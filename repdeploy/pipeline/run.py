@@ -75,7 +75,7 @@ def run_pipeline(checkpoints: Sequence[str | Path] | str | Path | None = None,
     ['PASSED', 'FAILED']
     """
     from ..io import ensure_writable_dir
-    from ..quant.settings import with_options
+    from ..validate import with_options
 
     s = checked(with_options(PipelineSettings, settings, options, "run_pipeline"))
     if isinstance(checkpoints, (str, Path)):

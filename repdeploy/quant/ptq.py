@@ -28,7 +28,8 @@ from .ptq_data import BATCH, PtqData, Verification, open_ptq_data, verification_
 from .ptq_inputs import at_input_size, check_quantize_arguments, load_plain
 from .ptq_report import QuantizeResult, accuracy_gate, check_fidelity_bounds, diagnostics_record, fidelity_gate
 from .quantizer import QuantPlainNet
-from .settings import QuantizeSettings, with_options
+from ..validate import with_options
+from .settings import QuantizeSettings
 
 __all__ = ["quantize", "quantize_zoo", "QuantizeSettings", "QuantizeResult"]
 

@@ -57,7 +57,8 @@ from .qat_io import QATResult, load_fused_model, open_datasets, starting_ranges
 from .qat_train import STATE_FILE, distillation_loss, fine_tune, structural_prior, with_weight_ranges
 from .quantizer import TARGETS, QuantPlainNet
 from .ranges import freeze_ranges, is_range_param, make_ranges_learnable
-from .settings import QatSettings, with_options
+from ..validate import with_options
+from .settings import QatSettings
 
 __all__ = ["qat", "QatSettings", "QATResult", "distillation_loss", "STATE_FILE"]
 

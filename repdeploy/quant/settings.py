@@ -10,8 +10,8 @@ The fields mean what the commands' docstrings and docs/cli.md say.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
-from typing import Any, Callable, Mapping, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .. import defaults
 from .calibrators import DEFAULT_PERCENTILE
@@ -90,19 +90,3 @@ class QatSettings:
     amp: str | None = "none"
     input_size: int | None = None
     diagnostics: str = defaults.DIAGNOSTICS
-
-
-S = TypeVar("S")
-
-
-def with_options(cls: type[S], settings: S | None, options: Mapping[str, Any], command: str) -> S:
-    """`settings` (default: `cls()`) with the keyword shortcuts `options` applied over it."""
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(options) - known)
-    if unknown:  # the TypeError a misspelt keyword argument gives
-        raise TypeError(f"{command}() got unexpected keyword argument(s): {', '.join(unknown)}")
-    if settings is not None and not isinstance(settings, cls):
-        raise TypeError(f"{command}() settings must be a {cls.__name__}, not {type(settings).__name__}")
-    # Built afresh when no record is given, so fields derived from others (PipelineSettings.target)
-    # derive from the shortcuts.
-    return cls(**options) if settings is None else replace(settings, **options)

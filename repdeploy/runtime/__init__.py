@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +34,45 @@ def model_kind(path: str | Path) -> str:
     return "checkpoint"
 
 
-def open_runner(
-    model: Any,
-    engine: str = "ort",
-    *,
-    threads: int | None = None,
-    inter_op_threads: int | None = None,
-    compile: bool = False,
-    name: str | None = None,
-    workdir: str | Path | None = None,
-    device: str | None = defaults.DEVICE,
-    input_size: int | None = None,
-    **load_kwargs: Any,
-) -> Runner:
+@dataclass(frozen=True)
+class RunnerSettings:
+    """How `open_runner` opens a model; each field is also its keyword shortcut."""
+
+    threads: int | None = None  # intra-op threads (ORT, torch)
+    inter_op_threads: int | None = None  # ORT
+    compile: bool = False  # torch.compile the torch engine's module
+    name: str | None = None  # the label results carry (default: the file or class name)
+    workdir: str | Path | None = None  # intermediate ONNX / engine files (default: a temporary directory)
+    device: str | None = defaults.DEVICE
+    input_size: int | None = None
+    # a checkpoint's loading options (checkpoints.load)
+    arch: str | None = None
+    use_ema: bool = False
+    trust_checkpoint: bool = False
+    allow_nonfinite: bool = False
+
+
+def open_runner(model: Any, engine: str = "ort", settings: RunnerSettings | None = None, **options: Any) -> Runner:
     """Return an inactive runner for `model` on `engine` ("torch", "ort" or "trt").
 
-    `model` is an nn.Module or a path. `load_kwargs` go to `checkpoints.load_fused` (arch,
-    use_ema, trust_checkpoint, allow_nonfinite). Intermediate ONNX/engine files are written to
-    `workdir`, or to a temporary directory removed with the runner. `device` ("auto", the
-    default everywhere: the first CUDA GPU if there is one, else the CPU; "cpu"; "cuda[:N]")
-    places the torch engine's module; ORT runs on its CPU provider and TensorRT on the GPU
-    whatever it says. `input_size` feeds a checkpoint or module at that size instead of its
-    variant's (an ONNX file or engine carries its own).
+    `model` is an nn.Module or a path. `settings` (RunnerSettings, or its fields as keywords):
+    `arch`, `use_ema`, `trust_checkpoint`, `allow_nonfinite` go to `checkpoints.load_fused`.
+    Intermediate ONNX/engine files are written to `workdir`, or to a temporary directory removed
+    with the runner. `device` ("auto", the default everywhere: the first CUDA GPU if there is
+    one, else the CPU; "cpu"; "cuda[:N]") places the torch engine's module; ORT runs on its CPU
+    provider and TensorRT on the GPU whatever it says. `input_size` feeds a checkpoint or module
+    at that size instead of its variant's (an ONNX file or engine carries its own).
 
     >>> with open_runner("runs/a0/model_int8_ort.onnx", engine="ort", threads=2) as r:  # doctest: +SKIP
     ...     r.infer(batch).argmax(1)
     """
+    from ..validate import with_options
+
+    s = with_options(RunnerSettings, settings, options, "open_runner")
+    threads, inter_op_threads, compile, name, workdir = s.threads, s.inter_op_threads, s.compile, s.name, s.workdir
+    device, input_size = s.device, s.input_size
+    load_kwargs = {"arch": s.arch, "use_ema": s.use_ema, "trust_checkpoint": s.trust_checkpoint,
+                   "allow_nonfinite": s.allow_nonfinite}
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     from ..validate import threads as check_threads
