@@ -144,7 +144,7 @@ def test_one_defaults_module_feeds_every_command():
     assert inspect.signature(ptq.quantize).parameters["calib_samples"].default == defaults.CALIB_SAMPLES
     assert inspect.signature(qat.qat).parameters["calib_samples"].default == defaults.CALIB_SAMPLES
     assert inspect.signature(pipeline.run_pipeline).parameters["calib_samples"].default == defaults.CALIB_SAMPLES
-    assert inspect.signature(bench.bench).parameters["duration"].default == defaults.BENCH_DURATION_S
+    assert bench.BenchSettings().duration == defaults.BENCH_DURATION_S
 
 
 @pytest.fixture(scope="module")

@@ -212,7 +212,7 @@ def run_pipeline(
                 kwargs["arch"] = arch
             rows.append(_run_one(path, name, out / name, settings, kwargs, input_size, command, force))
 
-        from ..machine import environment
+        from ..bench import environment
 
         report = _commit_report(rows, out, settings, environment())
     except BaseException:
