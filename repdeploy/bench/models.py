@@ -94,61 +94,61 @@ def bench_models(models: Sequence[str | os.PathLike], settings: BenchModelsSetti
         from ..export.tensorrt import import_tensorrt
 
         import_tensorrt()
-    labels = dict(zip(models, unique_labels(models)))
-    runners, failures = _open_all(models, labels, s, ort_session)
-    report = BenchReport([], failures, None, labels[runners[0][0]] if runners else None,
+    # by position, not by path: the same file named twice is two rows (`m.onnx #1`, `m.onnx #2`)
+    runners, failures = _open_all(list(zip(models, unique_labels(models))), s, ort_session)
+    report = BenchReport([], failures, None, runners[0][1] if runners else None,
                          None if ort_session is None else {**ort_session.to_dict(), "text": ort_session.describe()}, [])
     for size in s.batches if runners else ():
-        _bench_batch(report, runners, labels, replace(s.timing, batch=size, sessions=s.timing.sessions
+        _bench_batch(report, runners, replace(s.timing, batch=size, sessions=s.timing.sessions
                                                       if len(runners) > 1 else 1), s.engine)
     return report
 
 
-def _open_all(models, labels, s: BenchModelsSettings, ort_session) -> tuple[list, list[dict]]:
+def _open_all(labelled: list, s: BenchModelsSettings, ort_session) -> tuple[list, list[dict]]:
     from ..runtime import model_kind, open_runner
 
     runners, failures = [], []
-    for model in models:
+    for model, label in labelled:
         try:
             kwargs = dict(s.load_kwargs) if model_kind(model) == "checkpoint" else {}
             runner = open_runner(model, s.engine, threads=s.threads, compile=s.compile, device=s.device,
-                                 name=labels[model], **kwargs)
+                                 name=label, **kwargs)
             if ort_session is not None:
                 ort_session.apply(runner)
             with runner:  # opened once here so a bad file is reported before any timing
                 pass
             _warn_layout(model, s.engine)
-            runners.append((model, runner))
+            runners.append((model, label, runner))
         except RepDeployError as exc:
-            failures.append({"path": str(model), "label": labels[model], "error": f"{model}: {exc}",
+            failures.append({"path": str(model), "label": label, "error": f"{model}: {exc}",
                              "exit_code": exc.exit_code})
     return runners, failures
 
 
-def _bench_batch(report: BenchReport, runners: list, labels: dict, timing: BenchSettings, engine: str) -> None:
+def _bench_batch(report: BenchReport, runners: list, timing: BenchSettings, engine: str) -> None:
     """Time every opened model at one batch size; a failure is recorded, not raised."""
     from ..preprocess import preprocessing_of
 
     status(f"bench {len(runners)} model(s) ({engine}, batch {timing.batch}, {timing.sessions} session(s))")
     try:
         # one model has no speed-up to make honest: the plain harness, which meets the minimums exactly
-        measured, _ = bench_sessions(lambda: [r for _, r in runners], timing)
+        measured, _ = bench_sessions(lambda: [r for _, _, r in runners], timing)
     except RepDeployError as exc:
-        report.failures.append({"path": ", ".join(str(m) for m, _ in runners), "error": str(exc),
+        report.failures.append({"path": ", ".join(str(m) for m, _, _ in runners), "error": str(exc),
                                 "exit_code": exc.exit_code, "batch": timing.batch})
         return
-    for (model, _), result in zip(runners, measured):
+    for i, ((model, label, _), result) in enumerate(zip(runners, measured)):
         record = result.to_dict()
         record["path"] = str(model)
-        record["label"] = labels[model]
+        record["label"] = label
         sp = result.speedup
-        record["speedup_vs_first"] = 1.0 if model == runners[0][0] else (sp.ratio if sp is not None else None)
+        record["speedup_vs_first"] = 1.0 if i == 0 else (sp.ratio if sp is not None else None)
         prep = preprocessing_of(model)  # recorded with the figures: what input the model expects
         record["preprocessing"] = prep.to_dict() if prep is not None else None
         report.environment = record.pop("environment")
         report.results.append(record)
         if sp is not None:
-            report.speedups.append(_speedup_record(sp, timing.batch, labels[runners[0][0]], labels[model]))
+            report.speedups.append(_speedup_record(sp, timing.batch, runners[0][1], label))
 
 
 def _speedup_record(speedup, batch: int, reference: str, candidate: str) -> dict:
