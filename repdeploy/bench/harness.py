@@ -75,6 +75,7 @@ class BenchSettings:
 
 
 _FIELDS = frozenset(f.name for f in fields(BenchSettings))
+SESSION_MIN_ROUNDS = 3  # interleaved rounds in each of several sessions
 
 
 def bench_settings(settings: BenchSettings | None = None, **shortcuts) -> BenchSettings:
@@ -227,7 +228,10 @@ def bench_sessions(open_runners: Callable[[], Sequence[Runner]], settings: Bench
     for _ in range(s.sessions):
         with contextlib.ExitStack() as stack:
             runners = [stack.enter_context(r) for r in open_runners()]
-            measured.append(_interleaved_rounds(runners, share))
+            # Each session is one draw of the level; the interval is over sessions, so a session
+            # needs only a few rounds (ABBAAB order) for its own ratio, and the sessions together
+            # still exceed MIN_ROUNDS.
+            measured.append(_interleaved_rounds(runners, share, min_rounds=SESSION_MIN_ROUNDS))
     results = _results(runners, measured, s)
     return results, results[1].speedup if len(results) > 1 else None
 
@@ -245,7 +249,7 @@ class _Session:
     host_times: list[list[float]]  # seconds, for runners that report host latency apart; else empty
 
 
-def _interleaved_rounds(runners: Sequence[Runner], s: BenchSettings) -> _Session:
+def _interleaved_rounds(runners: Sequence[Runner], s: BenchSettings, min_rounds: int = MIN_ROUNDS) -> _Session:
     if not runners:
         raise InputError("bench_interleaved needs at least one runner")
     inputs = [_input_for(r, s) for r in runners]
@@ -289,7 +293,7 @@ def _interleaved_rounds(runners: Sequence[Runner], s: BenchSettings) -> _Session
             times[i] += mine
             round_medians[i].append(float(np.median(mine)) * 1e3)
         rounds += 1
-        if rounds < MIN_ROUNDS or min(spent) < s.duration or min(len(t) for t in times) < s.iterations:
+        if rounds < min_rounds or min(spent) < s.duration or min(len(t) for t in times) < s.iterations:
             continue
         # judge after every doubling of the rounds, so the check stays cheap next to the runs
         if max(spent) >= cap or ((rounds & (rounds - 1)) == 0 or rounds % 16 == 0) and settled():
@@ -308,8 +312,9 @@ def _results(runners: Sequence[Runner], sessions: Sequence[_Session], s: BenchSe
         stats = latency_stats(t)
         _warn_if_noisy(r.name, r.engine, s.batch, stats, capped=s.max_duration is not None)
         speedup = None
-        if i > 0 and rounds:  # this model against the first, from the rounds they shared
-            speedup = speedup_over_sessions([(m.round_medians[0], m.round_medians[i]) for m in sessions])
+        if i > 0 and rounds and stats.median_ms > 0:  # this model against the first, from the rounds they shared
+            speedup = speedup_over_sessions([(m.round_medians[0], m.round_medians[i]) for m in sessions],
+                                            ratio=results[0].stats.median_ms / stats.median_ms)
         results.append(BenchResult(
             model=r.name, engine=r.engine, batch=s.batch, input_shape=sessions[-1].shapes[i], warmup_s=s.warmup,
             min_duration_s=s.duration, min_iterations=s.iterations, measured_s=spent, stats=stats,

@@ -18,9 +18,9 @@ from ..errors import InputError, RepDeployError
 from ..progress import log, status
 from .harness import BenchSettings, bench_sessions
 
-SPEEDUP_DEFINITION = ("time of the first model (baseline) / time of this model at the same batch size, timed "
-                      "interleaved: the geometric mean over fresh sessions of each session's ratio of median round "
-                      "latencies, with a t-interval over the sessions; above 1: faster than the baseline")
+SPEEDUP_DEFINITION = ("p50 latency of the first model (baseline) / p50 latency of this model at the same batch size, "
+                      "timed interleaved over fresh sessions; its 95 % interval is a t-interval over the sessions' own "
+                      "speed-ups; above 1: faster than the baseline")
 
 
 @dataclass(frozen=True)

@@ -189,8 +189,8 @@ def t_quantile(confidence: float, df: int) -> float:
 
 
 def speedup_over_sessions(session_rounds: Sequence[tuple[Sequence[float], Sequence[float]]], *,
-                          confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
-                          seed: int = 0) -> Speedup:
+                          ratio: float | None = None, confidence: float = CONFIDENCE,
+                          resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Speedup:
     """Speed-up from several independent sessions, each a (reference, candidate) pair of per-round
     medians measured in the same rounds.
 
@@ -200,7 +200,9 @@ def speedup_over_sessions(session_rounds: Sequence[tuple[Sequence[float], Sequen
     draw of that level, so the sessions are the sample: a session's speed-up is the ratio of its
     median round latencies, and the interval is a Student-t interval over the sessions' log
     speed-ups (log: a ratio's errors are multiplicative, and 2x faster and 2x slower are the same
-    distance apart). The point figure is their geometric mean, the interval's centre. A session
+    distance apart). The interval is centred on `ratio` when given (the harness passes the ratio
+    of the two models' pooled medians, so speed-up = FP32 ms / INT8 ms holds literally in every
+    table), else on the sessions' geometric mean; its half-width is the t-interval's. A session
     whose level moved widens the interval by its full deviation, divided only by sqrt(sessions),
     and few sessions pay through the t quantile (12.7 at two sessions, 2.36 at eight). One
     session has no between-session spread to measure: its interval is the bootstrap over its
@@ -210,13 +212,13 @@ def speedup_over_sessions(session_rounds: Sequence[tuple[Sequence[float], Sequen
     if not sessions or any(r.shape != c.shape or r.size == 0 for r, c in sessions):
         raise InputError("speed-up needs, per session, the same non-zero number of rounds for both models")
     if len(sessions) == 1:
-        return speedup_interval(*sessions[0], confidence=confidence, resamples=resamples, seed=seed)
+        return speedup_interval(*sessions[0], ratio=ratio, confidence=confidence, resamples=resamples, seed=seed)
     per_session = np.array([np.median(r) / np.median(c) for r, c in sessions])
     if not np.all(np.isfinite(per_session)) or np.any(per_session <= 0):
         raise InputError("speed-up needs positive, finite latencies in every session")
     logs = np.log(per_session)
     n = logs.size
-    centre = float(logs.mean())
+    centre = float(logs.mean()) if ratio is None else math.log(ratio)
     half = t_quantile(confidence, n - 1) * float(logs.std(ddof=1)) / math.sqrt(n)
     point, lo, hi = math.exp(centre), math.exp(centre - half), math.exp(centre + half)
     rounds = sum(r.size for r, _ in sessions)
