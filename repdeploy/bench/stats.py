@@ -200,9 +200,10 @@ def speedup_over_sessions(session_rounds: Sequence[tuple[Sequence[float], Sequen
     draw of that level, so the sessions are the sample: a session's speed-up is the ratio of its
     median round latencies, and the interval is a Student-t interval over the sessions' log
     speed-ups (log: a ratio's errors are multiplicative, and 2x faster and 2x slower are the same
-    distance apart). The interval is centred on `ratio` when given (the harness passes the ratio
-    of the two models' pooled medians, so speed-up = FP32 ms / INT8 ms holds literally in every
-    table), else on the sessions' geometric mean; its half-width is the t-interval's. A session
+    distance apart), centred on their geometric mean. The point figure is `ratio` when given (the
+    harness passes the ratio of the two models' pooled medians, so speed-up = FP32 ms / INT8 ms
+    holds literally in every table), else that geometric mean; the interval is stretched to hold
+    the point if it falls outside (rarely: the two differ by less than the half-width). A session
     whose level moved widens the interval by its full deviation, divided only by sqrt(sessions),
     and few sessions pay through the t quantile (12.7 at two sessions, 2.36 at eight). One
     session has no between-session spread to measure: its interval is the bootstrap over its
@@ -218,9 +219,10 @@ def speedup_over_sessions(session_rounds: Sequence[tuple[Sequence[float], Sequen
         raise InputError("speed-up needs positive, finite latencies in every session")
     logs = np.log(per_session)
     n = logs.size
-    centre = float(logs.mean()) if ratio is None else math.log(ratio)
+    centre = float(logs.mean())
     half = t_quantile(confidence, n - 1) * float(logs.std(ddof=1)) / math.sqrt(n)
-    point, lo, hi = math.exp(centre), math.exp(centre - half), math.exp(centre + half)
+    point = math.exp(centre) if ratio is None else float(ratio)
+    lo, hi = min(math.exp(centre - half), point), max(math.exp(centre + half), point)
     rounds = sum(r.size for r, _ in sessions)
     noisy = rounds < MIN_ROUNDS or not max(point - lo, hi - point) <= NOISE_TOL * point
     return Speedup(point, lo, hi, rounds, noisy, sessions=n, session_ratios=tuple(float(v) for v in per_session))
