@@ -312,9 +312,8 @@ def _results(runners: Sequence[Runner], sessions: Sequence[_Session], s: BenchSe
         stats = latency_stats(t)
         _warn_if_noisy(r.name, r.engine, s.batch, stats, capped=s.max_duration is not None)
         speedup = None
-        if i > 0 and rounds and stats.median_ms > 0:  # this model against the first, from the rounds they shared
-            speedup = speedup_over_sessions([(m.round_medians[0], m.round_medians[i]) for m in sessions],
-                                            ratio=results[0].stats.median_ms / stats.median_ms)
+        if i > 0 and rounds:  # this model against the first, from the rounds they shared
+            speedup = speedup_over_sessions([(m.round_medians[0], m.round_medians[i]) for m in sessions])
         results.append(BenchResult(
             model=r.name, engine=r.engine, batch=s.batch, input_shape=sessions[-1].shapes[i], warmup_s=s.warmup,
             min_duration_s=s.duration, min_iterations=s.iterations, measured_s=spent, stats=stats,

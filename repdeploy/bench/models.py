@@ -18,9 +18,9 @@ from ..errors import InputError, RepDeployError
 from ..progress import log, status
 from .harness import BenchSettings, bench_sessions
 
-SPEEDUP_DEFINITION = ("p50 latency of the first model (baseline) / p50 latency of this model at the same batch size, "
-                      "timed interleaved over fresh sessions; its 95 % interval is a t-interval over the sessions' own "
-                      "speed-ups; above 1: faster than the baseline")
+SPEEDUP_DEFINITION = ("time of the first model (baseline) / time of this model at the same batch size, timed "
+                      "interleaved: in each fresh session the ratio of the two models' median round latencies, then "
+                      "the geometric mean over the sessions with a 95 % t-interval; above 1: faster than the baseline")
 
 
 @dataclass(frozen=True)
