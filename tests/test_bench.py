@@ -377,3 +377,26 @@ def test_bench_cli_shows_host_latency_beside_gpu_compute_for_tensorrt(fake_tenso
     assert "m.engine #1  engine trt" in table and "m.engine #2  engine trt" in table
     header = next(line for line in table.splitlines() if line.startswith("model "))
     assert "p50 ms" in header and "host ms" in header and "host ms the whole call" in header
+
+
+def test_bench_models_returns_its_status_and_never_exits(tmp_path):
+    """The library runs what it can and reports the rest; only the command line turns the report's
+    exit code into the process's (issue 20). Bad settings are refused before any model loads."""
+    from repdeploy import BenchModelsSettings, BenchReport, BenchSettings, bench_models
+    from repdeploy.export.onnx import export_onnx
+
+    good = export_onnx(fuse(trained_like("RepVGG-mini")).plain, tmp_path / "m.onnx", input_size=32)
+    timing = BenchSettings(warmup=0.0, duration=0.0, iterations=3, sessions=2)
+    report = bench_models([good, tmp_path / "missing.onnx", good], BenchModelsSettings(timing=timing, threads=1))
+    assert isinstance(report, BenchReport) and report.status == "FAILED" and report.exit_code == 2
+    assert [f["path"] for f in report.failures] == [str(tmp_path / "missing.onnx")]
+    assert [r["label"] for r in report.results] == ["m.onnx #1", "m.onnx #2"]  # the two good ones still ran
+    [sp] = report.speedups
+    assert sp["sessions"] == 2 and sp["interval"] == "t-interval over sessions" and len(sp["session_speedups"]) == 2
+    assert report.to_dict()["verdict"] == "FAILED"
+    ok = bench_models([good], timing=timing, batches=(1, 2))
+    assert ok.status == "PASSED" and ok.exit_code == 0 and [r["batch"] for r in ok.results] == [1, 2]
+    with pytest.raises(InputError, match="--duration"):
+        bench_models([tmp_path / "missing.onnx"], timing=BenchSettings(duration=float("nan")))
+    with pytest.raises(TypeError, match="unknown"):
+        bench_models([good], sesions=3)

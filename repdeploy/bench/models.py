@@ -178,6 +178,8 @@ def unique_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
 
     >>> unique_labels(["runs/a/model.onnx", "runs/b/model.onnx", "x.onnx"])
     ['a/model.onnx', 'b/model.onnx', 'x.onnx']
+    >>> unique_labels(["/runs/a/model.onnx", "/runs/a/model.onnx"])
+    ['model.onnx #1', 'model.onnx #2']
     """
     from pathlib import PurePath
 
@@ -185,7 +187,8 @@ def unique_labels(paths: Sequence[str | os.PathLike]) -> list[str]:
     depth = [1] * len(parts)
     while True:
         labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        clash = {lab for lab in labels if labels.count(lab) > 1}
+        # only a clash between different paths needs more folders; the same path twice never parts
+        clash = {lab for lab in labels if len({parts[i] for i, other in enumerate(labels) if other == lab}) > 1}
         grow = [i for i, lab in enumerate(labels) if lab in clash and depth[i] < len(parts[i])]
         if not grow:
             break
