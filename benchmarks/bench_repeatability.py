@@ -6,9 +6,10 @@ speed-ups whose 95 % intervals overlap. The pair defaults to the zoo's A0-width 
 (repvgg_a0_96), quantized once into a temporary directory; --fp32/--int8 take any pair.
 
 Each run's interval is bench's t-interval over its fresh sessions' log speed-ups
-(docs/benchmarks.md, "Bench repeatability"). The default --bench-args give each run 12 sessions
-and 6 s per model (about 25 s a run on 2 cores; five runs and the quantization stay under about
-5 minutes).
+(docs/benchmarks.md, "Bench repeatability"). The default --bench-args give each run 10 sessions,
+each in a fresh process (`--fresh-processes`: what is fixed per process then varies between
+sessions as it does between runs), and 5 s per model: about 20-30 s a run on an idle 2-core
+machine, so five runs and the quantization stay under about 5 minutes.
 
 Prints one JSON line per run (speed-up = FP32 time / INT8 time, its interval and half-width,
 per-session speed-ups, noisy, the ORT session settings both sides ran with, the 1-minute load
@@ -33,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 #: Many short fresh sessions: the interval is over sessions, so their number buys its precision.
-DEFAULT_BENCH_ARGS = "--sessions 12 --duration 6 --warmup 1"
+DEFAULT_BENCH_ARGS = "--sessions 10 --duration 5 --warmup 1 --fresh-processes"
 
 
 def quantized_speed_model(directory: Path) -> tuple[Path, Path]:

@@ -396,6 +396,11 @@ def test_bench_models_returns_its_status_and_never_exits(tmp_path):
     assert report.to_dict()["verdict"] == "FAILED"
     ok = bench_models([good], timing=timing, batches=(1, 2))
     assert ok.status == "PASSED" and ok.exit_code == 0 and [r["batch"] for r in ok.results] == [1, 2]
+    # each session in a fresh process: the children time the files and the parent pools their sessions
+    fresh = bench_models([good, good], timing=timing, threads=1, fresh_processes=True, ort_spin_us="7")
+    assert fresh.status == "PASSED" and [r["stats"]["count"] >= 3 for r in fresh.results] == [True, True]
+    assert fresh.speedups[0]["sessions"] == 2 and fresh.results[1]["rounds"] >= 6  # 3 rounds a session
+    assert [r["runner"]["session_config"] for r in fresh.results] == [{"session.intra_op.spin_duration_us": "7"}] * 2
     with pytest.raises(InputError, match="--duration"):
         bench_models([tmp_path / "missing.onnx"], timing=BenchSettings(duration=float("nan")))
     with pytest.raises(TypeError, match="unknown"):

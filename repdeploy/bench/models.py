@@ -35,6 +35,7 @@ class BenchModelsSettings:
     ort_spin_us: str | int | None = "recorded"  # runtime.ort.shared_session_config
     load_kwargs: Mapping[str, Any] = field(default_factory=dict)  # for checkpoints (arch, strict, ...)
     timing: BenchSettings = BenchSettings()
+    fresh_processes: bool = False  # each session in its own process (processes.py): the interval spans reruns
 
 
 @dataclass
@@ -100,7 +101,7 @@ def bench_models(models: Sequence[str | os.PathLike], settings: BenchModelsSetti
                          None if ort_session is None else {**ort_session.to_dict(), "text": ort_session.describe()}, [])
     for size in s.batches if runners else ():
         _bench_batch(report, runners, replace(s.timing, batch=size, sessions=s.timing.sessions
-                                                      if len(runners) > 1 else 1), s.engine)
+                                              if len(runners) > 1 else 1), s, ort_session)
     return report
 
 
@@ -125,14 +126,26 @@ def _open_all(labelled: list, s: BenchModelsSettings, ort_session) -> tuple[list
     return runners, failures
 
 
-def _bench_batch(report: BenchReport, runners: list, timing: BenchSettings, engine: str) -> None:
+def _bench_batch(report: BenchReport, runners: list, timing: BenchSettings, s: BenchModelsSettings,
+                 ort_session) -> None:
     """Time every opened model at one batch size; a failure is recorded, not raised."""
     from ..preprocess import preprocessing_of
+    from ..runtime import model_kind
+    from .processes import bench_in_processes
 
-    status(f"bench {len(runners)} model(s) ({engine}, batch {timing.batch}, {timing.sessions} session(s))")
+    fresh = s.fresh_processes and timing.sessions > 1
+    status(f"bench {len(runners)} model(s) ({s.engine}, batch {timing.batch}, {timing.sessions} "
+           f"{'fresh process' if fresh else 'session'}(s))")
     try:
-        # one model has no speed-up to make honest: the plain harness, which meets the minimums exactly
-        measured, _ = bench_sessions(lambda: [r for _, _, r in runners], timing)
+        if fresh:
+            job = {"models": [str(m) for m, _, _ in runners], "labels": [label for _, label, _ in runners],
+                   "engine": s.engine, "threads": s.threads, "device": s.device, "compile": s.compile,
+                   "session_config": None if ort_session is None else dict(ort_session.config),
+                   "load_kwargs": [dict(s.load_kwargs) if model_kind(m) == "checkpoint" else {} for m, _, _ in runners]}
+            measured = bench_in_processes([r for _, _, r in runners], job, timing)
+        else:
+            # one model has no speed-up to make honest: the plain harness, which meets the minimums exactly
+            measured, _ = bench_sessions(lambda: [r for _, _, r in runners], timing)
     except RepDeployError as exc:
         report.failures.append({"path": ", ".join(str(m) for m, _, _ in runners), "error": str(exc),
                                 "exit_code": exc.exit_code, "batch": timing.batch})

@@ -193,6 +193,9 @@ class _BenchCommand(click.Command):
               help="Fresh runtime sessions, one after another, that the time is split over; each speed-up's "
                    "interval is a t-interval over the sessions' own speed-ups, so a level a new session does not "
                    "reproduce widens it.")
+@click.option("--fresh-processes", is_flag=True,
+              help="Run each session in a fresh process, so the speed-up's interval also spans what is fixed per "
+                   "process (memory layout, thread placement): what a rerun of bench gets. About 1 s more a session.")
 @click.option("--ort-spin-us", default="recorded", show_default=True, metavar="N|recorded|default",
               help="ORT engine: how long idle intra-op threads spin (us) before sleeping, the same for every model: "
                    "'recorded' applies the setting a model file records (repdeploy's INT8 ort layout: 100) to all "
@@ -204,8 +207,8 @@ class _BenchCommand(click.Command):
 @json_option
 @quiet_option
 @handle_errors
-def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, max_duration, sessions, ort_spin_us,
-              use_compile, device, load_kwargs, as_json):
+def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, max_duration, sessions, fresh_processes,
+              ort_spin_us, use_compile, device, load_kwargs, as_json):
     """Latency of one or more models: warm up, then run until both --duration and --iterations are met.
 
     Reports the median with its bootstrap 95 % interval (NOISY when wider than +-5 %), IQR,
@@ -234,7 +237,7 @@ def bench_cmd(models, engine, batches, threads, warmup, duration, iterations, ma
                                     f"or --json-out FILE; {old_json!r} was read as the old --json FILE")
     settings = BenchModelsSettings(
         engine=engine, batches=tuple(_batches(batches)), threads=threads, device=device, compile=use_compile,
-        ort_spin_us=ort_spin_us, load_kwargs=load_kwargs,
+        ort_spin_us=ort_spin_us, load_kwargs=load_kwargs, fresh_processes=fresh_processes,
         timing=BenchSettings(warmup=warmup, duration=duration, iterations=iterations, max_duration=max_duration,
                              sessions=sessions))
     report = bench_models(list(models), settings)
