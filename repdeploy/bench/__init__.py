@@ -1,7 +1,8 @@
 """Latency measurement, one module per step: `harness` times runners (warm-up, minimums, interleaved
 rounds, fresh sessions), `stats` says what the timings show and how sure it is (medians with
 intervals, speed-ups with intervals across sessions), `machine` records what the figures depend on,
-and `models` is `repdeploy bench` as a library call over model files (`bench_models`)."""
+`models` is `repdeploy bench` as a library call over model files (`bench_models`), and `processes`
+runs each of its sessions in a fresh process on request (`--fresh-processes`)."""
 
 from __future__ import annotations
 
