@@ -31,10 +31,16 @@ def bench_in_processes(runners: Sequence, job: dict, settings: BenchSettings) ->
     """
     share = settings.one_session()
     request = json.dumps({**job, "settings": asdict(share)})
+    # a session runs for its share of the time; far longer means a child that hangs, not a slow one
+    limit = 300 + 10 * (share.warmup + max(share.duration, share.max_duration or 0.0))
     sessions = []
     for _ in range(settings.sessions):
-        proc = subprocess.run([sys.executable, "-m", "repdeploy.bench.processes"], input=request,
-                              capture_output=True, text=True)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "repdeploy.bench.processes"], input=request,
+                                  capture_output=True, text=True, timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise RepDeployError(f"a bench session process ran past {limit:.0f} s and was stopped; "
+                                 "run without --fresh-processes to time the session in this process") from None
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
             raise RepDeployError(f"a bench session process failed (exit {proc.returncode}): {last}")
