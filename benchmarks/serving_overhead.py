@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--imports", type=int, default=5, help="fresh interpreters per import figure")
     args = ap.parse_args()
-    from repdeploy.machine import environment
+    from repdeploy.bench import environment
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path, image = a0_int8(Path(tmp))

@@ -32,7 +32,8 @@ _install_early_interrupt()  # the command line imports torch for seconds: Ctrl-C
 # those bindings, so `repdeploy.fuse` is the function however the submodules were imported, as it
 # was when the facade imported everything eagerly.
 _API = {
-    "bench": ".bench", "bench_interleaved": ".bench", "bench_sessions": ".bench",
+    "bench": ".bench", "bench_interleaved": ".bench", "bench_sessions": ".bench", "bench_models": ".bench",
+    "BenchSettings": ".bench", "BenchModelsSettings": ".bench", "BenchReport": ".bench",
     "load": ".checkpoints", "load_fused": ".checkpoints", "save_fused": ".checkpoints",
     "compare": ".compare", "evaluate": ".evaluate", "export_onnx": ".export.onnx", "fuse": ".fuse",
     "run_pipeline": ".pipeline", "Preprocessing": ".preprocess", "preprocess": ".preprocess",

@@ -36,10 +36,12 @@ BENCH_BATCH_SIZE = 1
 #: Runs extend while a median or the speed-up is noisy (95 % interval wider than +-5 %), up to
 #: this many seconds per model; still noisy then, the report says so.
 BENCH_MAX_DURATION_S = 6.0
-#: The pipeline measures each model pair over this many fresh runtime sessions: on a shared
-#: machine a session's level can differ from the next one's by more than its own runs vary, and
-#: only an interval across sessions predicts what a rerun will show.
-BENCH_SESSIONS = 3
+#: `bench` and the pipeline measure each model pair over this many fresh runtime sessions: on a
+#: shared machine a session's level can differ from the next one's by more than its own runs vary,
+#: and only an interval across sessions predicts what a rerun will show. The interval is a
+#: t-interval over the sessions' speed-ups, so their number buys its width: t is 4.30 at 3
+#: sessions and 2.36 at 8 (docs/benchmarks.md, "Bench repeatability").
+BENCH_SESSIONS = 8
 
 #: Training-side defaults of QAT (the short fine-tune from the PTQ ranges); `pipeline --qat`
 #: fine-tunes for as many epochs as `qat` does.

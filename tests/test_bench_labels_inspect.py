@@ -6,10 +6,12 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from repdeploy.bench import bench_interleaved, unique_labels
+from repdeploy import defaults
+from repdeploy.bench import bench_interleaved, t_quantile, unique_labels
 from repdeploy.cli import main
 from repdeploy.runtime import open_runner
 from repdeploy.zoo import zoo_entry
@@ -47,9 +49,21 @@ def test_bench_two_runs_gets_distinct_labels_a_speedup_column_and_threads(runs):
     labels = [x["label"] for x in doc["results"]]
     assert labels == ["model_fp32.onnx", "ort/model_int8_ort.onnx", "copy/model_int8_ort.onnx"]
     assert doc["baseline"] == "model_fp32.onnx" and doc["results"][0]["speedup_vs_first"] == 1.0
-    for x in doc["results"]:  # speed-up = the baseline's time / this model's time, never the inverse
-        assert x["speedup_vs_first"] == pytest.approx(doc["results"][0]["stats"]["p50_ms"] / x["stats"]["p50_ms"])
-        assert x["runner"]["intra_op_threads"] == 1
+    # One figure per model, the same in the column and in the interval line, and one direction:
+    # the baseline's time / this model's time, never the inverse.
+    speedups = {sp["candidate"]: sp for sp in doc["speedups"]}
+    assert set(speedups) == set(labels[1:]) and all(sp["reference"] == labels[0] for sp in speedups.values())
+    for x in doc["results"][1:]:
+        sp = speedups[x["label"]]
+        assert x["speedup_vs_first"] == sp["speedup"] and sp["sessions"] == defaults.BENCH_SESSIONS
+        # each session pairs the two models under one load; the figure is their geometric mean
+        assert sp["speedup"] == pytest.approx(float(np.exp(np.mean(np.log(sp["session_speedups"])))))
+        assert sp["ci_low"] <= sp["speedup"] <= sp["ci_high"] and sp["interval"] == "t-interval over sessions"
+        # the interval is as wide as the sessions' spread says: the t-interval of their log speed-ups
+        logs = np.log(sp["session_speedups"])
+        half = t_quantile(0.95, logs.size - 1) * logs.std(ddof=1) / np.sqrt(logs.size)
+        assert np.log(sp["ci_high"] / sp["ci_low"]) == pytest.approx(2 * half)
+    assert all(x["runner"]["intra_op_threads"] == 1 for x in doc["results"])
     text = CliRunner().invoke(main, ["bench", str(fp32), str(a), "-q", *FAST]).stdout
     assert "threads -" not in text and ("threads ORT default (" in text or re.search(r"threads \d+\b", text))
     assert "speed-up" in text and not re.search(r"\bratio\b", text) and "ort/model_int8_ort.onnx" not in text

@@ -148,7 +148,7 @@ def test_one_defaults_module_feeds_every_command():
     assert ptq.QuantizeSettings().calib_samples == defaults.CALIB_SAMPLES
     assert qat.QatSettings().calib_samples == defaults.CALIB_SAMPLES
     assert pipeline.PipelineSettings().calib_samples == defaults.CALIB_SAMPLES
-    assert inspect.signature(bench.bench).parameters["duration"].default == defaults.BENCH_DURATION_S
+    assert bench.BenchSettings().duration == defaults.BENCH_DURATION_S
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..bench import BenchResult
-    from ..bench_stats import Speedup
+    from ..bench import Speedup
     from ..data import ImageDataset
     from ..errors import RepDeployError
     from ..models.specs import ArchSpec

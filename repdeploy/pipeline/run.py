@@ -106,7 +106,7 @@ def run_pipeline(checkpoints: Sequence[str | Path] | str | Path | None = None,
             status(f"[{i}/{len(jobs)}] {name}")
             rows.append(_run_one(path, name, out / name, s, load_kwargs, input_size, command, force))
 
-        from ..machine import environment
+        from ..bench import environment
 
         report = _commit_report(rows, out, s, environment())
     except BaseException:

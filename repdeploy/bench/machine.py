@@ -47,7 +47,7 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
-    from .version import __version__
+    from ..version import __version__
 
     env = {
         "cpu": cpu_model(),

@@ -3,8 +3,8 @@
 Pure functions of the measured numbers (no clock, no runner), so they are tested on known
 sequences: the median with a bootstrap 95 % interval, the IQR and p90/p99 (`latency_stats`), and
 the speed-up of one model over another as a ratio with an interval over interleaved rounds
-(`speedup_interval`) and over fresh sessions (`speedup_over_sessions`). The harness that
-produces the timings is repdeploy/bench.py.
+(`speedup_interval`) and over fresh sessions (`speedup_over_sessions`, a t-interval over the
+sessions' log speed-ups). The harness that produces the timings is repdeploy/bench/harness.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 #: a median (or a speed-up) whose 95 % interval reaches further than this fraction from it is noisy
 NOISE_TOL = 0.05
@@ -111,7 +111,8 @@ def latency_stats(times_s: Sequence[float]) -> LatencyStats:
 
 @dataclass(frozen=True)
 class Speedup:
-    """reference median / candidate median, with a bootstrap 95 % interval over interleaved rounds."""
+    """reference time / candidate time (above 1: the candidate is faster) with its 95 % interval: over
+    fresh sessions when there are several (speedup_over_sessions), else over interleaved rounds."""
 
     ratio: float
     ci_low: float
@@ -150,42 +151,77 @@ def speedup_interval(reference_round_ms: Sequence[float], candidate_round_ms: Se
     return Speedup(point, lo, hi, int(ref.size), noisy)
 
 
+def t_quantile(confidence: float, df: int) -> float:
+    """The two-sided Student-t quantile: P(|T| <= q) = confidence for T with `df` degrees of freedom.
+
+    For integer df, P(|T| <= q) has a closed form in theta = atan(q / sqrt(df)) (Abramowitz and
+    Stegun 26.7.3-4, a finite series); bisection inverts it. Written here so the runtime needs no
+    scipy for one quantile.
+
+    >>> round(t_quantile(0.95, 1), 3), round(t_quantile(0.95, 4), 3), round(t_quantile(0.95, 9), 3)
+    (12.706, 2.776, 2.262)
+    """
+    if df < 1 or not 0.0 < confidence < 1.0:
+        raise InputError(f"t quantile needs df >= 1 and 0 < confidence < 1 (got df {df}, confidence {confidence})")
+
+    def covered(q: float) -> float:
+        theta = math.atan(q / math.sqrt(df))
+        c, s = math.cos(theta), math.sin(theta)
+        if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+            term, total = c, 0.0 if df == 1 else c
+            for k in range(2, df - 1, 2):
+                term *= c * c * k / (k + 1)
+                total += term
+            return 2 / math.pi * (theta + s * total)
+        term, total = 1.0, 1.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        for k in range(1, df - 2, 2):
+            term *= c * c * k / (k + 1)
+            total += term
+        return s * total
+
+    lo, hi = 0.0, 1.0
+    while covered(hi) < confidence:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if covered(mid) < confidence else (lo, mid)
+    return (lo + hi) / 2
+
+
 def speedup_over_sessions(session_rounds: Sequence[tuple[Sequence[float], Sequence[float]]], *,
-                          ratio: float | None = None, confidence: float = CONFIDENCE,
-                          resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> Speedup:
+                          confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                          seed: int = 0) -> Speedup:
     """Speed-up from several independent sessions, each a (reference, candidate) pair of per-round
     medians measured in the same rounds.
 
-    A session's level can differ from the next one's by more than its own rounds vary (on a
-    shared 2-core machine, repeated runs of the same pair of tiny models gave 0.88x-1.11x while
-    each run's interval was +-2 %), so an interval over one session's rounds promises an
-    agreement that a rerun does not keep. The bootstrap here is two-level: sessions are drawn
-    with replacement, then rounds (as pairs) within each drawn session, and the ratio of the
-    medians of the pooled round medians gives the interval. Sessions that disagree widen it, so
-    they are flagged noisy instead of reported as a precise speed-up.
+    A session's level can differ from the next one's by more than its own rounds vary: on the
+    shared 2-core machine, five bench runs whose intervals came from their rounds (a bootstrap)
+    gave 4.16x [4.05-4.28] beside intervals it missed (docs/benchmarks.md). Each session is one
+    draw of that level, so the sessions are the sample: a session's speed-up is the ratio of its
+    median round latencies, and the interval is a Student-t interval over the sessions' log
+    speed-ups (log: a ratio's errors are multiplicative, and 2x faster and 2x slower are the same
+    distance apart). The point figure is their geometric mean, the interval's centre: each session
+    pairs the two models under one load, which the ratio of medians pooled over all sessions does
+    not (on the loaded machine that pooled ratio sat at the top edge of this interval, 5.9-7.5x
+    against sessions mostly at 3-5x; docs/benchmarks.md). A session
+    whose level moved widens the interval by its full deviation, divided only by sqrt(sessions),
+    and few sessions pay through the t quantile (12.7 at two sessions, 2.36 at eight). One
+    session has no between-session spread to measure: its interval is the bootstrap over its
+    rounds (speedup_interval), which says nothing about a rerun.
     """
     sessions = [(np.asarray(r, dtype=np.float64), np.asarray(c, dtype=np.float64)) for r, c in session_rounds]
     if not sessions or any(r.shape != c.shape or r.size == 0 for r, c in sessions):
         raise InputError("speed-up needs, per session, the same non-zero number of rounds for both models")
     if len(sessions) == 1:
-        return speedup_interval(*sessions[0], ratio=ratio, confidence=confidence, resamples=resamples, seed=seed)
-    all_ref = np.concatenate([r for r, _ in sessions])
-    all_cand = np.concatenate([c for _, c in sessions])
-    point = float(np.median(all_ref) / np.median(all_cand)) if ratio is None else float(ratio)
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(resamples)
-    for b in range(resamples):
-        picked = rng.integers(0, len(sessions), size=len(sessions))
-        ref_parts, cand_parts = [], []
-        for j in picked:
-            r, c = sessions[j]
-            idx = rng.integers(0, r.size, size=r.size)
-            ref_parts.append(r[idx])
-            cand_parts.append(c[idx])
-        ratios[b] = np.median(np.concatenate(ref_parts)) / np.median(np.concatenate(cand_parts))
-    tail = (1.0 - confidence) / 2 * 100
-    lo, hi = (float(v) for v in np.percentile(ratios, [tail, 100 - tail]))
-    lo, hi = min(lo, point), max(hi, point)
-    per_session = tuple(float(np.median(r) / np.median(c)) for r, c in sessions)
-    noisy = all_ref.size < MIN_ROUNDS or not max(point - lo, hi - point) <= NOISE_TOL * point
-    return Speedup(point, lo, hi, int(all_ref.size), noisy, sessions=len(sessions), session_ratios=per_session)
+        return speedup_interval(*sessions[0], confidence=confidence, resamples=resamples, seed=seed)
+    per_session = np.array([np.median(r) / np.median(c) for r, c in sessions])
+    if not np.all(np.isfinite(per_session)) or np.any(per_session <= 0):
+        raise InputError("speed-up needs positive, finite latencies in every session")
+    logs = np.log(per_session)
+    n = logs.size
+    centre = float(logs.mean())
+    half = t_quantile(confidence, n - 1) * float(logs.std(ddof=1)) / math.sqrt(n)
+    point, lo, hi = math.exp(centre), math.exp(centre - half), math.exp(centre + half)
+    rounds = sum(r.size for r, _ in sessions)
+    noisy = rounds < MIN_ROUNDS or not max(point - lo, hi - point) <= NOISE_TOL * point
+    return Speedup(point, lo, hi, rounds, noisy, sessions=n, session_ratios=tuple(float(v) for v in per_session))
