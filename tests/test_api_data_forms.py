@@ -90,8 +90,9 @@ def test_one_device_default_everywhere():
 
     from repdeploy.compare import CompareSettings
 
-    for fn in (repdeploy.open_runner, TorchRunner.__init__):
-        assert inspect.signature(fn).parameters["device"].default == defaults.DEVICE, fn.__qualname__
-    # quantize, qat, pipeline and compare take one settings record each: its device field
-    for settings in (QuantizeSettings, QatSettings, PipelineSettings, CompareSettings):
+    from repdeploy.runtime import RunnerSettings
+
+    assert inspect.signature(TorchRunner.__init__).parameters["device"].default == defaults.DEVICE
+    # open_runner, quantize, qat, pipeline and compare take one settings record each: its device field
+    for settings in (RunnerSettings, QuantizeSettings, QatSettings, PipelineSettings, CompareSettings):
         assert settings().device == defaults.DEVICE, settings.__name__

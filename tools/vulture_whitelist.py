@@ -18,7 +18,7 @@ _.inter_op_num_threads; _.graph_optimization_level; _.log_severity_level   # onn
 # Fields of result records: written to report.json / --json through dataclasses.asdict and
 # read by the report writers and by callers of the Python API (docs/api.md).
 warmup_s; min_duration_s; min_iterations; measured_s; throughput_ips; high_variance; max_duration_s
-min_ms; mean_ms; p90_ms; p95_ms; p99_ms; max_ms; std_ms; cv; iqr_ms
+min_ms; mean_ms; p50_ms; p90_ms; p95_ms; p99_ms; max_ms; std_ms; cv; iqr_ms
 mean_abs_diff; top1_a; top1_b; _.top1_a; _.top1_b
 cached
 fp32_ms; fp32_ms_ci; int8_ms_ci; speedup_sessions; qat_top1
@@ -36,4 +36,3 @@ tensorrt_available                       # whether the TensorRT backend is impor
 randomize_batchnorm                      # realistic BN statistics for benchmarks/ and tests/
 _.last_host_latency                      # the TensorRT runner's host wall time beside its GPU time
 _.predict; _.predict_batch               # serving.Model
-write_stamp                              # writes the engine stamp format triton.engine_stamp reads
