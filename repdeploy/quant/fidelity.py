@@ -23,7 +23,7 @@ from .quantizer import QuantPlainNet
 
 VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 # (scaled down with the pixels, never below tolerance.MIN_VERIFY_IMAGES: the deployment rule's sign test)
-VERIFY_BATCH = 32  # images per forward pass and per ORT run
+VERIFY_BATCH = 32  # images per forward pass and per ORT run at <= 64 px (fewer at larger inputs: `batch_for`)
 
 
 def images_for(input_size: int, count: int, floor: int) -> int:
@@ -36,13 +36,24 @@ def images_for(input_size: int, count: int, floor: int) -> int:
     return max(floor, min(count, int(round(count * scale))))
 
 
-def run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
-    """Logits of an ONNX file on ONNX Runtime for NCHW images `x`, in batches."""
+def batch_for(x: torch.Tensor) -> int:
+    """Images per verification step for NCHW images `x`: VERIFY_BATCH at <= 64 px, scaled down with
+    the pixels (3 at 224 px), so each step, and each tick of its progress bar, is about the same
+    work: a batch of 32 took RepVGG-B1g4 over 10 s in fake-quant on 2 busy cores."""
+    return images_for(max(x.shape[-2:]), VERIFY_BATCH, 1)
+
+
+def run_ort(path: Path, x: torch.Tensor, description: str | None = None) -> np.ndarray:
+    """Logits of an ONNX file on ONNX Runtime for NCHW images `x`, in batches (with a progress bar
+    on a terminal: `description`, or the file's name)."""
     from ..export.onnx import ort_session
+    from ..progress import track
 
     session = ort_session(path)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: chunk.numpy()})[0] for chunk in x.split(VERIFY_BATCH)])
+    chunks = x.split(batch_for(x))
+    return np.concatenate([session.run(None, {name: chunk.numpy()})[0]
+                           for chunk in track(chunks, description or f"ONNX Runtime: {Path(path).name}", len(chunks))])
 
 
 def verification_split(dataset, calib_samples: int, n_verify: int, seed: int = 0):
@@ -109,8 +120,8 @@ def int8_verdicts(ref, fake, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
     from ..preprocess import preprocessing_of
     from ..tolerance import judge, judge_deployment
 
-    fp32 = run_ort(fp32_onnx, x) if fp32_ort is None else fp32_ort
-    int8 = run_ort(int8_onnx, as_deployed(x, record, preprocessing_of(int8_onnx)))
+    fp32 = run_ort(fp32_onnx, x, "verify: ONNX Runtime FP32") if fp32_ort is None else fp32_ort
+    int8 = run_ort(int8_onnx, as_deployed(x, record, preprocessing_of(int8_onnx)), "verify: ONNX Runtime INT8")
     verdicts = [judge("ort_fp32", ref, fp32, reference_name=fp32_name, candidate_name="ORT FP32"),
                 judge_deployment("ort_int8", ref, fake, int8, fp32_name=fp32_name, simulated_name=fake_name,
                                  deployed_name="ORT INT8"),
@@ -123,20 +134,25 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
                 target: str, device: torch.device = torch.device("cpu"), record=None) -> dict:
     """Fidelity of the deployed INT8 ONNX vs FP32, and its verdicts (`int8_verdicts`).
 
-    The torch models run on `device` and are back on the CPU afterwards.
+    The torch models run on `device` and are back on the CPU afterwards. Each runs the images
+    once, in the same batches and order: hooks entered around this call (the per-layer
+    diagnostics' `SQNRProbe`) read both passes.
     """
     from ..evaluate import sqnr_db, top1_agreement
+    from ..progress import track
 
-    def logits(model) -> np.ndarray:
+    def logits(model, name: str) -> np.ndarray:
         # Batched: a whole verification set at 224 px through one forward would need gigabytes.
         model.to(device)
+        chunks = x.split(batch_for(x))
         try:
-            return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in x.split(VERIFY_BATCH)])
+            return np.concatenate([model(chunk.to(device)).float().cpu().numpy()
+                                   for chunk in track(chunks, f"verify: {name}", len(chunks))])
         finally:
             model.cpu()
 
-    ref = logits(plain)
-    fake = logits(qnet)
+    ref = logits(plain, "torch FP32")
+    fake = logits(qnet, "torch fake-quant")
     verdicts, ort = int8_verdicts(ref, fake, qnet, fp32_onnx, int8_onnx, x, record)
     fp32, int8 = ort["fp32"], ort["int8"]
     int8_verdict = verdicts[1]

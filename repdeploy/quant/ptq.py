@@ -37,8 +37,8 @@ from ..ingraph import check_input_format
 from ..tolerance import MIN_VERIFY_IMAGES
 from .fidelity import VERIFY_IMAGES, images_for, onnx_accuracy, verification_split, verify_int8
 from .ptq_inputs import at_input_size, check_quantize_arguments, load_plain
-from .ptq_report import (QuantizeResult, accuracy_gate, check_fidelity_bounds, diagnostics_record, fidelity_gate,
-                         status_word)
+from .ptq_report import (QuantizeResult, accuracy_gate, check_fidelity_bounds, diagnostics_probe, diagnostics_record,
+                         fidelity_gate, status_word)
 from .quantizer import QuantPlainNet
 
 BATCH = 32
@@ -329,8 +329,9 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
 
         t0 = time.perf_counter()
         status(f"quantize: verifying ONNX Runtime against torch on {len(x_verify)} images")
-        report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where,
-                             record=record)
+        with diagnostics_probe(plain, qnet, x_verify, diagnostics) as probe:  # per-layer figures off its passes
+            report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where,
+                                 record=record)
         report["verify_disjoint"] = bool(disjoint)  # no verification image is a calibration image
         fusion = fusion_verdict(info.get("fusion"))
         if fusion is not None:
@@ -349,13 +350,14 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         fused_nodes = count_fused_nodes(stage / names["int8"])
         report["ort_fused_nodes"] = fused_nodes
         report["ort_integer_nodes"] = integer_node_count(fused_nodes)
-        timings["verify_s"] = time.perf_counter() - t0
+        timings["verify_s"] = time.perf_counter() - t0 - probe.seconds
 
         if eval_set is not None:
             with timed(timings, "eval_s", f"quantize: evaluating FP32 and INT8 on {eval_set.source}"):
                 report.update(onnx_accuracy(stage / names["fp32"], stage / names["int8"], eval_set, eval_limit))
         with timed(timings, "diagnostics_s"):
-            per_layer = diagnostics_record(plain, qnet, x_verify, diagnostics)
+            per_layer = diagnostics_record(plain, qnet, x_verify, diagnostics, probe)
+        timings["diagnostics_s"] += probe.seconds
         timings["total_s"] = time.perf_counter() - started
 
         mismatches = failed(report["verdicts"])
