@@ -12,6 +12,7 @@ quantizes every layer the simulation quantizes. Verification images are held out
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from .quantizer import QuantPlainNet
 
 VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 # (scaled down with the pixels, never below tolerance.MIN_VERIFY_IMAGES: the deployment rule's sign test)
-VERIFY_BATCH = 32  # images per forward pass and per ORT run at <= 64 px (fewer at larger inputs: `batch_for`)
+VERIFY_BATCH = 32  # images per torch forward, and per ORT run at <= 64 px (fewer at larger inputs: `ort_batch`)
 
 
 def images_for(input_size: int, count: int, floor: int) -> int:
@@ -36,11 +37,28 @@ def images_for(input_size: int, count: int, floor: int) -> int:
     return max(floor, min(count, int(round(count * scale))))
 
 
-def batch_for(x: torch.Tensor) -> int:
-    """Images per verification step for NCHW images `x`: VERIFY_BATCH at <= 64 px, scaled down with
-    the pixels (3 at 224 px), so each step, and each tick of its progress bar, is about the same
-    work: a batch of 32 took RepVGG-B1g4 over 10 s in fake-quant on 2 busy cores."""
-    return images_for(max(x.shape[-2:]), VERIFY_BATCH, 1)
+def ort_batch(x: torch.Tensor) -> int:
+    """Images per ONNX Runtime run for NCHW images `x`: VERIFY_BATCH at <= 64 px, scaled down with
+    the pixels to 8 at 224 px, so a progress step stays short (a run of 32 took RepVGG-B1g4 many
+    seconds on 2 busy cores). Torch keeps batches of VERIFY_BATCH: on the CPU it ran 64 images at
+    224 px 3-10x slower in batches of 3 than of 32 under load; its bar steps per layer instead."""
+    return images_for(max(x.shape[-2:]), VERIFY_BATCH, 8)
+
+
+@contextlib.contextmanager
+def layer_steps(model: torch.nn.Module, layers: list[str], description: str, batches: int):
+    """A progress bar that advances as each of `layers` (module names of `model`) finishes a
+    batch: one forward of a big model at 224 px runs for seconds, its layers for fractions."""
+    from ..progress import steps
+
+    modules = dict(model.named_modules())
+    with steps(description, batches * len(layers)) as advance:
+        handles = [modules[n].register_forward_hook(lambda *_: advance()) for n in layers]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def run_ort(path: Path, x: torch.Tensor, description: str | None = None) -> np.ndarray:
@@ -51,7 +69,7 @@ def run_ort(path: Path, x: torch.Tensor, description: str | None = None) -> np.n
 
     session = ort_session(path)
     name = session.get_inputs()[0].name
-    chunks = x.split(batch_for(x))
+    chunks = x.split(ort_batch(x))
     return np.concatenate([session.run(None, {name: chunk.numpy()})[0]
                            for chunk in track(chunks, description or f"ONNX Runtime: {Path(path).name}", len(chunks))])
 
@@ -139,15 +157,14 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
     diagnostics' `SQNRProbe`) read both passes.
     """
     from ..evaluate import sqnr_db, top1_agreement
-    from ..progress import track
 
     def logits(model, name: str) -> np.ndarray:
         # Batched: a whole verification set at 224 px through one forward would need gigabytes.
         model.to(device)
-        chunks = x.split(batch_for(x))
+        chunks = x.split(VERIFY_BATCH)
         try:
-            return np.concatenate([model(chunk.to(device)).float().cpu().numpy()
-                                   for chunk in track(chunks, f"verify: {name}", len(chunks))])
+            with layer_steps(model, list(qnet.layers()), f"verify: {name}", len(chunks)):
+                return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in chunks])
         finally:
             model.cpu()
 
