@@ -46,14 +46,13 @@ def ort_batch(x: torch.Tensor) -> int:
 
 
 @contextlib.contextmanager
-def layer_steps(model: torch.nn.Module, layers: list[str], description: str, batches: int):
-    """A progress bar that advances as each of `layers` (module names of `model`) finishes a
-    batch: one forward of a big model at 224 px runs for seconds, its layers for fractions."""
+def layer_steps(layers: list[torch.nn.Module], description: str, batches: int):
+    """A progress bar that advances as each of `layers` finishes a batch: one forward of a big
+    model at 224 px runs for seconds, each of its layers for a fraction of one."""
     from ..progress import steps
 
-    modules = dict(model.named_modules())
     with steps(description, batches * len(layers)) as advance:
-        handles = [modules[n].register_forward_hook(lambda *_: advance()) for n in layers]
+        handles = [m.register_forward_hook(lambda *_: advance()) for m in layers]
         try:
             yield
         finally:
@@ -158,12 +157,16 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
     """
     from ..evaluate import sqnr_db, top1_agreement
 
+    quantized = qnet.layers()
+    floats = dict(plain.named_modules())
+
     def logits(model, name: str) -> np.ndarray:
         # Batched: a whole verification set at 224 px through one forward would need gigabytes.
         model.to(device)
         chunks = x.split(VERIFY_BATCH)
+        layers = list(quantized.values()) if model is qnet else [floats[n] for n in quantized]
         try:
-            with layer_steps(model, list(qnet.layers()), f"verify: {name}", len(chunks)):
+            with layer_steps(layers, f"verify: {name}", len(chunks)):
                 return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in chunks])
         finally:
             model.cpu()
