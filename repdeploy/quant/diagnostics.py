@@ -69,27 +69,29 @@ def weight_diagnostics(qnet: QuantPlainNet) -> list[LayerDiagnostics]:
     for name, layer in qnet.layers().items():
         module: nn.Module = layer.conv if isinstance(layer, QuantConv2d) else layer.linear
         w = module.weight.detach().float()
+        # Few passes over each weight (it has millions of elements at real size): no abs() copy,
+        # min/max per channel in one, norms without a squared copy.
         kind = "linear" if w.dim() == 2 else ("conv3x3" if w.shape[-1] == 3 else "conv1x1")
         centre_std = centre_share = None
         if kind == "conv3x3":
             centre = w[:, :, 1, 1]
             centre_std = float(centre.std()) if centre.numel() > 1 else 0.0
-            total = float(w.abs().sum())
-            centre_share = float(centre.abs().sum()) / total if total > 0 else None
-        per_channel = w.abs().flatten(1).amax(1)
+            total = float(torch.linalg.vector_norm(w, 1))
+            centre_share = float(torch.linalg.vector_norm(centre, 1)) / total if total > 0 else None
+        low, high = w.flatten(1).aminmax(dim=1)
+        per_channel = torch.maximum(high, -low)  # max |w| per output channel
         median = float(per_channel.median())
         wq = layer.weight_quantizer
         was = wq.enabled
         wq.enabled = True
-        w_fq = wq(module.weight).detach()
+        w_fq = wq(module.weight).detach()  # the fake-quant the passes cached (quantizer._cached)
         wq.enabled = was
         out.append(LayerDiagnostics(
-            layer=name, kind=kind, out_channels=int(w.shape[0]), weight_min=float(w.min()),
-            weight_max=float(w.max()), weight_std=float(w.std()), centre_std=centre_std,
+            layer=name, kind=kind, out_channels=int(w.shape[0]), weight_min=float(low.min()),
+            weight_max=float(high.max()), weight_std=float(w.std()), centre_std=centre_std,
             centre_share=centre_share,
             channel_range_ratio=float(per_channel.max()) / median if median > 0 else float("inf"),
-            weight_sqnr_db=_db(float(w.square().sum(dtype=torch.float64)),
-                               float((w - w_fq).square().sum(dtype=torch.float64))),
+            weight_sqnr_db=_db(_power(w), _power(w - w_fq)),
             activation_amax=ranges.get(layer.input_quantizer.name),
         ))
     return out
@@ -120,6 +122,12 @@ def _db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def _power(t: torch.Tensor) -> float:
+    # sum of squares in one pass, with no squared copy (a strided view is read as it is); the
+    # CPU reduction accumulates float32 in double
+    return float(torch.linalg.vector_norm(t)) ** 2
+
+
 class _Power:
     """Running sums of signal and noise power for one layer."""
 
@@ -128,10 +136,9 @@ class _Power:
     def __init__(self) -> None:
         self.signal = self.noise = 0.0
 
-    def add(self, ref: torch.Tensor, cand: torch.Tensor) -> None:
-        # float64 accumulators over float32 elements: no double copy of a layer's output
-        self.signal += float(ref.square().sum(dtype=torch.float64))
-        self.noise += float((ref - cand).square().sum(dtype=torch.float64))
+    def add(self, ref: torch.Tensor, cand: torch.Tensor, signal: float | None = None) -> None:
+        self.signal += _power(ref) if signal is None else signal
+        self.noise += _power(ref - cand)
 
     def db(self) -> float:
         return _db(self.signal, self.noise)
@@ -224,10 +231,10 @@ class SQNRProbe:
                 return
             t0 = time.perf_counter()
             # the float model's input is what the layer's own error is measured on
-            mine = (_kept(inputs[0], k), _kept(output, k)) if role == "float" else _kept(output, k)
+            mine = (inputs[0].detach()[:k], output.detach()[:k]) if role == "float" else output.detach()[:k]
             other = self._held[_OTHER[role]].pop((name, first), None)
-            if other is None:
-                self._held[role][(name, first)] = mine
+            if other is None:  # kept until the other pass: a copy of the sample's part only
+                self._held[role][(name, first)] = _kept(mine, k < output.shape[0])
             else:
                 self._compare(name, *((mine, other) if role == "float" else (other, mine)))
             self.seconds += time.perf_counter() - t0
@@ -236,19 +243,21 @@ class SQNRProbe:
     @torch.no_grad()
     def _compare(self, name: str, fp32: tuple, q_out: torch.Tensor) -> None:
         f_in, f_out = fp32
-        self._cumulative[name].add(f_out, q_out.to(f_out.device))
+        signal = _power(f_out)
+        self._cumulative[name].add(f_out, q_out.to(f_out.device), signal)
         layer, channels = self.layers[name], self._channels[name]
         device = layer.input_quantizer.amax.device  # verification moves one model at a time to its device
         # .forward: the layer's own hook must not see this call
         own = layer.forward(f_in.to(device), channels).to(f_out.device)
-        self._own[name].add(f_out if channels is None else f_out[:, channels], own)
+        self._own[name].add(f_out if channels is None else f_out[:, channels], own, signal if channels is None else None)
         self._compared[name] += int(f_out.shape[0])
 
 
-def _kept(t: torch.Tensor, k: int) -> torch.Tensor:
-    # A copy only of a part: the rest of the batch is not held alive by a view.
-    t = t.detach()
-    return t if k == t.shape[0] else t[:k].clone()
+def _kept(tensors, part: bool):
+    # A part of a batch is copied, so the rest of the batch is not held alive by a view.
+    if isinstance(tensors, tuple):
+        return tuple(_kept(t, part) for t in tensors)
+    return tensors.clone() if part else tensors
 
 
 @torch.no_grad()

@@ -148,12 +148,13 @@ def int8_verdicts(ref, fake, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
 
 @torch.no_grad()
 def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-                target: str, device: torch.device = torch.device("cpu"), record=None) -> dict:
+                target: str, device: torch.device = torch.device("cpu"), record=None, lead: int = 0) -> dict:
     """Fidelity of the deployed INT8 ONNX vs FP32, and its verdicts (`int8_verdicts`).
 
     The torch models run on `device` and are back on the CPU afterwards. Each runs the images
     once, in the same batches and order: hooks entered around this call (the per-layer
-    diagnostics' `SQNRProbe`) read both passes.
+    diagnostics' `SQNRProbe`) read both passes. `lead`: images of the first batch (the
+    diagnostics' sample, so their hooks keep whole batches instead of copying part of one).
     """
     from ..evaluate import sqnr_db, top1_agreement
 
@@ -163,7 +164,7 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
     def logits(model, name: str) -> np.ndarray:
         # Batched: a whole verification set at 224 px through one forward would need gigabytes.
         model.to(device)
-        chunks = x.split(VERIFY_BATCH)
+        chunks = (x[:lead], *x[lead:].split(VERIFY_BATCH)) if 0 < lead < len(x) else x.split(VERIFY_BATCH)
         layers = list(quantized.values()) if model is qnet else [floats[n] for n in quantized]
         try:
             with layer_steps(layers, f"verify: {name}", len(chunks)):

@@ -331,7 +331,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
         status(f"quantize: verifying ONNX Runtime against torch on {len(x_verify)} images")
         with diagnostics_probe(plain, qnet, x_verify, diagnostics) as probe:  # per-layer figures off its passes
             report = verify_int8(plain, qnet, stage / names["fp32"], stage / names["int8"], x_verify, target, where,
-                                 record=record)
+                                 record=record, lead=probe.images)
         report["verify_disjoint"] = bool(disjoint)  # no verification image is a calibration image
         fusion = fusion_verdict(info.get("fusion"))
         if fusion is not None:
