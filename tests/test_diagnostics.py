@@ -57,7 +57,10 @@ def test_figures_equal_the_direct_computation_whatever_the_batching(models):
         strided += channels is not None
         with torch.no_grad():
             own = sqnr_db(f_out.numpy(), layer(f_in).numpy())
-            own_share = own if channels is None else sqnr_db(f_out[:, channels].numpy(), layer(f_in)[:, channels].numpy())
+            # the estimate: the share of channels, on the first half of the images
+            half = (len(x) + 1) // 2
+            cols = channels if channels is not None else slice(None)
+            own_share = sqnr_db(f_out[:half, cols].numpy(), layer(f_in[:half])[:, cols].numpy())
         cumulative = sqnr_db(f_out.numpy(), quants[name][1].numpy())
         for got in every:  # conv kernels differ by batch size in the last bits
             assert got[name]["own_sqnr_db"] == pytest.approx(own, abs=1e-3), name

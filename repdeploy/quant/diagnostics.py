@@ -7,10 +7,10 @@
   same images: `sqnr_db`, each layer's output in the fully quantized model against the float
   model (the error accumulated up to it), and `own_sqnr_db`, the error the layer adds itself
   (its own quantizers applied to the float model's input of the layer), by default estimated on
-  every 4th output channel. Inside `quantize` the hooks ride on verification's own torch FP32
+  every 4th output channel of half the sample. Inside `quantize` the hooks ride on verification's own torch FP32
   and fake-quant passes (quant/fidelity.py), so the default diagnostics run no forward pass of
-  their own: they cost a quarter of a quantized pass, copying the sample's layer tensors and
-  summing powers (docs/benchmarks.md measures it against an FP32 pass).
+  their own: they cost about a sixth of a quantized pass (the own figure) and summing powers
+  (docs/benchmarks.md measures it against an FP32 pass).
 - `--diagnostics full` takes `own_sqnr_db` on every channel and adds `isolated_sqnr_db`, the
   logit SQNR with only that layer quantized: one forward per layer, which took 27 of A0's 41 s
   and 28 minutes of D2se's run when it was the default (issue 22).
@@ -145,10 +145,11 @@ class _Power:
 
 
 #: The "sample" figure of a layer's own error is taken on every OWN_STRIDE-th output channel
-#: (evenly within each group of a grouped conv), never on fewer than OWN_MIN_CHANNELS: about a
-#: quarter of a quantized pass instead of a whole one. Quantization noise is spread over the
-#: channels, so the share estimates the whole (docs/quantization.md shows it against the exact
-#: `full` figure); a narrow layer is run whole, which keeps its figure exact.
+#: (evenly within each group of a grouped conv), never on fewer than OWN_MIN_CHANNELS, and on the
+#: first half of the sample's images (the layer's input fake-quant costs per image, whatever the
+#: channels): about a sixth of a quantized pass instead of a whole one. Quantization noise is
+#: spread over channels and images, so the share estimates the whole (docs/quantization.md shows
+#: it against the exact `full` figure); a narrow layer keeps every channel.
 OWN_STRIDE = 4
 OWN_MIN_CHANNELS = 32
 
@@ -175,12 +176,15 @@ class SQNRProbe:
     them and lets them go. The probe runs no forward pass of its own: `quantize` enters it around
     verification, whose torch FP32 and fake-quant passes run anyway. The layer's own error is
     measured by running the quantized layer on the float model's input of the layer, on every
-    `own_stride`-th output channel (1: all of them, the `--diagnostics full` figure). `seconds`
+    `own_stride`-th output channel and the first half of the images (stride 1: all channels and
+    images, the `--diagnostics full` figure). `seconds`
     is the time spent inside the hooks: all the probe adds to those passes.
     """
 
     def __init__(self, plain: PlainNet, qnet: QuantPlainNet, images: int, *, own_stride: int = OWN_STRIDE) -> None:
         self.plain, self.qnet, self.images, self.own_stride = plain, qnet, images, own_stride
+        # the estimate (stride > 1) takes half the images too: its input fake-quant costs per image
+        self.own_images = images if own_stride == 1 else max(1, (images + 1) // 2)
         self.layers = qnet.layers()
         floats = dict(plain.named_modules())
         self._modules = {"float": {n: floats[n] for n in self.layers}, "quant": self.layers}
@@ -246,10 +250,14 @@ class SQNRProbe:
         signal = _power(f_out)
         self._cumulative[name].add(f_out, q_out.to(f_out.device), signal)
         layer, channels = self.layers[name], self._channels[name]
-        device = layer.input_quantizer.amax.device  # verification moves one model at a time to its device
-        # .forward: the layer's own hook must not see this call
-        own = layer.forward(f_in.to(device), channels).to(f_out.device)
-        self._own[name].add(f_out if channels is None else f_out[:, channels], own, signal if channels is None else None)
+        first = self._compared[name]
+        m = min(len(f_out), self.own_images - first)  # the own figure's images: the first of the sample
+        if m > 0:
+            device = layer.input_quantizer.amax.device  # verification moves one model at a time to its device
+            # .forward: the layer's own hook must not see this call
+            own = layer.forward(f_in[:m].to(device), channels).to(f_out.device)
+            whole = channels is None and m == len(f_out)
+            self._own[name].add(f_out[:m] if channels is None else f_out[:m, channels], own, signal if whole else None)
         self._compared[name] += int(f_out.shape[0])
 
 
