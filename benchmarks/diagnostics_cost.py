@@ -44,6 +44,36 @@ def _silences(events, started: float, ended: float) -> tuple[float, str]:
     return round(gap, 2), after
 
 
+def _added_cost(plain, qnet, x, torch, D) -> dict:
+    """What the default diagnostics add, against one FP32 pass over their sample, measured side
+    by side in this process (3 rounds, medians): the two passes with the probe's hooks minus
+    without, plus the records (weight statistics); in wall and in CPU time (process_time: less
+    moved by other processes on a shared machine)."""
+    import statistics
+
+    def clocks(f):
+        w, c = time.perf_counter(), time.process_time()
+        f()
+        return time.perf_counter() - w, time.process_time() - c
+
+    rounds = []
+    with torch.no_grad():
+        for _ in range(3):
+            fp32 = clocks(lambda: plain(x))
+            bare = clocks(lambda: (plain(x), qnet(x)))
+            probe = D.SQNRProbe(plain, qnet, len(x))
+
+            def hooked():
+                with probe:
+                    plain(x)
+                    qnet(x)
+            with_hooks = clocks(hooked)
+            records = clocks(lambda: D.diagnose(plain, qnet, x, mode="sample", probe=probe))
+            rounds.append([(with_hooks[i] - bare[i] + records[i]) / fp32[i] for i in (0, 1)])
+    return {"added_over_fp32_pass_wall": round(statistics.median(r[0] for r in rounds), 2),
+            "added_over_fp32_pass_cpu": round(statistics.median(r[1] for r in rounds), 2)}
+
+
 def _child(arch: str, mode: str, photos: Path, queue) -> None:
     import contextlib
 
@@ -105,6 +135,8 @@ def _child(arch: str, mode: str, photos: Path, queue) -> None:
               "diagnostics_in_fp32_passes": round(diag / fp32_pass, 2)}
     if hasattr(progress, "watch"):
         record["longest_silence_s"], record["silent_after"] = _silences(events, started, ended)
+    if mode == "sample" and hasattr(D, "SQNRProbe"):
+        record.update(_added_cost(plain, qnet, x, torch, D))
     if mode == "sample" and hasattr(D, "OWN_STRIDE"):  # the channel-share estimate against every channel
         sample = torch.randn(n, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
         share = D.layer_sqnr(plain, qnet, sample)
