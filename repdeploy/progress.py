@@ -104,7 +104,7 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
 
 
 @contextlib.contextmanager
-def steps(description: str, total: int) -> Iterator[Callable[[], None]]:
+def steps(description: str, total: int | None) -> Iterator[Callable[[], None]]:
     """A bar advanced by hand (one call per step), for work driven from hooks rather than a loop:
     `with steps("verify", n) as advance: ...`. Plain (no bar) off a terminal."""
     done = [0]
@@ -123,6 +123,19 @@ def steps(description: str, total: int) -> Iterator[Callable[[], None]]:
     with _bar() as bar:
         task = bar.add_task(description, total=total)
         yield advanced(lambda: bar.advance(task))
+
+
+@contextlib.contextmanager
+def module_steps(modules: list, description: str, batches: int | None) -> Iterator[None]:
+    """A bar that advances as each of `modules` (torch modules) finishes a batch: one forward of
+    a big model at 224 px runs for seconds, each of its layers for a fraction of one."""
+    with steps(description, batches * len(modules) if batches else None) as advance:
+        handles = [m.register_forward_hook(lambda *_: advance()) for m in modules]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _bar():

@@ -47,7 +47,9 @@ def test_every_long_step_of_quantize_reports_progress(plain, tmp_path):
     for name in ("verify: ONNX Runtime FP32", "verify: ONNX Runtime INT8"):  # one step per run of 32
         assert [e.done for e in steps[name]] == [0, 1, 2, 3], name
     assert verify_images == 3 * fidelity.VERIFY_BATCH
-    assert any(name.startswith("calibrating") for name in steps)
+    calibration = steps[next(name for name in steps if name.startswith("calibrating"))]  # per layer of each batch
+    assert calibration[-1].done == calibration[-1].total and calibration[-1].total % layers == 0
+    assert lines[0] == "quantize: loading the model"  # said before the first long step
     assert steps["eval fp32"][-1].done == steps["eval int8"][-1].done == 2  # 96 images in batches of 64 at 32 px
     # events come in time order, and the run ends with no stage left open
     assert [e.time for e in events] == sorted(e.time for e in events)
@@ -59,7 +61,7 @@ def test_a_long_torch_forward_advances_its_bar_per_layer(plain):
     qnet = QuantPlainNet(plain)
     qnet.features_quantizer.enabled = False
     layers = list(qnet.layers().values())
-    with progress.watch() as events, fidelity.layer_steps(layers, "one forward", 1), torch.no_grad():
+    with progress.watch() as events, progress.module_steps(layers, "one forward", 1), torch.no_grad():
         for q in qnet.quantizers():
             q.enabled = False
         qnet(torch.randn(2, 3, 32, 32))

@@ -12,7 +12,6 @@ quantizes every layer the simulation quantizes. Verification images are held out
 
 from __future__ import annotations
 
-import contextlib
 import math
 from pathlib import Path
 
@@ -43,21 +42,6 @@ def ort_batch(x: torch.Tensor) -> int:
     seconds on 2 busy cores). Torch keeps batches of VERIFY_BATCH: on the CPU it ran 64 images at
     224 px 3-10x slower in batches of 3 than of 32 under load; its bar steps per layer instead."""
     return images_for(max(x.shape[-2:]), VERIFY_BATCH, 8)
-
-
-@contextlib.contextmanager
-def layer_steps(layers: list[torch.nn.Module], description: str, batches: int):
-    """A progress bar that advances as each of `layers` finishes a batch: one forward of a big
-    model at 224 px runs for seconds, each of its layers for a fraction of one."""
-    from ..progress import steps
-
-    with steps(description, batches * len(layers)) as advance:
-        handles = [m.register_forward_hook(lambda *_: advance()) for m in layers]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
 
 
 def run_ort(path: Path, x: torch.Tensor, description: str | None = None) -> np.ndarray:
@@ -157,6 +141,7 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
     diagnostics' sample, so their hooks keep whole batches instead of copying part of one).
     """
     from ..evaluate import sqnr_db, top1_agreement
+    from ..progress import module_steps
 
     quantized = qnet.layers()
     floats = dict(plain.named_modules())
@@ -167,7 +152,7 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
         chunks = (x[:lead], *x[lead:].split(VERIFY_BATCH)) if 0 < lead < len(x) else x.split(VERIFY_BATCH)
         layers = list(quantized.values()) if model is qnet else [floats[n] for n in quantized]
         try:
-            with layer_steps(layers, f"verify: {name}", len(chunks)):
+            with module_steps(layers, f"verify: {name}", len(chunks)):
                 return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in chunks])
         finally:
             model.cpu()

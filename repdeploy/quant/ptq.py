@@ -176,6 +176,7 @@ def _quantize(model, out: Path, names: dict, calib_data, forward_loop, calib_sam
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    status("quantize: loading the model")  # fusing and proving a big model takes seconds
     plain, info = load_plain(model, load_kwargs or {})
     plain = at_input_size(plain, input_size)
     spec = plain.spec
