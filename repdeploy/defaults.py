@@ -12,8 +12,8 @@ CALIB_SAMPLES = 512
 CALIB_METHOD = "entropy"
 CALIB_PERCENTILE = 99.99
 
-#: Per-layer diagnostics after quantization (quant/diagnostics.py MODES): "sample" is one float
-#: and one fake-quant pass over a few images; "full" adds one forward per layer; "off" none.
+#: Per-layer diagnostics after quantization (quant/diagnostics.py MODES): "sample" reads a few
+#: images off verification's float and fake-quant passes; "full" adds one forward per layer; "off" none.
 DIAGNOSTICS = "sample"
 
 #: Where torch steps run (calibration, verification, QAT; evaluation of torch models):

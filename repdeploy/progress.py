@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -48,32 +49,103 @@ def interactive() -> bool:
     return _bars and not _quiet and sys.stderr.isatty()
 
 
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a rich progress bar on a terminal under the CLI, plainly otherwise."""
-    if not interactive():
-        yield from items
-        return
-    from rich.progress import track as rich_track
+@dataclass(frozen=True)
+class Event:
+    """One sign of life a terminal gets: a stage line (`done` None) or a bar's step."""
 
-    yield from rich_track(items, description=description, total=total, console=_stderr_console(), transient=True)
+    time: float  # time.perf_counter()
+    description: str
+    done: int | None = None
+    total: int | None = None
+
+
+_watchers: list[list[Event]] = []
 
 
 @contextlib.contextmanager
-def steps(description: str, total: int) -> Iterator[Callable[[], None]]:
-    """A bar advanced by hand (one call per step), for work driven from hooks rather than a loop:
-    `with steps("diagnostics", n) as advance: ...`. Plain (no bar) off a terminal."""
-    if not interactive():
-        yield lambda: None
-        return
-    from rich.progress import Progress
+def watch() -> Iterator[list[Event]]:
+    """Record every stage line and bar step while inside, terminal or not: how tests and
+    benchmarks/diagnostics_cost.py check that no long step runs without progress (issue 22:
+    nothing runs longer than 5 s without a progress line)."""
+    events: list[Event] = []
+    _watchers.append(events)
+    try:
+        yield events
+    finally:
+        _watchers.remove(events)
 
-    with Progress(console=_stderr_console(), transient=True) as bar:
+
+def _emit(description: str, done: int | None = None, total: int | None = None) -> None:
+    if _watchers:
+        event = Event(time.perf_counter(), description, done, total)
+        for events in _watchers:
+            events.append(event)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar on a terminal under the CLI, plainly otherwise. A step
+    is done when the loop asks for the next item."""
+    _emit(description, 0, total)
+    if not interactive():
+        for done, item in enumerate(items, 1):
+            yield item
+            _emit(description, done, total)
+        return
+    with _bar() as bar:
         task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
+        for done, item in enumerate(items, 1):
+            yield item
+            bar.advance(task)
+            _emit(description, done, total)
+
+
+@contextlib.contextmanager
+def steps(description: str, total: int | None) -> Iterator[Callable[[], None]]:
+    """A bar advanced by hand (one call per step), for work driven from hooks rather than a loop:
+    `with steps("verify", n) as advance: ...`. Plain (no bar) off a terminal."""
+    done = [0]
+    _emit(description, 0, total)
+
+    def advanced(tick: Callable[[], None]) -> Callable[[], None]:
+        def advance() -> None:
+            tick()
+            done[0] += 1
+            _emit(description, done[0], total)
+        return advance
+
+    if not interactive():
+        yield advanced(lambda: None)
+        return
+    with _bar() as bar:
+        task = bar.add_task(description, total=total)
+        yield advanced(lambda: bar.advance(task))
+
+
+@contextlib.contextmanager
+def module_steps(modules: list, description: str, batches: int | None) -> Iterator[None]:
+    """A bar that advances as each of `modules` (torch modules) finishes a batch: one forward of
+    a big model at 224 px runs for seconds, each of its layers for a fraction of one."""
+    with steps(description, batches * len(modules) if batches else None) as advance:
+        handles = [m.register_forward_hook(lambda *_: advance()) for m in modules]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _bar():
+    # The elapsed time ticks every second even while one step is long, so a terminal always shows
+    # the work is alive.
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=_stderr_console(), transient=True)
 
 
 def status(message: str) -> None:
     """One progress line for a stage, logged at INFO on the `repdeploy` logger."""
+    _emit(message)
     log.info(message)
 
 

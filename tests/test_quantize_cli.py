@@ -68,8 +68,9 @@ def test_quantize_writes_a_verified_int8_model(first_run):
     assert list(layers)[0] == "stage0.conv" and "linear" in layers
     conv = layers["stage1.0.conv"]
     assert 0 < conv["centre_share"] < 1 and conv["weight_std"] > 0 and conv["sqnr_db"] is not None
-    # The first layer sees the image in both passes: its own error is all the error there is.
-    assert layers["stage0.conv"]["own_sqnr_db"] == pytest.approx(layers["stage0.conv"]["sqnr_db"])
+    # The first layer sees the image in both passes: its own error is all the error there is
+    # (the default estimates it on half the sample's images: near, not equal).
+    assert layers["stage0.conv"]["own_sqnr_db"] == pytest.approx(layers["stage0.conv"]["sqnr_db"], abs=0.5)
     assert conv["isolated_sqnr_db"] is None and report["layers_summary"]["ranked_by"] == "own_sqnr_db"
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import DataError, InputError
 from ..models.plain import PlainNet
-from ..progress import track
+from ..progress import module_steps
 from .calib_cache import CalibrationCache, TensorRange, weights_fingerprint
 from .calibrators import DEFAULT_BINS, DEFAULT_PERCENTILE, Calibrator, make_calibrator
 
@@ -145,12 +145,14 @@ def calibrate(qnet, batches: Iterable[torch.Tensor] | None = None, *, forward_lo
             loop_s = time.perf_counter() - t0
         else:
             started = time.perf_counter()
-            for x in track(batches, f"calibrating ({method})", total=total_batches):
-                t0 = time.perf_counter()
-                data_s += t0 - started  # reading and preprocessing the batch (the iterator's work)
-                qnet(to_device(x, device))
-                started = time.perf_counter()
-                loop_s += started - t0
+            # per layer of each batch: one batch of a big model at 224 px runs for seconds
+            with module_steps(list(qnet.layers().values()), f"calibrating ({method})", total_batches):
+                for x in batches:
+                    t0 = time.perf_counter()
+                    data_s += t0 - started  # reading and preprocessing the batch (the iterator's work)
+                    qnet(to_device(x, device))
+                    started = time.perf_counter()
+                    loop_s += started - t0
     finally:
         for hook in hooks:
             hook.remove()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..data import ImageDataset, as_dataset, calibration_sample
-from ..data.forms import as_pair, in_memory_arrays
+from ..data.forms import as_pair
 from ..errors import DataError, InputError
 
 ACCEPTED = ("a path (image folder, .npy/.npz) or 'builtin', a tensor or array of images (N,C,H,W), "

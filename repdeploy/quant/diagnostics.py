@@ -3,17 +3,23 @@
 - weight statistics per layer: range, std, and the share of kernel magnitude at the 3x3 centre
   tap. Fused RepVGG kernels carry the 1x1 and identity branches in that tap, which makes it an
   outlier that stretches the per-channel int8 range (docs/facts.md §4); RepOpt-VGG kernels do not.
-- per-layer SQNR from forward hooks, in one pass of the float model and one of the fake-quant
-  model: each layer's output in the fully quantized model against the float model (cumulative
-  error up to that layer), and with only that layer's quantizers applied to its float input
-  (the error it adds itself). `--diagnostics full` adds the logit SQNR with only that layer
-  quantized, which needs one forward per layer: 27 of A0's 41 s and 28 minutes of D2se's run
-  when it was the default (issue 22).
+- per-layer SQNR from forward hooks (`SQNRProbe`) on a float pass and a fake-quant pass of the
+  same images: `sqnr_db`, each layer's output in the fully quantized model against the float
+  model (the error accumulated up to it), and `own_sqnr_db`, the error the layer adds itself
+  (its own quantizers applied to the float model's input of the layer), by default estimated on
+  every 4th output channel of half the sample. Inside `quantize` the hooks ride on verification's own torch FP32
+  and fake-quant passes (quant/fidelity.py), so the default diagnostics run no forward pass of
+  their own: they cost about a sixth of a quantized pass (the own figure) and summing powers
+  (docs/benchmarks.md measures it against an FP32 pass).
+- `--diagnostics full` takes `own_sqnr_db` on every channel and adds `isolated_sqnr_db`, the
+  logit SQNR with only that layer quantized: one forward per layer, which took 27 of A0's 41 s
+  and 28 minutes of D2se's run when it was the default (issue 22).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -22,8 +28,7 @@ from torch import nn
 
 from ..evaluate import sqnr_db
 from ..models.plain import PlainNet
-from ..progress import steps
-from .quantizer import QuantConv2d, QuantPlainNet
+from .quantizer import QuantConv2d, QuantLayer, QuantPlainNet
 
 
 @dataclass
@@ -64,37 +69,42 @@ def weight_diagnostics(qnet: QuantPlainNet) -> list[LayerDiagnostics]:
     for name, layer in qnet.layers().items():
         module: nn.Module = layer.conv if isinstance(layer, QuantConv2d) else layer.linear
         w = module.weight.detach().float()
+        # Few passes over each weight (it has millions of elements at real size): no abs() copy,
+        # min/max per channel in one, norms without a squared copy.
         kind = "linear" if w.dim() == 2 else ("conv3x3" if w.shape[-1] == 3 else "conv1x1")
         centre_std = centre_share = None
         if kind == "conv3x3":
             centre = w[:, :, 1, 1]
             centre_std = float(centre.std()) if centre.numel() > 1 else 0.0
-            total = float(w.abs().sum())
-            centre_share = float(centre.abs().sum()) / total if total > 0 else None
-        per_channel = w.abs().flatten(1).amax(1)
+            total = float(torch.linalg.vector_norm(w, 1))
+            centre_share = float(torch.linalg.vector_norm(centre, 1)) / total if total > 0 else None
+        low, high = w.flatten(1).aminmax(dim=1)
+        per_channel = torch.maximum(high, -low)  # max |w| per output channel
         median = float(per_channel.median())
         wq = layer.weight_quantizer
         was = wq.enabled
         wq.enabled = True
-        w_fq = wq(module.weight).detach()
+        w_fq = wq(module.weight).detach()  # the fake-quant the passes cached (quantizer._cached)
         wq.enabled = was
         out.append(LayerDiagnostics(
-            layer=name, kind=kind, out_channels=int(w.shape[0]), weight_min=float(w.min()),
-            weight_max=float(w.max()), weight_std=float(w.std()), centre_std=centre_std,
+            layer=name, kind=kind, out_channels=int(w.shape[0]), weight_min=float(low.min()),
+            weight_max=float(high.max()), weight_std=float(w.std()), centre_std=centre_std,
             centre_share=centre_share,
             channel_range_ratio=float(per_channel.max()) / median if median > 0 else float("inf"),
-            weight_sqnr_db=_db(float(w.square().sum(dtype=torch.float64)),
-                               float((w - w_fq).square().sum(dtype=torch.float64))),
+            weight_sqnr_db=_db(_power(w), _power(w - w_fq)),
             activation_amax=ranges.get(layer.input_quantizer.name),
         ))
     return out
 
 
-#: --diagnostics: "sample" (default) one float and one fake-quant pass over a sample, with
-#: hooks; "full" adds each layer's isolated logit SQNR (one more forward per layer: minutes on a
-#: deep model at 224-320 px); "off" writes no per-layer records.
+#: --diagnostics: "sample" (default) the per-layer figures from hooks on a float and a fake-quant
+#: pass over a sample (inside `quantize`, the verification's own passes); "full" adds each
+#: layer's own and isolated logit SQNR (one more forward per layer: minutes on a deep model at
+#: 224-320 px); "off" writes no per-layer records.
 MODES = ("full", "sample", "off")
-HOOK_BATCH = 8  # images per hooked pass: one batch's layer outputs are held, never the sample's
+HOOK_BATCH = 8  # images per pass when the diagnostics run their own passes (`layer_sqnr`)
+
+
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         from ..errors import InputError
@@ -112,6 +122,12 @@ def _db(signal: float, noise: float) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def _power(t: torch.Tensor) -> float:
+    # sum of squares in one pass, with no squared copy (a strided view is read as it is); the
+    # CPU reduction accumulates float32 in double
+    return float(torch.linalg.vector_norm(t)) ** 2
+
+
 class _Power:
     """Running sums of signal and noise power for one layer."""
 
@@ -120,64 +136,151 @@ class _Power:
     def __init__(self) -> None:
         self.signal = self.noise = 0.0
 
-    def add(self, ref: torch.Tensor, cand: torch.Tensor) -> None:
-        # float64 accumulators over float32 elements: no double copy of a layer's output
-        self.signal += float(ref.square().sum(dtype=torch.float64))
-        self.noise += float((ref - cand).square().sum(dtype=torch.float64))
+    def add(self, ref: torch.Tensor, cand: torch.Tensor, signal: float | None = None) -> None:
+        self.signal += _power(ref) if signal is None else signal
+        self.noise += _power(ref - cand)
 
     def db(self) -> float:
         return _db(self.signal, self.noise)
 
 
-@torch.no_grad()
-def layer_sqnr(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, *, batch: int = HOOK_BATCH) -> dict[str, dict]:
-    """Per-layer SQNR (dB) on inputs `x` from forward hooks: {layer: {"sqnr_db", "own_sqnr_db"}}.
+#: The "sample" figure of a layer's own error is taken on every OWN_STRIDE-th output channel
+#: (evenly within each group of a grouped conv), never on fewer than OWN_MIN_CHANNELS, and on the
+#: first half of the sample's images (the layer's input fake-quant costs per image, whatever the
+#: channels): about a sixth of a quantized pass instead of a whole one. Quantization noise is
+#: spread over channels and images, so the share estimates the whole (docs/quantization.md shows
+#: it against the exact `full` figure); a narrow layer keeps every channel.
+OWN_STRIDE = 4
+OWN_MIN_CHANNELS = 32
 
-    One pass of the float model and one of the fake-quant model per batch, whatever the depth.
-    `sqnr_db` compares each layer's output with every quantizer on (the error accumulated up to
-    that layer); `own_sqnr_db` compares it with only that layer's own quantizers applied, to the
-    float model's input of that layer (the error the layer adds by itself), computed inside the
-    float pass.
+_OTHER = {"float": "quant", "quant": "float"}
+
+
+def own_channels(layer: QuantLayer, stride: int) -> slice | None:
+    """The output channels a layer's own error is measured on: every s-th, for the largest
+    s <= `stride` that divides the group width and leaves OWN_MIN_CHANNELS (None: all)."""
+    module = layer.conv if isinstance(layer, QuantConv2d) else layer.linear
+    out = module.weight.shape[0]
+    per_group = out // getattr(module, "groups", 1)
+    s = next((s for s in range(stride, 1, -1) if per_group % s == 0 and out // s >= OWN_MIN_CHANNELS), 1)
+    return slice(None, None, s) if s > 1 else None
+
+
+class SQNRProbe:
+    """Per-layer SQNR from forward hooks on a float pass and a fake-quant pass of the same images.
+
+    While entered, hooks on every quantized layer of `qnet` and its float twin in `plain` take
+    the layer's output (and, in the float model, its input) for the first `images` images each
+    model runs; both models must see the images in the same batches and order (verification runs
+    them so). Whichever model runs a batch first keeps those tensors; the other compares with
+    them and lets them go. The probe runs no forward pass of its own: `quantize` enters it around
+    verification, whose torch FP32 and fake-quant passes run anyway. The layer's own error is
+    measured by running the quantized layer on the float model's input of the layer, on every
+    `own_stride`-th output channel and the first half of the images (stride 1: all channels and
+    images, the `--diagnostics full` figure). `seconds`
+    is the time spent inside the hooks: all the probe adds to those passes.
     """
+
+    def __init__(self, plain: PlainNet, qnet: QuantPlainNet, images: int, *, own_stride: int = OWN_STRIDE) -> None:
+        self.plain, self.qnet, self.images, self.own_stride = plain, qnet, images, own_stride
+        # the estimate (stride > 1) takes half the images too: its input fake-quant costs per image
+        self.own_images = images if own_stride == 1 else max(1, (images + 1) // 2)
+        self.layers = qnet.layers()
+        floats = dict(plain.named_modules())
+        self._modules = {"float": {n: floats[n] for n in self.layers}, "quant": self.layers}
+        self._channels = {n: own_channels(layer, own_stride) for n, layer in self.layers.items()}
+        self._start = {"float": 0, "quant": 0}  # first image of the batch each model is running
+        self._seen = {"float": 0, "quant": 0}
+        self._held: dict[str, dict] = {"float": {}, "quant": {}}  # (layer, first image) -> tensors
+        self._cumulative = {n: _Power() for n in self.layers}
+        self._own = {n: _Power() for n in self.layers}
+        self._compared = dict.fromkeys(self.layers, 0)
+        self._handles: list = []
+        self.seconds = 0.0
+
+    def __enter__(self) -> "SQNRProbe":
+        if self.images > 0:
+            for role, model in (("float", self.plain), ("quant", self.qnet)):
+                self._handles.append(model.register_forward_pre_hook(self._batch_hook(role)))
+                self._handles += [m.register_forward_hook(self._layer_hook(role, n))
+                                  for n, m in self._modules[role].items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._held = {"float": {}, "quant": {}}  # an unmatched batch (a pass cut short) is let go
+
+    @property
+    def complete(self) -> bool:
+        """Whether every layer was compared on all `images` images (both passes ran them)."""
+        return self.images > 0 and all(c >= self.images for c in self._compared.values())
+
+    def figures(self) -> dict[str, dict[str, float]]:
+        """{layer: {"sqnr_db": cumulative, "own_sqnr_db": the layer's own error}}."""
+        return {n: {"sqnr_db": self._cumulative[n].db(), "own_sqnr_db": self._own[n].db()} for n in self.layers}
+
+    def _batch_hook(self, role: str):
+        def hook(_model, args):
+            self._start[role] = self._seen[role]
+            self._seen[role] += int(args[0].shape[0])
+        return hook
+
+    def _layer_hook(self, role: str, name: str):
+        def hook(_m, inputs, output):
+            first = self._start[role]
+            k = min(int(output.shape[0]), self.images - first)
+            if k <= 0:
+                return
+            t0 = time.perf_counter()
+            # the float model's input is what the layer's own error is measured on
+            mine = (inputs[0].detach()[:k], output.detach()[:k]) if role == "float" else output.detach()[:k]
+            other = self._held[_OTHER[role]].pop((name, first), None)
+            if other is None:  # kept until the other pass: a copy of the sample's part only
+                self._held[role][(name, first)] = _kept(mine, k < output.shape[0])
+            else:
+                self._compare(name, *((mine, other) if role == "float" else (other, mine)))
+            self.seconds += time.perf_counter() - t0
+        return hook
+
+    @torch.no_grad()
+    def _compare(self, name: str, fp32: tuple, q_out: torch.Tensor) -> None:
+        f_in, f_out = fp32
+        signal = _power(f_out)
+        self._cumulative[name].add(f_out, q_out.to(f_out.device), signal)
+        layer, channels = self.layers[name], self._channels[name]
+        first = self._compared[name]
+        m = min(len(f_out), self.own_images - first)  # the own figure's images: the first of the sample
+        if m > 0:
+            device = layer.input_quantizer.amax.device  # verification moves one model at a time to its device
+            # .forward: the layer's own hook must not see this call
+            own = layer.forward(f_in[:m].to(device), channels).to(f_out.device)
+            whole = channels is None and m == len(f_out)
+            self._own[name].add(f_out[:m] if channels is None else f_out[:m, channels], own, signal if whole else None)
+        self._compared[name] += int(f_out.shape[0])
+
+
+def _kept(tensors, part: bool):
+    # A part of a batch is copied, so the rest of the batch is not held alive by a view.
+    if isinstance(tensors, tuple):
+        return tuple(_kept(t, part) for t in tensors)
+    return tensors.clone() if part else tensors
+
+
+@torch.no_grad()
+def layer_sqnr(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, *, batch: int = HOOK_BATCH,
+               own_stride: int = OWN_STRIDE) -> dict[str, dict]:
+    """Per-layer SQNR (dB) on inputs `x`, running the float and the fake-quant model once over
+    them in batches of `batch` (what `SQNRProbe` reads off passes that run anyway): {layer:
+    {"sqnr_db", "own_sqnr_db"}}."""
     plain.eval()
     qnet.eval()
-    float_modules = dict(plain.named_modules())
-    layers = qnet.layers()
-    cumulative = {n: _Power() for n in layers}
-    own = {n: _Power() for n in layers}
-    reference: dict[str, torch.Tensor] = {}
-    in_quant_pass = [False]  # the float hooks call the quantized layers too; only the quant pass counts
-    batches = x.split(batch)
-    advance = [lambda: None]  # a terminal's bar, one step per layer and pass (deep models take a while)
-
-    def float_hook(name: str):
-        def hook(_m, inputs, output):
-            reference[name] = output
-            own[name].add(output, layers[name](inputs[0]))  # this layer's quantizers only
-            advance[0]()
-        return hook
-
-    def quant_hook(name: str):
-        def hook(_m, _inputs, output):
-            if in_quant_pass[0]:
-                cumulative[name].add(reference[name], output)
-                advance[0]()
-        return hook
-
-    handles = [float_modules[n].register_forward_hook(float_hook(n)) for n in layers]
-    handles += [m.register_forward_hook(quant_hook(n)) for n, m in layers.items()]
-    try:
-        with steps("per-layer diagnostics", 2 * len(layers) * len(batches)) as advance[0]:
-            for xb in batches:
-                in_quant_pass[0] = False
-                plain(xb)
-                in_quant_pass[0] = True
-                qnet(xb)
-    finally:
-        for h in handles:
-            h.remove()
-        reference.clear()
-    return {n: {"sqnr_db": cumulative[n].db(), "own_sqnr_db": own[n].db()} for n in layers}
+    with SQNRProbe(plain, qnet, len(x), own_stride=own_stride) as probe:
+        for xb in x.split(batch):
+            plain(xb)
+            qnet(xb)
+    return probe.figures()
 
 
 @torch.no_grad()
@@ -207,13 +310,23 @@ def isolated_sqnr(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor) -> dict
     return out
 
 
-def diagnose(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, *, mode: str = "sample") -> list[LayerDiagnostics]:
-    """Weight statistics and SQNR of every layer, in forward order (none with mode "off")."""
+def diagnose(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, *, mode: str = "sample",
+             probe: SQNRProbe | None = None) -> list[LayerDiagnostics]:
+    """Weight statistics and SQNR of every layer, in forward order (none with mode "off").
+
+    `probe`: an `SQNRProbe` that was entered around passes over `x` that ran anyway (quantize's
+    verification); when it saw all of `x`, its figures are used and no pass is run here.
+    """
     if check_mode(mode) == "off":
         return []
     records = weight_diagnostics(qnet)
-    sq = layer_sqnr(plain, qnet, x)
-    isolated = isolated_sqnr(plain, qnet, x) if mode == "full" else {}
+    full = mode == "full"
+    stride = 1 if full else OWN_STRIDE
+    if probe is not None and probe.complete and probe.own_stride == stride:
+        sq = probe.figures()
+    else:
+        sq = layer_sqnr(plain, qnet, x, own_stride=stride)
+    isolated = isolated_sqnr(plain, qnet, x) if full else {}
     for r in records:
         r.sqnr_db = sq[r.layer]["sqnr_db"]
         r.own_sqnr_db = sq[r.layer]["own_sqnr_db"]

@@ -23,7 +23,7 @@ from .quantizer import QuantPlainNet
 
 VERIFY_IMAGES = 256  # images used for torch-vs-ORT parity and FP32-vs-INT8 fidelity (at <= 64 px)
 # (scaled down with the pixels, never below tolerance.MIN_VERIFY_IMAGES: the deployment rule's sign test)
-VERIFY_BATCH = 32  # images per forward pass and per ORT run
+VERIFY_BATCH = 32  # images per torch forward, and per ORT run at <= 64 px (fewer at larger inputs: `ort_batch`)
 
 
 def images_for(input_size: int, count: int, floor: int) -> int:
@@ -36,13 +36,25 @@ def images_for(input_size: int, count: int, floor: int) -> int:
     return max(floor, min(count, int(round(count * scale))))
 
 
-def run_ort(path: Path, x: torch.Tensor) -> np.ndarray:
-    """Logits of an ONNX file on ONNX Runtime for NCHW images `x`, in batches."""
+def ort_batch(x: torch.Tensor) -> int:
+    """Images per ONNX Runtime run for NCHW images `x`: VERIFY_BATCH at <= 64 px, scaled down with
+    the pixels to 8 at 224 px, so a progress step stays short (a run of 32 took RepVGG-B1g4 many
+    seconds on 2 busy cores). Torch keeps batches of VERIFY_BATCH: on the CPU it ran 64 images at
+    224 px 3-10x slower in batches of 3 than of 32 under load; its bar steps per layer instead."""
+    return images_for(max(x.shape[-2:]), VERIFY_BATCH, 8)
+
+
+def run_ort(path: Path, x: torch.Tensor, description: str | None = None) -> np.ndarray:
+    """Logits of an ONNX file on ONNX Runtime for NCHW images `x`, in batches (with a progress bar
+    on a terminal: `description`, or the file's name)."""
     from ..export.onnx import ort_session
+    from ..progress import track
 
     session = ort_session(path)
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: chunk.numpy()})[0] for chunk in x.split(VERIFY_BATCH)])
+    chunks = x.split(ort_batch(x))
+    return np.concatenate([session.run(None, {name: chunk.numpy()})[0]
+                           for chunk in track(chunks, description or f"ONNX Runtime: {Path(path).name}", len(chunks))])
 
 
 def verification_split(dataset, calib_samples: int, n_verify: int, seed: int = 0):
@@ -180,8 +192,8 @@ def int8_verdicts(ref, fake, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
     from ..recorded import preprocessing_of
     from ..tolerance import judge, judge_deployment
 
-    fp32 = run_ort(fp32_onnx, x) if fp32_ort is None else fp32_ort
-    int8 = run_ort(int8_onnx, as_deployed(x, record, preprocessing_of(int8_onnx)))
+    fp32 = run_ort(fp32_onnx, x, "verify: ONNX Runtime FP32") if fp32_ort is None else fp32_ort
+    int8 = run_ort(int8_onnx, as_deployed(x, record, preprocessing_of(int8_onnx)), "verify: ONNX Runtime INT8")
     verdicts = [judge("ort_fp32", ref, fp32, reference_name=fp32_name, candidate_name="ORT FP32"),
                 judge_deployment("ort_int8", ref, fake, int8, fp32_name=fp32_name, simulated_name=fake_name,
                                  deployed_name="ORT INT8"),
@@ -191,23 +203,33 @@ def int8_verdicts(ref, fake, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Pa
 
 @torch.no_grad()
 def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx: Path, x: torch.Tensor,
-                target: str, device: torch.device = torch.device("cpu"), record=None) -> dict:
+                target: str, device: torch.device = torch.device("cpu"), record=None, lead: int = 0) -> dict:
     """Fidelity of the deployed INT8 ONNX vs FP32, and its verdicts (`int8_verdicts`).
 
-    The torch models run on `device` and are back on the CPU afterwards.
+    The torch models run on `device` and are back on the CPU afterwards. Each runs the images
+    once, in the same batches and order: hooks entered around this call (the per-layer
+    diagnostics' `SQNRProbe`) read both passes. `lead`: images of the first batch (the
+    diagnostics' sample, so their hooks keep whole batches instead of copying part of one).
     """
     from ..evaluate import sqnr_db, top1_agreement
+    from ..progress import module_steps
 
-    def logits(model) -> np.ndarray:
+    quantized = qnet.layers()
+    floats = dict(plain.named_modules())
+
+    def logits(model, name: str) -> np.ndarray:
         # Batched: a whole verification set at 224 px through one forward would need gigabytes.
         model.to(device)
+        chunks = (x[:lead], *x[lead:].split(VERIFY_BATCH)) if 0 < lead < len(x) else x.split(VERIFY_BATCH)
+        layers = list(quantized.values()) if model is qnet else [floats[n] for n in quantized]
         try:
-            return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in x.split(VERIFY_BATCH)])
+            with module_steps(layers, f"verify: {name}", len(chunks)):
+                return np.concatenate([model(chunk.to(device)).float().cpu().numpy() for chunk in chunks])
         finally:
             model.cpu()
 
-    ref = logits(plain)
-    fake = logits(qnet)
+    ref = logits(plain, "torch FP32")
+    fake = logits(qnet, "torch fake-quant")
     verdicts, ort = int8_verdicts(ref, fake, qnet, fp32_onnx, int8_onnx, x, record)
     fp32, int8 = ort["fp32"], ort["int8"]
     int8_verdict = verdicts[1]
@@ -231,13 +253,17 @@ def verify_int8(plain: PlainNet, qnet: QuantPlainNet, fp32_onnx: Path, int8_onnx
 
 def onnx_accuracy(fp32_onnx: Path, int8_onnx: Path, dataset, limit: int | None) -> dict:
     """Top-1/top-5 of the FP32 and the INT8 ONNX on a labelled dataset, and their drops."""
+    from ..defaults import EVAL_BATCH_SIZE
     from ..evaluate import evaluate
     from ..runtime import open_runner
 
+    # Batches scaled with the pixels (8 at 224 px) as ort_batch does: each bar step stays short.
+    size = getattr(dataset, "image_size", None)
+    batch = images_for(size, EVAL_BATCH_SIZE, 8) if isinstance(size, int) else EVAL_BATCH_SIZE
     with open_runner(fp32_onnx, "ort", name="fp32") as r:
-        fp32 = evaluate(r, dataset, limit=limit)
+        fp32 = evaluate(r, dataset, limit=limit, batch_size=batch)
     with open_runner(int8_onnx, "ort", name="int8") as r:
-        int8 = evaluate(r, dataset, limit=limit)
+        int8 = evaluate(r, dataset, limit=limit, batch_size=batch)
     rec = {"eval_data": dataset.source, "eval_images": fp32.images, "fp32_top1": fp32.top1,
            "int8_top1": int8.top1, "top1_drop": fp32.top1 - int8.top1,
            "fp32_top5": fp32.top5, "int8_top5": int8.top5}

@@ -55,6 +55,7 @@ class Int8Set:
     eval_limit: int | None = None
     device: torch.device = torch.device("cpu")  # where the torch side of the verification runs
     stage_name: str = "set"  # names the scratch directory (a killed run's is cleaned by its kind)
+    diagnostics: str = "off"  # per-layer figures (quant/diagnostics.py), taken off the verification's passes
 
 
 def write_int8_set(out: Path, names: dict[str, str], s: Int8Set, finish: Callable[[dict, dict], dict],
@@ -63,15 +64,23 @@ def write_int8_set(out: Path, names: dict[str, str], s: Int8Set, finish: Callabl
 
     `finish(figures, timings)` turns the checks' figures into the command's report.json (it must
     set `status`); it runs before the commit, so a report is never committed without its files.
+    The figures include the per-layer diagnostics (`diagnostics`, `layers_summary`, `layers`),
+    taken by hooks on the verification's own torch passes.
     """
+    from ..progress import timed
+    from .ptq_report import diagnostics_probe, diagnostics_record
+
     stage = make_scratch_dir(out, "set", s.stage_name)
     try:
         _export(stage, names, s, timings)
         t0 = time.perf_counter()
-        figures = _check(stage, names, s)
-        timings["verify_s"] = time.perf_counter() - t0
+        with diagnostics_probe(s.float_model, s.qnet, s.x_verify, s.diagnostics) as probe:
+            figures = _check(stage, names, s, lead=probe.images)
+        timings["verify_s"] = time.perf_counter() - t0 - probe.seconds
+        with timed(timings, "diagnostics_s"):
+            figures.update(diagnostics_record(s.float_model, s.qnet, s.x_verify, s.diagnostics, probe))
+        timings["diagnostics_s"] += probe.seconds
         if s.eval_set is not None:
-            from ..progress import timed
             from .fidelity import onnx_accuracy
 
             with timed(timings, "eval_s", f"evaluating FP32 and INT8 on {s.eval_set.source}"):
@@ -102,9 +111,9 @@ def _export(stage: Path, names: dict, s: Int8Set, timings: dict) -> None:
         s.cache.save(stage / names["calib"])
 
 
-def _check(stage: Path, names: dict, s: Int8Set) -> dict:
+def _check(stage: Path, names: dict, s: Int8Set, lead: int = 0) -> dict:
     """The verdicts and figures of the written graphs (fidelity.verify_int8), the TensorRT layout
-    rules and ORT's integer kernels."""
+    rules and ORT's integer kernels. `lead`: the diagnostics' sample, run as the first batch."""
     from ..errors import InputError
     from ..export.qdq import check_tensorrt_qdq, count_fused_nodes, integer_node_count
     from ..ingraph import pixels_from_inputs, write_checked
@@ -113,7 +122,7 @@ def _check(stage: Path, names: dict, s: Int8Set) -> dict:
 
     status(f"verifying ONNX Runtime against torch on {len(s.x_verify)} images")
     figures = verify_int8(s.float_model, s.qnet, stage / names["fp32"], stage / names["int8"], s.x_verify, s.target,
-                          s.device, record=s.record)
+                          s.device, record=s.record, lead=lead)
     if "int8_pixels" in names:  # the real verification images, as the 8-bit pixels they came from
         if s.record is None:
             raise InputError(f"--input-format {s.input_format} needs a preprocessing record; in-memory data carries "

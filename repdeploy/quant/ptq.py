@@ -25,8 +25,9 @@ from ..version import __version__
 from .calib import calibrate
 from .int8_set import Int8Set, judge_set, set_names, write_int8_set
 from .ptq_data import BATCH, PtqData, Verification, open_ptq_data, verification_images
-from .ptq_inputs import at_input_size, check_quantize_arguments, load_plain
-from .ptq_report import QuantizeResult, accuracy_gate, check_fidelity_bounds, diagnostics_record, fidelity_gate
+from ..models.plain import at_input_size
+from .ptq_inputs import check_quantize_arguments, load_plain
+from .ptq_report import QuantizeResult, accuracy_gate, check_fidelity_bounds, fidelity_gate
 from .quantizer import QuantPlainNet
 from ..validate import with_options
 from .settings import QuantizeSettings
@@ -117,11 +118,12 @@ def quantize(model: str | os.PathLike | PlainNet | torch.nn.Module, settings: Qu
 def _quantize(model, out: Path, names: dict, s: QuantizeSettings, where, bounds: dict | None) -> QuantizeResult:
     from ..data.labels import class_names_for
     from ..recorded import class_names_of
-    from ..progress import status, timed
+    from ..progress import status
 
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    status("quantize: loading the model")  # fusing and proving a big model takes seconds
     plain, info = load_plain(model, dict(s.load_kwargs or {}))
     plain = at_input_size(plain, s.input_size)
     timings["load_s"] = time.perf_counter() - started
@@ -146,15 +148,14 @@ def _quantize(model, out: Path, names: dict, s: QuantizeSettings, where, bounds:
                                   datasets=(d.calib_set, d.eval_set, v.val_set), model_path=path)
 
     def finish(figures: dict, timings: dict) -> dict:
-        with timed(timings, "diagnostics_s"):
-            per_layer = diagnostics_record(plain, qnet, v.x, s.diagnostics)
+        per_layer = {k: figures.pop(k) for k in ("diagnostics", "layers_summary", "layers")}
         timings["total_s"] = time.perf_counter() - started
         return _report(figures, s, info, cache, qnet, d, v, record, bounds, fallback_record, per_layer, timings,
                        names, where)
 
     report = write_int8_set(out, names, Int8Set(
         plain, qnet, cache, s.target, v.x, record, class_names, {"source": info["source"]}, s.input_format,
-        d.eval_set, s.eval_limit, where, "quantize"), finish, timings)
+        d.eval_set, s.eval_limit, where, "quantize", s.diagnostics), finish, timings)
     return QuantizeResult.from_report(out, names, report, qnet, s.target, report["accuracy_gate"])
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, InputError
-from ..models.plain import PlainNet, at_input_size  # noqa: F401 - at_input_size: quantize's own step
+from ..models.plain import PlainNet
 from ..zoo import is_zoo_path
 from .calibrators import METHODS
 from .quantizer import TARGETS

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..models.plain import PlainNet
-from .diagnostics import HOOK_BATCH, diagnose, summary
+from .diagnostics import HOOK_BATCH, OWN_STRIDE, SQNRProbe, diagnose, summary
 from .fidelity import images_for
 from .quantizer import QuantPlainNet
 
@@ -25,14 +25,23 @@ def sample_size(input_size: int) -> int:
     return images_for(input_size, SAMPLE_IMAGES, HOOK_BATCH)
 
 
-def diagnostics_record(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, mode: str) -> dict:
-    """The per-layer part of a quantize/qat report.json: `diagnostics`, `layers_summary`, `layers`."""
+def diagnostics_probe(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, mode: str) -> SQNRProbe:
+    """Hooks to enter around verification on `x`: they take the per-layer figures off its passes
+    over the diagnostics' sample (none with mode "off"); `diagnostics_record(..., probe)` reads them."""
+    images = 0 if mode == "off" else min(len(x), sample_size(plain.spec.input_size))
+    return SQNRProbe(plain, qnet, images, own_stride=1 if mode == "full" else OWN_STRIDE)
+
+
+def diagnostics_record(plain: PlainNet, qnet: QuantPlainNet, x: torch.Tensor, mode: str,
+                       probe: SQNRProbe | None = None) -> dict:
+    """The per-layer part of a quantize/qat report.json: `diagnostics`, `layers_summary`, `layers`
+    (from `probe`'s hooks when they saw the sample, else from a float and a fake-quant pass here)."""
     from ..progress import status
 
     x = x[: sample_size(plain.spec.input_size)]
     if mode != "off":
         status(f"per-layer diagnostics ({mode}) on {len(x)} images")
-    layers = diagnose(plain, qnet, x, mode=mode)
+    layers = diagnose(plain, qnet, x, mode=mode, probe=probe)
     return {"diagnostics": {"mode": mode, "images": len(x) if mode != "off" else 0},
             "layers_summary": summary(layers), "layers": [r.to_dict() for r in layers]}
 

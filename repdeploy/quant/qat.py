@@ -52,7 +52,7 @@ from ..version import __version__
 from .calib_cache import weights_fingerprint
 from .diagnostics import check_mode
 from .int8_set import Int8Set, judge_set, set_names, write_int8_set
-from .ptq_report import check_fidelity_bounds, diagnostics_record, fidelity_gate, sample_size as diagnostics_sample
+from .ptq_report import check_fidelity_bounds, fidelity_gate
 from .qat_io import QATResult, load_fused_model, open_datasets, starting_ranges
 from .qat_train import STATE_FILE, distillation_loss, fine_tune, structural_prior, with_weight_ranges
 from .quantizer import TARGETS, QuantPlainNet
@@ -212,9 +212,6 @@ def qat(model: str | os.PathLike | None = None, settings: QatSettings | None = N
         "training": result.to_dict(),
     }
     tuned = qnet.float_model()
-    with timed(timings, "diagnostics_s"):
-        sample = next((val_set or train_set).batches(diagnostics_sample(plain.spec.input_size)))[0]
-        report.update(diagnostics_record(tuned, qnet, sample, s.diagnostics))
     # The cache now describes the tuned weights and the trained ranges, so it stays reusable.
     cache.weights_sha256 = weights_fingerprint(tuned)
     for name, amax in learned.items():
@@ -250,7 +247,8 @@ def qat(model: str | os.PathLike | None = None, settings: QatSettings | None = N
                                   datasets=(train_set, val_set), model_path=path)
     report = write_int8_set(out, names, Int8Set(
         tuned, qnet, cache, s.target, x_verify, train_set.preprocessing, class_names,
-        {"source": str(model), "qat": True}, eval_set=val_set, stage_name="qat"), finish, timings)
+        {"source": str(model), "qat": True}, eval_set=val_set, stage_name="qat", diagnostics=s.diagnostics),
+        finish, timings)
     return QATResult(out, out / names["int8"], report, qnet)
 
 
