@@ -10,7 +10,8 @@ from helpers_quant import batches, calibrated, fused
 from repdeploy.errors import CalibrationError, DataError
 from repdeploy.evaluate import sqnr_db
 from repdeploy.quant.calib import calibrate
-from repdeploy.quant.quantizer import QuantPlainNet, TensorQuantizer
+from repdeploy.quant.fake_quant import TensorQuantizer
+from repdeploy.quant.quantizer import QuantPlainNet
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from repdeploy import load_fused
-from repdeploy.quant.quantizer import QuantPlainNet, TensorQuantizer
+from repdeploy.quant.fake_quant import TensorQuantizer
+from repdeploy.quant.quantizer import QuantPlainNet
 from repdeploy.zoo import zoo_entry
 
 

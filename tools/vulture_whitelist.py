@@ -36,3 +36,4 @@ tensorrt_available                       # whether the TensorRT backend is impor
 randomize_batchnorm                      # realistic BN statistics for benchmarks/ and tests/
 _.last_host_latency                      # the TensorRT runner's host wall time beside its GPU time
 _.predict; _.predict_batch               # serving.Model
+watch                                    # progress.watch: tests/ and benchmarks/ record stage lines with it

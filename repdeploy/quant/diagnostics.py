@@ -7,10 +7,9 @@
   same images: `sqnr_db`, each layer's output in the fully quantized model against the float
   model (the error accumulated up to it), and `own_sqnr_db`, the error the layer adds itself
   (its own quantizers applied to the float model's input of the layer), by default estimated on
-  every 4th output channel of half the sample. Inside `quantize` the hooks ride on verification's own torch FP32
-  and fake-quant passes (quant/fidelity.py), so the default diagnostics run no forward pass of
-  their own: they cost about a sixth of a quantized pass (the own figure) and summing powers
-  (docs/benchmarks.md measures it against an FP32 pass).
+  every 4th output channel of half the sample. Inside `quantize` and `qat` the hooks ride on the
+  verification's own torch passes (quant/int8_set.py), so the default diagnostics run no forward
+  pass of their own (docs/benchmarks.md measures their cost against an FP32 pass).
 - `--diagnostics full` takes `own_sqnr_db` on every channel and adds `isolated_sqnr_db`, the
   logit SQNR with only that layer quantized: one forward per layer, which took 27 of A0's 41 s
   and 28 minutes of D2se's run when it was the default (issue 22).
@@ -28,7 +27,8 @@ from torch import nn
 
 from ..evaluate import sqnr_db
 from ..models.plain import PlainNet
-from .quantizer import QuantConv2d, QuantLayer, QuantPlainNet
+from .fake_quant import QuantConv2d, QuantLayer
+from .quantizer import QuantPlainNet
 
 
 @dataclass
@@ -97,10 +97,8 @@ def weight_diagnostics(qnet: QuantPlainNet) -> list[LayerDiagnostics]:
     return out
 
 
-#: --diagnostics: "sample" (default) the per-layer figures from hooks on a float and a fake-quant
-#: pass over a sample (inside `quantize`, the verification's own passes); "full" adds each
-#: layer's own and isolated logit SQNR (one more forward per layer: minutes on a deep model at
-#: 224-320 px); "off" writes no per-layer records.
+#: --diagnostics: "sample" (default) hooks on a float and a fake-quant pass over a sample; "full"
+#: adds the exact own and the isolated logit SQNR (one forward per layer); "off" writes none.
 MODES = ("full", "sample", "off")
 HOOK_BATCH = 8  # images per pass when the diagnostics run their own passes (`layer_sqnr`)
 

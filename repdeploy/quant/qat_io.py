@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ..errors import DataError, InputError
 from ..models.plain import PlainNet
 from .calib import calibrate

@@ -1,9 +1,9 @@
 """Fake-quantization of a fused PlainNet: the `QuantPlainNet` every INT8 path starts from.
 
 Weights are quantized per output channel (axis 0), symmetric int8; activations per tensor on
-the input of every conv and linear layer. Fake quantization goes through torch's native
-`torch.fake_quantize_per_*_affine` ops, whose gradients are straight-through, so QAT trains the
-same module that PTQ calibrates and export reads.
+the input of every conv and linear layer (quant/fake_quant.py: the quantizer and the layers).
+Fake quantization's gradients are straight-through, so QAT trains the same module that PTQ
+calibrates and export reads.
 
 Two activation layouts exist, chosen by the export target:
 - "tensorrt": every activation signed int8, zero point 0, scale amax/127 (TensorRT explicit
@@ -19,165 +19,18 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CalibrationError
 from ..models.layers import pool_flatten
 from ..models.plain import PlainNet
+from .fake_quant import Observer, QuantConv2d, QuantLayer, QuantLinear, TensorQuantizer
 
 TARGETS = ("ort", "tensorrt")
-INT8_MAX = 127
-UINT8_MAX = 255
-# A zero range (an all-zero channel or a dead activation) must still give a usable scale.
-MIN_AMAX = 1e-8
 FEATURES = "features"  # name of the quantizer on the last block's output (ort layout only)
-
-Observer = Callable[[str, torch.Tensor], None]
-
-
-class TensorQuantizer(nn.Module):
-    """Fake-quantizes one tensor; can be disabled, observed for calibration, and inspected.
-
-    `amax` is a scalar for activations, one value per output channel for weights. While an
-    `observer` is set the quantizer passes its input through unchanged and reports it.
-    """
-
-    def __init__(self, name: str, *, per_channel: bool = False, unsigned: bool = False) -> None:
-        super().__init__()
-        self.name = name
-        self.per_channel = per_channel
-        self.unsigned = unsigned
-        self.enabled = True
-        self.observer: Observer | None = None
-        self._weight_cache: tuple | None = None  # (key, fake-quantized weight): see _cached
-        self.register_buffer("amax", torch.tensor([]))
-
-    @property
-    def calibrated(self) -> bool:
-        return self.amax.numel() > 0
-
-    @property
-    def qmin(self) -> int:
-        return 0 if self.unsigned else -INT8_MAX - 1
-
-    @property
-    def qmax(self) -> int:
-        return UINT8_MAX if self.unsigned else INT8_MAX
-
-    def set_amax(self, amax: float | torch.Tensor) -> None:
-        # The range lives where the module lives (a CUDA model keeps CUDA ranges).
-        value = torch.as_tensor(amax, dtype=torch.float32).detach().clone().reshape(-1).to(self.amax.device)
-        if not torch.isfinite(value).all() or (value < 0).any():
-            raise CalibrationError(f"range of {self.name} must be finite and >= 0, got {value.tolist()[:4]}")
-        self.amax = value if self.per_channel else value[:1].reshape(())
-
-    def scale(self) -> torch.Tensor:
-        """Step size: amax/127 signed (range -128..127, docs/facts.md §4), amax/255 unsigned."""
-        if not self.calibrated:
-            raise CalibrationError(f"quantizer {self.name} has no range; calibrate or load a calib cache first")
-        return self.amax.clamp_min(MIN_AMAX) / float(self.qmax)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer is not None:
-            self.observer(self.name, x.detach())
-        if not self.enabled or not self.calibrated:
-            return x
-        if self.per_channel and not torch.is_grad_enabled():
-            return self._cached(x)
-        return self._fake_quantize(x)
-
-    def _cached(self, weight: torch.Tensor) -> torch.Tensor:
-        # Without autograd a weight's fake-quant is the same every forward until the weight or its
-        # range changes; recomputing it cost 0.5-0.8 s per forward of RepVGG-B1g4 (36 M weights),
-        # more than a batch of a few images at 224 px (docs/benchmarks.md). The key holds both
-        # tensors (so neither id can be reused) and their version counters (bumped by in-place
-        # updates: an optimizer step, load_state_dict) and storage (moved by .to()).
-        try:
-            key = (weight, weight._version, weight.data_ptr(), self.amax, self.amax._version, self.amax.data_ptr())
-        except RuntimeError:  # inference-mode tensors have no version counter: nothing to key on
-            return self._fake_quantize(weight)
-        cache = self._weight_cache
-        if cache is not None and len(cache[0]) == len(key) and all(
-                a is b if isinstance(a, torch.Tensor) else a == b for a, b in zip(cache[0], key)):
-            return cache[1]
-        out = self._fake_quantize(weight)
-        self._weight_cache = (key, out)
-        return out
-
-    def _fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.scale().to(x.device, x.dtype)
-        if self.per_channel:
-            zero = torch.zeros(scale.numel(), dtype=torch.int32, device=x.device)
-            return torch.fake_quantize_per_channel_affine(x, scale, zero, 0, self.qmin, self.qmax)
-        zero = torch.zeros((), dtype=torch.int32, device=x.device)
-        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero, self.qmin, self.qmax)
-
-    def extra_repr(self) -> str:
-        kind = "per-channel" if self.per_channel else "per-tensor"
-        grid = "uint8" if self.unsigned else "int8"
-        return f"{self.name}, {kind} {grid}, enabled={self.enabled}, calibrated={self.calibrated}"
-
-
-def _quantized_bias(bias: torch.Tensor | None, x_q: TensorQuantizer, w_q: TensorQuantizer,
-                    quantize: bool) -> torch.Tensor | None:
-    # ONNX Runtime adds an int32 bias at scale s_x*s_w inside its integer kernels; rounding it the
-    # same way here keeps torch and ORT within one output step of each other.
-    if bias is None or not quantize or not (x_q.enabled and w_q.enabled and x_q.calibrated and w_q.calibrated):
-        return bias
-    step = x_q.scale() * w_q.scale()
-    rounded = torch.round(bias / step) * step
-    return bias + (rounded - bias).detach()  # straight-through, like the fake-quant ops
-
-
-class QuantConv2d(nn.Module):
-    """A Conv2d whose input and weight pass through fake quantizers (and, optionally, its output)."""
-
-    def __init__(self, conv: nn.Conv2d, name: str, *, unsigned_input: bool, quantize_bias: bool) -> None:
-        super().__init__()
-        self.conv = conv
-        self.layer_name = name
-        self.quantize_bias = quantize_bias
-        self.input_quantizer = TensorQuantizer(f"{name}.input", unsigned=unsigned_input)
-        self.weight_quantizer = TensorQuantizer(f"{name}.weight", per_channel=True)
-        self.output_quantizer: TensorQuantizer | None = None
-
-    def forward(self, x: torch.Tensor, out_channels: slice | None = None) -> torch.Tensor:
-        """`out_channels`: compute only these outputs (a share of them, evenly within each group
-        of a grouped conv): the diagnostics estimate a layer's own error from a share."""
-        c = self.conv
-        bias = _quantized_bias(c.bias, self.input_quantizer, self.weight_quantizer, self.quantize_bias)
-        weight = self.weight_quantizer(c.weight)
-        if out_channels is not None:
-            weight, bias = weight[out_channels], None if bias is None else bias[out_channels]
-        out = F.conv2d(self.input_quantizer(x), weight, bias, c.stride, c.padding, c.dilation, c.groups)
-        return out if self.output_quantizer is None else self.output_quantizer(out)
-
-
-class QuantLinear(nn.Module):
-    """A Linear layer whose input and weight pass through fake quantizers."""
-
-    def __init__(self, linear: nn.Linear, name: str, *, unsigned_input: bool, quantize_bias: bool) -> None:
-        super().__init__()
-        self.linear = linear
-        self.layer_name = name
-        self.quantize_bias = quantize_bias
-        self.input_quantizer = TensorQuantizer(f"{name}.input", unsigned=unsigned_input)
-        self.weight_quantizer = TensorQuantizer(f"{name}.weight", per_channel=True)
-
-    def forward(self, x: torch.Tensor, out_channels: slice | None = None) -> torch.Tensor:
-        """`out_channels`: compute only these outputs (as QuantConv2d)."""
-        bias = _quantized_bias(self.linear.bias, self.input_quantizer, self.weight_quantizer, self.quantize_bias)
-        weight = self.weight_quantizer(self.linear.weight)
-        if out_channels is not None:
-            weight, bias = weight[out_channels], None if bias is None else bias[out_channels]
-        return F.linear(self.input_quantizer(x), weight, bias)
-
-
-QuantLayer = QuantConv2d | QuantLinear
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ import math
 import torch
 from torch import nn
 
-from .quantizer import MIN_AMAX, QuantPlainNet, TensorQuantizer
+from .fake_quant import MIN_AMAX, TensorQuantizer
+from .quantizer import QuantPlainNet
 
 #: Adam's lr on log(amax): at most e^0.2 = 1.22x per step, so 100x takes ~25 steps.
 DEFAULT_RANGE_LR = 0.2
