@@ -13,7 +13,6 @@ from repdeploy import load_fused, quantize
 from repdeploy.evaluate import sqnr_db
 from repdeploy.models.plain import PlainNet
 from repdeploy.quant import diagnostics as D
-from repdeploy.quant import ptq
 from repdeploy.quant.calib import calibrate
 from repdeploy.quant.fake_quant import QuantConv2d
 from repdeploy.quant.quantizer import QuantPlainNet
