@@ -25,6 +25,7 @@ Prints one JSON line per (arch, mode).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import multiprocessing as mp
@@ -86,13 +87,24 @@ def _child(arch: str, mode: str, photos: Path, queue) -> None:
     from repdeploy import progress
     from repdeploy.fuse import fuse
     from repdeploy.quant import diagnostics as D
-    from repdeploy.quant import quantizer as Q
+    try:  # where TensorQuantizer lives (quant/fake_quant.py; quantizer.py in older trees)
+        from repdeploy.quant import fake_quant as Q
+    except ImportError:
+        from repdeploy.quant import quantizer as Q
     from repdeploy.quant.fidelity import images_for
     from repdeploy.quant.ptq import quantize
 
     model = realistic_model(arch)
     kwargs = {} if mode == "before" else {"diagnostics": mode}
-    if mode != "before" and "diagnostics" not in inspect.signature(quantize).parameters:
+    # quantize takes its options as keywords (older trees) or as QuantizeSettings fields
+    params = set(inspect.signature(quantize).parameters)
+    try:
+        from repdeploy.quant.settings import QuantizeSettings
+
+        params |= {f.name for f in dataclasses.fields(QuantizeSettings)}
+    except ImportError:
+        pass
+    if mode != "before" and "diagnostics" not in params:
         raise SystemExit(f"{repdeploy.__file__} has no --diagnostics: run with --modes before")
     watching = progress.watch() if hasattr(progress, "watch") else contextlib.nullcontext([])
     with tempfile.TemporaryDirectory() as out, watching as events:
