@@ -134,13 +134,50 @@ def module_steps(modules: list, description: str, batches: int | None) -> Iterat
                 h.remove()
 
 
+@contextlib.contextmanager
+def waiting(description: str, every_s: float = 1.0) -> Iterator[None]:
+    """A line whose elapsed time ticks while one long call runs that reports no steps of its own
+    (torch.onnx.export of a big model took 2-11 s): on a terminal an open-ended bar, and a
+    heartbeat every `every_s` for `watch`. Inside another bar it adds none (one live display)."""
+    import threading
+
+    _emit(description)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            _emit(description)
+
+    beating = threading.Thread(target=beat, daemon=True, name="repdeploy-progress")
+    beating.start()
+    try:
+        if not interactive() or _live:
+            yield
+        else:
+            with _bar() as bar:
+                bar.add_task(description, total=None)
+                yield
+    finally:
+        stop.set()
+        beating.join()
+
+
+_live: list[object] = []  # the bars drawn now: rich allows one live display at a time
+
+
+@contextlib.contextmanager
 def _bar():
     # The elapsed time ticks every second even while one step is long, so a terminal always shows
     # the work is alive.
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=_stderr_console(), transient=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=_stderr_console(), transient=True) as bar:
+        _live.append(bar)
+        try:
+            yield bar
+        finally:
+            _live.remove(bar)
 
 
 def status(message: str) -> None:

@@ -36,7 +36,8 @@ def test_every_long_step_of_quantize_reports_progress(plain, tmp_path):
         quantize(plain, output_dir=tmp_path, calib_data=x[:64], calib_samples=64, calib_method="max",
                  eval_data=(x[64:], labels[64:]), allow_mismatch=True)
     lines = [e.description for e in events if e.done is None]
-    for stage in ("calibrating", "exporting", "INT8 QDQ graph", "verifying", "evaluating", "per-layer diagnostics"):
+    for stage in ("calibrating", "exporting", "torch.onnx.export", "INT8 QDQ graph", "verifying", "evaluating",
+                  "per-layer diagnostics"):
         assert any(stage in line for line in lines), (stage, lines)
     steps = bars(events)
     layers = len(QuantPlainNet(plain).layers())
@@ -53,6 +54,20 @@ def test_every_long_step_of_quantize_reports_progress(plain, tmp_path):
     assert steps["eval fp32"][-1].done == steps["eval int8"][-1].done == 2  # 96 images in batches of 64 at 32 px
     # events come in time order, and the run ends with no stage left open
     assert [e.time for e in events] == sorted(e.time for e in events)
+
+
+def test_one_long_call_without_steps_keeps_a_ticking_line_and_stops_with_it():
+    """torch.onnx.export reports nothing for 2-11 s on a busy machine: `waiting` beats for it."""
+    import time
+
+    with progress.watch() as events:
+        with progress.waiting("one long call", every_s=0.05):
+            time.sleep(0.6)
+        after = len(events)
+        time.sleep(0.2)
+    times = [e.time for e in events if e.description == "one long call"]
+    assert len(times) >= 6 and max(b - a for a, b in zip(times, times[1:])) < 0.4
+    assert len(events) == after  # the heartbeat ends with the call
 
 
 def test_a_long_torch_forward_advances_its_bar_per_layer(plain):

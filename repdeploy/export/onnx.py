@@ -22,6 +22,7 @@ from ..errors import ExportError
 #: Serializes torch.onnx.export across threads (its state is process-global; issue 21 N10).
 EXPORT_LOCK = threading.RLock()
 from ..io import atomic_path
+from ..progress import waiting
 from ..metadata import META_INPUT_SIZE, META_PRECISION, stamp  # noqa: F401 (META_*: callers import them from here)
 
 OPSET = 17
@@ -110,7 +111,9 @@ def export_onnx(model: nn.Module, path: str | Path, settings: OnnxSettings | Non
         try:
             # torch's exporter keeps process-global state (GLOBALS.in_onnx_export): two threads
             # exporting at once corrupt each other's run, so exports in one process take turns.
-            with EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
+            # One call that reports nothing: a ticking line says it is alive (2-11 s on a busy machine).
+            with EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad(), \
+                    waiting(f"torch.onnx.export: {Path(path).name}"):
                 # The TorchScript exporter is deprecated in favour of dynamo; we rely on it on purpose.
                 warnings.simplefilter("ignore")
                 torch.onnx.export(

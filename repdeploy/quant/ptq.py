@@ -118,13 +118,14 @@ def quantize(model: str | os.PathLike | PlainNet | torch.nn.Module, settings: Qu
 def _quantize(model, out: Path, names: dict, s: QuantizeSettings, where, bounds: dict | None) -> QuantizeResult:
     from ..data.labels import class_names_for
     from ..recorded import class_names_of
-    from ..progress import status
+    from ..progress import status, waiting
 
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    status("quantize: loading the model")  # fusing and proving a big model takes seconds
-    plain, info = load_plain(model, dict(s.load_kwargs or {}))
+    status("quantize: loading the model")  # fusing and proving a big model takes seconds (5 s at load 8)
+    with waiting("quantize: loading the model"):
+        plain, info = load_plain(model, dict(s.load_kwargs or {}))
     plain = at_input_size(plain, s.input_size)
     timings["load_s"] = time.perf_counter() - started
     status(f"quantize: {info['variant']} from {info['source']} -> {s.target} INT8")
