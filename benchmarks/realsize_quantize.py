@@ -36,30 +36,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from realsize import photo_batch, realistic_model, reestimate_batchnorm, write_photo_folder  # noqa: E402
-
-from repdeploy.models import build, get_spec  # noqa: E402
-from repdeploy.models.layers import randomize_batchnorm  # noqa: E402
+from realsize import realistic_model, write_photo_folder  # noqa: E402
 
 REPDEPLOY = Path(sys.executable).with_name("repdeploy")
 
 
 def checkpoint(arch: str, seed: int, directory: Path, zero_se_bias: bool) -> Path:
-    if zero_se_bias:
-        # Zeroed before the BN statistics are measured, as a trained checkpoint's would have been:
-        # zeroing them afterwards leaves every later BN normalising with another layer's statistics,
-        # and a deep random model then explodes (D2se: logits of 3e8).
-        torch.manual_seed(seed)
-        model = randomize_batchnorm(build(get_spec(arch, 1000), "train"), seed)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if ".se." in name and name.endswith(".bias"):
-                    p.zero_()
-        reestimate_batchnorm(model, photo_batch(32, 224, seed=1000 + seed))
-    else:
-        model = realistic_model(arch, seed)
+    # SE biases are zeroed before the BN statistics are measured: zeroing them afterwards leaves
+    # every later BN normalising with another layer's statistics.
     path = directory / f"{arch}-s{seed}.pth"
-    torch.save(model.state_dict(), path)
+    torch.save(realistic_model(arch, seed, zero_se_bias=zero_se_bias).state_dict(), path)
     return path
 
 

@@ -135,21 +135,27 @@ def module_steps(modules: list, description: str, batches: int | None) -> Iterat
 
 
 @contextlib.contextmanager
-def waiting(description: str, every_s: float = 1.0) -> Iterator[None]:
+def waiting(description: str, every_s: float = 1.0, *, announce: bool = False) -> Iterator[None]:
     """A line whose elapsed time ticks while one long call runs that reports no steps of its own
     (torch.onnx.export of a big model took 2-11 s): on a terminal an open-ended bar, and a
-    heartbeat every `every_s` for `watch`. Inside another bar it adds none (one live display)."""
+    heartbeat every `every_s` for `watch`. Inside another bar it adds none (one live display).
+    `announce`: also log `description` as the stage's progress line (`status`)."""
     import threading
 
-    _emit(description)
+    if announce:
+        status(description)
+    else:
+        _emit(description)
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(every_s):
             _emit(description)
 
-    beating = threading.Thread(target=beat, daemon=True, name="repdeploy-progress")
-    beating.start()
+    # Only a watcher reads the heartbeat (a terminal's bar ticks by itself): no thread otherwise.
+    beating = threading.Thread(target=beat, daemon=True, name="repdeploy-progress") if _watchers else None
+    if beating is not None:
+        beating.start()
     try:
         if not interactive() or _live:
             yield
@@ -159,7 +165,8 @@ def waiting(description: str, every_s: float = 1.0) -> Iterator[None]:
                 yield
     finally:
         stop.set()
-        beating.join()
+        if beating is not None:
+            beating.join()
 
 
 _live: list[object] = []  # the bars drawn now: rich allows one live display at a time

@@ -116,15 +116,24 @@ CACHE_DIR = Path(os.environ.get("REPDEPLOY_REALSIZE_CACHE",
 
 
 def realistic_model(arch: str, seed: int = 0, *, num_classes: int = 1000, form: str = "train",
-                    photos: int = 32, size: int = 224) -> torch.nn.Module:
+                    photos: int = 32, size: int = 224, zero_se_bias: bool = False) -> torch.nn.Module:
     """`arch` at real size: seeded init, trained-like BN affine, BN statistics from real photographs.
+
+    `zero_se_bias`: every squeeze-excitation bias zeroed before the statistics are measured, as a
+    checkpoint whose SE biases are all zero would have them (identical tensors the ONNX exporter
+    merges: the D2se case).
 
     The state is cached on disk by its recipe (written atomically, so pytest-xdist workers that
     race on one entry each read a whole file).
     """
     torch.manual_seed(seed)
     model = randomize_batchnorm(build(get_spec(arch, num_classes), form), seed)
-    cached = CACHE_DIR / f"{arch}-{form}-{num_classes}c-s{seed}-{photos}x{size}.pt"
+    if zero_se_bias:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if ".se." in name and name.endswith(".bias"):
+                    p.zero_()
+    cached = CACHE_DIR / f"{arch}-{form}-{num_classes}c-s{seed}-{photos}x{size}{'-zse' if zero_se_bias else ''}.pt"
     if cached.is_file():
         model.load_state_dict(torch.load(cached, weights_only=True))
         return model.eval()

@@ -66,6 +66,14 @@ class TensorQuantizer(nn.Module):
             raise CalibrationError(f"quantizer {self.name} has no range; calibrate or load a calib cache first")
         return self.amax.clamp_min(MIN_AMAX) / float(self.qmax)
 
+    def integers(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` on this quantizer's integer grid (per channel along axis 0 for weights), as int8:
+        what the exporter writes into a QDQ graph and what its check expects there."""
+        scale = self.scale().to(torch.float32)
+        if self.per_channel:
+            scale = scale.reshape((-1,) + (1,) * (x.dim() - 1))
+        return torch.clamp(torch.round(x.to(torch.float32) / scale), self.qmin, self.qmax).to(torch.int8)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer(self.name, x.detach())
@@ -118,6 +126,15 @@ def _quantized_bias(bias: torch.Tensor | None, x_q: TensorQuantizer, w_q: Tensor
     return bias + (rounded - bias).detach()  # straight-through, like the fake-quant ops
 
 
+def _quantized_params(layer, module: nn.Module, out_channels: slice | None):
+    """A layer's fake-quantized weight and rounded bias, only `out_channels` of them when given."""
+    bias = _quantized_bias(module.bias, layer.input_quantizer, layer.weight_quantizer, layer.quantize_bias)
+    weight = layer.weight_quantizer(module.weight)
+    if out_channels is not None:
+        weight, bias = weight[out_channels], None if bias is None else bias[out_channels]
+    return weight, bias
+
+
 class QuantConv2d(nn.Module):
     """A Conv2d whose input and weight pass through fake quantizers (and, optionally, its output)."""
 
@@ -134,10 +151,7 @@ class QuantConv2d(nn.Module):
         """`out_channels`: compute only these outputs (a share of them, evenly within each group
         of a grouped conv): the diagnostics estimate a layer's own error from a share."""
         c = self.conv
-        bias = _quantized_bias(c.bias, self.input_quantizer, self.weight_quantizer, self.quantize_bias)
-        weight = self.weight_quantizer(c.weight)
-        if out_channels is not None:
-            weight, bias = weight[out_channels], None if bias is None else bias[out_channels]
+        weight, bias = _quantized_params(self, c, out_channels)
         out = F.conv2d(self.input_quantizer(x), weight, bias, c.stride, c.padding, c.dilation, c.groups)
         return out if self.output_quantizer is None else self.output_quantizer(out)
 
@@ -155,10 +169,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor, out_channels: slice | None = None) -> torch.Tensor:
         """`out_channels`: compute only these outputs (as QuantConv2d)."""
-        bias = _quantized_bias(self.linear.bias, self.input_quantizer, self.weight_quantizer, self.quantize_bias)
-        weight = self.weight_quantizer(self.linear.weight)
-        if out_channels is not None:
-            weight, bias = weight[out_channels], None if bias is None else bias[out_channels]
+        weight, bias = _quantized_params(self, self.linear, out_channels)
         return F.linear(self.input_quantizer(x), weight, bias)
 
 

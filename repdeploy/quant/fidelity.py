@@ -154,9 +154,7 @@ def parameters_differ(qnet: QuantPlainNet, graph) -> list[str]:
             if scale is None or scale.shape != tuple(want.shape) or not np.array_equal(scale, want.numpy()):
                 out.append(f"{name}: weight scales are not the per-channel ones calibration measured")
                 continue
-            w = (layer.conv if hasattr(layer, "conv") else layer.linear).weight.detach().to(torch.float32)
-            shape = (-1,) + (1,) * (w.dim() - 1)
-            want_int = torch.clamp(torch.round(w / want.reshape(shape)), wq.qmin, wq.qmax).numpy()
+            want_int = wq.integers((layer.conv if hasattr(layer, "conv") else layer.linear).weight.detach()).numpy()
             got = value(node.input[0])
             if got is not None and got.ndim == 4 and got.shape[1] > want_int.shape[1] and not got[:, want_int.shape[1]:].any():
                 got = got[:, : want_int.shape[1]]  # the ort layout's zero-padded stem channels

@@ -97,23 +97,21 @@ def _export(stage: Path, names: dict, s: Int8Set, timings: dict) -> None:
     from ..checkpoints import save_fused
     from ..export.onnx import export_onnx
     from ..export.qdq import export_qdq
-    from ..progress import status, timed, waiting
+    from ..progress import timed, waiting
 
     spec = s.float_model.spec
     # Each of these is one call that reports nothing (the QDQ graph alone took 7 s for B1g4 on a
     # busy machine): a ticking line says the work is alive.
-    with timed(timings, "export_s", "exporting fused.pt and the FP32 ONNX"), \
-            waiting("exporting fused.pt and the FP32 ONNX"):
-        save_fused(s.float_model, stage / names["fused"],
-                   extra={**s.fused_extra, "preprocessing": s.record.to_dict() if s.record is not None else None,
-                          "class_names": s.class_names})
-        export_onnx(s.float_model, stage / names["fp32"], input_size=spec.input_size, in_channels=spec.in_channels,
-                    preprocessing=s.record, class_names=s.class_names)
-    status(f"writing the INT8 QDQ graph ({s.target} layout)")
-    with timed(timings, "export_int8_s"), waiting(f"writing the INT8 QDQ graph ({s.target} layout)"):
-        export_qdq(s.qnet, stage / names["fp32"], stage / names["int8"], target=s.target)
-        s.cache.save(stage / names["calib"])
-    timings["export_s"] += timings.pop("export_int8_s")
+    with timed(timings, "export_s"):
+        with waiting("exporting fused.pt and the FP32 ONNX", announce=True):
+            save_fused(s.float_model, stage / names["fused"],
+                       extra={**s.fused_extra, "preprocessing": s.record.to_dict() if s.record is not None else None,
+                              "class_names": s.class_names})
+            export_onnx(s.float_model, stage / names["fp32"], input_size=spec.input_size,
+                        in_channels=spec.in_channels, preprocessing=s.record, class_names=s.class_names)
+        with waiting(f"writing the INT8 QDQ graph ({s.target} layout)", announce=True):
+            export_qdq(s.qnet, stage / names["fp32"], stage / names["int8"], target=s.target)
+            s.cache.save(stage / names["calib"])
 
 
 def _check(stage: Path, names: dict, s: Int8Set, lead: int = 0) -> dict:

@@ -123,8 +123,7 @@ def _quantize(model, out: Path, names: dict, s: QuantizeSettings, where, bounds:
     clean_stale_scratch(out)  # staging of killed runs (and finishing a commit one was killed in)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    status("quantize: loading the model")  # fusing and proving a big model takes seconds (5 s at load 8)
-    with waiting("quantize: loading the model"):
+    with waiting("quantize: loading the model", announce=True):  # fusing and proving: 5 s at load 8
         plain, info = load_plain(model, dict(s.load_kwargs or {}))
     plain = at_input_size(plain, s.input_size)
     timings["load_s"] = time.perf_counter() - started
